@@ -1,0 +1,26 @@
+//! Atlantis common: what two or more Atlantis crates share.
+//!
+//! - [`names`]: validated newtypes for every name (app, env, sha, zone, region, team, host, container ID).
+//! - [`api`] (feature `api`): wire types exchanged between components, serde only.
+//! - [`zk`] (feature `zk`): the ZooKeeper layout (the only place that builds paths) and the coordination layer.
+//! - [`telemetry`], [`config`], [`shutdown`] (feature `server`): helpers every service binary uses.
+//!
+//! Architecture invariant: this crate never depends on a service crate or on a runtime backend (no axum,
+//! bollard, S3 SDK or hyper here), so the CLI can use it without compiling servers.
+
+pub mod names;
+
+#[cfg(feature = "api")]
+pub mod api;
+
+#[cfg(feature = "zk")]
+pub mod zk;
+
+#[cfg(feature = "server")]
+pub mod config;
+#[cfg(feature = "server")]
+pub mod shutdown;
+#[cfg(feature = "server")]
+pub mod telemetry;
+
+pub use names::{AppName, ContainerId, EnvName, HostName, NameError, RegionName, Sha, TeamName, ZoneName};
