@@ -8,6 +8,7 @@
 //! Modules: [`process`] (the guarded child), [`ports`], [`zookeeper`]. Later components add dockerd in a
 //! network namespace, slapd and an S3 server beside them.
 
+pub mod docker;
 pub mod ports;
 pub mod process;
 pub mod zookeeper;
