@@ -12,6 +12,8 @@ pub mod names;
 
 #[cfg(feature = "api")]
 pub mod api;
+#[cfg(feature = "api")]
+pub mod routing;
 
 #[cfg(feature = "zk")]
 pub mod zk;
