@@ -232,7 +232,11 @@ pub struct Backend {
 
 impl fmt::Display for Backend {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') { write!(f, "[{}]:{}", self.host, self.port) } else { write!(f, "{}:{}", self.host, self.port) }
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
     }
 }
 
@@ -302,7 +306,11 @@ fn parse_doc<T: for<'de> Deserialize<'de>>(what: &'static str, name: &str, data:
 
 fn check_version(what: &'static str, name: &str, v: u32) -> Result<(), ConfigError> {
     if v == 0 || v > SCHEMA_VERSION {
-        return Err(invalid(what, name, format!("unsupported schema version {v} (this build reads 1 to {SCHEMA_VERSION})")));
+        return Err(invalid(
+            what,
+            name,
+            format!("unsupported schema version {v} (this build reads 1 to {SCHEMA_VERSION})"),
+        ));
     }
     Ok(())
 }
@@ -353,8 +361,12 @@ pub fn parse_rule(name: &str, data: &[u8]) -> Result<(Rule, Matcher), ConfigErro
 pub fn validate_rule(name: &str, r: &Rule) -> Result<Matcher, ConfigError> {
     check_version("rule", name, r.version)?;
     match (&r.pool, &r.next) {
-        (Some(p), None) => check_name("pool", p).map_err(|e| invalid("rule", name, format!("bad pool reference: {e}")))?,
-        (None, Some(t)) => check_name("trie", t).map_err(|e| invalid("rule", name, format!("bad trie reference: {e}")))?,
+        (Some(p), None) => {
+            check_name("pool", p).map_err(|e| invalid("rule", name, format!("bad pool reference: {e}")))?
+        }
+        (None, Some(t)) => {
+            check_name("trie", t).map_err(|e| invalid("rule", name, format!("bad trie reference: {e}")))?
+        }
         _ => return Err(invalid("rule", name, "exactly one of `pool` and `next` must be set")),
     }
     Matcher::parse(r.kind, &r.value).map_err(|e| invalid("rule", name, e.to_string()))
@@ -388,7 +400,10 @@ pub fn validate_pool(name: &str, p: &Pool) -> Result<(), ConfigError> {
     if !matches!(p.accept, Health::Ok | Health::Degraded | Health::Critical) {
         return Err(invalid("pool", name, "accept must be OK, DEGRADED or CRITICAL"));
     }
-    if !p.healthz_path.starts_with('/') || p.healthz_path.len() > 1024 || p.healthz_path.bytes().any(|b| b <= b' ' || b >= 0x7f) {
+    if !p.healthz_path.starts_with('/')
+        || p.healthz_path.len() > 1024
+        || p.healthz_path.bytes().any(|b| b <= b' ' || b >= 0x7f)
+    {
         return Err(invalid("pool", name, "healthz_path must be an absolute path of printable characters"));
     }
     if p.retries > 16 {

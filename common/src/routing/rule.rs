@@ -152,7 +152,8 @@ pub trait RequestView {
 impl Matcher {
     /// Parses `value` as a rule of type `kind`.
     pub fn parse(kind: RuleType, value: &str) -> Result<Matcher, RuleError> {
-        let err = |reason: &str| RuleError { kind, value: value.chars().take(200).collect(), reason: reason.to_owned() };
+        let err =
+            |reason: &str| RuleError { kind, value: value.chars().take(200).collect(), reason: reason.to_owned() };
         if value.len() > MAX_VALUE_LEN {
             return Err(err(&format!("longer than {MAX_VALUE_LEN} bytes")));
         }
@@ -245,7 +246,12 @@ impl Matcher {
 fn parse_percent(v: &str) -> Result<u32, &'static str> {
     const MSG: &str = "must be a number from 0 to 100 with at most 2 decimals";
     let (int, frac) = v.split_once('.').unwrap_or((v, ""));
-    if int.is_empty() || int.len() > 3 || frac.len() > 2 || !int.bytes().all(|b| b.is_ascii_digit()) || !frac.bytes().all(|b| b.is_ascii_digit()) {
+    if int.is_empty()
+        || int.len() > 3
+        || frac.len() > 2
+        || !int.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
         return Err(MSG);
     }
     let whole: u32 = int.parse().map_err(|_| MSG)?;

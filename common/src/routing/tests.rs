@@ -44,7 +44,12 @@ fn m(kind: RuleType, v: &str) -> Matcher {
 
 #[test]
 fn each_matcher_matches_and_refuses() {
-    let r = Req { path: "/api/v1/users.json", query: Some("a=1&name=J%C3%BCrgen+X&b"), headers: vec![("X-Canary", "yes")], ..Req::default() };
+    let r = Req {
+        path: "/api/v1/users.json",
+        query: Some("a=1&name=J%C3%BCrgen+X&b"),
+        headers: vec![("X-Canary", "yes")],
+        ..Req::default()
+    };
     let cases: Vec<(RuleType, &str, bool)> = vec![
         (RuleType::Static, "true", true),
         (RuleType::Static, "false", false),
@@ -238,7 +243,9 @@ fn decode(s: &str) -> Option<String> {
     while i < b.len() {
         match b[i] {
             b'+' => out.push(b' '),
-            b'%' if b.get(i + 1).is_some_and(u8::is_ascii_hexdigit) && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit) => {
+            b'%' if b.get(i + 1).is_some_and(u8::is_ascii_hexdigit)
+                && b.get(i + 2).is_some_and(u8::is_ascii_hexdigit) =>
+            {
                 out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).ok()?);
                 i += 2;
             }
