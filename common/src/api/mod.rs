@@ -1,1 +1,2 @@
 //! api
+pub mod supervisor;
