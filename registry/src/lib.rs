@@ -1,1 +1,9 @@
-//! placeholder
+//! Atlantis registry.
+pub mod digest;
+pub mod error;
+pub mod manifest;
+pub mod names;
+pub mod paths;
+pub mod registry;
+pub mod storage;
+pub mod uploads;
