@@ -1,1 +1,57 @@
-fn main() {}
+//! `atlantis-router`: loads the config, connects to ZooKeeper and serves until SIGTERM or SIGINT.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use atlantis_common::{HostName, ZoneName};
+use atlantis_router::config::Config;
+use atlantis_router::source::ZkSource;
+use clap::Parser;
+
+/// The Atlantis HTTP router.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Config file (TOML); values can be overridden with ATLANTIS_ROUTER__KEY[__SUBKEY]=value.
+    #[arg(long, env = "ATLANTIS_ROUTER_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    atlantis_common::telemetry::init("atlantis-router");
+    let cfg: Config = atlantis_common::config::load(args.config.as_deref(), "ATLANTIS_ROUTER")
+        .context("loading config")?;
+    cfg.validate()?;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if cfg.workers > 0 {
+        rt.worker_threads(cfg.workers);
+    }
+    rt.enable_all()
+        .build()
+        .context("starting the runtime")?
+        .block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
+    let zk = cfg
+        .zookeeper
+        .clone()
+        .context("config needs a [zookeeper] section (servers, region)")?;
+    let kind = cfg.router_kind()?;
+    let zone: ZoneName = cfg.zone.parse()?;
+    let host: HostName = cfg.host_name().parse().context("router host name")?;
+    let shutdown = atlantis_common::shutdown::on_signal();
+    let registration = serde_json::json!({
+        "version": 1, "host": host.as_str(), "zone": zone.as_str(), "status_addr": cfg.status_addr.to_string(),
+        "router_version": env!("CARGO_PKG_VERSION"),
+    });
+    let source = Arc::new(ZkSource::new(zk, kind, zone, host, registration));
+    let app = atlantis_router::App::build(cfg, source).await?;
+    tracing::info!(status = %app.status_addr(), "Router started.");
+    let (_handle, task) = app.spawn(shutdown);
+    task.await.context("router task")?;
+    Ok(())
+}

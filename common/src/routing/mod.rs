@@ -19,7 +19,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-pub use rule::{Matcher, RuleError, RuleType};
+pub use rule::{Matcher, RequestView, RuleError, RuleType};
 
 /// The schema version this code writes and the newest it understands.
 pub const SCHEMA_VERSION: u32 = 1;

@@ -36,7 +36,7 @@ impl RequestView for Req {
     }
 }
 
-use super::rule::RequestView;
+
 
 fn m(kind: RuleType, v: &str) -> Matcher {
     Matcher::parse(kind, v).unwrap_or_else(|e| panic!("{e}"))

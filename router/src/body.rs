@@ -1,0 +1,139 @@
+//! The response body the router sends: a backend body streamed through (never buffered), or a short
+//! router-made answer.
+//!
+//! A streamed body carries the request's accounting: when the backend body ends, the connection goes
+//! back to the backend's idle list; when the body is dropped (finished or not), the backend's in-flight
+//! count drops.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+
+use crate::pool::BackendState;
+
+/// The router's response body.
+pub struct ProxyBody {
+    inner: Inner,
+}
+
+enum Inner {
+    Full(Option<Bytes>),
+    Backend(Box<Streamed>),
+}
+
+struct Streamed {
+    body: Incoming,
+    lease: Lease,
+}
+
+/// A backend's in-flight slot and, once the exchange completes, its reusable connection.
+pub struct Lease {
+    backend: Arc<BackendState>,
+    conn: Option<SendRequest<Incoming>>,
+    max_idle: usize,
+    complete: bool,
+}
+
+impl Lease {
+    /// Takes an in-flight slot on `backend`.
+    pub fn new(backend: Arc<BackendState>, max_idle: usize) -> Lease {
+        backend.in_flight.fetch_add(1, Relaxed);
+        Lease {
+            backend,
+            conn: None,
+            max_idle,
+            complete: false,
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<BackendState> {
+        &self.backend
+    }
+
+    /// Hands over the connection to return to the idle list when the response body ends.
+    pub fn set_conn(&mut self, conn: SendRequest<Incoming>) {
+        self.conn = Some(conn);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.backend.in_flight.fetch_sub(1, Relaxed);
+        if self.complete
+            && let Some(c) = self.conn.take()
+        {
+            self.backend.checkin(c, self.max_idle);
+        }
+    }
+}
+
+impl ProxyBody {
+    /// A router-made body.
+    pub fn full(b: impl Into<Bytes>) -> ProxyBody {
+        ProxyBody {
+            inner: Inner::Full(Some(b.into())),
+        }
+    }
+
+    /// An empty body.
+    pub fn empty() -> ProxyBody {
+        ProxyBody {
+            inner: Inner::Full(None),
+        }
+    }
+
+    /// A backend body, accounted for by `lease`.
+    pub fn streamed(body: Incoming, mut lease: Lease) -> ProxyBody {
+        if body.is_end_stream() {
+            lease.complete = true;
+        }
+        ProxyBody {
+            inner: Inner::Backend(Box::new(Streamed { body, lease })),
+        }
+    }
+}
+
+impl Body for ProxyBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        match &mut self.inner {
+            Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
+            Inner::Backend(s) => {
+                let r = Pin::new(&mut s.body).poll_frame(cx);
+                match &r {
+                    Poll::Ready(None) => s.lease.complete = true,
+                    Poll::Ready(Some(Ok(_))) if s.body.is_end_stream() => s.lease.complete = true,
+                    _ => {}
+                }
+                r
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Full(b) => b.is_none(),
+            Inner::Backend(s) => s.body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Inner::Full(None) => SizeHint::with_exact(0),
+            Inner::Backend(s) => s.body.size_hint(),
+        }
+    }
+}

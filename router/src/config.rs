@@ -1,0 +1,211 @@
+//! The router's own configuration (TOML file plus `ATLANTIS_ROUTER__...` overrides).
+//!
+//! The routing table itself is not here: it comes from ZooKeeper (`router/<kind>/...`). This file says
+//! where to find ZooKeeper, where the status listener binds, which certificates to serve, and the limits
+//! that protect the router from slow or oversized clients.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use atlantis_common::zk::{RouterKind, ZkConfig};
+use serde::Deserialize;
+
+/// Router configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Status listener (`/healthz`, `/statusz.json`, `/metrics`, `/trace`).
+    #[serde(default = "default_status_addr")]
+    pub status_addr: SocketAddr,
+    /// Address the routed ports bind on.
+    #[serde(default = "default_listen_ip")]
+    pub listen_ip: IpAddr,
+    /// Which fleet this router belongs to: `internal` or `external`.
+    #[serde(default = "default_kind")]
+    pub kind: String,
+    /// Zone of this router (for its registration).
+    #[serde(default = "default_zone")]
+    pub zone: String,
+    /// Host name used in the registration (default: the machine's host name).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Tokio worker threads (0: one per core).
+    #[serde(default)]
+    pub workers: usize,
+    /// Log one structured line per request (target `atlantis_router::access`).
+    #[serde(default = "yes")]
+    pub access_log: bool,
+    /// Status of the answer when no rule matches.
+    #[serde(default = "default_not_found")]
+    pub not_found_status: u16,
+    /// Where the routing table comes from.
+    pub zookeeper: Option<ZkConfig>,
+    /// Limits and timeouts.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Certificates for TLS ports.
+    #[serde(default)]
+    pub tls: TlsConfig,
+}
+
+/// Bounds that keep a slow or hostile client from pinning the router.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Largest request head (request line plus headers), HTTP/1 read buffer and HTTP/2 header list.
+    pub max_header_bytes: usize,
+    /// Time allowed to send a complete request head, and the idle time allowed between requests on a
+    /// keep-alive connection.
+    pub header_read_timeout_ms: u64,
+    /// Time allowed for a TLS handshake.
+    pub tls_handshake_timeout_ms: u64,
+    /// How long a closing listener (or a stopping router) waits for open connections.
+    pub drain_timeout_ms: u64,
+    /// Idle connections kept per backend.
+    pub max_idle_per_backend: usize,
+    /// Concurrent HTTP/2 streams per client connection.
+    pub h2_max_streams: u32,
+    /// Open client connections per listener; beyond it new connections wait to be accepted.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout_ms: 15_000,
+            tls_handshake_timeout_ms: 10_000,
+            drain_timeout_ms: 15_000,
+            max_idle_per_backend: 64,
+            h2_max_streams: 256,
+            max_connections: 50_000,
+        }
+    }
+}
+
+/// TLS certificates, chosen by SNI.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// Certificates; the first is the default for clients that send no (or an unknown) server name.
+    #[serde(default)]
+    pub certs: Vec<CertConfig>,
+    /// How often the files are checked for changes.
+    #[serde(default = "default_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+/// One certificate chain and key, and the server names it answers for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertConfig {
+    /// Server names (exact, or `*.example.com` for one level of subdomain).
+    pub names: Vec<String>,
+    /// PEM certificate chain, leaf first.
+    pub cert: PathBuf,
+    /// PEM private key.
+    pub key: PathBuf,
+}
+
+fn default_status_addr() -> SocketAddr {
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080)
+}
+fn default_listen_ip() -> IpAddr {
+    IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+}
+fn default_kind() -> String {
+    "external".into()
+}
+fn default_zone() -> String {
+    "default".into()
+}
+fn yes() -> bool {
+    true
+}
+fn default_not_found() -> u16 {
+    404
+}
+fn default_reload_ms() -> u64 {
+    5_000
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A field has a bad value.
+    #[error("invalid router config: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// A config with every default, for tests and embedding.
+    pub fn for_tests() -> Config {
+        Config {
+            status_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            kind: default_kind(),
+            zone: default_zone(),
+            host: Some("test-router".into()),
+            workers: 0,
+            access_log: false,
+            not_found_status: 404,
+            zookeeper: None,
+            limits: Limits::default(),
+            tls: TlsConfig::default(),
+        }
+    }
+
+    /// Checks values serde cannot.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.router_kind()?;
+        self.zone
+            .parse::<atlantis_common::ZoneName>()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if !(400..=599).contains(&self.not_found_status) {
+            return Err(ConfigError::Invalid(
+                "not_found_status must be 400-599".into(),
+            ));
+        }
+        let l = &self.limits;
+        if l.max_header_bytes < 8192 || l.max_header_bytes > 1 << 24 {
+            return Err(ConfigError::Invalid(
+                "limits.max_header_bytes must be 8192 to 16777216".into(),
+            ));
+        }
+        if l.header_read_timeout_ms == 0
+            || l.tls_handshake_timeout_ms == 0
+            || l.max_connections == 0
+        {
+            return Err(ConfigError::Invalid(
+                "limits: timeouts and max_connections must be positive".into(),
+            ));
+        }
+        for c in &self.tls.certs {
+            if c.names.is_empty() {
+                return Err(ConfigError::Invalid(format!(
+                    "tls cert {} names no server",
+                    c.cert.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The fleet kind.
+    pub fn router_kind(&self) -> Result<RouterKind, ConfigError> {
+        self.kind
+            .parse()
+            .map_err(|e: atlantis_common::NameError| ConfigError::Invalid(e.to_string()))
+    }
+
+    /// The registration host name.
+    pub fn host_name(&self) -> String {
+        self.host.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_owned())
+                .ok()
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| "localhost".into())
+        })
+    }
+}

@@ -1,0 +1,286 @@
+//! Listeners: one accept loop per configured port, opened and closed as the table changes.
+//!
+//! A new port in the table opens a listener; a deleted port stops accepting at once and its open
+//! connections are shut down gracefully (in-flight requests finish, bounded by the drain timeout). Each
+//! connection is served by hyper's auto builder (HTTP/1.1 and h2c, or ALPN over TLS), with bounded header
+//! size and a header-read timeout that also closes idle keep-alive connections.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Limits;
+use crate::proxy::{self, ConnInfo, Shared};
+use crate::table::Table;
+use crate::tls::Tls;
+
+struct Active {
+    tls: bool,
+    cancel: CancellationToken,
+}
+
+/// The set of open listeners.
+pub struct Listeners {
+    ip: IpAddr,
+    limits: Limits,
+    shared: Arc<Shared>,
+    tls: Option<Arc<Tls>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    active: BTreeMap<u16, Active>,
+    /// Ports that could not be opened, with the reason.
+    pub failed: Arc<parking_lot::Mutex<BTreeMap<u16, String>>>,
+    tracker: Tracker,
+}
+
+impl Listeners {
+    /// No listeners yet.
+    pub fn new(
+        ip: IpAddr,
+        limits: Limits,
+        shared: Arc<Shared>,
+        tls: Option<Arc<Tls>>,
+    ) -> Listeners {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        b.http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
+            .max_buf_size(limits.max_header_bytes)
+            .keep_alive(true);
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.h2_max_streams)
+            .max_header_list_size(limits.max_header_bytes as u32)
+            .keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(20));
+        Listeners {
+            ip,
+            limits,
+            shared,
+            tls,
+            builder: Arc::new(b),
+            active: BTreeMap::new(),
+            failed: Arc::default(),
+            tracker: Tracker::default(),
+        }
+    }
+
+    /// The ports currently listening.
+    pub fn ports(&self) -> Vec<u16> {
+        self.active.keys().copied().collect()
+    }
+
+    /// Opens and closes listeners so they match `table`.
+    pub fn reconcile(&mut self, table: &Table) {
+        let gone: Vec<u16> = self
+            .active
+            .iter()
+            .filter(|(port, a)| table.ports.get(port).is_none_or(|p| p.tls != a.tls))
+            .map(|(p, _)| *p)
+            .collect();
+        for port in gone {
+            if let Some(a) = self.active.remove(&port) {
+                tracing::info!(port, "Closing listener.");
+                a.cancel.cancel();
+            }
+        }
+        let mut failed = self.failed.lock();
+        failed.retain(|p, _| table.ports.contains_key(p));
+        for (port, entry) in &table.ports {
+            if self.active.contains_key(port) {
+                continue;
+            }
+            if entry.tls && self.tls.is_none() {
+                failed.insert(*port, "tls port but the router has no certificates".into());
+                continue;
+            }
+            match bind(SocketAddr::new(self.ip, *port)) {
+                Ok(l) => {
+                    failed.remove(port);
+                    let cancel = CancellationToken::new();
+                    let tls = if entry.tls { self.tls.clone() } else { None };
+                    tracing::info!(port, tls = entry.tls, "Listening.");
+                    self.tracker.spawn(accept_loop(
+                        l,
+                        *port,
+                        tls,
+                        self.builder.clone(),
+                        self.shared.clone(),
+                        self.limits.clone(),
+                        cancel.clone(),
+                        self.tracker.clone(),
+                    ));
+                    self.active.insert(
+                        *port,
+                        Active {
+                            tls: entry.tls,
+                            cancel,
+                        },
+                    );
+                }
+                Err(e) => {
+                    tracing::error!(port, error = %e, "Cannot open listener.");
+                    failed.insert(*port, e.to_string());
+                }
+            }
+        }
+    }
+
+    /// Closes every listener and waits (bounded) for connections to drain.
+    pub async fn shutdown(&mut self) {
+        for (_, a) in std::mem::take(&mut self.active) {
+            a.cancel.cancel();
+        }
+        let _ = tokio::time::timeout(
+            Duration::from_millis(self.limits.drain_timeout_ms + 1000),
+            self.tracker.wait(),
+        )
+        .await;
+    }
+}
+
+fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let sock = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    sock.set_reuseaddr(true)?;
+    sock.set_nodelay(true)?;
+    sock.bind(addr)?;
+    sock.listen(1024)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn accept_loop(
+    listener: TcpListener,
+    port: u16,
+    tls: Option<Arc<Tls>>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shared: Arc<Shared>,
+    limits: Limits,
+    cancel: CancellationToken,
+    tracker: Tracker,
+) {
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let acceptor = tls.map(|t| tokio_rustls::TlsAcceptor::from(t.server.clone()));
+    loop {
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
+            _ = cancel.cancelled() => return,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(port, error = %e, "Accept failed.");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+            _ = cancel.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let info = ConnInfo {
+            port,
+            tls: acceptor.is_some(),
+            peer,
+        };
+        let (builder, shared, cancel, limits, acceptor) = (
+            builder.clone(),
+            shared.clone(),
+            cancel.clone(),
+            limits.clone(),
+            acceptor.clone(),
+        );
+        tracker.spawn(async move {
+            let _permit = permit;
+            match acceptor {
+                None => serve(stream, info, builder, shared, cancel, &limits).await,
+                Some(acc) => {
+                    let hs = Duration::from_millis(limits.tls_handshake_timeout_ms);
+                    match tokio::time::timeout(hs, acc.accept(stream)).await {
+                        Ok(Ok(s)) => serve(s, info, builder, shared, cancel, &limits).await,
+                        Ok(Err(e)) => {
+                            tracing::debug!(port, %peer, error = %e, "TLS handshake failed.")
+                        }
+                        Err(_) => tracing::debug!(port, %peer, "TLS handshake timed out."),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn serve<I>(
+    io: I,
+    info: ConnInfo,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    shared: Arc<Shared>,
+    cancel: CancellationToken,
+    limits: &Limits,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req| proxy::handle(shared.clone(), info, req));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(port = info.port, peer = %info.peer, error = %e, "Connection ended with an error.");
+            }
+        }
+        _ = cancel.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_millis(limits.drain_timeout_ms), conn).await;
+        }
+    }
+}
+
+/// Counts spawned connection tasks so shutdown can wait for them.
+#[derive(Clone, Default)]
+struct Tracker {
+    inner: Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>,
+}
+
+struct TrackGuard(Arc<(std::sync::atomic::AtomicUsize, tokio::sync::Notify)>);
+
+impl Drop for TrackGuard {
+    fn drop(&mut self) {
+        if self.0.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) == 1 {
+            self.0.1.notify_waiters();
+        }
+    }
+}
+
+impl Tracker {
+    fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
+        self.inner
+            .0
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        let guard = TrackGuard(self.inner.clone());
+        tokio::spawn(async move {
+            let _guard = guard;
+            f.await
+        });
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.inner.1.notified();
+            if self.inner.0.load(std::sync::atomic::Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}

@@ -1,0 +1,344 @@
+//! Pools at run time: backends with their health, load and idle connections, the balancing choice, and
+//! the active health checks.
+//!
+//! Choice: the best health tier the pool accepts (OK, then DEGRADED, then CRITICAL if allowed), then the
+//! lowest `(in flight + 1) / weight`, where a backend's weight ramps from 1/32 to 1 during the pool's slow
+//! start after it becomes usable. Ties rotate. MAINTENANCE and UNKNOWN (not yet checked) get no traffic.
+//! Pool state outlives table swaps: a new table refers to the same `PoolState` while the pool exists.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use atlantis_common::routing::{Backend, Health, Pool};
+use bytes::Bytes;
+use http_body_util::Empty;
+use hyper::body::Incoming;
+use hyper::client::conn::http1::SendRequest;
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::gauge::Gauge;
+use tokio_util::sync::CancellationToken;
+
+use crate::metrics::{PoolMetrics, RouterMetrics};
+
+/// Milliseconds since the router started (a monotonic clock cheap to store in an atomic).
+pub fn now_ms() -> u64 {
+    static START: OnceLock<Instant> = OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+const HEALTHS: [Health; 5] = [
+    Health::Ok,
+    Health::Degraded,
+    Health::Critical,
+    Health::Maintenance,
+    Health::Unknown,
+];
+
+/// One backend of one pool.
+pub struct BackendState {
+    /// Its address.
+    pub addr: Backend,
+    /// `host:port` as text.
+    pub name: String,
+    health: AtomicU8,
+    usable_since: AtomicU64,
+    /// Requests sent and not yet finished.
+    pub in_flight: AtomicU32,
+    /// Requests answered.
+    pub served: AtomicU64,
+    /// Connection failures.
+    pub failures: AtomicU64,
+    idle: parking_lot::Mutex<Vec<SendRequest<Incoming>>>,
+    resolved: Option<SocketAddr>,
+    cancel: CancellationToken,
+    gauge: Gauge,
+}
+
+impl BackendState {
+    fn new(addr: Backend, checks: bool, gauge: Gauge) -> BackendState {
+        let name = addr.to_string();
+        let resolved = name.parse::<SocketAddr>().ok();
+        let initial = if checks { Health::Unknown } else { Health::Ok };
+        let b = BackendState {
+            addr,
+            name,
+            health: AtomicU8::new(initial as u8),
+            usable_since: AtomicU64::new(now_ms()),
+            in_flight: AtomicU32::new(0),
+            served: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            idle: parking_lot::Mutex::new(Vec::new()),
+            resolved,
+            cancel: CancellationToken::new(),
+            gauge,
+        };
+        b.gauge.set(initial as i64);
+        b
+    }
+
+    /// Current health.
+    pub fn health(&self) -> Health {
+        HEALTHS[self.health.load(Relaxed) as usize]
+    }
+
+    /// Sets the health; a backend that becomes usable starts its slow start.
+    pub fn set_health(&self, h: Health) {
+        let old = HEALTHS[self.health.swap(h as u8, Relaxed) as usize];
+        let usable = |x: Health| matches!(x, Health::Ok | Health::Degraded);
+        if usable(h) && !usable(old) {
+            self.usable_since.store(now_ms(), Relaxed);
+        }
+        if old != h {
+            tracing::info!(backend = %self.name, from = %old, to = %h, "Backend health changed.");
+        }
+        self.gauge.set(h as i64);
+    }
+
+    /// Weight in 32..=1024 during slow start, 1024 after.
+    fn weight(&self, now: u64, slow_start_ms: u64) -> u64 {
+        if slow_start_ms == 0 {
+            return 1024;
+        }
+        let age = now.saturating_sub(self.usable_since.load(Relaxed));
+        if age >= slow_start_ms {
+            1024
+        } else {
+            (age * 1024 / slow_start_ms).max(32)
+        }
+    }
+
+    /// The socket address to dial (names are resolved on every connect).
+    pub async fn socket_addr(&self) -> std::io::Result<SocketAddr> {
+        if let Some(a) = self.resolved {
+            return Ok(a);
+        }
+        tokio::net::lookup_host((self.addr.host.as_str(), self.addr.port))
+            .await?
+            .next()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
+    }
+
+    /// Takes an idle connection that is still open.
+    pub fn checkout(&self) -> Option<SendRequest<Incoming>> {
+        let mut idle = self.idle.lock();
+        while let Some(sr) = idle.pop() {
+            if sr.is_ready() {
+                return Some(sr);
+            }
+        }
+        None
+    }
+
+    /// Returns a connection whose exchange is complete to the idle list.
+    pub fn checkin(self: &Arc<Self>, mut sr: SendRequest<Incoming>, max_idle: usize) {
+        if sr.is_ready() {
+            let mut idle = self.idle.lock();
+            if idle.len() < max_idle && !self.cancel.is_cancelled() {
+                idle.push(sr);
+            }
+        } else if !sr.is_closed() {
+            let me = self.clone();
+            tokio::spawn(async move {
+                if tokio::time::timeout(Duration::from_secs(1), sr.ready())
+                    .await
+                    .is_ok_and(|r| r.is_ok())
+                {
+                    let mut idle = me.idle.lock();
+                    if idle.len() < max_idle && !me.cancel.is_cancelled() {
+                        idle.push(sr);
+                    }
+                }
+            });
+        }
+    }
+
+    /// Number of idle connections.
+    pub fn idle_count(&self) -> usize {
+        self.idle.lock().len()
+    }
+}
+
+/// A pool and its backends.
+pub struct PoolState {
+    /// Pool name.
+    pub name: String,
+    cfg: ArcSwap<Pool>,
+    backends: ArcSwap<Vec<Arc<BackendState>>>,
+    rr: AtomicUsize,
+    /// Hot-path metric handles.
+    pub metrics: PoolMetrics,
+}
+
+impl PoolState {
+    /// A pool with no backends.
+    pub fn new(name: &str, cfg: Pool, metrics: &RouterMetrics) -> PoolState {
+        PoolState {
+            name: name.into(),
+            cfg: ArcSwap::from_pointee(cfg),
+            backends: ArcSwap::from_pointee(Vec::new()),
+            rr: AtomicUsize::new(0),
+            metrics: metrics.pool(name),
+        }
+    }
+
+    /// The pool settings.
+    pub fn config(&self) -> Arc<Pool> {
+        self.cfg.load_full()
+    }
+
+    /// The backends.
+    pub fn backends(&self) -> Arc<Vec<Arc<BackendState>>> {
+        self.backends.load_full()
+    }
+
+    /// Replaces the settings.
+    pub fn set_config(&self, cfg: Pool) {
+        if *self.cfg.load().as_ref() != cfg {
+            self.cfg.store(Arc::new(cfg));
+        }
+    }
+
+    /// Makes the backend set equal to `want`, keeping the state of backends that stay and starting health
+    /// checks for new ones.
+    pub fn set_backends(self: &Arc<Self>, want: &[Backend], metrics: &RouterMetrics) {
+        let old = self.backends.load_full();
+        if old.len() == want.len() && old.iter().zip(want).all(|(a, b)| a.addr == *b) {
+            return;
+        }
+        let checks = self.cfg.load().healthz_every_ms > 0;
+        let mut next = Vec::with_capacity(want.len());
+        for w in want {
+            match old.iter().find(|b| b.addr == *w) {
+                Some(b) => next.push(b.clone()),
+                None => {
+                    let b = Arc::new(BackendState::new(
+                        w.clone(),
+                        checks,
+                        metrics.backend_health(&self.name, &w.to_string()),
+                    ));
+                    tokio::spawn(health_loop(Arc::downgrade(self), b.clone()));
+                    next.push(b);
+                }
+            }
+        }
+        for b in old.iter() {
+            if !want.contains(&b.addr) {
+                b.cancel.cancel();
+                b.idle.lock().clear();
+                metrics.forget_backend(&self.name, &b.name);
+            }
+        }
+        self.backends.store(Arc::new(next));
+    }
+
+    /// Stops every backend (the pool was deleted).
+    pub fn close(&self, metrics: &RouterMetrics) {
+        for b in self.backends.load().iter() {
+            b.cancel.cancel();
+            b.idle.lock().clear();
+            metrics.forget_backend(&self.name, &b.name);
+        }
+    }
+
+    /// Picks a backend, skipping those in `exclude`.
+    pub fn choose(&self, exclude: &[usize]) -> Option<Arc<BackendState>> {
+        let backends = self.backends.load();
+        let n = backends.len();
+        if n == 0 {
+            return None;
+        }
+        let cfg = self.cfg.load();
+        let accept = cfg.accept as u8;
+        let start = self.rr.fetch_add(1, Relaxed);
+        let now = now_ms();
+        let mut best: Option<(u8, u64, usize)> = None;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let b = &backends[i];
+            let h = b.health.load(Relaxed);
+            if h > accept || exclude.contains(&(Arc::as_ptr(b) as usize)) {
+                continue;
+            }
+            let cost = (b.in_flight.load(Relaxed) as u64 + 1) * 1024 * 1024
+                / b.weight(now, cfg.slow_start_ms);
+            if best.is_none_or(|(bh, bc, _)| (h, cost) < (bh, bc)) {
+                best = Some((h, cost, i));
+            }
+        }
+        best.map(|(_, _, i)| backends[i].clone())
+    }
+
+    /// Marks a backend that refused a connection as CRITICAL until its next good health check (only when
+    /// health checks are on, since nothing else would bring it back).
+    pub fn connect_failed(&self, b: &BackendState) {
+        b.failures.fetch_add(1, Relaxed);
+        if self.cfg.load().healthz_every_ms > 0 {
+            b.set_health(Health::Critical);
+        }
+    }
+}
+
+/// Checks one backend until it is removed.
+async fn health_loop(pool: std::sync::Weak<PoolState>, b: Arc<BackendState>) {
+    loop {
+        let Some(cfg) = pool.upgrade().map(|p| p.config()) else {
+            return;
+        };
+        let wait = if cfg.healthz_every_ms == 0 {
+            b.set_health(Health::Ok);
+            Duration::from_secs(1)
+        } else {
+            let h = check_once(
+                &b,
+                &cfg.healthz_path,
+                Duration::from_millis(cfg.healthz_timeout_ms),
+            )
+            .await;
+            b.set_health(h);
+            Duration::from_millis(cfg.healthz_every_ms)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = b.cancel.cancelled() => return,
+        }
+    }
+}
+
+/// One `GET <path>` on a fresh connection: the `Server-Status` header decides; a plain 200 is OK, any other
+/// answer or a network error is CRITICAL.
+pub async fn check_once(b: &BackendState, path: &str, timeout: Duration) -> Health {
+    let attempt = async {
+        let addr = b.socket_addr().await.ok()?;
+        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+        let (mut sr, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .ok()?;
+        tokio::spawn(conn);
+        let req = http::Request::get(path)
+            .header(http::header::HOST, b.name.as_str())
+            .header(http::header::USER_AGENT, "atlantis-router-healthz")
+            .header(http::header::CONNECTION, "close")
+            .body(Empty::new())
+            .ok()?;
+        let resp = sr.send_request(req).await.ok()?;
+        let header = resp
+            .headers()
+            .get("server-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(Health::from_header);
+        Some(match (resp.status().as_u16(), header) {
+            (_, Some(h)) => h,
+            (200, None) => Health::Ok,
+            _ => Health::Critical,
+        })
+    };
+    tokio::time::timeout(timeout, attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(Health::Critical)
+}

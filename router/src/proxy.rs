@@ -1,0 +1,522 @@
+//! The hot path: route one request, pick a backend, forward, stream the answer back.
+//!
+//! Answers made by the router: no port or no rule 404 (configurable), missing target or no usable
+//! backend 503, backend failure 502 (after trying other backends when a connection is refused), backend
+//! timeout 504. Each carries `x-atlantis-error` with a stable code.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use atlantis_common::routing::RequestView;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Version};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+use crate::body::{Lease, ProxyBody};
+use crate::metrics::{PoolMetrics, RouterMetrics};
+use crate::pool::{BackendState, PoolState};
+use crate::table::{Route, Table};
+
+/// State shared by every connection.
+pub struct Shared {
+    /// The current table.
+    pub table: ArcSwap<Table>,
+    /// Metrics.
+    pub metrics: RouterMetrics,
+    /// Counters for answers given without a pool.
+    pub unrouted: PoolMetrics,
+    /// Whether the configuration source is connected.
+    pub connected: AtomicBool,
+    /// Log one line per request.
+    pub access_log: bool,
+    /// Answer when nothing matches.
+    pub not_found: StatusCode,
+    /// Idle connections kept per backend.
+    pub max_idle: usize,
+    ids: RequestIds,
+}
+
+impl Shared {
+    /// Shared state with an empty table.
+    pub fn new(
+        metrics: RouterMetrics,
+        access_log: bool,
+        not_found: StatusCode,
+        max_idle: usize,
+    ) -> Shared {
+        Shared {
+            table: ArcSwap::from_pointee(Table::default()),
+            unrouted: metrics.pool("-"),
+            metrics,
+            connected: AtomicBool::new(false),
+            access_log,
+            not_found,
+            max_idle,
+            ids: RequestIds::new(),
+        }
+    }
+}
+
+/// Who is calling, on which listener.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    /// The listener's port.
+    pub port: u16,
+    /// Whether the connection is TLS.
+    pub tls: bool,
+    /// The client.
+    pub peer: SocketAddr,
+}
+
+struct RequestIds {
+    prefix: u64,
+    next: AtomicU64,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        RequestIds {
+            prefix: rand::random::<u64>() & 0xffff_ffff,
+            next: AtomicU64::new(0),
+        }
+    }
+    fn next(&self) -> HeaderValue {
+        let n = self.next.fetch_add(1, Relaxed);
+        HeaderValue::try_from(format!("{:08x}{:012x}", self.prefix, n))
+            .unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+}
+
+/// A request as the matchers see it.
+pub struct View<'a> {
+    host: &'a str,
+    path: &'a str,
+    query: Option<&'a str>,
+    headers: &'a HeaderMap,
+}
+
+impl<'a> View<'a> {
+    /// The view of `req`.
+    pub fn of<B>(req: &'a Request<B>) -> View<'a> {
+        View {
+            host: request_host(req),
+            path: req.uri().path(),
+            query: req.uri().query(),
+            headers: req.headers(),
+        }
+    }
+
+    /// A view from parts (the trace endpoint).
+    pub fn from_parts(
+        host: &'a str,
+        path: &'a str,
+        query: Option<&'a str>,
+        headers: &'a HeaderMap,
+    ) -> View<'a> {
+        View {
+            host: strip_port(host),
+            path,
+            query,
+            headers,
+        }
+    }
+}
+
+impl RequestView for View<'_> {
+    fn host(&self) -> &str {
+        self.host
+    }
+    fn path(&self) -> &str {
+        self.path
+    }
+    fn query(&self) -> Option<&str> {
+        self.query
+    }
+    fn header_is(&self, name: &str, value: &str) -> bool {
+        self.headers
+            .get_all(name)
+            .iter()
+            .any(|v| v.as_bytes() == value.as_bytes())
+    }
+    fn roll(&self) -> u32 {
+        rand::random::<u32>() % 10_000
+    }
+}
+
+/// The request's host without port: the URI authority (HTTP/2, absolute form) or the `Host` header.
+pub fn request_host<B>(req: &Request<B>) -> &str {
+    if let Some(h) = req.uri().host() {
+        return h.trim_start_matches('[').trim_end_matches(']');
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(strip_port)
+        .unwrap_or("")
+}
+
+fn strip_port(h: &str) -> &str {
+    if let Some(rest) = h.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    match h.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => h,
+    }
+}
+
+fn answer(status: StatusCode, code: &'static str, text: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(text));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r.headers_mut()
+        .insert("x-atlantis-error", HeaderValue::from_static(code));
+    r
+}
+
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Removes hop-by-hop headers, including those named by `Connection`.
+fn strip_hop_by_hop(h: &mut HeaderMap) {
+    if let Some(conn) = h
+        .get(header::CONNECTION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+    {
+        for name in conn.split(',') {
+            let name = name.trim();
+            if !name.is_empty() {
+                h.remove(name);
+            }
+        }
+    }
+    for n in &HOP_BY_HOP {
+        h.remove(n);
+    }
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(header::UPGRADE)
+        && req.headers().get_all(header::CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+/// Handles one request on a routed port.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let start = Instant::now();
+    let route = {
+        let table = shared.table.load();
+        table.route(conn.port, &View::of(&req), None)
+    };
+    let (pool, resp, backend) = match route {
+        Route::Pool(pool) => {
+            let (resp, backend) = forward(&shared, &pool, conn, req, start).await;
+            pool.metrics
+                .record(resp.status().as_u16(), start.elapsed().as_secs_f64());
+            (Some(pool), resp, backend)
+        }
+        other => {
+            let resp = match other {
+                Route::NoPort | Route::NoMatch => {
+                    answer(shared.not_found, "no_route", "no route\n")
+                }
+                Route::Missing(_) => answer(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "target_missing",
+                    "route target missing\n",
+                ),
+                Route::TooDeep => answer(StatusCode::LOOP_DETECTED, "loop", "routing loop\n"),
+                Route::Pool(_) => unreachable!("handled above"),
+            };
+            shared
+                .unrouted
+                .record(resp.status().as_u16(), start.elapsed().as_secs_f64());
+            if shared.access_log {
+                tracing::info!(target: "atlantis_router::access", port = conn.port, peer = %conn.peer,
+                    status = resp.status().as_u16(), error = resp.headers().get("x-atlantis-error").and_then(|v| v.to_str().ok()).unwrap_or(""),
+                    "Request not routed.");
+            }
+            return Ok(resp);
+        }
+    };
+    if shared.access_log {
+        tracing::info!(target: "atlantis_router::access", port = conn.port, peer = %conn.peer,
+            pool = pool.as_ref().map(|p| p.name.as_str()).unwrap_or("-"),
+            backend = backend.as_ref().map(|b| b.name.as_str()).unwrap_or("-"),
+            status = resp.status().as_u16(), ms = start.elapsed().as_secs_f64() * 1000.0,
+            request_id = resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or(""),
+            "Request routed.");
+    }
+    Ok(resp)
+}
+
+/// Rewrites the request for the backend: origin-form URI, HTTP/1.1, `Host` kept, forwarding headers.
+fn prepare(
+    req: &mut Request<Incoming>,
+    conn: ConnInfo,
+    ids: &RequestIds,
+    upgrade: bool,
+) -> HeaderValue {
+    let host = req.uri().authority().map(|a| a.as_str().to_owned());
+    let upgrade_hdr = if upgrade {
+        req.headers().get(header::UPGRADE).cloned()
+    } else {
+        None
+    };
+    let pq = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    if let Ok(u) = pq.parse() {
+        *req.uri_mut() = u;
+    }
+    *req.version_mut() = Version::HTTP_11;
+    let h = req.headers_mut();
+    strip_hop_by_hop(h);
+    if let Some(up) = upgrade_hdr {
+        h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        h.insert(header::UPGRADE, up);
+    }
+    if !h.contains_key(header::HOST)
+        && let Some(v) = host.and_then(|a| HeaderValue::try_from(a).ok())
+    {
+        h.insert(header::HOST, v);
+    }
+    let ip = conn.peer.ip().to_string();
+    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {ip}"),
+        None => ip,
+    };
+    if let Ok(v) = HeaderValue::try_from(xff) {
+        h.insert("x-forwarded-for", v);
+    }
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
+    );
+    if let Some(v) = h.get(header::HOST).cloned() {
+        h.insert("x-forwarded-host", v);
+    }
+    let id = match h.get("x-request-id") {
+        Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
+        _ => ids.next(),
+    };
+    h.insert("x-request-id", id.clone());
+    id
+}
+
+async fn forward(
+    shared: &Shared,
+    pool: &Arc<PoolState>,
+    conn: ConnInfo,
+    mut req: Request<Incoming>,
+    start: Instant,
+) -> (Response<ProxyBody>, Option<Arc<BackendState>>) {
+    let cfg = pool.config();
+    let upgrade = is_upgrade(&req);
+    let client_upgrade = if upgrade {
+        Some(hyper::upgrade::on(&mut req))
+    } else {
+        None
+    };
+    let request_id = prepare(&mut req, conn, &shared.ids, upgrade);
+    let deadline =
+        tokio::time::Instant::from_std(start) + Duration::from_millis(cfg.request_timeout_ms);
+    let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+    let mut tried: Vec<usize> = Vec::new();
+    let mut stale_retries = 0;
+    loop {
+        let Some(backend) = pool.choose(&tried) else {
+            return if tried.is_empty() {
+                (
+                    answer(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no_backend",
+                        "no healthy backend\n",
+                    ),
+                    None,
+                )
+            } else {
+                (
+                    answer(
+                        StatusCode::BAD_GATEWAY,
+                        "backend_refused",
+                        "backend refused the connection\n",
+                    ),
+                    None,
+                )
+            };
+        };
+        let mut lease = Lease::new(backend.clone(), shared.max_idle);
+        let (mut sr, reused) = match backend.checkout() {
+            Some(sr) => (sr, true),
+            None => match tokio::time::timeout(connect_timeout, connect(&backend)).await {
+                Ok(Ok(sr)) => (sr, false),
+                r => {
+                    let why = match r {
+                        Ok(Err(e)) => e.to_string(),
+                        _ => "connect timeout".into(),
+                    };
+                    tracing::warn!(pool = %pool.name, backend = %backend.name, error = %why, "Backend connection failed, trying another.");
+                    pool.connect_failed(&backend);
+                    tried.push(Arc::as_ptr(&backend) as usize);
+                    if tried.len() > cfg.retries as usize {
+                        return (
+                            answer(
+                                StatusCode::BAD_GATEWAY,
+                                "backend_refused",
+                                "backend refused the connection\n",
+                            ),
+                            Some(backend),
+                        );
+                    }
+                    continue;
+                }
+            },
+        };
+        let sent = tokio::time::timeout_at(deadline, sr.try_send_request(req)).await;
+        let mut resp = match sent {
+            Err(_) => {
+                return (
+                    answer(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "backend_timeout",
+                        "backend timeout\n",
+                    ),
+                    Some(backend),
+                );
+            }
+            Ok(Ok(resp)) => resp,
+            Ok(Err(mut e)) => match e.take_message() {
+                // The request never left: a reused connection the backend had closed. Try again.
+                Some(back) if reused && stale_retries < 3 => {
+                    stale_retries += 1;
+                    req = back;
+                    continue;
+                }
+                _ => {
+                    let err = e.into_error();
+                    tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "Backend request failed.");
+                    backend.failures.fetch_add(1, Relaxed);
+                    return (
+                        answer(StatusCode::BAD_GATEWAY, "backend_error", "backend error\n"),
+                        Some(backend),
+                    );
+                }
+            },
+        };
+        backend.served.fetch_add(1, Relaxed);
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let backend_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                let _lease = lease;
+                match tokio::try_join!(client_upgrade, backend_upgrade) {
+                    Ok((c, b)) => {
+                        let _ = tokio::io::copy_bidirectional(
+                            &mut TokioIo::new(c),
+                            &mut TokioIo::new(b),
+                        )
+                        .await;
+                    }
+                    Err(e) => tracing::debug!(error = %e, "Upgrade failed."),
+                }
+            });
+            let (parts, _) = resp.into_parts();
+            return (
+                Response::from_parts(parts, ProxyBody::empty()),
+                Some(backend),
+            );
+        }
+        lease.set_conn(sr);
+        let (mut parts, body) = resp.into_parts();
+        strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert("x-request-id", request_id);
+        return (
+            Response::from_parts(parts, ProxyBody::streamed(body, lease)),
+            Some(backend),
+        );
+    }
+}
+
+/// Opens a new HTTP/1.1 connection to a backend.
+async fn connect(
+    b: &BackendState,
+) -> std::io::Result<hyper::client::conn::http1::SendRequest<Incoming>> {
+    let addr = b.socket_addr().await?;
+    let stream = tokio::net::TcpStream::connect(addr).await?;
+    stream.set_nodelay(true)?;
+    let (sr, conn) = hyper::client::conn::http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        let _ = conn.with_upgrades().await;
+    });
+    Ok(sr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_lose_their_port() {
+        assert_eq!(strip_port("example.com:8080"), "example.com");
+        assert_eq!(strip_port("example.com"), "example.com");
+        assert_eq!(strip_port("[::1]:80"), "::1");
+        let req = Request::get("http://Api.Example.com:81/x")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req), "Api.Example.com");
+        let req = Request::get("/x")
+            .header("host", "a.example:9")
+            .body(())
+            .unwrap();
+        assert_eq!(request_host(&req), "a.example");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_go() {
+        let mut h = HeaderMap::new();
+        for (k, v) in [
+            ("connection", "close, x-secret"),
+            ("x-secret", "1"),
+            ("keep-alive", "5"),
+            ("te", "trailers"),
+            ("x-keep", "y"),
+        ] {
+            h.insert(HeaderName::from_static(k), HeaderValue::from_static(v));
+        }
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert!(h.contains_key("x-keep"));
+    }
+}

@@ -1,0 +1,396 @@
+//! The routing table: compiled from the raw configuration nodes, immutable once built, swapped atomically.
+//!
+//! [`Compiler`] keeps the raw nodes (relative path to data and version) and a cache of compiled rules keyed
+//! by name, version and data, so a change among 10,000 rules parses only the rules that changed. Targets
+//! are resolved by name at compile time; a reference to a pool or trie that does not exist yet is kept
+//! as `Missing` (answered 503) and resolves by itself in the next table once the target appears.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use atlantis_common::routing::{self, Backend, Matcher, RequestView, RuleType, Target};
+use atlantis_common::zk::Node;
+use serde::Serialize;
+
+use crate::metrics::RouterMetrics;
+use crate::pool::PoolState;
+use crate::source::SourceEvent;
+
+/// Most trie hops one request may take (loops end here).
+pub const MAX_HOPS: usize = 128;
+
+/// A compiled rule (shared between tables while its node is unchanged).
+#[derive(Debug)]
+pub struct CompiledRule {
+    /// Rule name.
+    pub name: String,
+    /// Matcher type.
+    pub kind: RuleType,
+    /// Matcher value, as written.
+    pub value: String,
+    /// The matcher.
+    pub matcher: Matcher,
+    /// Where a match goes.
+    pub target: Target,
+}
+
+/// A rule target after name resolution.
+#[derive(Clone)]
+pub enum Resolved {
+    /// An existing pool.
+    Pool(Arc<PoolState>),
+    /// An existing trie (index into [`Table::tries`]).
+    Trie(usize),
+    /// Not (yet) defined.
+    Missing,
+}
+
+/// One rule in a trie.
+#[derive(Clone)]
+pub struct RuleEntry {
+    /// The rule.
+    pub rule: Arc<CompiledRule>,
+    /// Its resolved target.
+    pub target: Resolved,
+}
+
+/// A compiled trie.
+pub struct CompiledTrie {
+    /// Trie name.
+    pub name: String,
+    /// Rules in order.
+    pub rules: Vec<RuleEntry>,
+}
+
+/// A listener definition.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PortEntry {
+    /// Port node name.
+    pub name: String,
+    /// TCP port.
+    pub port: u16,
+    /// Serve TLS.
+    pub tls: bool,
+    /// Start trie name.
+    pub trie: String,
+    /// Start trie index, if it exists.
+    #[serde(skip)]
+    pub trie_index: Option<usize>,
+}
+
+/// The immutable routing table.
+#[derive(Default)]
+pub struct Table {
+    /// Increases with every compilation.
+    pub generation: u64,
+    /// Listeners by port number.
+    pub ports: HashMap<u16, PortEntry>,
+    /// Tries.
+    pub tries: Vec<CompiledTrie>,
+    /// Trie index by name.
+    pub trie_index: HashMap<String, usize>,
+    /// Pools by name.
+    pub pools: BTreeMap<String, Arc<PoolState>>,
+    /// Nodes refused as invalid, with the reason (shown on `/statusz.json`).
+    pub errors: Vec<String>,
+    /// Number of rules.
+    pub rule_count: usize,
+}
+
+/// The outcome of walking the table.
+pub enum Route {
+    /// Send to this pool.
+    Pool(Arc<PoolState>),
+    /// No listener is configured for this port.
+    NoPort,
+    /// No rule matched.
+    NoMatch,
+    /// A matched rule (or the port) names a pool or trie that does not exist.
+    Missing(String),
+    /// More than [`MAX_HOPS`] tries (a loop).
+    TooDeep,
+}
+
+/// One rule evaluation, for the trace endpoint.
+#[derive(Debug, Serialize)]
+pub struct Step {
+    /// Trie.
+    pub trie: String,
+    /// Rule.
+    pub rule: String,
+    /// Matcher type.
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    /// Matcher value.
+    pub value: String,
+    /// Whether it matched.
+    pub matched: bool,
+}
+
+impl Table {
+    /// Walks the tries from `port`'s start trie; with `trace`, records every rule evaluated.
+    pub fn route<R: RequestView + ?Sized>(
+        &self,
+        port: u16,
+        req: &R,
+        mut trace: Option<&mut Vec<Step>>,
+    ) -> Route {
+        let Some(p) = self.ports.get(&port) else {
+            return Route::NoPort;
+        };
+        let Some(mut t) = p.trie_index else {
+            return Route::Missing(p.trie.clone());
+        };
+        for _ in 0..MAX_HOPS {
+            let trie = &self.tries[t];
+            let mut next = None;
+            for e in &trie.rules {
+                let matched = e.rule.matcher.matches(req);
+                if let Some(steps) = trace.as_deref_mut() {
+                    steps.push(Step {
+                        trie: trie.name.clone(),
+                        rule: e.rule.name.clone(),
+                        kind: e.rule.kind.as_str(),
+                        value: e.rule.value.clone(),
+                        matched,
+                    });
+                }
+                if matched {
+                    match &e.target {
+                        Resolved::Pool(p) => return Route::Pool(p.clone()),
+                        Resolved::Trie(i) => next = Some(*i),
+                        Resolved::Missing => {
+                            return Route::Missing(match &e.rule.target {
+                                Target::Pool(n) | Target::Trie(n) => n.clone(),
+                            });
+                        }
+                    }
+                    break;
+                }
+            }
+            match next {
+                Some(i) => t = i,
+                None => return Route::NoMatch,
+            }
+        }
+        Route::TooDeep
+    }
+}
+
+struct CachedRule {
+    version: i32,
+    data: Vec<u8>,
+    rule: Result<Arc<CompiledRule>, String>,
+}
+
+/// Turns raw nodes into tables; owns the pools' run-time state.
+pub struct Compiler {
+    raw: BTreeMap<String, Node>,
+    rules: HashMap<String, CachedRule>,
+    pools: HashMap<String, Arc<PoolState>>,
+    generation: u64,
+    metrics: RouterMetrics,
+}
+
+impl Compiler {
+    /// An empty compiler.
+    pub fn new(metrics: RouterMetrics) -> Compiler {
+        Compiler {
+            raw: BTreeMap::new(),
+            rules: HashMap::new(),
+            pools: HashMap::new(),
+            generation: 0,
+            metrics,
+        }
+    }
+
+    /// Applies a source event; returns whether the raw configuration changed.
+    pub fn apply(&mut self, ev: SourceEvent) -> bool {
+        match ev {
+            SourceEvent::Reset(map) => {
+                let changed = map != self.raw;
+                self.raw = map;
+                changed
+            }
+            SourceEvent::Upsert { path, node } => {
+                self.raw.insert(path, node.clone()).as_ref() != Some(&node)
+            }
+            SourceEvent::Remove { path } => self.raw.remove(&path).is_some(),
+            SourceEvent::Connected(_) => false,
+        }
+    }
+
+    /// Compiles a new table from the current nodes.
+    pub fn compile(&mut self) -> Table {
+        self.generation += 1;
+        self.metrics.compiles.inc();
+        let mut errors = Vec::new();
+        let mut ports: Vec<(String, routing::Port)> = Vec::new();
+        let mut tries: Vec<(String, routing::Trie)> = Vec::new();
+        let mut rule_names: Vec<(&str, &Node)> = Vec::new();
+        let mut pool_cfgs: BTreeMap<String, (routing::Pool, Vec<Backend>)> = BTreeMap::new();
+        for (path, node) in &self.raw {
+            let mut parts = path.splitn(3, '/');
+            let (section, name, child) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+            let Some(name) = name else { continue };
+            match (section, child) {
+                ("ports", None) => match routing::parse_port(name, &node.data) {
+                    Ok(p) => ports.push((name.to_owned(), p)),
+                    Err(e) => errors.push(e.to_string()),
+                },
+                ("tries", None) => match routing::parse_trie(name, &node.data) {
+                    Ok(t) => tries.push((name.to_owned(), t)),
+                    Err(e) => errors.push(e.to_string()),
+                },
+                ("rules", None) => rule_names.push((name, node)),
+                ("pools", None) => match routing::parse_pool(name, &node.data) {
+                    Ok(p) => {
+                        pool_cfgs.insert(name.to_owned(), (p, Vec::new()));
+                    }
+                    Err(e) => errors.push(e.to_string()),
+                },
+                ("pools", Some(b)) if !b.contains('/') => match b.parse::<Backend>() {
+                    Ok(b) => {
+                        if let Some((_, list)) = pool_cfgs.get_mut(name) {
+                            list.push(b);
+                        }
+                    }
+                    Err(e) => errors.push(format!("{e} (in pool {name:?})")),
+                },
+                _ => {}
+            }
+        }
+        // Rules: reuse the compiled form unless the node changed.
+        let mut compiled: HashMap<&str, Arc<CompiledRule>> =
+            HashMap::with_capacity(rule_names.len());
+        for &(name, node) in &rule_names {
+            let fresh = match self.rules.get(name) {
+                Some(c) => c.version != node.version || c.data != node.data,
+                None => true,
+            };
+            if fresh {
+                self.metrics.rules_compiled.inc();
+                let rule = routing::parse_rule(name, &node.data)
+                    .map(|(r, matcher)| {
+                        Arc::new(CompiledRule {
+                            name: name.to_owned(),
+                            kind: r.kind,
+                            target: r.target(),
+                            value: r.value,
+                            matcher,
+                        })
+                    })
+                    .map_err(|e| e.to_string());
+                self.rules.insert(
+                    name.to_owned(),
+                    CachedRule {
+                        version: node.version,
+                        data: node.data.clone(),
+                        rule,
+                    },
+                );
+            }
+            match &self.rules[name].rule {
+                Ok(r) => {
+                    compiled.insert(name, r.clone());
+                }
+                Err(e) => errors.push(e.clone()),
+            }
+        }
+        if self.rules.len() > rule_names.len() {
+            let live: std::collections::HashSet<&str> =
+                rule_names.iter().map(|(n, _)| *n).collect();
+            self.rules.retain(|k, _| live.contains(k.as_str()));
+        }
+        // Pools: keep run-time state across tables.
+        self.pools.retain(|name, p| {
+            let keep = pool_cfgs.contains_key(name);
+            if !keep {
+                p.close(&self.metrics);
+            }
+            keep
+        });
+        let mut pools = BTreeMap::new();
+        for (name, (cfg, backends)) in pool_cfgs {
+            let state = self
+                .pools
+                .entry(name.clone())
+                .or_insert_with(|| Arc::new(PoolState::new(&name, cfg.clone(), &self.metrics)));
+            state.set_config(cfg);
+            state.set_backends(&backends, &self.metrics);
+            pools.insert(name, state.clone());
+        }
+        // Tries, then targets.
+        let trie_index: HashMap<String, usize> = tries
+            .iter()
+            .enumerate()
+            .map(|(i, (n, _))| (n.clone(), i))
+            .collect();
+        let mut rule_count = 0;
+        let compiled_tries = tries
+            .iter()
+            .map(|(name, t)| {
+                let rules = t
+                    .rules
+                    .iter()
+                    .filter_map(|r| compiled.get(r.as_str()))
+                    .map(|rule| {
+                        let target = match &rule.target {
+                            Target::Pool(p) => pools
+                                .get(p)
+                                .map(|p| Resolved::Pool(p.clone()))
+                                .unwrap_or(Resolved::Missing),
+                            Target::Trie(t) => trie_index
+                                .get(t)
+                                .map(|i| Resolved::Trie(*i))
+                                .unwrap_or(Resolved::Missing),
+                        };
+                        RuleEntry {
+                            rule: rule.clone(),
+                            target,
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                rule_count += rules.len();
+                CompiledTrie {
+                    name: name.clone(),
+                    rules,
+                }
+            })
+            .collect();
+        let mut by_port: HashMap<u16, PortEntry> = HashMap::new();
+        for (name, p) in ports {
+            if let Some(other) = by_port.get(&p.port) {
+                errors.push(format!(
+                    "port {name:?} uses port {} already taken by port {:?}",
+                    p.port, other.name
+                ));
+                continue;
+            }
+            let trie_index = trie_index.get(&p.trie).copied();
+            by_port.insert(
+                p.port,
+                PortEntry {
+                    name,
+                    port: p.port,
+                    tls: p.tls,
+                    trie: p.trie,
+                    trie_index,
+                },
+            );
+        }
+        self.metrics.invalid_nodes.set(errors.len() as i64);
+        Table {
+            generation: self.generation,
+            ports: by_port,
+            tries: compiled_tries,
+            trie_index,
+            pools,
+            errors,
+            rule_count,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
