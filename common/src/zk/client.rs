@@ -212,19 +212,34 @@ impl Coord {
         drop(old);
     }
 
-    /// Fault injection for tests: makes the server expire this client's session, as after a partition
-    /// longer than the session timeout. The client notices, and `Coord` builds a new session.
+    /// Fault injection for tests: makes the server end this client's session, as after a partition
+    /// longer than the session timeout, and returns once `Coord` runs on a new session.
     pub async fn expire_session(&self) -> Result<(), CoordError> {
         let client = self.client()?;
-        let twin = zkc::Client::connector()
-            .with_session(client.session().clone())
-            .with_session_timeout(self.inner.cfg.session_timeout)
-            .connect(&self.inner.cfg.servers)
-            .await
-            .map_err(|e| CoordError::Unavailable(e.to_string()))?;
-        // Dropping the last handle of the twin closes the session on the server.
-        drop(twin);
-        Ok(())
+        let epoch = self.inner.status.borrow().epoch;
+        let mut status = self.status();
+        let mut last = String::from("session survived");
+        // The twin and the original fight over the session (each connection kicks the other out), so
+        // the twin's close may be lost; repeat until the original reports a new session. The original's
+        // reconnect backoff grows each round, so the twin soon wins.
+        for _ in 0..12 {
+            let twin = zkc::Client::connector()
+                .with_session(client.session().clone())
+                .with_session_timeout(self.inner.cfg.session_timeout)
+                .with_connection_timeout(Duration::from_millis(500))
+                .connect(&self.inner.cfg.servers);
+            match tokio::time::timeout(Duration::from_secs(2), twin).await {
+                Ok(Ok(twin)) => drop(twin),
+                Ok(Err(zkc::Error::SessionExpired)) => {}
+                Ok(Err(e)) => last = e.to_string(),
+                Err(_) => last = "timeout".into(),
+            }
+            let replaced = status.wait_for(|s| s.epoch != epoch && s.connected);
+            if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_millis(1500), replaced).await {
+                return Ok(());
+            }
+        }
+        Err(CoordError::Unavailable(format!("cannot expire the session: {last}")))
     }
 
     /// The current client, for one operation.

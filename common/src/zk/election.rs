@@ -36,20 +36,24 @@ impl Coord {
         loop {
             let session = self.session_id()?;
             let epoch = self.inner_status().epoch;
+            tracing::debug!(path, id, session = format!("{session:#x}"), "Campaigning.");
             match self.create_ephemeral_raw(path, &data).await {
                 Ok(_) => {
                     tracing::info!(path, id, "Elected leader.");
                     return Ok(Leadership { coord: self.clone(), path: path.to_owned(), session, epoch, id: id.to_owned() });
                 }
                 Err(CoordError::Exists { .. }) => {
+                    tracing::debug!(path, id, "Leader node exists, waiting.");
                     // Ours from a restored session? Then we already lead.
-                    if let Some(s) = self.stat(path).await?
-                        && s.ephemeral_owner == session
-                    {
+                    let seen = self.stat(path).await?;
+                    if seen.is_none() {
+                        continue; // gone already: try again at once
+                    }
+                    if seen.is_some_and(|s| s.ephemeral_owner == session) {
                         return Ok(Leadership { coord: self.clone(), path: path.to_owned(), session, epoch, id: id.to_owned() });
                     }
-                    match self.wait_for_change(path).await {
-                        Ok(_) => {}
+                    match self.wait_for_change(path, seen).await {
+                        Ok(s) => tracing::debug!(path, id, ?s, "Leader node changed."),
                         Err(CoordError::Closed) => return Err(CoordError::Closed),
                         Err(e) => {
                             tracing::debug!(error = %e, "Election watch failed, retrying.");
@@ -86,16 +90,16 @@ impl Leadership {
         let mut status = self.coord.status();
         let closed = self.coord.closed();
         loop {
-            match self.coord.stat(&self.path).await {
-                Ok(Some(s)) if s.ephemeral_owner == self.session => {}
+            let seen = match self.coord.stat(&self.path).await {
+                Ok(Some(s)) if s.ephemeral_owner == self.session => Some(s),
                 Ok(_) | Err(CoordError::Closed) => return,
-                Err(_) => {}
-            }
+                Err(_) => None,
+            };
             if status.borrow_and_update().epoch != self.epoch {
                 return;
             }
             tokio::select! {
-                _ = self.coord.wait_for_change(&self.path) => {}
+                _ = self.coord.wait_for_change(&self.path, seen) => {}
                 r = status.changed() => if r.is_err() { return },
                 _ = closed.cancelled() => return,
             }

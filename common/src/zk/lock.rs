@@ -196,6 +196,7 @@ impl Coord {
         let deadline = tokio::time::Instant::now() + timeout;
         let locks = self.layout().locks();
         loop {
+            let seen = self.stat(&locks).await?;
             match self.try_lock(key, holder).await {
                 Err(LockError::Conflict { .. }) => {
                     let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
@@ -203,7 +204,7 @@ impl Coord {
                         return Err(LockError::Timeout(key.to_string()));
                     }
                     // Any release bumps the cversion of `locks`; wait for a change, bounded.
-                    let _ = tokio::time::timeout(remaining.min(Duration::from_secs(1)), self.wait_for_change(&locks)).await;
+                    let _ = tokio::time::timeout(remaining.min(Duration::from_secs(1)), self.wait_for_change(&locks, seen)).await;
                 }
                 r => return r,
             }

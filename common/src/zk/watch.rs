@@ -115,12 +115,25 @@ impl Coord {
         rx
     }
 
-    /// Waits for a node to change (created, deleted, data or children), or for the session to end.
-    /// Returns the node's stat after the change, `None` if it does not exist.
-    pub async fn wait_for_change(&self, path: &str) -> Result<Option<NodeStat>, super::CoordError> {
+    /// Waits until a node differs from `seen` (its stat when last looked at, `None` for absent): created,
+    /// deleted, data or children changed. Returns at once if it already differs. Returns the stat then.
+    pub async fn wait_for_change(&self, path: &str, seen: Option<NodeStat>) -> Result<Option<NodeStat>, super::CoordError> {
         let client = self.client()?;
-        let (_, watcher) = client.check_and_watch_stat(path).await.map_err(|e| super::CoordError::from_zk(path, e))?;
-        let _ = watcher.changed().await;
+        let (now, watcher) = client.check_and_watch_stat(path).await.map_err(|e| super::CoordError::from_zk(path, e))?;
+        let now = now.as_ref().map(NodeStat::from);
+        let same = match (&now, &seen) {
+            (None, None) => true,
+            (Some(a), Some(b)) => a.version == b.version && a.cversion == b.cversion && a.ephemeral_owner == b.ephemeral_owner,
+            _ => false,
+        };
+        if !same {
+            return Ok(now);
+        }
+        let closed = self.closed();
+        tokio::select! {
+            _ = watcher.changed() => {}
+            _ = closed.cancelled() => return Err(super::CoordError::Closed),
+        }
         self.stat(path).await
     }
 

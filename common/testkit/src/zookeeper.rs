@@ -12,6 +12,7 @@ const JARS: &str = "/usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.j
 /// A standalone ZooKeeper; stopped and deleted when dropped.
 pub struct ZooKeeper {
     dir: tempfile::TempDir,
+    shared: bool,
     port: u16,
     proc: Option<Guarded>,
     tick_ms: u32,
@@ -24,15 +25,26 @@ impl ZooKeeper {
         Self::start_with_tick(500)
     }
 
+    /// One server shared by every test of this test binary (tests isolate themselves under their own
+    /// root path). It is never dropped; its watchdog stops it and deletes its files when the binary exits.
+    pub fn shared() -> &'static ZooKeeper {
+        static SHARED: std::sync::OnceLock<ZooKeeper> = std::sync::OnceLock::new();
+        SHARED.get_or_init(|| ZooKeeper::start_inner(500, true))
+    }
+
     /// Starts a server with the given tickTime (the session timeout is bounded by 2 to 20 ticks).
     pub fn start_with_tick(tick_ms: u32) -> ZooKeeper {
+        Self::start_inner(tick_ms, false)
+    }
+
+    fn start_inner(tick_ms: u32, shared: bool) -> ZooKeeper {
         crate::require_bin("java", "default-jre-headless");
         crate::require_file("/usr/share/java/zookeeper.jar", "zookeeper");
         let mut dir = tempfile::Builder::new().prefix("atlantis-zk-").tempdir().expect("temp dir");
         std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
         for attempt in 0..5 {
             let port = crate::ports::free_port();
-            let mut zk = ZooKeeper { dir, port, proc: None, tick_ms };
+            let mut zk = ZooKeeper { dir, shared, port, proc: None, tick_ms };
             if zk.launch() {
                 return zk;
             }
@@ -66,7 +78,12 @@ impl ZooKeeper {
             cfg_path.display().to_string(),
         ];
         let java = crate::require_bin("java", "default-jre-headless");
-        let proc = Guarded::spawn("zookeeper", &java, &args, &self.dir.path().join("zk.log"), None);
+        let log = self.dir.path().join("zk.log");
+        let proc = if self.shared {
+            Guarded::spawn_cleanup("zookeeper", &java, &args, &log, self.dir.path())
+        } else {
+            Guarded::spawn("zookeeper", &java, &args, &log, None)
+        };
         let deadline = std::time::Instant::now() + Duration::from_secs(30);
         let expect = format!("dataDir={}", data.display());
         loop {

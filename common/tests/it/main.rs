@@ -1,0 +1,5 @@
+//! Integration tests of atlantis-common against a real ZooKeeper (Debian's `zookeeper`).
+
+mod zk;
+mod zk_cache;
+mod zk_sync;
