@@ -25,4 +25,6 @@ pub mod shutdown;
 #[cfg(feature = "server")]
 pub mod telemetry;
 
-pub use names::{AppName, ContainerId, EnvName, HostName, NameError, RegionName, Sha, TeamName, ZoneName};
+pub use names::{
+    AppName, ContainerId, EnvName, HostName, NameError, RegionName, Sha, TeamName, ZoneName,
+};

@@ -23,24 +23,48 @@ pub struct NameError {
 
 impl NameError {
     fn new(kind: &'static str, value: &str, reason: impl Into<String>) -> Self {
-        NameError { kind, value: value.to_owned(), reason: reason.into() }
+        NameError {
+            kind,
+            value: value.to_owned(),
+            reason: reason.into(),
+        }
     }
 }
 
 /// Checks `s` against `[a-z][a-z0-9-]{0,max-1}` (a DNS-label-like name that starts with a letter).
-fn check_label(kind: &'static str, s: &str, max: usize, first_letter: bool) -> Result<(), NameError> {
+fn check_label(
+    kind: &'static str,
+    s: &str,
+    max: usize,
+    first_letter: bool,
+) -> Result<(), NameError> {
     if s.is_empty() {
         return Err(NameError::new(kind, s, "must not be empty"));
     }
     if s.len() > max {
-        return Err(NameError::new(kind, s, format!("must be at most {max} characters, got {}", s.len())));
+        return Err(NameError::new(
+            kind,
+            s,
+            format!("must be at most {max} characters, got {}", s.len()),
+        ));
     }
     let first = s.as_bytes()[0];
     if first_letter && !first.is_ascii_lowercase() {
-        return Err(NameError::new(kind, s, "must start with a lowercase letter a-z"));
+        return Err(NameError::new(
+            kind,
+            s,
+            "must start with a lowercase letter a-z",
+        ));
     }
-    if let Some(c) = s.chars().find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-')) {
-        return Err(NameError::new(kind, s, format!("may contain only a-z, 0-9 and '-', found {c:?}")));
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+    {
+        return Err(NameError::new(
+            kind,
+            s,
+            format!("may contain only a-z, 0-9 and '-', found {c:?}"),
+        ));
     }
     Ok(())
 }
@@ -201,12 +225,19 @@ impl ContainerId {
         use rand::Rng;
         const ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
         let mut rng = rand::rng();
-        let suffix: String = (0..6).map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char).collect();
+        let suffix: String = (0..6)
+            .map(|_| ALPHABET[rng.random_range(0..ALPHABET.len())] as char)
+            .collect();
         ContainerId::with_suffix(app, sha, env, &suffix).expect("generated suffix is valid")
     }
 
     /// Builds an ID with a given 6-character suffix.
-    pub fn with_suffix(app: &AppName, sha: &Sha, env: &EnvName, suffix: &str) -> Result<ContainerId, NameError> {
+    pub fn with_suffix(
+        app: &AppName,
+        sha: &Sha,
+        env: &EnvName,
+        suffix: &str,
+    ) -> Result<ContainerId, NameError> {
         format!("{app}-{}-{env}-{suffix}", sha.short()).parse()
     }
 
@@ -219,8 +250,14 @@ impl ContainerId {
         if s.len() > 63 + 1 + 7 + 1 + 32 + 1 + 6 {
             return Err(err("is too long"));
         }
-        let (rest, suffix) = s.rsplit_once('-').ok_or_else(|| err("must look like <app>-<sha7>-<env>-<rand6>"))?;
-        if suffix.len() != 6 || !suffix.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()) {
+        let (rest, suffix) = s
+            .rsplit_once('-')
+            .ok_or_else(|| err("must look like <app>-<sha7>-<env>-<rand6>"))?;
+        if suffix.len() != 6
+            || !suffix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+        {
             return Err(err("must end in 6 characters of a-z0-9"));
         }
         for (i, _) in rest.match_indices('-') {
@@ -247,7 +284,13 @@ mod tests {
 
     #[test]
     fn app_names() {
-        for ok in ["a", "hello", "hello-world", "a1", &format!("a{}", "b".repeat(62))] {
+        for ok in [
+            "a",
+            "hello",
+            "hello-world",
+            "a1",
+            &format!("a{}", "b".repeat(62)),
+        ] {
             assert!(ok.parse::<AppName>().is_ok(), "{ok} should be accepted");
         }
         let cases = [
@@ -266,7 +309,12 @@ mod tests {
             assert!(e.to_string().starts_with("invalid app name"), "{e}");
         }
         let long = format!("a{}", "b".repeat(63));
-        assert!(long.parse::<AppName>().unwrap_err().to_string().contains("at most 63"));
+        assert!(
+            long.parse::<AppName>()
+                .unwrap_err()
+                .to_string()
+                .contains("at most 63")
+        );
     }
 
     #[test]
@@ -296,9 +344,25 @@ mod tests {
     #[test]
     fn shas() {
         assert!("1a2b3c4".parse::<Sha>().is_ok());
-        assert!("0123456789abcdef0123456789abcdef01234567".parse::<Sha>().is_ok());
-        assert!("1a2b3c".parse::<Sha>().unwrap_err().to_string().contains("7 to 40"));
-        assert!("1A2B3C4".parse::<Sha>().unwrap_err().to_string().contains("lowercase hex"));
+        assert!(
+            "0123456789abcdef0123456789abcdef01234567"
+                .parse::<Sha>()
+                .is_ok()
+        );
+        assert!(
+            "1a2b3c"
+                .parse::<Sha>()
+                .unwrap_err()
+                .to_string()
+                .contains("7 to 40")
+        );
+        assert!(
+            "1A2B3C4"
+                .parse::<Sha>()
+                .unwrap_err()
+                .to_string()
+                .contains("lowercase hex")
+        );
         assert!("1a2b3cz".parse::<Sha>().is_err());
         assert!("0".repeat(41).parse::<Sha>().is_err());
         assert_eq!("1a2b3c4d5e".parse::<Sha>().unwrap().short(), "1a2b3c4");
@@ -314,9 +378,22 @@ mod tests {
         let parsed: ContainerId = id.as_str().parse().unwrap();
         assert_eq!(parsed, id);
         // An app name that itself contains something shaped like a sha.
-        assert!("a-1234567-b-1234567-prod-abc123".parse::<ContainerId>().is_ok());
-        for bad in ["my-app-1a2b3c4-prod", "my-app-1a2b3c4-prod-ABC123", "my-app-xyz-prod-abc123", "-1a2b3c4-prod-abc123", ""] {
-            assert!(bad.parse::<ContainerId>().is_err(), "{bad:?} should be refused");
+        assert!(
+            "a-1234567-b-1234567-prod-abc123"
+                .parse::<ContainerId>()
+                .is_ok()
+        );
+        for bad in [
+            "my-app-1a2b3c4-prod",
+            "my-app-1a2b3c4-prod-ABC123",
+            "my-app-xyz-prod-abc123",
+            "-1a2b3c4-prod-abc123",
+            "",
+        ] {
+            assert!(
+                bad.parse::<ContainerId>().is_err(),
+                "{bad:?} should be refused"
+            );
         }
     }
 

@@ -15,9 +15,17 @@ pub const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.
 pub fn init(service: &'static str) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let json = std::env::var("ATLANTIS_LOG_FORMAT").map(|v| v == "json").unwrap_or(false);
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let result = if json { builder.json().try_init() } else { builder.try_init() };
+    let json = std::env::var("ATLANTIS_LOG_FORMAT")
+        .map(|v| v == "json")
+        .unwrap_or(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let result = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
     if result.is_ok() {
         tracing::debug!(service, "Telemetry initialised.");
     }
@@ -33,7 +41,9 @@ pub struct Metrics {
 impl Metrics {
     /// A registry whose metric names all start with `prefix_` (for example `atlantis_router`).
     pub fn new(prefix: &str) -> Self {
-        Metrics { registry: Arc::new(Mutex::new(Registry::with_prefix(prefix))) }
+        Metrics {
+            registry: Arc::new(Mutex::new(Registry::with_prefix(prefix))),
+        }
     }
 
     /// Runs `f` with the registry to register metric families.

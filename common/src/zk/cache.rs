@@ -50,6 +50,8 @@ pub enum TreeEvent {
 /// [`Coord`] closes.
 pub struct TreeCache;
 
+type DataRead = Result<(Vec<u8>, zkc::Stat), zkc::Error>;
+
 /// Reads at most this many nodes at once during a full scan.
 const SCAN_CONCURRENCY: usize = 64;
 
@@ -74,7 +76,10 @@ async fn run(coord: Coord, root: String, tx: mpsc::UnboundedSender<TreeEvent>) {
         let Ok(client) = coord.client() else { return };
         let attempt = async {
             coord.ensure_path(&root).await?;
-            let watcher = client.watch(&root, zkc::AddWatchMode::PersistentRecursive).await.map_err(|e| CoordError::from_zk(&root, e))?;
+            let watcher = client
+                .watch(&root, zkc::AddWatchMode::PersistentRecursive)
+                .await
+                .map_err(|e| CoordError::from_zk(&root, e))?;
             let snapshot = scan(&client, &root).await?;
             Ok::<_, CoordError>((watcher, snapshot))
         };
@@ -107,7 +112,9 @@ async fn run(coord: Coord, root: String, tx: mpsc::UnboundedSender<TreeEvent>) {
                 _ = tx.closed() => return,
                 _ = closed.cancelled() => return,
             };
-            let Some(rel) = relative(&root, &event.path) else { continue };
+            let Some(rel) = relative(&root, &event.path) else {
+                continue;
+            };
             match event.event_type {
                 zkc::EventType::Session => match event.session_state {
                     zkc::SessionState::SyncConnected => break,
@@ -123,28 +130,37 @@ async fn run(coord: Coord, root: String, tx: mpsc::UnboundedSender<TreeEvent>) {
                         break;
                     }
                 },
-                zkc::EventType::NodeCreated | zkc::EventType::NodeDataChanged => match client.get_data(&event.path).await {
-                    Ok((data, stat)) => {
-                        let node = Node { data, version: stat.version };
-                        if map.get(&rel) != Some(&node) {
-                            map.insert(rel.clone(), node.clone());
-                            if tx.send(TreeEvent::Upsert { path: rel, node }).is_err() {
+                zkc::EventType::NodeCreated | zkc::EventType::NodeDataChanged => {
+                    match client.get_data(&event.path).await {
+                        Ok((data, stat)) => {
+                            let node = Node {
+                                data,
+                                version: stat.version,
+                            };
+                            if map.get(&rel) != Some(&node) {
+                                map.insert(rel.clone(), node.clone());
+                                if tx.send(TreeEvent::Upsert { path: rel, node }).is_err() {
+                                    return;
+                                }
+                            }
+                        }
+                        Err(zkc::Error::NoNode) => {
+                            if map.remove(&rel).is_some()
+                                && tx.send(TreeEvent::Remove { path: rel }).is_err()
+                            {
                                 return;
                             }
                         }
-                    }
-                    Err(zkc::Error::NoNode) => {
-                        if map.remove(&rel).is_some() && tx.send(TreeEvent::Remove { path: rel }).is_err() {
-                            return;
+                        Err(e) => {
+                            tracing::debug!(path = event.path, error = %e, "Tree cache read failed, rescanning.");
+                            break;
                         }
                     }
-                    Err(e) => {
-                        tracing::debug!(path = event.path, error = %e, "Tree cache read failed, rescanning.");
-                        break;
-                    }
-                },
+                }
                 zkc::EventType::NodeDeleted => {
-                    if map.remove(&rel).is_some() && tx.send(TreeEvent::Remove { path: rel }).is_err() {
+                    if map.remove(&rel).is_some()
+                        && tx.send(TreeEvent::Remove { path: rel }).is_err()
+                    {
                         return;
                     }
                 }
@@ -187,7 +203,7 @@ async fn scan(client: &zkc::Client, root: &str) -> Result<BTreeMap<String, Node>
                 Err(e) => return Err(CoordError::from_zk(&parent, e)),
             }
         }
-        let read: Vec<(String, Result<(Vec<u8>, zkc::Stat), zkc::Error>)> = futures::stream::iter(next.clone())
+        let read: Vec<(String, DataRead)> = futures::stream::iter(next.clone())
             .map(|p| async move {
                 let r = client.get_data(&p).await;
                 (p, r)
@@ -199,7 +215,13 @@ async fn scan(client: &zkc::Client, root: &str) -> Result<BTreeMap<String, Node>
             match r {
                 Ok((data, stat)) => {
                     let rel = relative(root, &path).unwrap_or_default();
-                    out.insert(rel, Node { data, version: stat.version });
+                    out.insert(
+                        rel,
+                        Node {
+                            data,
+                            version: stat.version,
+                        },
+                    );
                 }
                 Err(zkc::Error::NoNode) => {}
                 Err(e) => return Err(CoordError::from_zk(&path, e)),

@@ -28,7 +28,11 @@ pub struct ZkConfig {
     /// Connect string: `host:port[,host:port...]`.
     pub servers: String,
     /// Session timeout (the server bounds it to 2..20 ticks).
-    #[serde(rename = "session_timeout_ms", with = "duration_ms", default = "default_session_timeout")]
+    #[serde(
+        rename = "session_timeout_ms",
+        with = "duration_ms",
+        default = "default_session_timeout"
+    )]
     pub session_timeout: Duration,
     /// The region, which names the tree root `/atlantis/<region>`.
     pub region: RegionName,
@@ -55,7 +59,12 @@ mod duration_ms {
 impl ZkConfig {
     /// A config for `servers` in `region` with the default session timeout.
     pub fn new(servers: impl Into<String>, region: RegionName) -> ZkConfig {
-        ZkConfig { servers: servers.into(), session_timeout: default_session_timeout(), region, root: None }
+        ZkConfig {
+            servers: servers.into(),
+            session_timeout: default_session_timeout(),
+            region,
+            root: None,
+        }
     }
 
     /// The layout this config selects.
@@ -139,7 +148,10 @@ pub struct Coord {
 
 impl std::fmt::Debug for Coord {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Coord").field("servers", &self.inner.cfg.servers).field("root", &self.inner.layout.root()).finish()
+        f.debug_struct("Coord")
+            .field("servers", &self.inner.cfg.servers)
+            .field("root", &self.inner.layout.root())
+            .finish()
     }
 }
 
@@ -158,8 +170,14 @@ async fn connect_client(cfg: &ZkConfig) -> Result<zkc::Client, CoordError> {
         .connect(&cfg.servers);
     match tokio::time::timeout(cfg.session_timeout.max(Duration::from_secs(3)), connect).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(CoordError::Unavailable(format!("cannot connect to {}: {e}", cfg.servers))),
-        Err(_) => Err(CoordError::Unavailable(format!("cannot connect to {}: timed out", cfg.servers))),
+        Ok(Err(e)) => Err(CoordError::Unavailable(format!(
+            "cannot connect to {}: {e}",
+            cfg.servers
+        ))),
+        Err(_) => Err(CoordError::Unavailable(format!(
+            "cannot connect to {}: timed out",
+            cfg.servers
+        ))),
     }
 }
 
@@ -169,7 +187,11 @@ impl Coord {
         let client = connect_client(&cfg).await?;
         let layout = cfg.layout();
         let state = client.state_watcher();
-        let (status, _) = watch::channel(SessionStatus { epoch: 0, connects: 1, connected: true });
+        let (status, _) = watch::channel(SessionStatus {
+            epoch: 0,
+            connects: 1,
+            connected: true,
+        });
         let inner = Arc::new(Inner {
             cfg,
             layout,
@@ -208,7 +230,12 @@ impl Coord {
     /// Closes the session now: its ephemeral nodes go away and every watcher stops.
     pub fn close(&self) {
         self.inner.closed.cancel();
-        let old = self.inner.client.write().unwrap_or_else(|p| p.into_inner()).take();
+        let old = self
+            .inner
+            .client
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
         drop(old);
     }
 
@@ -239,7 +266,9 @@ impl Coord {
                 return Ok(());
             }
         }
-        Err(CoordError::Unavailable(format!("cannot expire the session: {last}")))
+        Err(CoordError::Unavailable(format!(
+            "cannot expire the session: {last}"
+        )))
     }
 
     /// The current client, for one operation.
@@ -247,7 +276,12 @@ impl Coord {
         if self.inner.closed.is_cancelled() {
             return Err(CoordError::Closed);
         }
-        self.inner.client.read().unwrap_or_else(|p| p.into_inner()).clone().ok_or(CoordError::Closed)
+        self.inner
+            .client
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+            .ok_or(CoordError::Closed)
     }
 
     /// Waits (at most one session timeout) until the session epoch differs from `epoch`.
@@ -273,9 +307,13 @@ impl Coord {
     {
         let epoch = self.inner.status.borrow().epoch;
         match op(self.client()?).await {
-            Err(zkc::Error::SessionExpired | zkc::Error::ClientClosed) if !self.inner.closed.is_cancelled() => {
+            Err(zkc::Error::SessionExpired | zkc::Error::ClientClosed)
+                if !self.inner.closed.is_cancelled() =>
+            {
                 self.wait_new_session(epoch).await?;
-                op(self.client()?).await.map_err(|e| CoordError::from_zk(path, e))
+                op(self.client()?)
+                    .await
+                    .map_err(|e| CoordError::from_zk(path, e))
             }
             r => r.map_err(|e| CoordError::from_zk(path, e)),
         }
@@ -283,7 +321,9 @@ impl Coord {
 
     /// Raw data and stat of a node, `None` if it does not exist.
     pub async fn get_raw(&self, path: &str) -> Result<Option<(Vec<u8>, NodeStat)>, CoordError> {
-        let r = self.read(path, |c| async move { c.get_data(path).await }).await;
+        let r = self
+            .read(path, |c| async move { c.get_data(path).await })
+            .await;
         match r {
             Ok((data, stat)) => Ok(Some((data, NodeStat::from(&stat)))),
             Err(CoordError::NotFound { .. }) => Ok(None),
@@ -292,25 +332,39 @@ impl Coord {
     }
 
     /// A node's JSON payload and version, `None` if it does not exist.
-    pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<Option<Versioned<T>>, CoordError> {
+    pub async fn get<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> Result<Option<Versioned<T>>, CoordError> {
         match self.get_raw(path).await? {
             None => Ok(None),
             Some((data, stat)) => {
-                let value = serde_json::from_slice(&data).map_err(|source| CoordError::Decode { path: path.to_owned(), source })?;
-                Ok(Some(Versioned { value, version: stat.version }))
+                let value = serde_json::from_slice(&data).map_err(|source| CoordError::Decode {
+                    path: path.to_owned(),
+                    source,
+                })?;
+                Ok(Some(Versioned {
+                    value,
+                    version: stat.version,
+                }))
             }
         }
     }
 
     /// A node's stat, `None` if it does not exist.
     pub async fn stat(&self, path: &str) -> Result<Option<NodeStat>, CoordError> {
-        let r = self.read(path, |c| async move { c.check_stat(path).await }).await?;
+        let r = self
+            .read(path, |c| async move { c.check_stat(path).await })
+            .await?;
         Ok(r.as_ref().map(NodeStat::from))
     }
 
     /// The sorted names of a node's children; empty if the node does not exist.
     pub async fn children(&self, path: &str) -> Result<Vec<String>, CoordError> {
-        match self.read(path, |c| async move { c.list_children(path).await }).await {
+        match self
+            .read(path, |c| async move { c.list_children(path).await })
+            .await
+        {
             Ok(mut v) => {
                 v.sort();
                 Ok(v)
@@ -323,7 +377,10 @@ impl Coord {
     /// Creates `path` and any missing parents as empty persistent nodes.
     pub async fn ensure_path(&self, path: &str) -> Result<(), CoordError> {
         let client = self.client()?;
-        client.mkdir(path, &acl()).await.map_err(|e| CoordError::from_zk(path, e))
+        client
+            .mkdir(path, &acl())
+            .await
+            .map_err(|e| CoordError::from_zk(path, e))
     }
 
     async fn ensure_parent(&self, path: &str) -> Result<(), CoordError> {
@@ -337,7 +394,10 @@ impl Coord {
     pub async fn create_raw(&self, path: &str, data: &[u8]) -> Result<i32, CoordError> {
         self.ensure_parent(path).await?;
         let client = self.client()?;
-        let (stat, _) = client.create(path, data, &acl()).await.map_err(|e| CoordError::from_zk(path, e))?;
+        let (stat, _) = client
+            .create(path, data, &acl())
+            .await
+            .map_err(|e| CoordError::from_zk(path, e))?;
         Ok(stat.version)
     }
 
@@ -349,14 +409,27 @@ impl Coord {
 
     /// Replaces a node's data if its version is still `expected` (any version with `None`). Returns the new
     /// version; `Conflict` if someone changed it first, `NotFound` if it is gone.
-    pub async fn set_raw(&self, path: &str, data: &[u8], expected: Option<i32>) -> Result<i32, CoordError> {
+    pub async fn set_raw(
+        &self,
+        path: &str,
+        data: &[u8],
+        expected: Option<i32>,
+    ) -> Result<i32, CoordError> {
         let client = self.client()?;
-        let stat = client.set_data(path, data, expected).await.map_err(|e| CoordError::from_zk(path, e))?;
+        let stat = client
+            .set_data(path, data, expected)
+            .await
+            .map_err(|e| CoordError::from_zk(path, e))?;
         Ok(stat.version)
     }
 
     /// [`Coord::set_raw`] with a JSON payload.
-    pub async fn set<T: Serialize>(&self, path: &str, value: &T, expected: Option<i32>) -> Result<i32, CoordError> {
+    pub async fn set<T: Serialize>(
+        &self,
+        path: &str,
+        value: &T,
+        expected: Option<i32>,
+    ) -> Result<i32, CoordError> {
         let data = serde_json::to_vec(value).map_err(CoordError::Encode)?;
         self.set_raw(path, &data, expected).await
     }
@@ -385,18 +458,26 @@ impl Coord {
         for _ in 0..64 {
             let current = self.get::<T>(path).await?;
             let version = current.as_ref().map(|v| v.version);
-            let Some(next) = f(current.map(|v| v.value)) else { return Ok(None) };
+            let Some(next) = f(current.map(|v| v.value)) else {
+                return Ok(None);
+            };
             let r = match version {
                 Some(v) => self.set(path, &next, Some(v)).await,
                 None => self.create(path, &next).await,
             };
             match r {
                 Ok(_) => return Ok(Some(next)),
-                Err(CoordError::Conflict { .. } | CoordError::Exists { .. } | CoordError::NotFound { .. }) => continue,
+                Err(
+                    CoordError::Conflict { .. }
+                    | CoordError::Exists { .. }
+                    | CoordError::NotFound { .. },
+                ) => continue,
                 Err(e) => return Err(e),
             }
         }
-        Err(CoordError::Conflict { path: path.to_owned() })
+        Err(CoordError::Conflict {
+            path: path.to_owned(),
+        })
     }
 
     /// Deletes a node if its version is `expected` (any with `None`). Returns false if it did not exist.
@@ -426,24 +507,46 @@ impl Coord {
     }
 
     /// Creates an ephemeral node now, without re-creating it after a session loss.
-    pub async fn create_ephemeral_raw(&self, path: &str, data: &[u8]) -> Result<NodeStat, CoordError> {
+    pub async fn create_ephemeral_raw(
+        &self,
+        path: &str,
+        data: &[u8],
+    ) -> Result<NodeStat, CoordError> {
         self.ensure_parent(path).await?;
         let client = self.client()?;
-        let (stat, _) = client.create(path, data, &ephemeral()).await.map_err(|e| CoordError::from_zk(path, e))?;
+        let (stat, _) = client
+            .create(path, data, &ephemeral())
+            .await
+            .map_err(|e| CoordError::from_zk(path, e))?;
         Ok(NodeStat::from(&stat))
     }
 
     /// Registers an ephemeral node holding `value`. It lives as long as this client's session, and is
     /// created again on every new session until [`Registration::deregister`]. A stale node left by an
     /// earlier session of ours (a ZooKeeper restart keeps those for up to one session timeout) is replaced.
-    pub async fn register_ephemeral<T: Serialize>(&self, path: &str, value: &T) -> Result<Registration, CoordError> {
+    pub async fn register_ephemeral<T: Serialize>(
+        &self,
+        path: &str,
+        value: &T,
+    ) -> Result<Registration, CoordError> {
         let data = serde_json::to_vec(value).map_err(CoordError::Encode)?;
-        self.inner.ephemerals.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_owned(), data.clone());
+        self.inner
+            .ephemerals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(path.to_owned(), data.clone());
         if let Err(e) = self.claim_ephemeral(path, &data).await {
-            self.inner.ephemerals.lock().unwrap_or_else(|p| p.into_inner()).remove(path);
+            self.inner
+                .ephemerals
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(path);
             return Err(e);
         }
-        Ok(Registration { coord: self.clone(), path: path.to_owned() })
+        Ok(Registration {
+            coord: self.clone(),
+            path: path.to_owned(),
+        })
     }
 
     /// Creates the ephemeral `path`, replacing a node owned by another session.
@@ -452,12 +555,18 @@ impl Coord {
             match self.create_ephemeral_raw(path, data).await {
                 Ok(_) => return Ok(()),
                 Err(CoordError::Exists { .. }) => {
-                    let Some(stat) = self.stat(path).await? else { continue };
+                    let Some(stat) = self.stat(path).await? else {
+                        continue;
+                    };
                     if stat.ephemeral_owner == self.session_id()? {
                         self.set_raw(path, data, None).await?;
                         return Ok(());
                     }
-                    tracing::warn!(path, owner = format!("{:#x}", stat.ephemeral_owner), "Replacing an ephemeral node held by another session.");
+                    tracing::warn!(
+                        path,
+                        owner = format!("{:#x}", stat.ephemeral_owner),
+                        "Replacing an ephemeral node held by another session."
+                    );
                     match self.delete(path, Some(stat.version)).await {
                         Ok(_) | Err(CoordError::Conflict { .. }) => continue,
                         Err(e) => return Err(e),
@@ -466,16 +575,28 @@ impl Coord {
                 Err(e) => return Err(e),
             }
         }
-        Err(CoordError::Conflict { path: path.to_owned() })
+        Err(CoordError::Conflict {
+            path: path.to_owned(),
+        })
     }
 
     async fn restore_ephemerals(&self) {
-        let all: Vec<(String, Vec<u8>)> =
-            self.inner.ephemerals.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let all: Vec<(String, Vec<u8>)> = self
+            .inner
+            .ephemerals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         for (path, data) in all {
             match self.claim_ephemeral(&path, &data).await {
-                Ok(()) => tracing::info!(path, "Ephemeral registration restored on the new session."),
-                Err(e) => tracing::error!(path, error = %e, "Cannot restore an ephemeral registration."),
+                Ok(()) => {
+                    tracing::info!(path, "Ephemeral registration restored on the new session.")
+                }
+                Err(e) => {
+                    tracing::error!(path, error = %e, "Cannot restore an ephemeral registration.")
+                }
             }
         }
     }
@@ -502,7 +623,12 @@ impl Registration {
     /// Replaces the registered payload (now, and for future sessions).
     pub async fn update<T: Serialize>(&self, value: &T) -> Result<(), CoordError> {
         let data = serde_json::to_vec(value).map_err(CoordError::Encode)?;
-        self.coord.inner.ephemerals.lock().unwrap_or_else(|p| p.into_inner()).insert(self.path.clone(), data.clone());
+        self.coord
+            .inner
+            .ephemerals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(self.path.clone(), data.clone());
         match self.coord.set_raw(&self.path, &data, None).await {
             Err(CoordError::NotFound { .. }) => self.coord.claim_ephemeral(&self.path, &data).await,
             r => r.map(|_| ()),
@@ -511,7 +637,12 @@ impl Registration {
 
     /// Removes the node and stops re-creating it.
     pub async fn deregister(self) -> Result<(), CoordError> {
-        self.coord.inner.ephemerals.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.path);
+        self.coord
+            .inner
+            .ephemerals
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.path);
         self.coord.delete(&self.path, None).await.map(|_| ())
     }
 }
@@ -569,7 +700,10 @@ async fn monitor(weak: Weak<Inner>, mut state: zkc::StateWatcher, closed: Cancel
                     st.connects += 1;
                     st.connected = true;
                 });
-                tracing::info!(epoch = coord.inner.status.borrow().epoch, "New ZooKeeper session established.");
+                tracing::info!(
+                    epoch = coord.inner.status.borrow().epoch,
+                    "New ZooKeeper session established."
+                );
             }
         }
     }

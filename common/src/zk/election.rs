@@ -32,7 +32,11 @@ pub struct Leadership {
 impl Coord {
     /// Campaigns for leadership at `path` as `id` and returns once elected.
     pub async fn campaign(&self, path: &str, id: &str) -> Result<Leadership, CoordError> {
-        let data = serde_json::to_vec(&LeaderRecord { version: 1, id: id.to_owned() }).map_err(CoordError::Encode)?;
+        let data = serde_json::to_vec(&LeaderRecord {
+            version: 1,
+            id: id.to_owned(),
+        })
+        .map_err(CoordError::Encode)?;
         loop {
             let session = self.session_id()?;
             let epoch = self.inner_status().epoch;
@@ -40,7 +44,13 @@ impl Coord {
             match self.create_ephemeral_raw(path, &data).await {
                 Ok(_) => {
                     tracing::info!(path, id, "Elected leader.");
-                    return Ok(Leadership { coord: self.clone(), path: path.to_owned(), session, epoch, id: id.to_owned() });
+                    return Ok(Leadership {
+                        coord: self.clone(),
+                        path: path.to_owned(),
+                        session,
+                        epoch,
+                        id: id.to_owned(),
+                    });
                 }
                 Err(CoordError::Exists { .. }) => {
                     tracing::debug!(path, id, "Leader node exists, waiting.");
@@ -50,7 +60,13 @@ impl Coord {
                         continue; // gone already: try again at once
                     }
                     if seen.is_some_and(|s| s.ephemeral_owner == session) {
-                        return Ok(Leadership { coord: self.clone(), path: path.to_owned(), session, epoch, id: id.to_owned() });
+                        return Ok(Leadership {
+                            coord: self.clone(),
+                            path: path.to_owned(),
+                            session,
+                            epoch,
+                            id: id.to_owned(),
+                        });
                     }
                     match self.wait_for_change(path, seen).await {
                         Ok(s) => tracing::debug!(path, id, ?s, "Leader node changed."),
@@ -61,7 +77,9 @@ impl Coord {
                         }
                     }
                 }
-                Err(e) if e.is_transient() => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+                Err(e) if e.is_transient() => {
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -109,7 +127,11 @@ impl Leadership {
     /// Gives leadership up.
     pub async fn resign(self) -> Result<(), CoordError> {
         match self.coord.stat(&self.path).await? {
-            Some(s) if s.ephemeral_owner == self.session => self.coord.delete(&self.path, Some(s.version)).await.map(|_| ()),
+            Some(s) if s.ephemeral_owner == self.session => self
+                .coord
+                .delete(&self.path, Some(s.version))
+                .await
+                .map(|_| ()),
             _ => Ok(()),
         }
     }

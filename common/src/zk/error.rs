@@ -17,7 +17,10 @@ pub enum CoordError {
     NotEmpty { path: String },
     /// A transaction failed; nothing of it was applied.
     #[error("transaction failed at operation {index}: {source}")]
-    Txn { index: usize, source: Box<CoordError> },
+    Txn {
+        index: usize,
+        source: Box<CoordError>,
+    },
     /// The session expired; the coordination layer is building a new one.
     #[error("ZooKeeper session expired")]
     SessionExpired,
@@ -29,13 +32,19 @@ pub enum CoordError {
     Closed,
     /// A payload could not be decoded.
     #[error("{path}: invalid JSON payload: {source}")]
-    Decode { path: String, source: serde_json::Error },
+    Decode {
+        path: String,
+        source: serde_json::Error,
+    },
     /// A payload could not be encoded.
     #[error("cannot encode payload: {0}")]
     Encode(serde_json::Error),
     /// Any other ZooKeeper error.
     #[error("{path}: {source}")]
-    Zk { path: String, source: zookeeper_client::Error },
+    Zk {
+        path: String,
+        source: zookeeper_client::Error,
+    },
 }
 
 impl CoordError {
@@ -51,12 +60,18 @@ impl CoordError {
             E::SessionExpired => CoordError::SessionExpired,
             E::ClientClosed => CoordError::Closed,
             E::ConnectionLoss | E::Timeout | E::NoHosts => CoordError::Unavailable(e.to_string()),
-            other => CoordError::Zk { path, source: other },
+            other => CoordError::Zk {
+                path,
+                source: other,
+            },
         }
     }
 
     /// True for errors that a retry on a new or restored session may cure.
     pub fn is_transient(&self) -> bool {
-        matches!(self, CoordError::SessionExpired | CoordError::Unavailable(_))
+        matches!(
+            self,
+            CoordError::SessionExpired | CoordError::Unavailable(_)
+        )
     }
 }

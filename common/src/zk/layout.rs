@@ -34,7 +34,9 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::names::{AppName, ContainerId, EnvName, HostName, NameError, RegionName, TeamName, ZoneName};
+use crate::names::{
+    AppName, ContainerId, EnvName, HostName, NameError, RegionName, TeamName, ZoneName,
+};
 
 /// Which router fleet a piece of router state belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -71,7 +73,11 @@ impl FromStr for RouterKind {
         match s {
             "internal" => Ok(RouterKind::Internal),
             "external" => Ok(RouterKind::External),
-            _ => Err(NameError { kind: "router kind", value: s.to_owned(), reason: "must be internal or external".into() }),
+            _ => Err(NameError {
+                kind: "router kind",
+                value: s.to_owned(),
+                reason: "must be internal or external".into(),
+            }),
         }
     }
 }
@@ -91,7 +97,12 @@ pub enum Section {
 
 impl Section {
     /// All sections, in dependency order (pools first).
-    pub const ALL: [Section; 4] = [Section::Pools, Section::Rules, Section::Tries, Section::Ports];
+    pub const ALL: [Section; 4] = [
+        Section::Pools,
+        Section::Rules,
+        Section::Tries,
+        Section::Ports,
+    ];
 
     /// The path segment of this section.
     pub fn as_str(self) -> &'static str {
@@ -113,14 +124,21 @@ pub struct Layout {
 impl Layout {
     /// The tree of `region`, rooted at `/atlantis/<region>`.
     pub fn new(region: &RegionName) -> Layout {
-        Layout { root: format!("/atlantis/{region}") }
+        Layout {
+            root: format!("/atlantis/{region}"),
+        }
     }
 
     /// A tree rooted somewhere else (tests isolate themselves under a unique root). `root` must be an
     /// absolute path without a trailing slash.
     pub fn with_root(root: &str) -> Layout {
-        assert!(root.starts_with('/') && !root.ends_with('/') && !root.contains("//"), "bad layout root {root:?}");
-        Layout { root: root.to_owned() }
+        assert!(
+            root.starts_with('/') && !root.ends_with('/') && !root.contains("//"),
+            "bad layout root {root:?}"
+        );
+        Layout {
+            root: root.to_owned(),
+        }
     }
 
     /// The region's root.
@@ -260,7 +278,10 @@ pub fn is_segment(s: &str) -> bool {
 }
 
 fn assert_segment(s: &str) {
-    assert!(is_segment(s), "not a valid ZooKeeper path segment: {s:?} (callers validate names before building paths)");
+    assert!(
+        is_segment(s),
+        "not a valid ZooKeeper path segment: {s:?} (callers validate names before building paths)"
+    );
 }
 
 #[cfg(test)]
@@ -273,16 +294,35 @@ mod tests {
         let app: AppName = "hello".parse().unwrap();
         let env: EnvName = "prod".parse().unwrap();
         assert_eq!(l.app(&app), "/atlantis/us-east/apps/hello");
-        assert_eq!(l.release(&app, &env), "/atlantis/us-east/releases/hello/prod");
-        let cid: ContainerId = "hello-1a2b3c4-prod-abc123".parse().unwrap();
-        assert_eq!(l.instance(&app, &env, &cid), "/atlantis/us-east/instances/hello/prod/hello-1a2b3c4-prod-abc123");
-        assert_eq!(l.supervisor(&"host-1".parse().unwrap()), "/atlantis/us-east/supervisors/host-1");
         assert_eq!(
-            l.router(RouterKind::External, &"z1".parse().unwrap(), &"r1".parse().unwrap()),
+            l.release(&app, &env),
+            "/atlantis/us-east/releases/hello/prod"
+        );
+        let cid: ContainerId = "hello-1a2b3c4-prod-abc123".parse().unwrap();
+        assert_eq!(
+            l.instance(&app, &env, &cid),
+            "/atlantis/us-east/instances/hello/prod/hello-1a2b3c4-prod-abc123"
+        );
+        assert_eq!(
+            l.supervisor(&"host-1".parse().unwrap()),
+            "/atlantis/us-east/supervisors/host-1"
+        );
+        assert_eq!(
+            l.router(
+                RouterKind::External,
+                &"z1".parse().unwrap(),
+                &"r1".parse().unwrap()
+            ),
             "/atlantis/us-east/routers/external/z1/r1"
         );
-        assert_eq!(l.router_item(RouterKind::Internal, Section::Pools, "web"), "/atlantis/us-east/router/internal/pools/web");
-        assert_eq!(l.pool_backend(RouterKind::Internal, "web", "10.0.0.1:8080"), "/atlantis/us-east/router/internal/pools/web/10.0.0.1:8080");
+        assert_eq!(
+            l.router_item(RouterKind::Internal, Section::Pools, "web"),
+            "/atlantis/us-east/router/internal/pools/web"
+        );
+        assert_eq!(
+            l.pool_backend(RouterKind::Internal, "web", "10.0.0.1:8080"),
+            "/atlantis/us-east/router/internal/pools/web/10.0.0.1:8080"
+        );
         assert_eq!(l.manager_leader(), "/atlantis/us-east/managers/leader");
         assert_eq!(l.lock("hello:prod"), "/atlantis/us-east/locks/hello:prod");
     }
@@ -292,10 +332,15 @@ mod tests {
     fn refuses_bad_segments() {
         let l = Layout::with_root("/t");
         for bad in ["", "a/b", "..", ".", "a b"] {
-            let r = std::panic::catch_unwind(|| l.router_item(RouterKind::Internal, Section::Rules, bad));
+            let r = std::panic::catch_unwind(|| {
+                l.router_item(RouterKind::Internal, Section::Rules, bad)
+            });
             assert!(r.is_err(), "{bad:?} should be refused");
         }
-        assert_eq!("internal".parse::<RouterKind>().unwrap(), RouterKind::Internal);
+        assert_eq!(
+            "internal".parse::<RouterKind>().unwrap(),
+            RouterKind::Internal
+        );
         assert!("both".parse::<RouterKind>().is_err());
     }
 }

@@ -29,7 +29,9 @@ impl LockKey {
     {
         let segs: Vec<String> = segments.into_iter().map(Into::into).collect();
         if segs.is_empty() {
-            return Err(LockError::BadKey("a lock key needs at least one segment".into()));
+            return Err(LockError::BadKey(
+                "a lock key needs at least one segment".into(),
+            ));
         }
         for s in &segs {
             if !is_segment(s) || s.contains(':') {
@@ -83,8 +85,16 @@ fn one() -> u32 {
 impl LockHolder {
     /// A holder record stamped with the current time.
     pub fn new(owner: impl Into<String>, purpose: impl Into<String>) -> LockHolder {
-        let since_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        LockHolder { version: 1, owner: owner.into(), purpose: purpose.into(), since_ms }
+        let since_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        LockHolder {
+            version: 1,
+            owner: owner.into(),
+            purpose: purpose.into(),
+            since_ms,
+        }
     }
 }
 
@@ -93,7 +103,11 @@ impl LockHolder {
 pub enum LockError {
     /// Someone holds a conflicting lock.
     #[error("{wanted} is locked: {held} is held by {} ({})", holder.owner, holder.purpose)]
-    Conflict { wanted: String, held: String, holder: LockHolder },
+    Conflict {
+        wanted: String,
+        held: String,
+        holder: LockHolder,
+    },
     /// The key is not valid.
     #[error("bad lock key: {0}")]
     BadKey(String),
@@ -124,7 +138,11 @@ impl LockGuard {
 
     /// True while the holder node still exists and belongs to the session that took it.
     pub async fn is_held(&self) -> Result<bool, CoordError> {
-        Ok(self.coord.stat(&self.path).await?.is_some_and(|s| s.ephemeral_owner == self.session))
+        Ok(self
+            .coord
+            .stat(&self.path)
+            .await?
+            .is_some_and(|s| s.ephemeral_owner == self.session))
     }
 
     /// Releases the lock.
@@ -136,7 +154,9 @@ impl LockGuard {
 
 async fn release(coord: &Coord, path: &str, session: i64) -> Result<(), CoordError> {
     match coord.stat(path).await? {
-        Some(s) if s.ephemeral_owner == session => coord.delete(path, Some(s.version)).await.map(|_| ()),
+        Some(s) if s.ephemeral_owner == session => {
+            coord.delete(path, Some(s.version)).await.map(|_| ())
+        }
         _ => Ok(()),
     }
 }
@@ -159,19 +179,33 @@ impl Drop for LockGuard {
 
 impl Coord {
     /// Takes the lock on `key` now, or fails with [`LockError::Conflict`] naming the holder.
-    pub async fn try_lock(&self, key: &LockKey, holder: &LockHolder) -> Result<LockGuard, LockError> {
+    pub async fn try_lock(
+        &self,
+        key: &LockKey,
+        holder: &LockHolder,
+    ) -> Result<LockGuard, LockError> {
         let locks = self.layout().locks();
         self.ensure_path(&locks).await?;
         let data = serde_json::to_vec(holder).map_err(CoordError::Encode)?;
         let path = self.layout().lock(&key.encode());
         for _ in 0..32 {
-            let Some(stat) = self.stat(&locks).await? else { continue };
+            let Some(stat) = self.stat(&locks).await? else {
+                continue;
+            };
             for name in self.children(&locks).await? {
                 let other = LockKey::decode(&name);
                 if other.conflicts_with(key) {
-                    let held = self.get::<LockHolder>(&self.layout().lock(&name)).await.ok().flatten();
+                    let held = self
+                        .get::<LockHolder>(&self.layout().lock(&name))
+                        .await
+                        .ok()
+                        .flatten();
                     let Some(held_by) = held else { continue };
-                    return Err(LockError::Conflict { wanted: key.to_string(), held: other.to_string(), holder: held_by.value });
+                    return Err(LockError::Conflict {
+                        wanted: key.to_string(),
+                        held: other.to_string(),
+                        holder: held_by.value,
+                    });
                 }
             }
             let session = self.session_id()?;
@@ -183,7 +217,15 @@ impl Coord {
                 .commit()
                 .await;
             match r {
-                Ok(_) => return Ok(LockGuard { coord: self.clone(), path, session, key: key.clone(), released: false }),
+                Ok(_) => {
+                    return Ok(LockGuard {
+                        coord: self.clone(),
+                        path,
+                        session,
+                        key: key.clone(),
+                        released: false,
+                    });
+                }
                 Err(CoordError::Txn { .. }) => continue,
                 Err(e) => return Err(e.into()),
             }
@@ -192,7 +234,12 @@ impl Coord {
     }
 
     /// Takes the lock on `key`, waiting up to `timeout` for conflicting holders to go away.
-    pub async fn lock(&self, key: &LockKey, holder: &LockHolder, timeout: Duration) -> Result<LockGuard, LockError> {
+    pub async fn lock(
+        &self,
+        key: &LockKey,
+        holder: &LockHolder,
+        timeout: Duration,
+    ) -> Result<LockGuard, LockError> {
         let deadline = tokio::time::Instant::now() + timeout;
         let locks = self.layout().locks();
         loop {
@@ -204,7 +251,11 @@ impl Coord {
                         return Err(LockError::Timeout(key.to_string()));
                     }
                     // Any release bumps the cversion of `locks`; wait for a change, bounded.
-                    let _ = tokio::time::timeout(remaining.min(Duration::from_secs(1)), self.wait_for_change(&locks, seen)).await;
+                    let _ = tokio::time::timeout(
+                        remaining.min(Duration::from_secs(1)),
+                        self.wait_for_change(&locks, seen),
+                    )
+                    .await;
                 }
                 r => return r,
             }

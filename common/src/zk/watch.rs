@@ -39,7 +39,14 @@ impl Coord {
                 let Ok(client) = coord.client() else { return };
                 let epoch = coord.inner_status().epoch;
                 let (item, key, watcher) = match client.get_and_watch_data(&path).await {
-                    Ok((data, stat, w)) => (Some(NodeData { data, version: stat.version }), Some((stat.mzxid, stat.version)), w),
+                    Ok((data, stat, w)) => (
+                        Some(NodeData {
+                            data,
+                            version: stat.version,
+                        }),
+                        Some((stat.mzxid, stat.version)),
+                        w,
+                    ),
                     Err(zkc::Error::NoNode) => match client.check_and_watch_stat(&path).await {
                         Ok((None, w)) => (None, None, w),
                         Ok((Some(_), _)) => continue,
@@ -117,13 +124,24 @@ impl Coord {
 
     /// Waits until a node differs from `seen` (its stat when last looked at, `None` for absent): created,
     /// deleted, data or children changed. Returns at once if it already differs. Returns the stat then.
-    pub async fn wait_for_change(&self, path: &str, seen: Option<NodeStat>) -> Result<Option<NodeStat>, super::CoordError> {
+    pub async fn wait_for_change(
+        &self,
+        path: &str,
+        seen: Option<NodeStat>,
+    ) -> Result<Option<NodeStat>, super::CoordError> {
         let client = self.client()?;
-        let (now, watcher) = client.check_and_watch_stat(path).await.map_err(|e| super::CoordError::from_zk(path, e))?;
+        let (now, watcher) = client
+            .check_and_watch_stat(path)
+            .await
+            .map_err(|e| super::CoordError::from_zk(path, e))?;
         let now = now.as_ref().map(NodeStat::from);
         let same = match (&now, &seen) {
             (None, None) => true,
-            (Some(a), Some(b)) => a.version == b.version && a.cversion == b.cversion && a.ephemeral_owner == b.ephemeral_owner,
+            (Some(a), Some(b)) => {
+                a.version == b.version
+                    && a.cversion == b.cversion
+                    && a.ephemeral_owner == b.ephemeral_owner
+            }
             _ => false,
         };
         if !same {
@@ -141,7 +159,12 @@ impl Coord {
         *self.status().borrow()
     }
 
-    async fn wait_watch<T>(&self, watcher: zkc::OneshotWatcher, epoch: u64, tx: &mpsc::Sender<T>) -> Wake {
+    async fn wait_watch<T>(
+        &self,
+        watcher: zkc::OneshotWatcher,
+        epoch: u64,
+        tx: &mpsc::Sender<T>,
+    ) -> Wake {
         let closed = self.closed();
         let event = tokio::select! {
             ev = watcher.changed() => ev,
@@ -157,7 +180,9 @@ impl Coord {
 
     async fn recover<T>(&self, e: &zkc::Error, epoch: u64, tx: &mpsc::Sender<T>) -> Wake {
         match e {
-            zkc::Error::SessionExpired | zkc::Error::ClientClosed => self.await_session(epoch, tx).await,
+            zkc::Error::SessionExpired | zkc::Error::ClientClosed => {
+                self.await_session(epoch, tx).await
+            }
             other => {
                 tracing::debug!(error = %other, "Watch could not be set, retrying.");
                 tokio::select! {

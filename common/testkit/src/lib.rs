@@ -20,7 +20,9 @@ use std::time::{Duration, Instant};
 
 /// Finds `bin` on PATH or in the usual sbin directories, or panics with an install hint.
 pub fn require_bin(bin: &str, package: &str) -> PathBuf {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH").map(|p| std::env::split_paths(&p).collect()).unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect())
+        .unwrap_or_default();
     dirs.extend(["/usr/sbin", "/sbin", "/usr/bin", "/bin"].map(PathBuf::from));
     for d in dirs {
         let p = d.join(bin);
@@ -28,13 +30,18 @@ pub fn require_bin(bin: &str, package: &str) -> PathBuf {
             return p;
         }
     }
-    panic!("test needs `{bin}` (Debian package `{package}`), which is not installed: run .ci/run, or apt-get install {package}")
+    panic!(
+        "test needs `{bin}` (Debian package `{package}`), which is not installed: run .ci/run, or apt-get install {package}"
+    )
 }
 
 /// Requires an existing file (a jar, a schema), or panics with an install hint.
 pub fn require_file(path: &str, package: &str) -> PathBuf {
     let p = PathBuf::from(path);
-    assert!(p.exists(), "test needs {path} (Debian package `{package}`): run .ci/run, or apt-get install {package}");
+    assert!(
+        p.exists(),
+        "test needs {path} (Debian package `{package}`): run .ci/run, or apt-get install {package}"
+    );
     p
 }
 
@@ -45,7 +52,10 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
         if let Some(v) = f() {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -61,7 +71,10 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -22,17 +22,36 @@ pub struct Guarded {
 impl Guarded {
     /// Starts `program args...` with stdout and stderr appended to `log`, in the network namespace at
     /// `netns` (a `/run/netns/NAME` path) when one is given.
-    pub fn spawn(name: &str, program: &Path, args: &[String], log: &Path, netns: Option<&Path>) -> Guarded {
+    pub fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        netns: Option<&Path>,
+    ) -> Guarded {
         Self::spawn_inner(name, program, args, log, netns, None)
     }
 
     /// As [`Guarded::spawn`], and the watchdog deletes `cleanup` after the program exited. Meant for
     /// services shared by a whole test binary, whose handles are never dropped.
-    pub fn spawn_cleanup(name: &str, program: &Path, args: &[String], log: &Path, cleanup: &Path) -> Guarded {
+    pub fn spawn_cleanup(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        cleanup: &Path,
+    ) -> Guarded {
         Self::spawn_inner(name, program, args, log, None, Some(cleanup))
     }
 
-    fn spawn_inner(name: &str, program: &Path, args: &[String], log: &Path, netns: Option<&Path>, cleanup: Option<&Path>) -> Guarded {
+    fn spawn_inner(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+        netns: Option<&Path>,
+        cleanup: Option<&Path>,
+    ) -> Guarded {
         let script = r#"pidfile="$1"; shift; "$@" </dev/null >>"$LOG" 2>&1 & child=$!; echo $child >"$pidfile"; cat >/dev/null; kill -TERM $child 2>/dev/null; i=0; while kill -0 $child 2>/dev/null && [ $i -lt 100 ]; do sleep 0.05; i=$((i+1)); done; kill -KILL $child 2>/dev/null; wait $child 2>/dev/null; if [ -n "$CLEANUP" ]; then rm -rf "$CLEANUP"; fi; exit 0"#;
         let pidfile = log.with_extension("pid");
         let _ = std::fs::remove_file(&pidfile);
@@ -44,14 +63,33 @@ impl Guarded {
             }
             None => Command::new("sh"),
         };
-        cmd.arg("-c").arg(script).arg("sh").arg(&pidfile).arg(program).args(args);
-        cmd.env("LOG", log).env("CLEANUP", cleanup.map(Path::as_os_str).unwrap_or_default()).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::null());
-        let mut shell = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        cmd.arg("-c")
+            .arg(script)
+            .arg("sh")
+            .arg(&pidfile)
+            .arg(program)
+            .args(args);
+        cmd.env("LOG", log)
+            .env("CLEANUP", cleanup.map(Path::as_os_str).unwrap_or_default())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        let mut shell = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         let stdin = shell.stdin.take();
         let pid = crate::wait_until(Duration::from_secs(10), &format!("{name} to start"), || {
-            std::fs::read_to_string(&pidfile).ok().and_then(|s| s.trim().parse::<u32>().ok())
+            std::fs::read_to_string(&pidfile)
+                .ok()
+                .and_then(|s| s.trim().parse::<u32>().ok())
         });
-        Guarded { name: name.to_owned(), shell, stdin, pid, log: log.to_owned() }
+        Guarded {
+            name: name.to_owned(),
+            shell,
+            stdin,
+            pid,
+            log: log.to_owned(),
+        }
     }
 
     /// The program's PID (not the wrapper shell's).
@@ -63,14 +101,20 @@ impl Guarded {
     pub fn is_running(&self) -> bool {
         // /proc/<pid>/stat's third field is the state; a zombie (Z) has exited.
         match std::fs::read_to_string(format!("/proc/{}/stat", self.pid)) {
-            Ok(stat) => stat.rsplit_once(')').map(|(_, rest)| !rest.trim_start().starts_with('Z')).unwrap_or(false),
+            Ok(stat) => stat
+                .rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                .unwrap_or(false),
             Err(_) => false,
         }
     }
 
     /// Sends a signal (for example "KILL" or "STOP") to the program.
     pub fn signal(&self, sig: &str) {
-        let status = Command::new("kill").arg(format!("-{sig}")).arg(self.pid.to_string()).status();
+        let status = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid.to_string())
+            .status();
         if !matches!(status, Ok(s) if s.success()) {
             tracing::warn!(name = %self.name, sig, "Signal not delivered.");
         }

@@ -40,19 +40,35 @@ impl ZooKeeper {
     fn start_inner(tick_ms: u32, shared: bool) -> ZooKeeper {
         crate::require_bin("java", "default-jre-headless");
         crate::require_file("/usr/share/java/zookeeper.jar", "zookeeper");
-        let mut dir = tempfile::Builder::new().prefix("atlantis-zk-").tempdir().expect("temp dir");
+        let mut dir = tempfile::Builder::new()
+            .prefix("atlantis-zk-")
+            .tempdir()
+            .expect("temp dir");
         std::fs::create_dir_all(dir.path().join("data")).expect("data dir");
         for attempt in 0..5 {
             let port = crate::ports::free_port();
-            let mut zk = ZooKeeper { dir, shared, port, proc: None, tick_ms };
+            let mut zk = ZooKeeper {
+                dir,
+                shared,
+                port,
+                proc: None,
+                tick_ms,
+            };
             if zk.launch() {
                 return zk;
             }
-            tracing::warn!(attempt, port, "ZooKeeper did not come up on this port, retrying on another.");
+            tracing::warn!(
+                attempt,
+                port,
+                "ZooKeeper did not come up on this port, retrying on another."
+            );
             dir = std::mem::replace(&mut zk.dir, tempfile::tempdir().expect("temp dir"));
             zk.proc = None;
         }
-        panic!("ZooKeeper failed to start five times; see logs under {}", dir.path().display());
+        panic!(
+            "ZooKeeper failed to start five times; see logs under {}",
+            dir.path().display()
+        );
     }
 
     fn launch(&mut self) -> bool {
@@ -101,7 +117,10 @@ impl ZooKeeper {
                 };
             }
             if std::time::Instant::now() > deadline {
-                panic!("ZooKeeper did not serve within 30 s:\n{}", proc.log_tail(30));
+                panic!(
+                    "ZooKeeper did not serve within 30 s:\n{}",
+                    proc.log_tail(30)
+                );
             }
             std::thread::sleep(Duration::from_millis(25));
         }

@@ -29,14 +29,23 @@ async fn compare_and_set_detects_conflicts() {
     let c = client(zk, "cas").await;
     let p = format!("{}/apps/hello", c.layout().root());
     let v0 = c.create(&p, &Counter { version: 1, n: 0 }).await.unwrap();
-    assert!(matches!(c.create(&p, &Counter { version: 1, n: 9 }).await, Err(CoordError::Exists { .. })));
+    assert!(matches!(
+        c.create(&p, &Counter { version: 1, n: 9 }).await,
+        Err(CoordError::Exists { .. })
+    ));
     let read = c.get::<Counter>(&p).await.unwrap().unwrap();
     assert_eq!(read.version, v0);
-    let v1 = c.set(&p, &Counter { version: 1, n: 1 }, Some(v0)).await.unwrap();
+    let v1 = c
+        .set(&p, &Counter { version: 1, n: 1 }, Some(v0))
+        .await
+        .unwrap();
     assert_eq!(v1, v0 + 1);
     // A writer holding the old version loses, and the node keeps the winner's value.
     let stale = c.set(&p, &Counter { version: 1, n: 42 }, Some(v0)).await;
-    assert!(matches!(stale, Err(CoordError::Conflict { .. })), "{stale:?}");
+    assert!(
+        matches!(stale, Err(CoordError::Conflict { .. })),
+        "{stale:?}"
+    );
     assert_eq!(c.get::<Counter>(&p).await.unwrap().unwrap().value.n, 1);
 
     // Concurrent read-modify-write loops never lose an increment.
@@ -46,7 +55,14 @@ async fn compare_and_set_detects_conflicts() {
             let p = p.clone();
             tokio::spawn(async move {
                 for _ in 0..5 {
-                    c.update::<Counter, _>(&p, |cur| cur.map(|x| Counter { version: 1, n: x.n + 1 })).await.unwrap();
+                    c.update::<Counter, _>(&p, |cur| {
+                        cur.map(|x| Counter {
+                            version: 1,
+                            n: x.n + 1,
+                        })
+                    })
+                    .await
+                    .unwrap();
                 }
             })
         })
@@ -57,9 +73,20 @@ async fn compare_and_set_detects_conflicts() {
     assert_eq!(c.get::<Counter>(&p).await.unwrap().unwrap().value.n, 51);
 
     // Bad payloads are reported with their path, not silently defaulted.
-    c.put(&format!("{}/apps/junk", c.layout().root()), &"not a counter").await.unwrap();
-    let e = c.get::<Counter>(&format!("{}/apps/junk", c.layout().root())).await.unwrap_err();
-    assert!(e.to_string().contains("apps/junk: invalid JSON payload"), "{e}");
+    c.put(
+        &format!("{}/apps/junk", c.layout().root()),
+        &"not a counter",
+    )
+    .await
+    .unwrap();
+    let e = c
+        .get::<Counter>(&format!("{}/apps/junk", c.layout().root()))
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("apps/junk: invalid JSON payload"),
+        "{e}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,7 +98,13 @@ async fn transactions_are_all_or_nothing() {
     let b = format!("{root}/b");
     let v = c.create(&a, &1).await.unwrap();
     // The check fails (stale version), so b must not be created and a must not change.
-    let r = c.txn().set(&a, &2, Some(v)).create(&b, &3).check(&a, v).commit().await;
+    let r = c
+        .txn()
+        .set(&a, &2, Some(v))
+        .create(&b, &3)
+        .check(&a, v)
+        .commit()
+        .await;
     match r {
         Err(CoordError::Txn { index, source }) => {
             assert_eq!(index, 2);
@@ -81,7 +114,13 @@ async fn transactions_are_all_or_nothing() {
     }
     assert!(c.get::<i32>(&b).await.unwrap().is_none());
     assert_eq!(c.get::<i32>(&a).await.unwrap().unwrap().value, 1);
-    let ok = c.txn().set(&a, &2, Some(v)).create(&b, &3).commit().await.unwrap();
+    let ok = c
+        .txn()
+        .set(&a, &2, Some(v))
+        .create(&b, &3)
+        .commit()
+        .await
+        .unwrap();
     assert_eq!(ok.len(), 2);
     assert_eq!(c.get::<i32>(&b).await.unwrap().unwrap().value, 3);
 }
@@ -92,15 +131,28 @@ async fn ephemeral_goes_with_its_session() {
     let owner = client(zk, "eph").await;
     let observer = client(zk, "eph").await;
     let p = owner.layout().supervisor(&"host-1".parse().unwrap());
-    let reg = owner.register_ephemeral(&p, &Counter { version: 1, n: 7 }).await.unwrap();
-    assert_eq!(observer.get::<Counter>(&p).await.unwrap().unwrap().value.n, 7);
+    let reg = owner
+        .register_ephemeral(&p, &Counter { version: 1, n: 7 })
+        .await
+        .unwrap();
+    assert_eq!(
+        observer.get::<Counter>(&p).await.unwrap().unwrap().value.n,
+        7
+    );
     reg.update(&Counter { version: 1, n: 8 }).await.unwrap();
-    assert_eq!(observer.get::<Counter>(&p).await.unwrap().unwrap().value.n, 8);
+    assert_eq!(
+        observer.get::<Counter>(&p).await.unwrap().unwrap().value.n,
+        8
+    );
     let stat = observer.stat(&p).await.unwrap().unwrap();
     assert_eq!(stat.ephemeral_owner, owner.session_id().unwrap());
     owner.close();
-    eventually(Duration::from_secs(10), "ephemeral node removed", || async { observer.stat(&p).await.unwrap().is_none().then_some(()) })
-        .await;
+    eventually(
+        Duration::from_secs(10),
+        "ephemeral node removed",
+        || async { observer.stat(&p).await.unwrap().is_none().then_some(()) },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -113,22 +165,68 @@ async fn data_and_child_watches_fire() {
     let mut data = c.watch_data(&node);
     let mut kids = c.watch_children(&dir);
 
-    assert_eq!(tokio::time::timeout(Duration::from_secs(5), data.recv()).await.unwrap().unwrap(), None, "first item: absent");
-    assert_eq!(tokio::time::timeout(Duration::from_secs(5), kids.recv()).await.unwrap().unwrap(), Vec::<String>::new());
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), data.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        None,
+        "first item: absent"
+    );
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), kids.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        Vec::<String>::new()
+    );
 
-    writer.create(&node, &Counter { version: 1, n: 1 }).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), data.recv()).await.unwrap().unwrap().expect("created");
+    writer
+        .create(&node, &Counter { version: 1, n: 1 })
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), data.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("created");
     assert_eq!(serde_json::from_slice::<Counter>(&got.data).unwrap().n, 1);
-    writer.set(&node, &Counter { version: 1, n: 2 }, None).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), data.recv()).await.unwrap().unwrap().expect("changed");
+    writer
+        .set(&node, &Counter { version: 1, n: 2 }, None)
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), data.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("changed");
     assert_eq!(serde_json::from_slice::<Counter>(&got.data).unwrap().n, 2);
 
     writer.create_raw(&format!("{dir}/b"), b"").await.unwrap();
-    assert_eq!(tokio::time::timeout(Duration::from_secs(5), kids.recv()).await.unwrap().unwrap(), vec!["b".to_string()]);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), kids.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        vec!["b".to_string()]
+    );
     writer.create_raw(&format!("{dir}/a"), b"").await.unwrap();
-    assert_eq!(tokio::time::timeout(Duration::from_secs(5), kids.recv()).await.unwrap().unwrap(), vec!["a".to_string(), "b".to_string()]);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), kids.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        vec!["a".to_string(), "b".to_string()]
+    );
     writer.delete(&node, None).await.unwrap();
-    assert_eq!(tokio::time::timeout(Duration::from_secs(5), data.recv()).await.unwrap().unwrap(), None, "deleted");
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), data.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        None,
+        "deleted"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,23 +236,50 @@ async fn expired_session_is_replaced_and_watches_rearm() {
     let writer = client(zk, "expire").await;
     let p = c.layout().supervisor(&"host-9".parse().unwrap());
     let node = format!("{}/envs/prod", c.layout().root());
-    let _reg = c.register_ephemeral(&p, &Counter { version: 1, n: 1 }).await.unwrap();
+    let _reg = c
+        .register_ephemeral(&p, &Counter { version: 1, n: 1 })
+        .await
+        .unwrap();
     let mut data = c.watch_data(&node);
-    assert_eq!(tokio::time::timeout(Duration::from_secs(5), data.recv()).await.unwrap().unwrap(), None);
+    assert_eq!(
+        tokio::time::timeout(Duration::from_secs(5), data.recv())
+            .await
+            .unwrap()
+            .unwrap(),
+        None
+    );
     let old_session = c.session_id().unwrap();
     let mut status = c.status();
 
     c.expire_session().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(15), status.wait_for(|s| s.epoch == 1 && s.connected)).await.unwrap().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(15),
+        status.wait_for(|s| s.epoch == 1 && s.connected),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     assert_ne!(c.session_id().unwrap(), old_session);
     // The registration is back, owned by the new session.
     eventually(Duration::from_secs(10), "ephemeral restored", || async {
-        writer.stat(&p).await.unwrap().filter(|s| s.ephemeral_owner == c.session_id().unwrap()).map(|_| ())
+        writer
+            .stat(&p)
+            .await
+            .unwrap()
+            .filter(|s| s.ephemeral_owner == c.session_id().unwrap())
+            .map(|_| ())
     })
     .await;
     // The data watch was re-armed on the new session.
-    writer.create(&node, &Counter { version: 1, n: 5 }).await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), data.recv()).await.unwrap().unwrap().expect("created");
+    writer
+        .create(&node, &Counter { version: 1, n: 5 })
+        .await
+        .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(5), data.recv())
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("created");
     assert_eq!(serde_json::from_slice::<Counter>(&got.data).unwrap().n, 5);
 }
 
@@ -166,19 +291,40 @@ async fn survives_a_zookeeper_restart() {
     cfg.session_timeout = Duration::from_secs(2);
     let c = Coord::connect(cfg).await.unwrap();
     let p = c.layout().supervisor(&"host-r".parse().unwrap());
-    let _reg = c.register_ephemeral(&p, &Counter { version: 1, n: 3 }).await.unwrap();
+    let _reg = c
+        .register_ephemeral(&p, &Counter { version: 1, n: 3 })
+        .await
+        .unwrap();
     let mut status = c.status();
 
     zk.kill();
-    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| !s.connected)).await.unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), status.wait_for(|s| !s.connected))
+        .await
+        .unwrap()
+        .unwrap();
     // Out for longer than the session timeout: the client gives the session up.
     tokio::time::sleep(Duration::from_secs(4)).await;
     zk.restart();
-    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.connected && s.epoch >= 1)).await.unwrap().unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        status.wait_for(|s| s.connected && s.epoch >= 1),
+    )
+    .await
+    .unwrap()
+    .unwrap();
     let me = c.session_id().unwrap();
-    eventually(Duration::from_secs(15), "registration back under the new session", || async {
-        c.stat(&p).await.ok().flatten().filter(|s| s.ephemeral_owner == me).map(|_| ())
-    })
+    eventually(
+        Duration::from_secs(15),
+        "registration back under the new session",
+        || async {
+            c.stat(&p)
+                .await
+                .ok()
+                .flatten()
+                .filter(|s| s.ephemeral_owner == me)
+                .map(|_| ())
+        },
+    )
     .await;
     assert_eq!(c.get::<Counter>(&p).await.unwrap().unwrap().value.n, 3);
 }

@@ -20,10 +20,22 @@ async fn prefix_locks_exclude_each_other() {
 
     // Two clients race for app/env while a third goes for app: exactly one of the three wins.
     let (k1, k2) = (key(&["hello", "prod"]), key(&["hello"]));
-    let (ha, hb, hc) = (LockHolder::new("a", "deploy"), LockHolder::new("b", "deploy"), LockHolder::new("c", "teardown"));
-    let (ra, rb, rc) = tokio::join!(a.try_lock(&k1, &ha), b.try_lock(&k1, &hb), c.try_lock(&k2, &hc));
+    let (ha, hb, hc) = (
+        LockHolder::new("a", "deploy"),
+        LockHolder::new("b", "deploy"),
+        LockHolder::new("c", "teardown"),
+    );
+    let (ra, rb, rc) = tokio::join!(
+        a.try_lock(&k1, &ha),
+        b.try_lock(&k1, &hb),
+        c.try_lock(&k2, &hc)
+    );
     let won: Vec<bool> = vec![ra.is_ok(), rb.is_ok(), rc.is_ok()];
-    assert_eq!(won.iter().filter(|w| **w).count(), 1, "exactly one winner: {won:?}");
+    assert_eq!(
+        won.iter().filter(|w| **w).count(),
+        1,
+        "exactly one winner: {won:?}"
+    );
     for r in [&ra, &rb, &rc] {
         if let Err(e) = r {
             assert!(matches!(e, LockError::Conflict { .. }), "{e}");
@@ -31,8 +43,18 @@ async fn prefix_locks_exclude_each_other() {
     }
     drop((ra, rb, rc));
     // Guards dropped: released in the background. Now take them in turn.
-    let g = a.lock(&key(&["hello", "prod"]), &LockHolder::new("a", "deploy"), Duration::from_secs(5)).await.unwrap();
-    let e = c.try_lock(&key(&["hello"]), &LockHolder::new("c", "teardown")).await.unwrap_err();
+    let g = a
+        .lock(
+            &key(&["hello", "prod"]),
+            &LockHolder::new("a", "deploy"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
+    let e = c
+        .try_lock(&key(&["hello"]), &LockHolder::new("c", "teardown"))
+        .await
+        .unwrap_err();
     match &e {
         LockError::Conflict { held, holder, .. } => {
             assert_eq!(held, "hello/prod");
@@ -42,12 +64,25 @@ async fn prefix_locks_exclude_each_other() {
     }
     assert!(e.to_string().contains("held by a (deploy)"), "{e}");
     // Other envs of another app are independent; a sibling env is too.
-    let other = b.try_lock(&key(&["hello", "staging"]), &LockHolder::new("b", "deploy")).await.unwrap();
-    let apple = c.try_lock(&key(&["hello-world"]), &LockHolder::new("c", "deploy")).await.unwrap();
+    let other = b
+        .try_lock(&key(&["hello", "staging"]), &LockHolder::new("b", "deploy"))
+        .await
+        .unwrap();
+    let apple = c
+        .try_lock(&key(&["hello-world"]), &LockHolder::new("c", "deploy"))
+        .await
+        .unwrap();
     assert!(g.is_held().await.unwrap());
     g.release().await.unwrap();
     other.release().await.unwrap();
-    let t = c.lock(&key(&["hello"]), &LockHolder::new("c", "teardown"), Duration::from_secs(5)).await.unwrap();
+    let t = c
+        .lock(
+            &key(&["hello"]),
+            &LockHolder::new("c", "teardown"),
+            Duration::from_secs(5),
+        )
+        .await
+        .unwrap();
     t.release().await.unwrap();
     apple.release().await.unwrap();
 }
@@ -57,17 +92,37 @@ async fn lock_is_released_when_its_session_expires() {
     let zk = ZooKeeper::shared();
     let a = client(zk, "locks-expire").await;
     let b = client(zk, "locks-expire").await;
-    let g = a.try_lock(&key(&["app", "env"]), &LockHolder::new("a", "deploy")).await.unwrap();
-    assert!(b.try_lock(&key(&["app"]), &LockHolder::new("b", "teardown")).await.is_err());
+    let g = a
+        .try_lock(&key(&["app", "env"]), &LockHolder::new("a", "deploy"))
+        .await
+        .unwrap();
+    assert!(
+        b.try_lock(&key(&["app"]), &LockHolder::new("b", "teardown"))
+            .await
+            .is_err()
+    );
     // b waits; a's session dies; b gets the lock without anyone releasing it.
     let waiter = {
         let b = b.clone();
-        tokio::spawn(async move { b.lock(&key(&["app"]), &LockHolder::new("b", "teardown"), Duration::from_secs(20)).await })
+        tokio::spawn(async move {
+            b.lock(
+                &key(&["app"]),
+                &LockHolder::new("b", "teardown"),
+                Duration::from_secs(20),
+            )
+            .await
+        })
     };
     a.expire_session().await.unwrap();
-    let got = waiter.await.unwrap().expect("lock after the holder's session expired");
+    let got = waiter
+        .await
+        .unwrap()
+        .expect("lock after the holder's session expired");
     assert!(got.is_held().await.unwrap());
-    assert!(!g.is_held().await.unwrap(), "the old guard knows it lost the lock");
+    assert!(
+        !g.is_held().await.unwrap(),
+        "the old guard knows it lost the lock"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -88,8 +143,14 @@ async fn leader_election_fails_over() {
     assert!(!candidate.is_finished(), "b must not lead while a does");
     // a's session expires: a learns it lost, b takes over.
     a.expire_session().await.unwrap();
-    tokio::time::timeout(Duration::from_secs(10), la.lost()).await.expect("a notices it lost leadership");
-    let lb = tokio::time::timeout(Duration::from_secs(15), candidate).await.unwrap().unwrap().unwrap();
+    tokio::time::timeout(Duration::from_secs(10), la.lost())
+        .await
+        .expect("a notices it lost leadership");
+    let lb = tokio::time::timeout(Duration::from_secs(15), candidate)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(lb.is_leader().await);
     assert_eq!(a.leader(&path).await.unwrap().as_deref(), Some("manager-b"));
     // Resigning hands over again.
@@ -99,6 +160,10 @@ async fn leader_election_fails_over() {
         tokio::spawn(async move { a.campaign(&path, "manager-a").await })
     };
     lb.resign().await.unwrap();
-    let la2 = tokio::time::timeout(Duration::from_secs(10), again).await.unwrap().unwrap().unwrap();
+    let la2 = tokio::time::timeout(Duration::from_secs(10), again)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert_eq!(la2.id(), "manager-a");
 }
