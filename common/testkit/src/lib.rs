@@ -11,6 +11,7 @@
 pub mod docker;
 pub mod ports;
 pub mod process;
+pub mod s3;
 pub mod zookeeper;
 
 pub use zookeeper::ZooKeeper;

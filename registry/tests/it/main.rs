@@ -1,0 +1,5 @@
+//! Integration tests of the registry: storage conformance (filesystem and a real S3 server), the
+//! Distribution API over HTTP, real clients (skopeo, docker), garbage collection and auth.
+
+mod common;
+mod conformance;
