@@ -1,1 +1,223 @@
-//! placeholder
+//! Atlantis supervisor: runs app containers on one host for the managers.
+//!
+//! One supervisor runs per host. Managers call its HTTP/JSON API ([`api`]) to deploy container specs and
+//! tear them down; the supervisor runs them on the Docker Engine ([`runtime`]) with limits and hardening,
+//! accounts slots, ports, CPU and memory ([`alloc`]), isolates their egress with iptables ([`firewall`]),
+//! tracks each container's lifecycle ([`service`]), registers itself in ZooKeeper and follows the intent
+//! there ([`cluster`]), and converges after restarts ([`reconcile`]). Its state is always rebuilt from
+//! Docker labels ([`labels`]) plus ZooKeeper, never from a private file.
+//!
+//! [`App::build`] wires the real parts from a [`Config`]; [`App::build_with`] takes the seams explicitly.
+
+pub mod alloc;
+pub mod api;
+pub mod cluster;
+pub mod config;
+pub mod error;
+pub mod firewall;
+pub mod health;
+pub mod labels;
+pub mod metrics;
+pub mod reconcile;
+pub mod runtime;
+pub mod service;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use atlantis_common::zk::Coord;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use config::Config;
+pub use service::Supervisor;
+
+use crate::cluster::{Cluster, Standalone, ZkCluster};
+use crate::firewall::{Firewall, Iptables, NoFirewall};
+use crate::runtime::ContainerRuntime;
+use crate::runtime::docker::DockerRuntime;
+
+/// Why the supervisor could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// The configuration cannot work.
+    #[error(transparent)]
+    Config(#[from] config::ConfigCheckError),
+    /// The token file is missing or too weak.
+    #[error("token file {path}: {message}")]
+    Token { path: String, message: String },
+    /// The engine is unreachable.
+    #[error("docker engine: {0}")]
+    Runtime(#[from] runtime::RuntimeError),
+    /// ZooKeeper is unreachable.
+    #[error("zookeeper: {0}")]
+    Zk(#[from] atlantis_common::zk::CoordError),
+    /// The listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// Rebuilding state failed.
+    #[error("cannot rebuild state: {0}")]
+    Rebuild(#[from] error::ApiError),
+}
+
+/// A running supervisor.
+pub struct App {
+    /// The API's bound address.
+    pub addr: SocketAddr,
+    /// The service (tests inspect it).
+    pub supervisor: Arc<Supervisor>,
+    stop: CancellationToken,
+    tasks: Vec<JoinHandle<()>>,
+    coord: Option<Coord>,
+}
+
+/// Reads and checks the cluster token.
+pub fn read_token(path: &std::path::Path) -> Result<String, BuildError> {
+    let err = |message: String| BuildError::Token {
+        path: path.display().to_string(),
+        message,
+    };
+    let raw = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
+    let token = raw.trim().to_owned();
+    if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(err(
+            "the token must be at least 16 characters without whitespace".into(),
+        ));
+    }
+    Ok(token)
+}
+
+impl App {
+    /// Connects to Docker (and ZooKeeper when configured), rebuilds state, binds the API and starts the
+    /// background loops.
+    pub async fn build(cfg: Config) -> Result<App, BuildError> {
+        cfg.check()?;
+        let token = read_token(&cfg.token_file)?;
+        let runtime = DockerRuntime::connect(
+            &cfg.docker.socket,
+            Duration::from_millis(cfg.docker.api_timeout_ms),
+            Duration::from_millis(cfg.docker.pull_timeout_ms),
+        )
+        .await?;
+        let firewall: Arc<dyn Firewall> = if cfg.firewall.enabled {
+            let mut nets: Vec<_> = cfg
+                .firewall
+                .cluster_networks
+                .iter()
+                .map(|n| config::parse_cidr(n).expect("checked"))
+                .collect();
+            nets.push((cfg.docker.subnet, cfg.docker.prefix_len));
+            Arc::new(Iptables::new(
+                cfg.firewall.iptables.clone(),
+                cfg.firewall.iptables_restore.clone(),
+                cfg.firewall.netns.clone(),
+                cfg.firewall.forward_chain.clone(),
+                nets,
+            ))
+        } else {
+            tracing::warn!("Firewall disabled: containers are NOT isolated.");
+            Arc::new(NoFirewall)
+        };
+        let (cluster, coord): (Arc<dyn Cluster>, Option<Coord>) = match &cfg.zookeeper {
+            Some(zk) => {
+                let coord = Coord::connect(zk.clone()).await?;
+                (
+                    Arc::new(ZkCluster::new(coord.clone(), cfg.host.clone())),
+                    Some(coord),
+                )
+            }
+            None => {
+                tracing::warn!(
+                    "No ZooKeeper configured: running standalone (no registration, no intent)."
+                );
+                (Arc::new(Standalone), None)
+            }
+        };
+        let mut app = App::build_with(cfg, token, Arc::new(runtime), firewall, cluster).await?;
+        app.coord = coord;
+        Ok(app)
+    }
+
+    /// As [`App::build`], with the seams given.
+    pub async fn build_with(
+        cfg: Config,
+        token: String,
+        runtime: Arc<dyn ContainerRuntime>,
+        firewall: Arc<dyn Firewall>,
+        cluster: Arc<dyn Cluster>,
+    ) -> Result<App, BuildError> {
+        cfg.check()?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| BuildError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| BuildError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let max_body = cfg.max_body_bytes;
+        let advertise = cfg
+            .advertise_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{addr}"));
+        let supervisor = Arc::new(Supervisor::new(
+            Arc::new(cfg),
+            runtime,
+            firewall,
+            cluster,
+            metrics::SupervisorMetrics::new(),
+        ));
+        *supervisor
+            .advertise_url
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = advertise;
+        supervisor.rebuild().await?;
+        supervisor.refresh_registration().await;
+
+        let stop = CancellationToken::new();
+        let router = api::router(api::ApiState {
+            supervisor: supervisor.clone(),
+            token: Arc::new(token),
+            max_body,
+        });
+        let server_stop = stop.clone();
+        let server = tokio::spawn(async move {
+            let shutdown = async move { server_stop.cancelled().await };
+            if let Err(e) = axum::serve(listener, router)
+                .with_graceful_shutdown(shutdown)
+                .await
+            {
+                tracing::error!(error = %e, "API server failed.");
+            }
+        });
+        let loops = tokio::spawn(supervisor.clone().run_loops(stop.clone()));
+        tracing::info!(%addr, host = %supervisor.cfg.host, zone = %supervisor.cfg.zone, "Supervisor ready.");
+        Ok(App {
+            addr,
+            supervisor,
+            stop,
+            tasks: vec![server, loops],
+            coord: None,
+        })
+    }
+
+    /// Stops serving and deregisters; containers keep running (a restarted supervisor adopts them).
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            // Streaming log responses may keep the server open; bound the wait.
+            let _ = tokio::time::timeout(Duration::from_secs(5), t).await;
+        }
+        self.supervisor.cluster.deregister().await;
+        if let Some(c) = self.coord {
+            c.close();
+        }
+        tracing::info!("Supervisor stopped.");
+    }
+}

@@ -1,0 +1,217 @@
+//! The HTTP/JSON API (axum). Only managers call it; every `/v1` route needs the cluster token.
+//!
+//! | method | path | what |
+//! |---|---|---|
+//! | POST | `/v1/containers` | deploy a [`ContainerSpec`]; answers 201 once healthy |
+//! | GET | `/v1/containers` | list |
+//! | GET | `/v1/containers/{id}` | one container |
+//! | DELETE | `/v1/containers/{id}` | teardown of one container |
+//! | POST | `/v1/teardown` | teardown by IDs, or of an app (and env) |
+//! | GET | `/v1/containers/{id}/logs?follow=true&tail=100` | output, streamed while it runs with `follow` |
+//! | GET | `/v1/health` | capacity, free, version |
+//! | GET | `/healthz`, `/metrics` | liveness and Prometheus metrics, no token |
+//!
+//! Deploys and teardowns run in their own task: a client that hangs up does not cancel them halfway.
+
+use std::sync::Arc;
+
+use atlantis_common::ContainerId;
+use atlantis_common::api::supervisor::{ContainerSpec, TeardownRequest};
+use atlantis_common::telemetry::METRICS_CONTENT_TYPE;
+use axum::body::Body;
+use axum::extract::{FromRequest, Path, Query, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures::StreamExt as _;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::ApiError;
+use crate::service::Supervisor;
+
+/// Shared state of the handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The service.
+    pub supervisor: Arc<Supervisor>,
+    /// The cluster token.
+    pub token: Arc<String>,
+    /// Largest accepted body.
+    pub max_body: usize,
+}
+
+/// The router.
+pub fn router(state: ApiState) -> Router {
+    let v1 = Router::new()
+        .route("/containers", post(deploy).get(list))
+        .route("/containers/{id}", get(get_one).delete(delete_one))
+        .route("/containers/{id}/logs", get(logs))
+        .route("/teardown", post(teardown))
+        .route("/health", get(health))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/metrics", get(metrics))
+        .fallback(|| async { ApiError::NotFound("no such route".into()) })
+        .with_state(state)
+}
+
+/// Compares in time independent of where the first difference is.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match presented {
+        Some(t) if constant_time_eq(t.as_bytes(), st.token.as_bytes()) => next.run(req).await,
+        _ => ApiError::Unauthorized.into_response(),
+    }
+}
+
+/// A JSON body read with a size bound, refused with our error body (never axum's plain text).
+pub struct JsonBody<T>(pub T);
+
+impl<T: DeserializeOwned> FromRequest<ApiState> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, st: &ApiState) -> Result<Self, ApiError> {
+        let bytes = axum::body::to_bytes(req.into_body(), st.max_body)
+            .await
+            .map_err(|_| ApiError::TooLarge(st.max_body))?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::InvalidRequest(e.to_string()))
+    }
+}
+
+fn parse_id(raw: &str) -> Result<ContainerId, ApiError> {
+    raw.parse()
+        .map_err(|e: atlantis_common::NameError| ApiError::InvalidRequest(e.to_string()))
+}
+
+async fn deploy(
+    State(st): State<ApiState>,
+    JsonBody(spec): JsonBody<ContainerSpec>,
+) -> Result<Response, ApiError> {
+    let sup = st.supervisor.clone();
+    let info = tokio::spawn(async move { sup.deploy(spec).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("deploy task failed: {e}")))??;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+async fn list(State(st): State<ApiState>) -> Response {
+    Json(st.supervisor.list()).into_response()
+}
+
+async fn get_one(State(st): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let info = st
+        .supervisor
+        .info(&id)
+        .ok_or_else(|| ApiError::NotFound(id.to_string()))?;
+    Ok(Json(info).into_response())
+}
+
+async fn delete_one(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let sup = st.supervisor.clone();
+    let req = TeardownRequest {
+        container_ids: vec![id.clone()],
+        ..Default::default()
+    };
+    let resp = tokio::spawn(async move { sup.teardown(req).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("teardown task failed: {e}")))??;
+    if resp.removed.is_empty() {
+        return Err(ApiError::NotFound(id.to_string()));
+    }
+    Ok(Json(resp).into_response())
+}
+
+async fn teardown(
+    State(st): State<ApiState>,
+    JsonBody(req): JsonBody<TeardownRequest>,
+) -> Result<Response, ApiError> {
+    let sup = st.supervisor.clone();
+    let resp = tokio::spawn(async move { sup.teardown(req).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("teardown task failed: {e}")))??;
+    Ok(Json(resp).into_response())
+}
+
+async fn health(State(st): State<ApiState>) -> Response {
+    Json(st.supervisor.health()).into_response()
+}
+
+async fn metrics(State(st): State<ApiState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        st.supervisor.metrics.registry.render(),
+    )
+        .into_response()
+}
+
+/// Query of the logs route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogsQuery {
+    /// Keep streaming while the container runs.
+    #[serde(default)]
+    follow: bool,
+    /// Lines of history first (at most 10000).
+    #[serde(default = "default_tail")]
+    tail: u32,
+}
+
+fn default_tail() -> u32 {
+    100
+}
+
+async fn logs(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    q: Result<Query<LogsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let id = parse_id(&id)?;
+    if q.tail > 10_000 {
+        return Err(ApiError::InvalidRequest(
+            "tail must be at most 10000".into(),
+        ));
+    }
+    let docker_id = st
+        .supervisor
+        .docker_id(&id)
+        .ok_or_else(|| ApiError::NotFound(id.to_string()))?;
+    let stream = st
+        .supervisor
+        .runtime
+        .logs(&docker_id, q.follow, q.tail)
+        .map(|r| r.map_err(std::io::Error::other));
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}

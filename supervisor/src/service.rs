@@ -1,0 +1,504 @@
+//! The supervisor's core: deploy, teardown, list, get, health, and each container's lifecycle.
+//!
+//! State lives in one `std::sync::Mutex` (never held across an await): the allocator and one entry per
+//! container. Each entry also has an async operation lock, so a teardown waits for an in-flight deploy of
+//! the same container instead of racing it. Every lifecycle transition (pulling, starting, healthy,
+//! unhealthy, stopping, gone) is logged as one tracing event with `from` and `to`.
+//!
+//! Deploy: validate, reserve (refusing clearly when full or duplicate), pull, install firewall rules,
+//! create and start with limits and hardening, wait until healthy or failed. Any failure removes what was
+//! made and releases the reservation, so a refused or failed deploy leaves nothing behind.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use atlantis_common::ContainerId;
+use atlantis_common::api::supervisor::{
+    ContainerInfo, ContainerSpec, ContainerState, Resources, SupervisorHealth, SupervisorRecord,
+    SupervisorStatus, TeardownRequest, TeardownResponse,
+};
+use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
+
+use crate::alloc::{AllocConfig, Allocator};
+use crate::cluster::Cluster;
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::firewall::{ContainerRules, Firewall};
+use crate::health::{Probe, Prober};
+use crate::labels::Deployed;
+use crate::metrics::SupervisorMetrics;
+use crate::runtime::{ContainerRuntime, CreateSpec};
+
+/// Mount point of the config data inside containers.
+pub const CONFIG_MOUNT: &str = "/etc/atlantis/config";
+
+/// One container the supervisor knows.
+pub(crate) struct Entry {
+    pub(crate) deployed: Deployed,
+    pub(crate) state: ContainerState,
+    pub(crate) docker_id: Option<String>,
+    pub(crate) op: Arc<AsyncMutex<()>>,
+    pub(crate) orphan_since: Option<Instant>,
+    pub(crate) failures: u32,
+    pub(crate) last_check: Option<Instant>,
+}
+
+pub(crate) struct Inner {
+    pub(crate) alloc: Allocator,
+    pub(crate) entries: BTreeMap<ContainerId, Entry>,
+}
+
+/// The supervisor service; shared by the API handlers and the background loops.
+pub struct Supervisor {
+    pub(crate) cfg: Arc<Config>,
+    pub(crate) runtime: Arc<dyn ContainerRuntime>,
+    pub(crate) firewall: Arc<dyn Firewall>,
+    pub(crate) cluster: Arc<dyn Cluster>,
+    pub(crate) prober: Prober,
+    pub(crate) inner: Mutex<Inner>,
+    pub(crate) advertise_url: Mutex<String>,
+    pub(crate) metrics: SupervisorMetrics,
+}
+
+impl Supervisor {
+    /// A supervisor with an empty allocator; [`Supervisor::rebuild`] fills it from the engine.
+    pub fn new(
+        cfg: Arc<Config>,
+        runtime: Arc<dyn ContainerRuntime>,
+        firewall: Arc<dyn Firewall>,
+        cluster: Arc<dyn Cluster>,
+        metrics: SupervisorMetrics,
+    ) -> Supervisor {
+        let alloc = Allocator::new(AllocConfig {
+            capacity: cfg.capacity.into(),
+            min_port: cfg.ports.min_port,
+            per_slot: cfg.ports.per_slot,
+            subnet: cfg.docker.subnet,
+        });
+        Supervisor {
+            advertise_url: Mutex::new(cfg.advertise_url.clone().unwrap_or_default()),
+            cfg,
+            runtime,
+            firewall,
+            cluster,
+            prober: Prober::new(),
+            inner: Mutex::new(Inner {
+                alloc,
+                entries: BTreeMap::new(),
+            }),
+            metrics,
+        }
+    }
+
+    pub(crate) fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Moves a container to `to`, logging the transition.
+    pub(crate) fn transition(&self, id: &ContainerId, to: ContainerState, why: &str) {
+        let from = {
+            let mut inner = self.lock();
+            match inner.entries.get_mut(id) {
+                Some(e) if e.state != to => Some(std::mem::replace(&mut e.state, to)),
+                Some(_) => None,
+                None if to == ContainerState::Gone => Some(ContainerState::Stopping),
+                None => None,
+            }
+        };
+        if let Some(from) = from {
+            tracing::info!(container = %id, ?from, ?to, why, "Container state changed.");
+            self.metrics.transition(to);
+        }
+    }
+
+    fn config_dir(&self, id: &ContainerId) -> PathBuf {
+        self.cfg.data_dir.join("containers").join(id.as_str())
+    }
+
+    /// The firewall rules of every container that holds a reservation.
+    pub(crate) fn desired_rules(&self) -> Vec<ContainerRules> {
+        self.lock()
+            .entries
+            .values()
+            .map(|e| ContainerRules {
+                id: e.deployed.container_id.clone(),
+                ip: e.deployed.ip,
+                dependencies: e.deployed.dependencies.clone(),
+            })
+            .collect()
+    }
+
+    /// Installs exactly the rules of the containers held now.
+    pub(crate) async fn sync_firewall(&self) -> Result<(), ApiError> {
+        let rules = self.desired_rules();
+        self.firewall.sync(&rules).await.map_err(ApiError::from)
+    }
+
+    /// Deploys a container and returns once it is healthy, or fails having removed everything it made.
+    pub async fn deploy(&self, spec: ContainerSpec) -> Result<ContainerInfo, ApiError> {
+        spec.validate()?;
+        let id = spec.container_id.clone();
+        let guard: OwnedMutexGuard<()> = {
+            let mut inner = self.lock();
+            if inner.entries.contains_key(&id) {
+                return Err(ApiError::Duplicate(id.to_string()));
+            }
+            let r = inner
+                .alloc
+                .reserve(&id, spec.cpu_millis, spec.memory_mb, &spec.ports)?;
+            let op = Arc::new(AsyncMutex::new(()));
+            let guard = op.clone().try_lock_owned().expect("a new lock is free");
+            let deployed = Deployed::new(&spec, &r);
+            inner.entries.insert(
+                id.clone(),
+                Entry {
+                    deployed,
+                    state: ContainerState::Pulling,
+                    docker_id: None,
+                    op,
+                    orphan_since: None,
+                    failures: 0,
+                    last_check: None,
+                },
+            );
+            guard
+        };
+        tracing::info!(container = %id, to = ?ContainerState::Pulling, why = "deploy requested", "Container state changed.");
+        let started = Instant::now();
+        let result = self.bring_up(&spec).await;
+        match result {
+            Ok(()) => {
+                drop(guard);
+                self.metrics.deploy("ok", started.elapsed());
+                self.refresh_registration().await;
+                self.info(&id)
+                    .ok_or_else(|| ApiError::Internal("container vanished after deploy".into()))
+            }
+            Err(e) => {
+                let (_, code) = e.status_and_code();
+                self.metrics.deploy(code, started.elapsed());
+                tracing::warn!(container = %id, error = %e, "Deploy failed; removing what was made.");
+                self.remove_container(&id).await;
+                drop(guard);
+                self.refresh_registration().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn bring_up(&self, spec: &ContainerSpec) -> Result<(), ApiError> {
+        let id = &spec.container_id;
+        self.runtime.ensure_image(&spec.image).await?;
+        let deployed = self
+            .lock()
+            .entries
+            .get(id)
+            .map(|e| e.deployed.clone())
+            .ok_or_else(|| ApiError::Internal("entry lost".into()))?;
+        let mut binds = Vec::new();
+        if let Some(config) = &spec.config {
+            let dir = self.config_dir(id);
+            let file = dir.join("config");
+            write_config(&dir, &file, config)
+                .map_err(|e| ApiError::Internal(format!("cannot write config for {id}: {e}")))?;
+            binds.push(format!("{}:{CONFIG_MOUNT}:ro", file.display()));
+        }
+        // Rules first: the container never runs without its isolation.
+        self.sync_firewall().await?;
+        let create = self.create_spec(spec, &deployed, binds);
+        self.transition(id, ContainerState::Starting, "image present, creating");
+        let docker_id = self.runtime.create(&create).await?;
+        if let Some(e) = self.lock().entries.get_mut(id) {
+            e.docker_id = Some(docker_id.clone());
+        }
+        self.runtime.start(&docker_id).await?;
+        self.wait_healthy(id, &deployed, &docker_id).await?;
+        self.transition(id, ContainerState::Healthy, "health check passed");
+        Ok(())
+    }
+
+    fn create_spec(&self, spec: &ContainerSpec, d: &Deployed, binds: Vec<String>) -> CreateSpec {
+        let cfg = &self.cfg;
+        let mut env: Vec<String> = vec![
+            format!("ATLANTIS_CONTAINER_ID={}", spec.container_id),
+            format!("ATLANTIS_APP={}", spec.app),
+            format!("ATLANTIS_ENV={}", spec.env),
+            format!("ATLANTIS_SHA={}", spec.sha),
+            format!("ATLANTIS_HOST={}", cfg.host),
+            format!("ATLANTIS_ZONE={}", cfg.zone),
+            format!("ATLANTIS_REGION={}", cfg.region),
+        ];
+        if let Some(p) = spec.ports.first() {
+            env.push(format!("ATLANTIS_PORT={p}"));
+        }
+        if spec.config.is_some() {
+            env.push(format!("ATLANTIS_CONFIG={CONFIG_MOUNT}"));
+        }
+        for dep in &spec.dependencies {
+            let name = dep.name.to_ascii_uppercase().replace('-', "_");
+            env.push(format!("ATLANTIS_DEP_{name}={}:{}", dep.address, dep.port));
+        }
+        env.extend(spec.env_vars.iter().map(|(k, v)| format!("{k}={v}")));
+        CreateSpec {
+            name: spec.container_id.to_string(),
+            image: spec.image.clone(),
+            cmd: spec.command.clone(),
+            env,
+            labels: d.labels(&cfg.host),
+            memory_bytes: (spec.memory_mb * 1024 * 1024) as i64,
+            nano_cpus: i64::from(spec.cpu_millis) * 1_000_000,
+            pids_limit: cfg.limits.pids,
+            ports: d
+                .ports
+                .iter()
+                .map(|p| (p.container_port, cfg.ports.publish_ip, p.host_port))
+                .collect(),
+            network: cfg.docker.network.clone(),
+            ip: d.ip,
+            binds,
+            read_only_rootfs: spec.read_only_rootfs,
+            cap_add: cfg.limits.cap_add.clone(),
+            restart_policy: cfg.limits.restart_policy.clone(),
+            stop_timeout: Duration::from_millis(cfg.limits.stop_timeout_ms),
+        }
+    }
+
+    /// Polls the health check until it passes, the container exits, or the start deadline passes.
+    async fn wait_healthy(
+        &self,
+        id: &ContainerId,
+        d: &Deployed,
+        docker_id: &str,
+    ) -> Result<(), ApiError> {
+        let deadline = Instant::now() + Duration::from_millis(d.health.start_timeout_ms);
+        let timeout = Duration::from_millis(d.health.timeout_ms);
+        let mut pause = Duration::from_millis(20);
+        let mut last = String::from("no check yet");
+        loop {
+            let o = self.runtime.inspect(docker_id).await?.ok_or_else(|| {
+                ApiError::Unhealthy(format!("container {id} disappeared while starting"))
+            })?;
+            if !o.running && !o.restarting {
+                let tail = self.log_tail(docker_id, 20).await;
+                return Err(ApiError::Unhealthy(format!(
+                    "container {id} exited with code {} before becoming healthy; last output: {tail}",
+                    o.exit_code.unwrap_or(-1)
+                )));
+            }
+            match d.health_host_port() {
+                None if o.running => return Ok(()),
+                None => {}
+                Some(port) => match self
+                    .prober
+                    .check(self.cfg.ports.health_ip(), port, &d.health.path, timeout)
+                    .await
+                {
+                    Probe::Pass => return Ok(()),
+                    Probe::Fail(why) => last = why,
+                },
+            }
+            if Instant::now() + pause > deadline {
+                return Err(ApiError::Unhealthy(format!(
+                    "container {id} did not pass its health check within {} ms: {last}",
+                    d.health.start_timeout_ms
+                )));
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_millis(250));
+        }
+    }
+
+    async fn log_tail(&self, docker_id: &str, lines: u32) -> String {
+        use futures::StreamExt as _;
+        let mut s = self.runtime.logs(docker_id, false, lines);
+        let mut out = Vec::new();
+        while let Some(Ok(chunk)) = s.next().await {
+            out.extend_from_slice(&chunk);
+            if out.len() > 4096 {
+                break;
+            }
+        }
+        String::from_utf8_lossy(&out).trim().replace('\n', " | ")
+    }
+
+    /// Stops and removes a container, its config and its rules, and releases its reservation. The caller
+    /// holds the container's operation lock (or the container has none yet).
+    pub(crate) async fn remove_container(&self, id: &ContainerId) {
+        self.transition(id, ContainerState::Stopping, "teardown");
+        let stop = Duration::from_millis(self.cfg.limits.stop_timeout_ms);
+        let docker_id = self
+            .lock()
+            .entries
+            .get(id)
+            .and_then(|e| e.docker_id.clone())
+            .unwrap_or_else(|| id.to_string());
+        if let Err(e) = self.runtime.stop(&docker_id, stop).await {
+            tracing::debug!(container = %id, error = %e, "Stop failed; removing by force.");
+        }
+        if let Err(e) = self.runtime.remove(&docker_id).await {
+            tracing::error!(container = %id, error = %e, "Cannot remove the container; the reconcile loop will retry.");
+            return;
+        }
+        let _ = std::fs::remove_dir_all(self.config_dir(id));
+        {
+            let mut inner = self.lock();
+            inner.entries.remove(id);
+            inner.alloc.release(id);
+        }
+        self.transition(id, ContainerState::Gone, "removed");
+        if let Err(e) = self.sync_firewall().await {
+            tracing::error!(error = %e, "Cannot remove firewall rules; the reconcile loop will retry.");
+        }
+    }
+
+    /// Tears down the requested containers.
+    pub async fn teardown(&self, req: TeardownRequest) -> Result<TeardownResponse, ApiError> {
+        req.validate()?;
+        let mut resp = TeardownResponse::default();
+        let targets: Vec<(ContainerId, Option<Arc<AsyncMutex<()>>>)> = {
+            let inner = self.lock();
+            if req.container_ids.is_empty() {
+                inner
+                    .entries
+                    .iter()
+                    .filter(|(_, e)| {
+                        Some(&e.deployed.app) == req.app.as_ref()
+                            && req.env.as_ref().is_none_or(|env| env == &e.deployed.env)
+                    })
+                    .map(|(id, e)| (id.clone(), Some(e.op.clone())))
+                    .collect()
+            } else {
+                req.container_ids
+                    .iter()
+                    .map(|id| (id.clone(), inner.entries.get(id).map(|e| e.op.clone())))
+                    .collect()
+            }
+        };
+        for (id, op) in targets {
+            let Some(op) = op else {
+                resp.not_found.push(id);
+                continue;
+            };
+            let _guard = op.lock().await;
+            // A failed deploy may have removed it while we waited.
+            if !self.lock().entries.contains_key(&id) {
+                resp.not_found.push(id);
+                continue;
+            }
+            self.remove_container(&id).await;
+            if self.lock().entries.contains_key(&id) {
+                return Err(ApiError::Internal(format!(
+                    "container {id} could not be removed; see the supervisor log"
+                )));
+            }
+            resp.removed.push(id);
+        }
+        self.refresh_registration().await;
+        Ok(resp)
+    }
+
+    /// One container's info.
+    pub fn info(&self, id: &ContainerId) -> Option<ContainerInfo> {
+        let inner = self.lock();
+        inner.entries.get(id).map(|e| self.to_info(e))
+    }
+
+    /// Every container's info, sorted by ID.
+    pub fn list(&self) -> Vec<ContainerInfo> {
+        let inner = self.lock();
+        inner.entries.values().map(|e| self.to_info(e)).collect()
+    }
+
+    fn to_info(&self, e: &Entry) -> ContainerInfo {
+        let d = &e.deployed;
+        ContainerInfo {
+            container_id: d.container_id.clone(),
+            app: d.app.clone(),
+            sha: d.sha.clone(),
+            env: d.env.clone(),
+            image: d.image.clone(),
+            state: e.state,
+            host: self.cfg.host.clone(),
+            address: self.cfg.ports.publish_ip.to_string(),
+            ports: d.ports.clone(),
+            cpu_millis: d.cpu_millis,
+            memory_mb: d.memory_mb,
+            slot: d.slot,
+            ip: d.ip,
+            dependencies: d.dependencies.clone(),
+            docker_id: e.docker_id.clone(),
+        }
+    }
+
+    /// Capacity and what is free.
+    pub fn health(&self) -> SupervisorHealth {
+        let inner = self.lock();
+        let free = inner.alloc.free();
+        SupervisorHealth {
+            status: if free.slots == 0 {
+                SupervisorStatus::Full
+            } else {
+                SupervisorStatus::Ok
+            },
+            host: self.cfg.host.clone(),
+            zone: self.cfg.zone.clone(),
+            region: self.cfg.region.clone(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            capacity: inner.alloc.capacity(),
+            free,
+            containers: inner.entries.len() as u32,
+        }
+    }
+
+    /// The ZooKeeper record of this supervisor now.
+    pub fn record(&self) -> SupervisorRecord {
+        let h = self.health();
+        SupervisorRecord {
+            version: h.version,
+            address: self
+                .advertise_url
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+            host: h.host,
+            zone: h.zone,
+            capacity: h.capacity,
+            free: h.free,
+        }
+    }
+
+    /// Free resources now.
+    pub fn free(&self) -> Resources {
+        self.lock().alloc.free()
+    }
+
+    /// Registers or refreshes the ephemeral record; failures are logged and retried by the reconcile loop.
+    pub async fn refresh_registration(&self) {
+        let record = self.record();
+        self.metrics
+            .set_free(&record.free, self.lock().entries.len());
+        if let Err(e) = self.cluster.register(&record).await {
+            tracing::warn!(error = %e, "Cannot refresh the ZooKeeper registration; will retry.");
+        }
+    }
+
+    /// The Docker ID of a container, for logs.
+    pub fn docker_id(&self, id: &ContainerId) -> Option<String> {
+        self.lock()
+            .entries
+            .get(id)
+            .map(|e| e.docker_id.clone().unwrap_or_else(|| id.to_string()))
+    }
+}
+
+/// Writes the config file read-only, in a directory only root can enter.
+fn write_config(dir: &std::path::Path, file: &std::path::Path, data: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(dir)?;
+    let tmp = dir.join("config.tmp");
+    std::fs::write(&tmp, data)?;
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))?;
+    std::fs::rename(&tmp, file)
+}
