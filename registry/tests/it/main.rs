@@ -2,4 +2,5 @@
 //! Distribution API over HTTP, real clients (skopeo, docker), garbage collection and auth.
 
 mod common;
+mod api;
 mod conformance;
