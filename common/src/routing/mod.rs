@@ -367,7 +367,9 @@ pub fn validate_rule(name: &str, r: &Rule) -> Result<Matcher, ConfigError> {
         (None, Some(t)) => {
             check_name("trie", t).map_err(|e| invalid("rule", name, format!("bad trie reference: {e}")))?
         }
-        _ => return Err(invalid("rule", name, "exactly one of `pool` and `next` must be set")),
+        _ => {
+            return Err(invalid("rule", name, "exactly one of `pool` and `next` must be set"));
+        }
     }
     Matcher::parse(r.kind, &r.value).map_err(|e| invalid("rule", name, e.to_string()))
 }

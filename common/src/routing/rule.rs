@@ -166,7 +166,7 @@ impl Matcher {
                 "false" => Matcher::Static(false),
                 _ => return Err(err("must be true or false")),
             },
-            RuleType::Percent => Matcher::Percent(parse_percent(value.trim()).map_err(|r| err(r))?),
+            RuleType::Percent => Matcher::Percent(parse_percent(value.trim()).map_err(&err)?),
             RuleType::Host => {
                 let hosts: Result<Vec<String>, String> = value
                     .split(',')

@@ -36,8 +36,6 @@ impl RequestView for Req {
     }
 }
 
-
-
 fn m(kind: RuleType, v: &str) -> Matcher {
     Matcher::parse(kind, v).unwrap_or_else(|e| panic!("{e}"))
 }
