@@ -1,0 +1,176 @@
+//! The HTTP server, its registration in ZooKeeper and its leadership campaign.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use atlantis_common::shutdown::CancellationToken;
+use atlantis_common::telemetry::{METRICS_CONTENT_TYPE, Metrics};
+use atlantis_common::zk::{Coord, CoordError, Registration};
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use serde::Serialize;
+
+use crate::Config;
+
+/// Why the manager could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// ZooKeeper is unreachable or refused a write.
+    #[error("ZooKeeper: {0}")]
+    Coord(#[from] CoordError),
+    /// The listen address could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+#[derive(Clone)]
+struct Shared {
+    coord: Coord,
+    leader: Arc<AtomicBool>,
+    metrics: Metrics,
+    host: String,
+}
+
+/// What a manager registers in ZooKeeper.
+#[derive(Debug, Serialize)]
+struct ManagerRecord<'a> {
+    version: u32,
+    addr: String,
+    software: &'a str,
+}
+
+/// A running manager.
+pub struct App {
+    /// The bound API address.
+    pub addr: SocketAddr,
+    stop: CancellationToken,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    _registration: Registration,
+}
+
+impl App {
+    /// Connects, registers, binds and starts serving.
+    pub async fn build(cfg: Config) -> Result<App, StartError> {
+        let coord = Coord::connect(cfg.zookeeper.clone()).await?;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: cfg.listen,
+            source,
+        })?;
+        let record = ManagerRecord {
+            version: 1,
+            addr: addr.to_string(),
+            software: env!("CARGO_PKG_VERSION"),
+        };
+        let registration = coord
+            .register_ephemeral(&coord.layout().manager(&cfg.host), &record)
+            .await?;
+        let shared = Shared {
+            coord: coord.clone(),
+            leader: Arc::new(AtomicBool::new(false)),
+            metrics: Metrics::new("atlantis_manager"),
+            host: cfg.host.to_string(),
+        };
+        let stop = CancellationToken::new();
+        let router = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/metrics", get(metrics))
+            .with_state(shared.clone());
+        let serve_stop = stop.clone();
+        let serve = tokio::spawn(async move {
+            let r = axum::serve(listener, router)
+                .with_graceful_shutdown(serve_stop.cancelled_owned())
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "Manager API server failed.");
+            }
+        });
+        let campaign = tokio::spawn(lead(shared, stop.clone()));
+        tracing::info!(%addr, host = %cfg.host, "Manager serving.");
+        Ok(App {
+            addr,
+            stop,
+            tasks: vec![serve, campaign],
+            _registration: registration,
+        })
+    }
+
+    /// Stops serving and leaves ZooKeeper.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+/// Campaigns for leadership again and again; background reconciliation will run while leading.
+async fn lead(shared: Shared, stop: CancellationToken) {
+    let path = shared.coord.layout().manager_leader();
+    loop {
+        let won = tokio::select! {
+            r = shared.coord.campaign(&path, &shared.host) => r,
+            _ = stop.cancelled() => return,
+        };
+        match won {
+            Ok(leadership) => {
+                shared.leader.store(true, Ordering::SeqCst);
+                tokio::select! {
+                    _ = leadership.lost() => tracing::warn!("Leadership lost."),
+                    _ = stop.cancelled() => {
+                        let _ = leadership.resign().await;
+                        shared.leader.store(false, Ordering::SeqCst);
+                        return;
+                    }
+                }
+                shared.leader.store(false, Ordering::SeqCst);
+            }
+            Err(CoordError::Closed) => return,
+            Err(e) => {
+                tracing::warn!(error = %e, "Leader campaign failed, retrying.");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Health {
+    status: &'static str,
+    zookeeper_connected: bool,
+    leader: bool,
+}
+
+async fn healthz(State(s): State<Shared>) -> impl IntoResponse {
+    let connected = s.coord.status().borrow().connected;
+    let body = Health {
+        status: if connected { "OK" } else { "DEGRADED" },
+        zookeeper_connected: connected,
+        leader: s.leader.load(Ordering::SeqCst),
+    };
+    let code = if connected {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, [("Server-Status", body.status)], axum::Json(body))
+}
+
+async fn metrics(State(s): State<Shared>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        s.metrics.render(),
+    )
+}

@@ -1,0 +1,99 @@
+//! The manager skeleton against a real ZooKeeper: registration, leadership, health.
+
+use std::time::Duration;
+
+use atlantis_common::zk::{Coord, ZkConfig};
+use atlantis_manager::{App, Config};
+use atlantis_testkit::{ZooKeeper, eventually};
+
+fn config(zk: &ZooKeeper, host: &str) -> Config {
+    let mut z = ZkConfig::new(zk.connect_string(), "test".parse().unwrap());
+    z.session_timeout = Duration::from_secs(3);
+    Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        host: host.parse().unwrap(),
+        zookeeper: z,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn managers_register_and_one_leads() {
+    let zk = ZooKeeper::start();
+    let a = App::build(config(&zk, "m1")).await.unwrap();
+    let b = App::build(config(&zk, "m2")).await.unwrap();
+    let observer = Coord::connect(config(&zk, "x").zookeeper).await.unwrap();
+    let hosts = observer
+        .children(&observer.layout().managers())
+        .await
+        .unwrap();
+    assert_eq!(hosts, vec!["m1".to_string(), "m2".to_string()]);
+
+    let http = reqwest::Client::new();
+    let health = |addr: std::net::SocketAddr| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let leader = eventually(Duration::from_secs(10), "a leader", || async {
+        observer
+            .leader(&observer.layout().manager_leader())
+            .await
+            .unwrap()
+    })
+    .await;
+    assert!(leader == "m1" || leader == "m2");
+    eventually(
+        Duration::from_secs(5),
+        "exactly one manager reports leading",
+        || async {
+            let (ha, hb) = (health(a.addr).await, health(b.addr).await);
+            assert_eq!(ha["status"], "OK");
+            (ha["leader"].as_bool().unwrap() ^ hb["leader"].as_bool().unwrap()).then_some(())
+        },
+    )
+    .await;
+    let metrics = http
+        .get(format!("http://{}/metrics", a.addr))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.ends_with("# EOF\n"), "{metrics}");
+
+    // The leader shuts down: the other takes over and the first one's registration is gone.
+    let (first, second, second_name) = if leader == "m1" {
+        (a, b, "m2")
+    } else {
+        (b, a, "m1")
+    };
+    first.shutdown().await;
+    eventually(Duration::from_secs(15), "failover", || async {
+        (observer
+            .leader(&observer.layout().manager_leader())
+            .await
+            .unwrap()
+            .as_deref()
+            == Some(second_name))
+        .then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(15), "registration removed", || async {
+        (observer
+            .children(&observer.layout().managers())
+            .await
+            .unwrap()
+            == vec![second_name.to_string()])
+        .then_some(())
+    })
+    .await;
+    second.shutdown().await;
+}
