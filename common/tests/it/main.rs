@@ -1,5 +1,6 @@
 //! Integration tests of atlantis-common against a real ZooKeeper (Debian's `zookeeper`).
 
+mod tidy;
 mod zk;
 mod zk_cache;
 mod zk_sync;
