@@ -3,4 +3,5 @@
 
 mod common;
 mod api;
+mod badinput;
 mod conformance;
