@@ -9,11 +9,13 @@
 //! network namespace, slapd and an S3 server beside them.
 
 pub mod docker;
+pub mod ensemble;
 pub mod ports;
 pub mod process;
 pub mod s3;
 pub mod zookeeper;
 
+pub use ensemble::Ensemble;
 pub use zookeeper::ZooKeeper;
 
 use std::path::PathBuf;

@@ -3,4 +3,5 @@
 mod tidy;
 mod zk;
 mod zk_cache;
+mod zk_ensemble;
 mod zk_sync;

@@ -21,7 +21,11 @@ fn every_module_has_a_doc_header() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let mut files = Vec::new();
     rust_files(root, &mut files);
-    assert!(files.len() > 20, "walked the workspace: {} files", files.len());
+    assert!(
+        files.len() > 20,
+        "walked the workspace: {} files",
+        files.len()
+    );
     let missing: Vec<String> = files
         .iter()
         .filter(|f| {
@@ -30,5 +34,8 @@ fn every_module_has_a_doc_header() {
         })
         .map(|f| f.strip_prefix(root).unwrap().display().to_string())
         .collect();
-    assert!(missing.is_empty(), "modules without a `//!` header: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "modules without a `//!` header: {missing:#?}"
+    );
 }
