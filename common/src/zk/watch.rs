@@ -30,76 +30,61 @@ impl Coord {
     /// Follows a node's data: `Some` with the current payload, `None` while it does not exist. The first
     /// item is the state at the time of the call.
     pub fn watch_data(&self, path: &str) -> mpsc::Receiver<Option<NodeData>> {
-        let (tx, rx) = mpsc::channel(16);
-        let coord = self.clone();
-        let path = path.to_owned();
-        tokio::spawn(async move {
-            let mut last: Option<Option<(i64, i32)>> = None;
-            loop {
-                let Ok(client) = coord.client() else { return };
-                let epoch = coord.inner_status().epoch;
-                let (item, key, watcher) = match client.get_and_watch_data(&path).await {
-                    Ok((data, stat, w)) => (
-                        Some(NodeData {
-                            data,
-                            version: stat.version,
-                        }),
-                        Some((stat.mzxid, stat.version)),
-                        w,
-                    ),
-                    Err(zkc::Error::NoNode) => match client.check_and_watch_stat(&path).await {
-                        Ok((None, w)) => (None, None, w),
-                        Ok((Some(_), _)) => continue,
-                        Err(e) => {
-                            if let Wake::Stop = coord.recover(&e, epoch, &tx).await {
-                                return;
-                            }
-                            continue;
-                        }
-                    },
-                    Err(e) => {
-                        if let Wake::Stop = coord.recover(&e, epoch, &tx).await {
-                            return;
-                        }
-                        continue;
-                    }
-                };
-                if last.as_ref() != Some(&key) {
-                    if tx.send(item).await.is_err() {
-                        return;
-                    }
-                    last = Some(key);
-                }
-                if let Wake::Stop = coord.wait_watch(watcher, epoch, &tx).await {
-                    return;
-                }
+        self.follow(path, |client, path| async move {
+            match client.get_and_watch_data(&path).await {
+                Ok((data, stat, w)) => Ok(Some((
+                    Some(NodeData {
+                        data,
+                        version: stat.version,
+                    }),
+                    w,
+                ))),
+                Err(zkc::Error::NoNode) => match client.check_and_watch_stat(&path).await? {
+                    (None, w) => Ok(Some((None, w))),
+                    (Some(_), _) => Ok(None), // created in between: read again
+                },
+                Err(e) => Err(e),
             }
-        });
-        rx
+        })
     }
 
     /// Follows a node's children: the sorted child names, empty while the node does not exist.
     pub fn watch_children(&self, path: &str) -> mpsc::Receiver<Vec<String>> {
+        self.follow(path, |client, path| async move {
+            match client.get_and_watch_children(&path).await {
+                Ok((mut names, _, w)) => {
+                    names.sort();
+                    Ok(Some((names, w)))
+                }
+                Err(zkc::Error::NoNode) => match client.check_and_watch_stat(&path).await? {
+                    (None, w) => Ok(Some((Vec::new(), w))),
+                    (Some(_), _) => Ok(None),
+                },
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// The loop behind both watches: read and arm, send the state if it changed, wait, repeat; wait for
+    /// a new session when the current one ends. `read` returns `None` to ask for an immediate re-read.
+    fn follow<T, F, Fut>(&self, path: &str, read: F) -> mpsc::Receiver<T>
+    where
+        T: PartialEq + Clone + Send + 'static,
+        F: Fn(zkc::Client, String) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = Result<Option<(T, zkc::OneshotWatcher)>, zkc::Error>>
+            + Send,
+    {
         let (tx, rx) = mpsc::channel(16);
         let coord = self.clone();
         let path = path.to_owned();
         tokio::spawn(async move {
-            let mut last: Option<Vec<String>> = None;
+            let mut last: Option<T> = None;
             loop {
                 let Ok(client) = coord.client() else { return };
                 let epoch = coord.inner_status().epoch;
-                let (mut names, watcher) = match client.get_and_watch_children(&path).await {
-                    Ok((names, _, w)) => (names, w),
-                    Err(zkc::Error::NoNode) => match client.check_and_watch_stat(&path).await {
-                        Ok((None, w)) => (Vec::new(), w),
-                        Ok((Some(_), _)) => continue,
-                        Err(e) => {
-                            if let Wake::Stop = coord.recover(&e, epoch, &tx).await {
-                                return;
-                            }
-                            continue;
-                        }
-                    },
+                let (item, watcher) = match read(client, path.clone()).await {
+                    Ok(Some(v)) => v,
+                    Ok(None) => continue,
                     Err(e) => {
                         if let Wake::Stop = coord.recover(&e, epoch, &tx).await {
                             return;
@@ -107,12 +92,11 @@ impl Coord {
                         continue;
                     }
                 };
-                names.sort();
-                if last.as_ref() != Some(&names) {
-                    if tx.send(names.clone()).await.is_err() {
+                if last.as_ref() != Some(&item) {
+                    if tx.send(item.clone()).await.is_err() {
                         return;
                     }
-                    last = Some(names);
+                    last = Some(item);
                 }
                 if let Wake::Stop = coord.wait_watch(watcher, epoch, &tx).await {
                     return;
