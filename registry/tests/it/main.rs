@@ -4,4 +4,5 @@
 mod common;
 mod api;
 mod badinput;
+mod clients;
 mod conformance;
