@@ -134,9 +134,14 @@ impl Health {
     /// Parses a `Server-Status` header value (case-insensitive, surrounding spaces ignored).
     pub fn from_header(v: &str) -> Option<Health> {
         let v = v.trim();
-        [Health::Ok, Health::Degraded, Health::Critical, Health::Maintenance]
-            .into_iter()
-            .find(|h| v.eq_ignore_ascii_case(h.as_str()))
+        [
+            Health::Ok,
+            Health::Degraded,
+            Health::Critical,
+            Health::Maintenance,
+        ]
+        .into_iter()
+        .find(|h| v.eq_ignore_ascii_case(h.as_str()))
     }
 }
 
@@ -243,22 +248,35 @@ impl fmt::Display for Backend {
 impl FromStr for Backend {
     type Err = ConfigError;
     fn from_str(s: &str) -> Result<Backend, ConfigError> {
-        let bad = |why: &str| ConfigError::Invalid { what: "backend", name: s.to_owned(), reason: why.to_owned() };
+        let bad = |why: &str| ConfigError::Invalid {
+            what: "backend",
+            name: s.to_owned(),
+            reason: why.to_owned(),
+        };
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
-            let (h, p) = rest.split_once("]:").ok_or_else(|| bad("expected [ipv6]:port"))?;
-            h.parse::<std::net::Ipv6Addr>().map_err(|_| bad("invalid IPv6 address"))?;
+            let (h, p) = rest
+                .split_once("]:")
+                .ok_or_else(|| bad("expected [ipv6]:port"))?;
+            h.parse::<std::net::Ipv6Addr>()
+                .map_err(|_| bad("invalid IPv6 address"))?;
             (h, p)
         } else {
-            s.rsplit_once(':').ok_or_else(|| bad("expected host:port"))?
+            s.rsplit_once(':')
+                .ok_or_else(|| bad("expected host:port"))?
         };
         if !s.starts_with('[') {
             rule::check_hostname(host).map_err(|e| bad(&e))?;
         }
-        let port: u16 = port.parse().map_err(|_| bad("port must be a number 1-65535"))?;
+        let port: u16 = port
+            .parse()
+            .map_err(|_| bad("port must be a number 1-65535"))?;
         if port == 0 {
             return Err(bad("port must be a number 1-65535"));
         }
-        Ok(Backend { host: host.to_ascii_lowercase(), port })
+        Ok(Backend {
+            host: host.to_ascii_lowercase(),
+            port,
+        })
     }
 }
 
@@ -278,28 +296,51 @@ pub enum ConfigError {
 }
 
 fn invalid(what: &'static str, name: &str, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { what, name: name.to_owned(), reason: reason.into() }
+    ConfigError::Invalid {
+        what,
+        name: name.to_owned(),
+        reason: reason.into(),
+    }
 }
 
 /// Checks the name of a port, trie, rule or pool node: 1-128 characters of `A-Za-z0-9._-`, not starting
 /// with `.` (so `app.env` and `app-sha-env` are fine, and a name can never be a path).
 pub fn check_name(what: &'static str, name: &str) -> Result<(), ConfigError> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(invalid(what, name, format!("name must be 1 to {MAX_NAME_LEN} characters")));
+        return Err(invalid(
+            what,
+            name,
+            format!("name must be 1 to {MAX_NAME_LEN} characters"),
+        ));
     }
     if name.starts_with('.') {
         return Err(invalid(what, name, "name must not start with '.'"));
     }
-    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))) {
-        return Err(invalid(what, name, format!("name may contain only A-Z, a-z, 0-9, '.', '_' and '-', found {c:?}")));
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(invalid(
+            what,
+            name,
+            format!("name may contain only A-Z, a-z, 0-9, '.', '_' and '-', found {c:?}"),
+        ));
     }
     Ok(())
 }
 
-fn parse_doc<T: for<'de> Deserialize<'de>>(what: &'static str, name: &str, data: &[u8]) -> Result<T, ConfigError> {
+fn parse_doc<T: for<'de> Deserialize<'de>>(
+    what: &'static str,
+    name: &str,
+    data: &[u8],
+) -> Result<T, ConfigError> {
     check_name(what, name)?;
     if data.len() > MAX_DOC_BYTES {
-        return Err(invalid(what, name, format!("document is larger than {MAX_DOC_BYTES} bytes")));
+        return Err(invalid(
+            what,
+            name,
+            format!("document is larger than {MAX_DOC_BYTES} bytes"),
+        ));
     }
     serde_json::from_slice(data).map_err(|e| invalid(what, name, e.to_string()))
 }
@@ -328,7 +369,8 @@ pub fn validate_port(name: &str, p: &Port) -> Result<(), ConfigError> {
     if p.port == 0 {
         return Err(invalid("port", name, "port must be 1-65535"));
     }
-    check_name("trie", &p.trie).map_err(|e| invalid("port", name, format!("bad trie reference: {e}")))
+    check_name("trie", &p.trie)
+        .map_err(|e| invalid("port", name, format!("bad trie reference: {e}")))
 }
 
 /// Parses and checks a trie document.
@@ -342,10 +384,15 @@ pub fn parse_trie(name: &str, data: &[u8]) -> Result<Trie, ConfigError> {
 pub fn validate_trie(name: &str, t: &Trie) -> Result<(), ConfigError> {
     check_version("trie", name, t.version)?;
     if t.rules.len() > MAX_TRIE_RULES {
-        return Err(invalid("trie", name, format!("more than {MAX_TRIE_RULES} rules")));
+        return Err(invalid(
+            "trie",
+            name,
+            format!("more than {MAX_TRIE_RULES} rules"),
+        ));
     }
     for r in &t.rules {
-        check_name("rule", r).map_err(|e| invalid("trie", name, format!("bad rule reference: {e}")))?;
+        check_name("rule", r)
+            .map_err(|e| invalid("trie", name, format!("bad rule reference: {e}")))?;
     }
     Ok(())
 }
@@ -361,14 +408,16 @@ pub fn parse_rule(name: &str, data: &[u8]) -> Result<(Rule, Matcher), ConfigErro
 pub fn validate_rule(name: &str, r: &Rule) -> Result<Matcher, ConfigError> {
     check_version("rule", name, r.version)?;
     match (&r.pool, &r.next) {
-        (Some(p), None) => {
-            check_name("pool", p).map_err(|e| invalid("rule", name, format!("bad pool reference: {e}")))?
-        }
-        (None, Some(t)) => {
-            check_name("trie", t).map_err(|e| invalid("rule", name, format!("bad trie reference: {e}")))?
-        }
+        (Some(p), None) => check_name("pool", p)
+            .map_err(|e| invalid("rule", name, format!("bad pool reference: {e}")))?,
+        (None, Some(t)) => check_name("trie", t)
+            .map_err(|e| invalid("rule", name, format!("bad trie reference: {e}")))?,
         _ => {
-            return Err(invalid("rule", name, "exactly one of `pool` and `next` must be set"));
+            return Err(invalid(
+                "rule",
+                name,
+                "exactly one of `pool` and `next` must be set",
+            ));
         }
     }
     Matcher::parse(r.kind, &r.value).map_err(|e| invalid("rule", name, e.to_string()))
@@ -393,20 +442,36 @@ pub fn validate_pool(name: &str, p: &Pool) -> Result<(), ConfigError> {
         ("slow_start_ms", p.slow_start_ms, 0),
     ] {
         if v < min || v > DAY {
-            return Err(invalid("pool", name, format!("{field} must be between {min} and {DAY}")));
+            return Err(invalid(
+                "pool",
+                name,
+                format!("{field} must be between {min} and {DAY}"),
+            ));
         }
     }
     if p.healthz_every_ms != 0 && p.healthz_every_ms < 100 {
-        return Err(invalid("pool", name, "healthz_every_ms must be 0 (off) or at least 100"));
+        return Err(invalid(
+            "pool",
+            name,
+            "healthz_every_ms must be 0 (off) or at least 100",
+        ));
     }
     if !matches!(p.accept, Health::Ok | Health::Degraded | Health::Critical) {
-        return Err(invalid("pool", name, "accept must be OK, DEGRADED or CRITICAL"));
+        return Err(invalid(
+            "pool",
+            name,
+            "accept must be OK, DEGRADED or CRITICAL",
+        ));
     }
     if !p.healthz_path.starts_with('/')
         || p.healthz_path.len() > 1024
         || p.healthz_path.bytes().any(|b| b <= b' ' || b >= 0x7f)
     {
-        return Err(invalid("pool", name, "healthz_path must be an absolute path of printable characters"));
+        return Err(invalid(
+            "pool",
+            name,
+            "healthz_path must be an absolute path of printable characters",
+        ));
     }
     if p.retries > 16 {
         return Err(invalid("pool", name, "retries must be at most 16"));

@@ -152,8 +152,11 @@ pub trait RequestView {
 impl Matcher {
     /// Parses `value` as a rule of type `kind`.
     pub fn parse(kind: RuleType, value: &str) -> Result<Matcher, RuleError> {
-        let err =
-            |reason: &str| RuleError { kind, value: value.chars().take(200).collect(), reason: reason.to_owned() };
+        let err = |reason: &str| RuleError {
+            kind,
+            value: value.chars().take(200).collect(),
+            reason: reason.to_owned(),
+        };
         if value.len() > MAX_VALUE_LEN {
             return Err(err(&format!("longer than {MAX_VALUE_LEN} bytes")));
         }
@@ -178,7 +181,9 @@ impl Matcher {
                 Matcher::Host(hosts.map_err(|r| err(&r))?)
             }
             RuleType::MultiHost => {
-                let (name, suffixes) = value.split_once(':').ok_or_else(|| err("expected name:suffix1,suffix2"))?;
+                let (name, suffixes) = value
+                    .split_once(':')
+                    .ok_or_else(|| err("expected name:suffix1,suffix2"))?;
                 let mut hosts = Vec::new();
                 for s in suffixes.split(',') {
                     let h = format!("{}.{}", name.trim(), s.trim());
@@ -188,12 +193,17 @@ impl Matcher {
                 Matcher::Host(hosts)
             }
             RuleType::Header => {
-                let (name, v) = value.split_once(':').ok_or_else(|| err("expected Header-Name:value"))?;
+                let (name, v) = value
+                    .split_once(':')
+                    .ok_or_else(|| err("expected Header-Name:value"))?;
                 let name = name.trim();
                 if name.is_empty() || !name.bytes().all(is_tchar) {
                     return Err(err("header name must be a non-empty HTTP token"));
                 }
-                Matcher::Header { name: name.to_ascii_lowercase(), value: v.trim().to_owned() }
+                Matcher::Header {
+                    name: name.to_ascii_lowercase(),
+                    value: v.trim().to_owned(),
+                }
             }
             RuleType::PathPrefix | RuleType::PathSuffix => {
                 if value.is_empty() || value.bytes().any(|b| b == b' ' || b == b'?' || b == b'#') {
@@ -218,7 +228,10 @@ impl Matcher {
                 if name.is_empty() {
                     return Err(err("the parameter name must not be empty"));
                 }
-                Matcher::QueryParam { name: name.to_owned(), value: v.to_owned() }
+                Matcher::QueryParam {
+                    name: name.to_owned(),
+                    value: v.to_owned(),
+                }
             }
         })
     }
@@ -238,7 +251,9 @@ impl Matcher {
             Matcher::PathSuffix(s) => req.path().ends_with(s.as_str()),
             Matcher::PathRegexp(re) => re.is_match(req.path()),
             Matcher::QueryRegexp(re) => re.is_match(req.query().unwrap_or("")),
-            Matcher::QueryParam { name, value } => req.query().is_some_and(|q| query_has(q, name, value)),
+            Matcher::QueryParam { name, value } => {
+                req.query().is_some_and(|q| query_has(q, name, value))
+            }
         }
     }
 }
@@ -255,7 +270,11 @@ fn parse_percent(v: &str) -> Result<u32, &'static str> {
         return Err(MSG);
     }
     let whole: u32 = int.parse().map_err(|_| MSG)?;
-    let frac: u32 = if frac.is_empty() { 0 } else { format!("{frac:0<2}").parse().map_err(|_| MSG)? };
+    let frac: u32 = if frac.is_empty() {
+        0
+    } else {
+        format!("{frac:0<2}").parse().map_err(|_| MSG)?
+    };
     let p = whole * 100 + frac;
     if p > 10_000 { Err(MSG) } else { Ok(p) }
 }
@@ -286,8 +305,13 @@ pub fn check_hostname(h: &str) -> Result<(), String> {
         if label.is_empty() || label.len() > 63 {
             return Err(format!("host {h:?} has an empty or over-long label"));
         }
-        if let Some(c) = label.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_')) {
-            return Err(format!("host {h:?} contains {c:?} (no ports, schemes or wildcards)"));
+        if let Some(c) = label
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || *c == '-' || *c == '_'))
+        {
+            return Err(format!(
+                "host {h:?} contains {c:?} (no ports, schemes or wildcards)"
+            ));
         }
     }
     Ok(())

@@ -14,7 +14,13 @@ struct Req {
 
 impl Default for Req {
     fn default() -> Self {
-        Req { host: "www.example.com", path: "/", query: None, headers: vec![], roll: 5000 }
+        Req {
+            host: "www.example.com",
+            path: "/",
+            query: None,
+            headers: vec![],
+            roll: 5000,
+        }
     }
 }
 
@@ -29,7 +35,9 @@ impl RequestView for Req {
         self.query
     }
     fn header_is(&self, name: &str, value: &str) -> bool {
-        self.headers.iter().any(|(n, v)| n.eq_ignore_ascii_case(name) && *v == value)
+        self.headers
+            .iter()
+            .any(|(n, v)| n.eq_ignore_ascii_case(name) && *v == value)
     }
     fn roll(&self) -> u32 {
         self.roll
@@ -78,7 +86,10 @@ fn each_matcher_matches_and_refuses() {
     for (kind, v, want) in cases {
         assert_eq!(m(kind, v).matches(&r), want, "{kind} {v:?}");
     }
-    let dotted = Req { host: "www.example.com.", ..Req::default() };
+    let dotted = Req {
+        host: "www.example.com.",
+        ..Req::default()
+    };
     assert!(m(RuleType::Host, "www.example.com").matches(&dotted));
     let no_query = Req::default();
     assert!(!m(RuleType::QueryParamValue, "a=1").matches(&no_query));
@@ -120,27 +131,69 @@ const MAX_VALUE_LEN_PLUS: usize = rule::MAX_VALUE_LEN + 1;
 
 #[test]
 fn documents_parse_and_validate() {
-    let (r, _) = parse_rule("r1", br#"{"version":1,"type":"path-prefix","value":"/a","pool":"p"}"#).unwrap();
+    let (r, _) = parse_rule(
+        "r1",
+        br#"{"version":1,"type":"path-prefix","value":"/a","pool":"p"}"#,
+    )
+    .unwrap();
     assert_eq!(r.target(), Target::Pool("p".into()));
-    let (r, _) = parse_rule("r2", br#"{"type":"query-raw-regexp","value":"x","next":"t"}"#).unwrap();
-    assert_eq!((r.kind, r.target()), (RuleType::QueryRegexp, Target::Trie("t".into())));
-    let e = parse_rule("r", br#"{"type":"static","value":"true","pool":"p","next":"t"}"#).unwrap_err().to_string();
+    let (r, _) = parse_rule(
+        "r2",
+        br#"{"type":"query-raw-regexp","value":"x","next":"t"}"#,
+    )
+    .unwrap();
+    assert_eq!(
+        (r.kind, r.target()),
+        (RuleType::QueryRegexp, Target::Trie("t".into()))
+    );
+    let e = parse_rule(
+        "r",
+        br#"{"type":"static","value":"true","pool":"p","next":"t"}"#,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("exactly one of"), "{e}");
-    let e = parse_rule("r", br#"{"type":"static","value":"true"}"#).unwrap_err().to_string();
+    let e = parse_rule("r", br#"{"type":"static","value":"true"}"#)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("exactly one of"), "{e}");
-    let e = parse_rule("r", br#"{"type":"nope","value":"true","pool":"p"}"#).unwrap_err().to_string();
+    let e = parse_rule("r", br#"{"type":"nope","value":"true","pool":"p"}"#)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("unknown variant"), "{e}");
-    let e = parse_rule("r", br#"{"type":"static","value":"true","pool":"p","extra":1}"#).unwrap_err().to_string();
+    let e = parse_rule(
+        "r",
+        br#"{"type":"static","value":"true","pool":"p","extra":1}"#,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("unknown field"), "{e}");
-    let e = parse_rule("r/x", br#"{"type":"static","value":"true","pool":"p"}"#).unwrap_err().to_string();
+    let e = parse_rule("r/x", br#"{"type":"static","value":"true","pool":"p"}"#)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("name may contain only"), "{e}");
-    let e = parse_rule("r", br#"{"version":2,"type":"static","value":"true","pool":"p"}"#).unwrap_err().to_string();
+    let e = parse_rule(
+        "r",
+        br#"{"version":2,"type":"static","value":"true","pool":"p"}"#,
+    )
+    .unwrap_err()
+    .to_string();
     assert!(e.contains("unsupported schema version 2"), "{e}");
-    let e = parse_rule("r", br#"{"type":"static","value":"true","pool":"../x"}"#).unwrap_err().to_string();
+    let e = parse_rule("r", br#"{"type":"static","value":"true","pool":"../x"}"#)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("bad pool reference"), "{e}");
 
     let p = parse_port("web", br#"{"port":8080,"trie":"root","tls":true}"#).unwrap();
-    assert_eq!(p, Port { version: 1, port: 8080, trie: "root".into(), tls: true });
+    assert_eq!(
+        p,
+        Port {
+            version: 1,
+            port: 8080,
+            trie: "root".into(),
+            tls: true
+        }
+    );
     assert!(parse_port("web", br#"{"port":0,"trie":"root"}"#).is_err());
     assert!(parse_port("web", br#"{"port":70000,"trie":"root"}"#).is_err());
     let t = parse_trie("app.env", br#"{"rules":["a","b"]}"#).unwrap();
@@ -148,7 +201,9 @@ fn documents_parse_and_validate() {
     assert!(parse_trie(".hidden", br#"{"rules":[]}"#).is_err());
     let pool = parse_pool("app-1234567-prod", b"{}").unwrap();
     assert_eq!(pool, Pool::default());
-    let e = parse_pool("p", br#"{"accept":"MAINTENANCE"}"#).unwrap_err().to_string();
+    let e = parse_pool("p", br#"{"accept":"MAINTENANCE"}"#)
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("accept must be"), "{e}");
     assert!(parse_pool("p", br#"{"request_timeout_ms":0}"#).is_err());
     assert!(parse_pool("p", br#"{"healthz_every_ms":5}"#).is_err());
@@ -162,10 +217,24 @@ fn backends_parse() {
     assert_eq!((b.host.as_str(), b.port), ("127.0.0.1", 8080));
     assert_eq!(b.to_string(), "127.0.0.1:8080");
     let b: Backend = "[::1]:80".parse().unwrap();
-    assert_eq!((b.host.as_str(), b.to_string().as_str()), ("::1", "[::1]:80"));
+    assert_eq!(
+        (b.host.as_str(), b.to_string().as_str()),
+        ("::1", "[::1]:80")
+    );
     let b: Backend = "Host-1.example:1".parse().unwrap();
     assert_eq!(b.host, "host-1.example");
-    for bad in ["", "host", "host:0", "host:65536", "host:x", ":80", "[::1]80", "[zz]:80", "a b:80", "a/b:80"] {
+    for bad in [
+        "",
+        "host",
+        "host:0",
+        "host:65536",
+        "host:x",
+        ":80",
+        "[::1]80",
+        "[zz]:80",
+        "a b:80",
+        "a/b:80",
+    ] {
         assert!(bad.parse::<Backend>().is_err(), "{bad:?}");
     }
 }
@@ -173,7 +242,10 @@ fn backends_parse() {
 #[test]
 fn health_header_parses() {
     assert_eq!(Health::from_header(" ok "), Some(Health::Ok));
-    assert_eq!(Health::from_header("MAINTENANCE"), Some(Health::Maintenance));
+    assert_eq!(
+        Health::from_header("MAINTENANCE"),
+        Some(Health::Maintenance)
+    );
     assert_eq!(Health::from_header("fine"), None);
     assert!(Health::Ok < Health::Degraded && Health::Degraded < Health::Critical);
 }

@@ -60,6 +60,87 @@ pub struct CompiledTrie {
     pub name: String,
     /// Rules in order.
     pub rules: Vec<RuleEntry>,
+    segments: Vec<Segment>,
+}
+
+/// Runs of at least this many consecutive `host` rules are looked up in a hash map instead of scanned.
+pub const HOST_INDEX_MIN: usize = 8;
+
+/// How a run of rules is evaluated. A run of consecutive host rules is equivalent to a map from host to
+/// the first rule of the run that names it, so first-match order is kept.
+enum Segment {
+    Linear(std::ops::Range<usize>),
+    Hosts(HashMap<String, usize>),
+}
+
+impl CompiledTrie {
+    fn new(name: String, rules: Vec<RuleEntry>) -> CompiledTrie {
+        let mut segments = Vec::new();
+        let mut i = 0;
+        while i < rules.len() {
+            let start = i;
+            let is_host = |e: &RuleEntry| matches!(e.rule.matcher, Matcher::Host(_));
+            if is_host(&rules[i]) {
+                while i < rules.len() && is_host(&rules[i]) {
+                    i += 1;
+                }
+                if i - start >= HOST_INDEX_MIN {
+                    let mut index = HashMap::new();
+                    for (k, e) in rules[start..i].iter().enumerate() {
+                        if let Matcher::Host(hosts) = &e.rule.matcher {
+                            for h in hosts {
+                                index.entry(h.clone()).or_insert(start + k);
+                            }
+                        }
+                    }
+                    segments.push(Segment::Hosts(index));
+                    continue;
+                }
+            } else {
+                while i < rules.len() && !is_host(&rules[i]) {
+                    i += 1;
+                }
+            }
+            match segments.last_mut() {
+                Some(Segment::Linear(r)) if r.end == start => r.end = i,
+                _ => segments.push(Segment::Linear(start..i)),
+            }
+        }
+        CompiledTrie {
+            name,
+            rules,
+            segments,
+        }
+    }
+
+    /// The first matching rule (fast path, no trace).
+    fn first_match<R: RequestView + ?Sized>(&self, req: &R) -> Option<&RuleEntry> {
+        for seg in &self.segments {
+            match seg {
+                Segment::Linear(r) => {
+                    if let Some(e) = self.rules[r.clone()]
+                        .iter()
+                        .find(|e| e.rule.matcher.matches(req))
+                    {
+                        return Some(e);
+                    }
+                }
+                Segment::Hosts(index) => {
+                    let h = req.host();
+                    let h = h.strip_suffix('.').unwrap_or(h);
+                    let hit = if h.bytes().any(|b| b.is_ascii_uppercase()) {
+                        index.get(&h.to_ascii_lowercase())
+                    } else {
+                        index.get(h)
+                    };
+                    if let Some(&i) = hit {
+                        return Some(&self.rules[i]);
+                    }
+                }
+            }
+        }
+        None
+    }
 }
 
 /// A listener definition.
@@ -143,34 +224,36 @@ impl Table {
         };
         for _ in 0..MAX_HOPS {
             let trie = &self.tries[t];
-            let mut next = None;
-            for e in &trie.rules {
-                let matched = e.rule.matcher.matches(req);
-                if let Some(steps) = trace.as_deref_mut() {
-                    steps.push(Step {
-                        trie: trie.name.clone(),
-                        rule: e.rule.name.clone(),
-                        kind: e.rule.kind.as_str(),
-                        value: e.rule.value.clone(),
-                        matched,
-                    });
-                }
-                if matched {
-                    match &e.target {
-                        Resolved::Pool(p) => return Route::Pool(p.clone()),
-                        Resolved::Trie(i) => next = Some(*i),
-                        Resolved::Missing => {
-                            return Route::Missing(match &e.rule.target {
-                                Target::Pool(n) | Target::Trie(n) => n.clone(),
-                            });
+            let hit = match trace.as_deref_mut() {
+                None => trie.first_match(req),
+                Some(steps) => {
+                    let mut hit = None;
+                    for e in &trie.rules {
+                        let matched = e.rule.matcher.matches(req);
+                        steps.push(Step {
+                            trie: trie.name.clone(),
+                            rule: e.rule.name.clone(),
+                            kind: e.rule.kind.as_str(),
+                            value: e.rule.value.clone(),
+                            matched,
+                        });
+                        if matched {
+                            hit = Some(e);
+                            break;
                         }
                     }
-                    break;
+                    hit
                 }
-            }
-            match next {
-                Some(i) => t = i,
-                None => return Route::NoMatch,
+            };
+            let Some(e) = hit else { return Route::NoMatch };
+            match &e.target {
+                Resolved::Pool(p) => return Route::Pool(p.clone()),
+                Resolved::Trie(i) => t = *i,
+                Resolved::Missing => {
+                    return Route::Missing(match &e.rule.target {
+                        Target::Pool(n) | Target::Trie(n) => n.clone(),
+                    });
+                }
             }
         }
         Route::TooDeep
@@ -352,10 +435,7 @@ impl Compiler {
                     })
                     .collect::<Vec<_>>();
                 rule_count += rules.len();
-                CompiledTrie {
-                    name: name.clone(),
-                    rules,
-                }
+                CompiledTrie::new(name.clone(), rules)
             })
             .collect();
         let mut by_port: HashMap<u16, PortEntry> = HashMap::new();

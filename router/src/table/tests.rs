@@ -217,3 +217,62 @@ async fn pool_state_survives_recompiles_and_backends_follow_children() {
     assert!(!t.pools.contains_key("api"));
     assert_eq!(walk(&t, "x", "/api/1", &[]), "missing:api");
 }
+
+#[tokio::test]
+async fn host_index_agrees_with_the_linear_walk() {
+    // 30 host rules (some hosts named twice, some lists), a path rule in the middle, then 12 more.
+    let mut m = base();
+    let mut names = Vec::new();
+    for i in 0..42 {
+        let name = format!("h{i}");
+        let doc = if i == 30 {
+            r#"{"type":"path-prefix","value":"/mid","pool":"app-new"}"#.to_string()
+        } else {
+            let pool = if i % 2 == 0 { "api" } else { "app-old" };
+            format!(
+                r#"{{"type":"host","value":"h{}.test, dup{}.test","pool":"{pool}"}}"#,
+                i % 25,
+                i % 3
+            )
+        };
+        m.insert(format!("rules/{name}"), node(&doc, 0));
+        names.push(name);
+    }
+    m.insert(
+        "tries/root".into(),
+        node(&serde_json::json!({ "rules": names }).to_string(), 0),
+    );
+    let mut c = Compiler::new(RouterMetrics::new());
+    c.apply(SourceEvent::Reset(m));
+    let t = c.compile();
+    assert!(
+        t.tries
+            .iter()
+            .any(|t| t.segments.iter().any(|s| matches!(s, Segment::Hosts(_))))
+    );
+    let h = HeaderMap::new();
+    for host in [
+        "h0.test",
+        "H7.Test",
+        "h24.test",
+        "h13.test.",
+        "dup0.test",
+        "dup1.test",
+        "dup2.test",
+        "nope.test",
+    ] {
+        for path in ["/", "/mid/x"] {
+            let v = View::from_parts(host, path, None, &h);
+            let fast = match t.route(8080, &v, None) {
+                Route::Pool(p) => p.name.clone(),
+                _ => "none".into(),
+            };
+            let mut steps = Vec::new();
+            let slow = match t.route(8080, &v, Some(&mut steps)) {
+                Route::Pool(p) => p.name.clone(),
+                _ => "none".into(),
+            };
+            assert_eq!(fast, slow, "{host} {path}");
+        }
+    }
+}

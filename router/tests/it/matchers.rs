@@ -75,7 +75,13 @@ async fn each_matcher_routes_to_its_pool() {
     let base = format!("http://127.0.0.1:{port}");
     wait_route(&c, &format!("{base}/users/12"), "x.test", 200, "regexp").await;
 
-    type Case = (&'static str, &'static str, Vec<(&'static str, &'static str)>, u16, &'static str);
+    type Case = (
+        &'static str,
+        &'static str,
+        Vec<(&'static str, &'static str)>,
+        u16,
+        &'static str,
+    );
     let cases: Vec<Case> = vec![
         ("/", "a.example.com", vec![], 200, "host"),
         ("/", "B.Example.COM:8080", vec![], 200, "host"),

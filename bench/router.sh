@@ -1,0 +1,179 @@
+#!/usr/bin/env bash
+# Router benchmark: one nginx backend, then atlantis-router, HAProxy and nginx in front of it, measured with
+# the same wrk settings: first one worker thread each, then all cores. Then our router with 10 vs 10,000
+# rules, and the time from a rule change written to ZooKeeper to the first request routed by it.
+#
+# Usage: bench/router.sh            (env: BENCH_SECONDS=10, BENCH_CONNS=64, SKIP_BUILD=1, CHANGES=100)
+# Needs: zookeeper, nginx, haproxy, wrk, curl, python3 (Debian packages), and cargo unless SKIP_BUILD=1.
+# Prints rps, p50 and p99 per target and our ratio to each; performance is reported, never asserted.
+set -euo pipefail
+
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$REPO/target}
+SECS=${BENCH_SECONDS:-10}
+CONNS=${BENCH_CONNS:-64}
+CHANGES=${CHANGES:-100}
+CORES=$(nproc)
+
+for bin in java nginx haproxy wrk curl python3; do
+  command -v "$bin" >/dev/null || { echo "bench needs $bin (apt-get install zookeeper nginx haproxy wrk curl python3)" >&2; exit 1; }
+done
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  (cd "$REPO" && cargo build --release -q -p atlantis-router --bin atlantis-router --example bench_tool)
+fi
+ROUTER=$TARGET/release/atlantis-router
+TOOL=$TARGET/release/examples/bench_tool
+
+W=$(mktemp -d /tmp/atlantis-router-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { # url [host]
+  for _ in $(seq 300); do
+    curl -s -o /dev/null --noproxy '*' -H "Host: ${2:-x}" -f "$1" && return 0; sleep 0.05
+  done
+  echo "timed out waiting for $1" >&2; return 1
+}
+start() { # name cmd...  (background, logs to $W/name.log)
+  local name=$1; shift
+  "$@" >"$W/$name.log" 2>&1 &
+  PIDS+=($!)
+  eval "PID_$name=$!"
+}
+stop() { # name
+  local v="PID_$1"; local p=${!v}
+  kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true
+}
+
+# ZooKeeper.
+ZKP=$(free_port); mkdir -p "$W/zk/data"
+cat >"$W/zk/zoo.cfg" <<EOF
+tickTime=2000
+dataDir=$W/zk/data
+clientPort=$ZKP
+clientPortAddress=127.0.0.1
+admin.enableServer=false
+4lw.commands.whitelist=srvr,conf
+EOF
+start zk java -Xmx256m -cp /usr/share/java/zookeeper.jar:/usr/share/java/slf4j-simple.jar \
+  -Dorg.slf4j.simpleLogger.defaultLogLevel=warn org.apache.zookeeper.server.quorum.QuorumPeerMain "$W/zk/zoo.cfg"
+for _ in $(seq 200); do echo srvr | nc -w1 127.0.0.1 "$ZKP" 2>/dev/null | grep -q '^Mode:' && break; sleep 0.05; done
+
+# Backend: nginx serving a small static file.
+BP=$(free_port); mkdir -p "$W/www"; printf 'hello from the backend\n' >"$W/www/index.html"
+cat >"$W/backend.conf" <<EOF
+worker_processes $CORES; daemon off; pid $W/backend.pid; error_log $W/backend.err;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$BP; location = /healthz { return 200 "ok\n"; } location / { root $W/www; } } }
+EOF
+start backend nginx -c "$W/backend.conf"
+wait_http "http://127.0.0.1:$BP/"
+
+RP=$(free_port)   # our routed port
+"$TOOL" seed "127.0.0.1:$ZKP" /bench "$RP" "127.0.0.1:$BP" 10 >/dev/null
+
+start_router() { # workers
+  SP=$(free_port)
+  cat >"$W/router.toml" <<EOF
+status_addr = "127.0.0.1:$SP"
+listen_ip = "127.0.0.1"
+host = "bench-router"
+workers = $1
+access_log = false
+[zookeeper]
+servers = "127.0.0.1:$ZKP"
+region = "bench"
+root = "/bench"
+EOF
+  RUST_LOG=warn start router "$ROUTER" --config "$W/router.toml"
+  wait_http "http://127.0.0.1:$RP/" app9.bench
+}
+
+start_haproxy() { # threads
+  HP=$(free_port)
+  cat >"$W/haproxy.cfg" <<EOF
+global
+  nbthread $1
+  maxconn 50000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 30s
+  timeout server 30s
+  option http-keep-alive
+  option forwardfor
+frontend f
+  bind 127.0.0.1:$HP
+  default_backend b
+backend b
+  balance leastconn
+  server s1 127.0.0.1:$BP check inter 5s
+EOF
+  start haproxy haproxy -db -f "$W/haproxy.cfg"
+  wait_http "http://127.0.0.1:$HP/"
+}
+
+start_nginx() { # workers
+  NP=$(free_port)
+  cat >"$W/proxy.conf" <<EOF
+worker_processes $1; daemon off; pid $W/proxy.pid; error_log $W/proxy.err;
+events { worker_connections 8192; }
+http { access_log off; keepalive_requests 1000000;
+  upstream b { server 127.0.0.1:$BP; keepalive 256; }
+  server { listen 127.0.0.1:$NP;
+    location / { proxy_pass http://b; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_set_header Host \$host; proxy_set_header X-Forwarded-For \$proxy_add_x_forwarded_for; } } }
+EOF
+  start nginxproxy nginx -c "$W/proxy.conf"
+  wait_http "http://127.0.0.1:$NP/"
+}
+
+# run_wrk label port threads conns host -> prints "label rps p50_ms p99_ms" and records it.
+declare -A RPS P50 P99
+to_ms() { python3 -c 'import sys,re; v=sys.argv[1]; m=re.match(r"([\d.]+)(us|ms|s)$",v); n=float(m.group(1)); print(round(n/1000 if m.group(2)=="us" else n*1000 if m.group(2)=="s" else n,3))' "$1"; }
+run_wrk() {
+  local label=$1 port=$2 threads=$3 conns=$4 host=$5
+  wrk -t"$threads" -c"$conns" -d1s -H "Host: $host" "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
+  local out; out=$(wrk -t"$threads" -c"$conns" -d"${SECS}s" --latency -H "Host: $host" "http://127.0.0.1:$port/")
+  if echo "$out" | grep -q 'Non-2xx'; then echo "$out" >&2; echo "$label answered errors" >&2; exit 1; fi
+  RPS[$label]=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
+  P50[$label]=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
+  P99[$label]=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
+  printf '%-22s rps=%10s  p50=%8sms  p99=%8sms\n' "$label" "${RPS[$label]}" "${P50[$label]}" "${P99[$label]}"
+}
+ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
+
+echo "machine: $CORES cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg); wrk ${SECS}s, $CONNS connections"
+for phase in single all; do
+  if [ $phase = single ]; then T=1; C=$CONNS; RW=1; else T=$CORES; C=$((CONNS * 2)); RW=0; fi
+  echo "== $phase: $T worker thread(s) per proxy, wrk -t$T -c$C =="
+  run_wrk "backend-$phase" "$BP" "$T" "$C" x
+  start_router $RW;   run_wrk "atlantis-$phase" "$RP" "$T" "$C" app9.bench; stop router
+  start_haproxy "$T"; run_wrk "haproxy-$phase" "$HP" "$T" "$C" x; stop haproxy
+  start_nginx "$T";   run_wrk "nginx-$phase" "$NP" "$T" "$C" x; stop nginxproxy
+  echo "ratio atlantis/haproxy ($phase): rps x$(ratio "${RPS[atlantis-$phase]}" "${RPS[haproxy-$phase]}"), p99 x$(ratio "${P99[atlantis-$phase]}" "${P99[haproxy-$phase]}") (lower is better)"
+  echo "ratio atlantis/nginx   ($phase): rps x$(ratio "${RPS[atlantis-$phase]}" "${RPS[nginx-$phase]}"), p99 x$(ratio "${P99[atlantis-$phase]}" "${P99[nginx-$phase]}") (lower is better)"
+done
+
+echo "== rules: 10 vs 10,000 host rules (1 worker thread), request for the last host rule =="
+start_router 1
+run_wrk "atlantis-10-rules" "$RP" 1 "$CONNS" app9.bench
+"$TOOL" seed "127.0.0.1:$ZKP" /bench "$RP" "127.0.0.1:$BP" 10000 >/dev/null
+for _ in $(seq 600); do
+  curl -s --noproxy '*' "http://127.0.0.1:$SP/statusz.json" | grep -q '"rules":10001' && break; sleep 0.1
+done
+wait_http "http://127.0.0.1:$RP/" app9999.bench
+run_wrk "atlantis-10000-rules" "$RP" 1 "$CONNS" app9999.bench
+echo "loss at 10,000 rules: $(python3 -c "import sys; print(f'{(1-float(sys.argv[1])/float(sys.argv[2]))*100:.1f}%')" "${RPS[atlantis-10000-rules]}" "${RPS[atlantis-10-rules]}")"
+
+echo "== rule change -> first routed request ($CHANGES changes, 10,000 rules in the table) =="
+"$TOOL" latency "127.0.0.1:$ZKP" /bench "$RP" "$CHANGES"
+stop router
+echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
