@@ -6,3 +6,4 @@ mod api;
 mod badinput;
 mod clients;
 mod conformance;
+mod docker;
