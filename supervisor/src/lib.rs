@@ -207,6 +207,11 @@ impl App {
         })
     }
 
+    /// The ZooKeeper client, when one is configured (tests expire its session).
+    pub fn coord(&self) -> Option<&Coord> {
+        self.coord.as_ref()
+    }
+
     /// Stops serving and deregisters; containers keep running (a restarted supervisor adopts them).
     pub async fn shutdown(self) {
         self.stop.cancel();
