@@ -280,7 +280,8 @@ impl Supervisor {
             let o = self.runtime.inspect(docker_id).await?.ok_or_else(|| {
                 ApiError::Unhealthy(format!("container {id} disappeared while starting"))
             })?;
-            if !o.running && !o.restarting {
+            // While starting, any exit is a failure, even one the restart policy already undid.
+            if (!o.running && !o.restarting) || o.restarting || o.restart_count > 0 {
                 let tail = self.log_tail(docker_id, 20).await;
                 return Err(ApiError::Unhealthy(format!(
                     "container {id} exited with code {} before becoming healthy; last output: {tail}",

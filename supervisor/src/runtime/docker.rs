@@ -79,6 +79,7 @@ fn observed(
     name: String,
     labels: HashMap<String, String>,
     state: Option<bollard::models::ContainerState>,
+    restart_count: Option<i64>,
 ) -> Observed {
     let state = state.unwrap_or_default();
     Observed {
@@ -89,6 +90,7 @@ fn observed(
         restarting: state.restarting.unwrap_or(false),
         status: state.status.map(|s| s.to_string()).unwrap_or_default(),
         exit_code: state.exit_code,
+        restart_count: restart_count.unwrap_or(0),
     }
 }
 
@@ -343,6 +345,7 @@ impl ContainerRuntime for DockerRuntime {
                 c.name.unwrap_or_default(),
                 c.config.and_then(|c| c.labels).unwrap_or_default(),
                 c.state,
+                c.restart_count,
             ))),
             Err(BollardError::DockerResponseServerError {
                 status_code: 404, ..

@@ -87,6 +87,8 @@ pub struct Observed {
     pub status: String,
     /// Exit code of the last run.
     pub exit_code: Option<i64>,
+    /// How often the engine restarted it (restart policy).
+    pub restart_count: i64,
 }
 
 /// Limits and hardening as the engine applied them (from inspect).
