@@ -53,19 +53,25 @@ async fn digests_under(reg: &Registry, dir: &str) -> Result<Vec<Digest>> {
     Ok(out)
 }
 
-async fn mark_manifest(reg: &Registry, d: &Digest, marked: &mut BTreeSet<Digest>) -> Result<()> {
-    if !marked.insert(d.clone()) {
-        return Ok(());
-    }
-    let Some(body) = optional(reg.driver.get(&paths::blob_data(d), reg.limits.max_manifest_bytes).await)? else {
-        return Ok(());
-    };
-    match manifest::parse("", &body) {
-        Ok(p) => {
-            marked.extend(p.blobs.into_iter().map(|b| b.digest));
-            marked.extend(p.manifests.into_iter().map(|m| m.digest));
+/// Marks a manifest, its blobs and, recursively, its child manifests. `visited` holds the manifests
+/// already parsed, so a child reached before its own revision is still parsed exactly once.
+async fn mark_manifest(reg: &Registry, root: &Digest, marked: &mut BTreeSet<Digest>, visited: &mut BTreeSet<Digest>) -> Result<()> {
+    let mut stack = vec![root.clone()];
+    while let Some(d) = stack.pop() {
+        if !visited.insert(d.clone()) {
+            continue;
         }
-        Err(e) => tracing::warn!(digest = %d, error = %e, "Stored manifest does not parse; its blobs are not marked."),
+        marked.insert(d.clone());
+        let Some(body) = optional(reg.driver.get(&paths::blob_data(&d), reg.limits.max_manifest_bytes).await)? else {
+            continue;
+        };
+        match manifest::parse("", &body) {
+            Ok(p) => {
+                marked.extend(p.blobs.into_iter().map(|b| b.digest));
+                stack.extend(p.manifests.into_iter().map(|m| m.digest));
+            }
+            Err(e) => tracing::warn!(digest = %d, error = %e, "Stored manifest does not parse; its blobs are not marked."),
+        }
     }
     Ok(())
 }
@@ -75,16 +81,17 @@ pub async fn collect(reg: &Registry, opts: &GcOptions) -> Result<GcReport> {
     let now = SystemTime::now();
     let mut report = GcReport::default();
     let mut marked = BTreeSet::new();
+    let mut visited = BTreeSet::new();
     let repos = reg.catalog().await?;
     report.repositories = repos.len();
     for name in &repos {
         let Ok(repo) = RepoName::parse(name) else { continue };
         for d in digests_under(reg, &paths::revisions_dir(&repo)).await? {
-            mark_manifest(reg, &d, &mut marked).await?;
+            mark_manifest(reg, &d, &mut marked, &mut visited).await?;
         }
         for tag in reg.tags(&repo).await.unwrap_or_default() {
             if let Ok(d) = reg.resolve(&repo, &crate::names::Reference::Tag(tag)).await {
-                mark_manifest(reg, &d, &mut marked).await?;
+                mark_manifest(reg, &d, &mut marked, &mut visited).await?;
             }
         }
         for d in digests_under(reg, &paths::layers_dir(&repo)).await? {
@@ -136,8 +143,7 @@ pub async fn collect(reg: &Registry, opts: &GcOptions) -> Result<GcReport> {
             if swept.contains(&d) {
                 report.links_removed += 1;
                 if !opts.dry_run {
-                    let link = paths::layer_link(&repo, &d);
-                    optional(reg.driver.delete(link.trim_end_matches("/link")).await)?;
+                    optional(reg.driver.delete(crate::registry::parent(&paths::layer_link(&repo, &d))).await)?;
                 }
             }
         }

@@ -92,6 +92,11 @@ pub struct Registry {
     pub(crate) sessions: Mutex<HashMap<uuid::Uuid, Arc<tokio::sync::Mutex<crate::uploads::Session>>>>,
 }
 
+/// The directory holding a `.../link` file.
+pub(crate) fn parent(link: &str) -> &str {
+    link.rsplit_once('/').map(|(dir, _)| dir).unwrap_or(link)
+}
+
 pub(crate) fn not_found_as<T>(r: std::result::Result<T, StorageError>, e: impl FnOnce() -> RegistryError) -> Result<T> {
     match r {
         Ok(v) => Ok(v),
@@ -171,8 +176,9 @@ impl Registry {
     /// Removes a blob from a repository (the content goes at the next garbage collection).
     pub async fn delete_blob(&self, repo: &RepoName, digest: &Digest) -> Result<()> {
         self.stat_blob(repo, digest).await?;
+        // Delete the link's directory, not just the file: the filesystem driver keeps empty directories.
         let link = paths::layer_link(repo, digest);
-        not_found_as(self.driver.delete(&link).await, || RegistryError::BlobUnknown(digest.to_string()))
+        not_found_as(self.driver.delete(parent(&link)).await, || RegistryError::BlobUnknown(digest.to_string()))
     }
 
     /// Links an existing blob from `from` into `repo`. False when `from` does not have it.
@@ -312,14 +318,14 @@ impl Registry {
             && let Ok(parsed) = manifest::parse(&link.media_type, &body)
             && let Some(subject) = parsed.subject
         {
-            optional(self.driver.delete(&paths::referrer_link(repo, &subject.digest, &digest)).await)?;
+            optional(self.driver.delete(parent(&paths::referrer_link(repo, &subject.digest, &digest))).await)?;
         }
         for tag in self.tags(repo).await.unwrap_or_default() {
             if self.read_digest_link(&paths::tag_link(repo, &tag)).await?.as_ref() == Some(&digest) {
                 optional(self.driver.delete(&paths::tag_dir(repo, &tag)).await)?;
             }
         }
-        not_found_as(self.driver.delete(&paths::revision_link(repo, &digest)).await, unknown)
+        not_found_as(self.driver.delete(parent(&paths::revision_link(repo, &digest))).await, unknown)
     }
 
     // ---- listings ----

@@ -7,3 +7,4 @@ mod badinput;
 mod clients;
 mod conformance;
 mod docker;
+mod gc;
