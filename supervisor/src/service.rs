@@ -281,7 +281,7 @@ impl Supervisor {
                 ApiError::Unhealthy(format!("container {id} disappeared while starting"))
             })?;
             // While starting, any exit is a failure, even one the restart policy already undid.
-            if (!o.running && !o.restarting) || o.restarting || o.restart_count > 0 {
+            if !o.running || o.restarting || o.restart_count > 0 {
                 let tail = self.log_tail(docker_id, 20).await;
                 return Err(ApiError::Unhealthy(format!(
                     "container {id} exited with code {} before becoming healthy; last output: {tail}",

@@ -1,1 +1,189 @@
+//! Two hosts in two zones: both register EPHEMERAL in ZooKeeper with zone and capacity, keep their free
+//! capacity current, register again after a session loss, and vanish on shutdown. The binary starts too.
 
+use std::time::Duration;
+
+use atlantis_common::api::supervisor::{ContainerState, SupervisorRecord};
+use atlantis_common::zk::Coord;
+use atlantis_supervisor::App;
+use atlantis_testkit::{ZooKeeper, eventually};
+
+use crate::{Client, Host, init_tracing, spec, unique, zk_config};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_zones_register_and_survive_session_loss() {
+    init_tracing();
+    let zk = ZooKeeper::start();
+    let zkc = zk_config(&zk, &format!("/sup-zones-{}", unique()));
+    let manager = Coord::connect(zkc.clone()).await.unwrap();
+    let layout = manager.layout().clone();
+    let (a, b) = (
+        Host::start("host-a", "zone-a"),
+        Host::start("host-b", "zone-b"),
+    );
+    let app_a = App::build(a.config(Some(zkc.clone())))
+        .await
+        .expect("supervisor a");
+    let app_b = App::build(b.config(Some(zkc.clone())))
+        .await
+        .expect("supervisor b");
+
+    let hosts = manager.children(&layout.supervisors()).await.unwrap();
+    assert_eq!(hosts, vec!["host-a".to_string(), "host-b".to_string()]);
+    let host_a: atlantis_common::HostName = "host-a".parse().unwrap();
+    let host_b: atlantis_common::HostName = "host-b".parse().unwrap();
+    let rec_a = manager
+        .get::<SupervisorRecord>(&layout.supervisor(&host_a))
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    let rec_b = manager
+        .get::<SupervisorRecord>(&layout.supervisor(&host_b))
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(
+        (rec_a.zone.as_str(), rec_b.zone.as_str()),
+        ("zone-a", "zone-b")
+    );
+    assert_eq!(rec_a.capacity.slots, 4);
+    assert_eq!(rec_a.free, rec_a.capacity);
+    assert_eq!(rec_a.address, format!("http://{}", app_a.addr));
+    let stat = manager
+        .stat(&layout.supervisor(&host_a))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_ne!(stat.ephemeral_owner, 0, "the registration is ephemeral");
+
+    // One container per zone; the records follow the free capacity.
+    for (app, host) in [(&app_a, "host-a"), (&app_b, "host-b")] {
+        let s = spec("web", "prod");
+        let node = layout.instance(&s.app, &s.env, &s.container_id);
+        manager
+            .create(&node, &serde_json::json!({ "host": host }))
+            .await
+            .unwrap();
+        let info = Client::for_app(app).deploy_ok(&s).await;
+        assert_eq!(info.state, ContainerState::Healthy);
+        assert_eq!(info.host.as_str(), host);
+    }
+    let rec_a = manager
+        .get::<SupervisorRecord>(&layout.supervisor(&host_a))
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert_eq!(
+        (
+            rec_a.free.slots,
+            rec_a.free.memory_mb,
+            rec_a.free.cpu_millis
+        ),
+        (3, 512 - 32, 2000 - 200)
+    );
+
+    // Session loss: the supervisor's node is re-created on the new session, with the current payload.
+    let owner_before = stat.ephemeral_owner;
+    app_a
+        .coord()
+        .expect("zk configured")
+        .expire_session()
+        .await
+        .unwrap();
+    let rec = eventually(
+        Duration::from_secs(20),
+        "re-registration after session loss",
+        || async {
+            let st = manager.stat(&layout.supervisor(&host_a)).await.ok()??;
+            if st.ephemeral_owner == owner_before {
+                return None;
+            }
+            manager
+                .get::<SupervisorRecord>(&layout.supervisor(&host_a))
+                .await
+                .ok()?
+                .map(|v| v.value)
+        },
+    )
+    .await;
+    assert_eq!(rec.free.slots, 3);
+    // Its container is still wanted and kept.
+    assert_eq!(a.container_names().len(), 1);
+
+    // Graceful shutdown removes the registration; containers stay for the next supervisor.
+    app_b.shutdown().await;
+    assert!(
+        manager
+            .stat(&layout.supervisor(&host_b))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(b.container_names().len(), 1);
+    app_a.shutdown().await;
+}
+
+#[test]
+fn the_binary_starts_with_a_config_file_and_env_overrides() {
+    let host = Host::start("host-c", "zone-c");
+    let bin = env!("CARGO_BIN_EXE_atlantis-supervisor");
+    let help = std::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("--config"));
+    let cfg = host.dir.path().join("supervisor.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "listen = \"127.0.0.1:0\"\nhost = \"host-c\"\nzone = \"zone-c\"\nregion = \"test\"\ntoken_file = \"{}\"\ndata_dir = \"{}\"\n\
+             [docker]\nsocket = \"{}\"\nsubnet = \"172.30.0.0\"\nprefix_len = 24\n[firewall]\nnetns = \"{}\"\n",
+            host.dir.path().join("token").display(),
+            host.dir.path().join("data").display(),
+            host.docker.socket().display(),
+            host.docker.netns_path().display(),
+        ),
+    )
+    .unwrap();
+    let log = host.dir.path().join("bin.log");
+    // An environment override wins over the file: 3 slots instead of the default 20.
+    let env_bin = atlantis_testkit::require_bin("env", "coreutils");
+    let args = vec![
+        "ATLANTIS_SUPERVISOR__CAPACITY__SLOTS=3".to_string(),
+        bin.to_string(),
+        "--config".to_string(),
+        cfg.display().to_string(),
+    ];
+    let proc = atlantis_testkit::process::Guarded::spawn("supervisor", &env_bin, &args, &log, None);
+    let addr = atlantis_testkit::wait_until(
+        Duration::from_secs(20),
+        "supervisor binary listening",
+        || {
+            std::fs::read_to_string(&log)
+                .ok()?
+                .lines()
+                .find_map(|l| l.strip_prefix("listening on ").map(str::to_owned))
+        },
+    );
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sf",
+            "-m",
+            "3",
+            "-H",
+            &format!("Authorization: Bearer {}", crate::TOKEN),
+            &format!("http://{addr}/v1/health"),
+        ])
+        .output()
+        .unwrap();
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        body.contains("\"slots\":3"),
+        "{body}\n{}",
+        proc.log_tail(20)
+    );
+    drop(proc);
+}
