@@ -16,14 +16,19 @@ use crate::storage::StorageError;
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
-    #[error("refusing to listen on {0} without [auth]: configure users or tokens, or listen on a loopback address")]
+    #[error(
+        "refusing to listen on {0} without [auth]: configure users or tokens, or listen on a loopback address"
+    )]
     PublicWithoutAuth(SocketAddr),
     #[error(transparent)]
     Auth(#[from] AuthConfigError),
     #[error("cannot open storage: {0}")]
     Storage(#[from] StorageError),
     #[error("cannot bind {addr}: {source}")]
-    Bind { addr: SocketAddr, source: std::io::Error },
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("server failed: {0}")]
     Serve(std::io::Error),
 }
@@ -41,15 +46,35 @@ impl App {
         if config.auth.is_none() && !config.listen.ip().is_loopback() {
             return Err(AppError::PublicWithoutAuth(config.listen));
         }
-        let auth = config.auth.as_ref().map(Auth::new).transpose()?.map(Arc::new);
+        let auth = config
+            .auth
+            .as_ref()
+            .map(Auth::new)
+            .transpose()?
+            .map(Arc::new);
         let driver = config.storage.driver()?;
         let registry = Arc::new(Registry::new(driver, config.limits.clone()));
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
-            .map_err(|source| AppError::Bind { addr: config.listen, source })?;
-        let addr = listener.local_addr().map_err(|source| AppError::Bind { addr: config.listen, source })?;
-        let state = AppState { registry, auth, metrics: RegistryMetrics::new(), delete_enabled: config.delete_enabled };
-        Ok(App { listener, addr, state })
+            .map_err(|source| AppError::Bind {
+                addr: config.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| AppError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+        let state = AppState {
+            registry,
+            auth,
+            metrics: RegistryMetrics::new(),
+            delete_enabled: config.delete_enabled,
+        };
+        Ok(App {
+            listener,
+            addr,
+            state,
+        })
     }
 
     /// The bound address.

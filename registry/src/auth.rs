@@ -89,14 +89,22 @@ pub struct Auth {
 #[error("invalid [auth] config: {0}")]
 pub struct AuthConfigError(String);
 
-fn secret(clear: &Option<String>, hashed: &Option<String>, what: &str) -> Result<[u8; 32], AuthConfigError> {
+fn secret(
+    clear: &Option<String>,
+    hashed: &Option<String>,
+    what: &str,
+) -> Result<[u8; 32], AuthConfigError> {
     match (clear, hashed) {
         (Some(c), None) if !c.is_empty() => Ok(Sha256::digest(c.as_bytes()).into()),
         (None, Some(h)) => {
-            let v = hex::decode(h).map_err(|_| AuthConfigError(format!("{what}: sha256 is not hex")))?;
-            v.try_into().map_err(|_| AuthConfigError(format!("{what}: sha256 must be 32 bytes")))
+            let v = hex::decode(h)
+                .map_err(|_| AuthConfigError(format!("{what}: sha256 is not hex")))?;
+            v.try_into()
+                .map_err(|_| AuthConfigError(format!("{what}: sha256 must be 32 bytes")))
         }
-        _ => Err(AuthConfigError(format!("{what}: set exactly one of the clear or the sha256 form, non-empty"))),
+        _ => Err(AuthConfigError(format!(
+            "{what}: set exactly one of the clear or the sha256 form, non-empty"
+        ))),
     }
 }
 
@@ -110,23 +118,38 @@ impl Auth {
         let mut users = HashMap::new();
         for u in &cfg.users {
             if u.name.is_empty() || u.name.contains(':') {
-                return Err(AuthConfigError(format!("user name {:?} is empty or has a colon", u.name)));
+                return Err(AuthConfigError(format!(
+                    "user name {:?} is empty or has a colon",
+                    u.name
+                )));
             }
-            users.insert(u.name.clone(), secret(&u.password, &u.password_sha256, &format!("user {}", u.name))?);
+            users.insert(
+                u.name.clone(),
+                secret(&u.password, &u.password_sha256, &format!("user {}", u.name))?,
+            );
         }
         let mut tokens = Vec::new();
         for t in &cfg.tokens {
-            tokens.push((secret(&t.token, &t.token_sha256, &format!("token of {}", t.user))?, t.user.clone()));
+            tokens.push((
+                secret(&t.token, &t.token_sha256, &format!("token of {}", t.user))?,
+                t.user.clone(),
+            ));
         }
         if users.is_empty() && tokens.is_empty() {
             return Err(AuthConfigError("no users and no tokens".into()));
         }
-        Ok(Auth { users, tokens, rules: cfg.access.clone() })
+        Ok(Auth {
+            users,
+            tokens,
+            rules: cfg.access.clone(),
+        })
     }
 
     /// Identifies the caller; presented but wrong credentials are an error, absent ones are anonymous.
     pub fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, RegistryError> {
-        let Some(value) = headers.get(header::AUTHORIZATION) else { return Ok(Principal::Anonymous) };
+        let Some(value) = headers.get(header::AUTHORIZATION) else {
+            return Ok(Principal::Anonymous);
+        };
         let value = value.to_str().map_err(|_| RegistryError::Unauthorized)?;
         let (scheme, rest) = value.split_once(' ').ok_or(RegistryError::Unauthorized)?;
         let rest = rest.trim();
@@ -134,7 +157,9 @@ impl Auth {
             if rest.len() > 4096 {
                 return Err(RegistryError::Unauthorized);
             }
-            let raw = base64::engine::general_purpose::STANDARD.decode(rest).map_err(|_| RegistryError::Unauthorized)?;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(rest)
+                .map_err(|_| RegistryError::Unauthorized)?;
             let text = String::from_utf8(raw).map_err(|_| RegistryError::Unauthorized)?;
             let (user, password) = text.split_once(':').ok_or(RegistryError::Unauthorized)?;
             let given: [u8; 32] = Sha256::digest(password.as_bytes()).into();
@@ -150,7 +175,9 @@ impl Auth {
                     found = Some(user.clone());
                 }
             }
-            found.map(Principal::User).ok_or(RegistryError::Unauthorized)
+            found
+                .map(Principal::User)
+                .ok_or(RegistryError::Unauthorized)
         } else {
             Err(RegistryError::Unauthorized)
         }
@@ -195,13 +222,33 @@ mod tests {
     fn auth() -> Auth {
         Auth::new(&AuthConfig {
             users: vec![
-                UserConfig { name: "builder".into(), password: Some("s3cret".into()), password_sha256: None },
-                UserConfig { name: "ops".into(), password: None, password_sha256: Some(hex::encode(Sha256::digest(b"pw"))) },
+                UserConfig {
+                    name: "builder".into(),
+                    password: Some("s3cret".into()),
+                    password_sha256: None,
+                },
+                UserConfig {
+                    name: "ops".into(),
+                    password: None,
+                    password_sha256: Some(hex::encode(Sha256::digest(b"pw"))),
+                },
             ],
-            tokens: vec![TokenConfig { user: "ci".into(), token: Some("tok".into()), token_sha256: None }],
+            tokens: vec![TokenConfig {
+                user: "ci".into(),
+                token: Some("tok".into()),
+                token_sha256: None,
+            }],
             access: vec![
-                AccessRule { prefix: "".into(), pull: vec!["*".into()], push: vec!["ops".into()] },
-                AccessRule { prefix: "apps/".into(), pull: vec!["anonymous".into()], push: vec!["builder".into(), "ci".into()] },
+                AccessRule {
+                    prefix: "".into(),
+                    pull: vec!["*".into()],
+                    push: vec!["ops".into()],
+                },
+                AccessRule {
+                    prefix: "apps/".into(),
+                    pull: vec!["anonymous".into()],
+                    push: vec!["builder".into(), "ci".into()],
+                },
             ],
         })
         .unwrap()
@@ -217,8 +264,14 @@ mod tests {
     #[test]
     fn credentials_and_rules() {
         let a = auth();
-        assert_eq!(a.authenticate(&basic("builder", "s3cret")).unwrap(), Principal::User("builder".into()));
-        assert_eq!(a.authenticate(&basic("ops", "pw")).unwrap(), Principal::User("ops".into()));
+        assert_eq!(
+            a.authenticate(&basic("builder", "s3cret")).unwrap(),
+            Principal::User("builder".into())
+        );
+        assert_eq!(
+            a.authenticate(&basic("ops", "pw")).unwrap(),
+            Principal::User("ops".into())
+        );
         assert!(a.authenticate(&basic("builder", "wrong")).is_err());
         assert!(a.authenticate(&basic("nobody", "s3cret")).is_err());
         let mut h = HeaderMap::new();
@@ -226,7 +279,10 @@ mod tests {
         assert_eq!(a.authenticate(&h).unwrap(), Principal::User("ci".into()));
         h.insert(header::AUTHORIZATION, "Bearer nope".parse().unwrap());
         assert!(a.authenticate(&h).is_err());
-        assert_eq!(a.authenticate(&HeaderMap::new()).unwrap(), Principal::Anonymous);
+        assert_eq!(
+            a.authenticate(&HeaderMap::new()).unwrap(),
+            Principal::Anonymous
+        );
 
         let builder = Principal::User("builder".into());
         assert!(a.allowed(&builder, "apps/web", Action::Push));
@@ -234,7 +290,13 @@ mod tests {
         assert!(a.allowed(&builder, "base/debian", Action::Pull));
         assert!(a.allowed(&Principal::Anonymous, "apps/web", Action::Pull));
         assert!(!a.allowed(&Principal::Anonymous, "base/debian", Action::Pull));
-        assert!(matches!(a.check(&Principal::Anonymous, "base/x", Action::Pull), Err(RegistryError::Unauthorized)));
-        assert!(matches!(a.check(&builder, "base/x", Action::Push), Err(RegistryError::Denied)));
+        assert!(matches!(
+            a.check(&Principal::Anonymous, "base/x", Action::Pull),
+            Err(RegistryError::Unauthorized)
+        ));
+        assert!(matches!(
+            a.check(&builder, "base/x", Action::Push),
+            Err(RegistryError::Denied)
+        ));
     }
 }

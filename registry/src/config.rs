@@ -86,7 +86,11 @@ fn default_root() -> PathBuf {
 
 impl Default for StorageConfig {
     fn default() -> Self {
-        StorageConfig { kind: StorageKind::Filesystem, root: default_root(), s3: None }
+        StorageConfig {
+            kind: StorageKind::Filesystem,
+            root: default_root(),
+            s3: None,
+        }
     }
 }
 
@@ -119,6 +123,9 @@ pub struct GcConfig {
 
 impl Default for GcConfig {
     fn default() -> Self {
-        GcConfig { grace_secs: 3600, upload_expiry_secs: 7 * 24 * 3600 }
+        GcConfig {
+            grace_secs: 3600,
+            upload_expiry_secs: 7 * 24 * 3600,
+        }
     }
 }

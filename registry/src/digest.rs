@@ -67,7 +67,10 @@ impl Digest {
     }
     /// The sha256 digest of `data`.
     pub fn sha256_of(data: &[u8]) -> Digest {
-        Digest { alg: Algorithm::Sha256, hex: hex::encode(Sha256::digest(data)) }
+        Digest {
+            alg: Algorithm::Sha256,
+            hex: hex::encode(Sha256::digest(data)),
+        }
     }
     /// The digest of `data` with `alg`.
     pub fn of(alg: Algorithm, data: &[u8]) -> Digest {
@@ -80,23 +83,38 @@ impl Digest {
 impl FromStr for Digest {
     type Err = DigestError;
     fn from_str(s: &str) -> Result<Digest, DigestError> {
-        let (alg, hex) = s.split_once(':').ok_or_else(|| DigestError::Format(s.to_owned()))?;
+        let (alg, hex) = s
+            .split_once(':')
+            .ok_or_else(|| DigestError::Format(s.to_owned()))?;
         let alg = match alg {
             "sha256" => Algorithm::Sha256,
             "sha512" => Algorithm::Sha512,
             other => {
                 // The spec's grammar: algorithm-component ([a-z0-9]+) joined by [+._-].
-                return Err(if !other.is_empty() && other.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)) {
-                    DigestError::Algorithm(other.to_owned())
-                } else {
-                    DigestError::Format(s.to_owned())
-                });
+                return Err(
+                    if !other.is_empty()
+                        && other.bytes().all(|b| {
+                            b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b)
+                        })
+                    {
+                        DigestError::Algorithm(other.to_owned())
+                    } else {
+                        DigestError::Format(s.to_owned())
+                    },
+                );
             }
         };
-        if hex.len() != alg.hex_len() || !hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+        if hex.len() != alg.hex_len()
+            || !hex
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        {
             return Err(DigestError::Encoding(s.to_owned()));
         }
-        Ok(Digest { alg, hex: hex.to_owned() })
+        Ok(Digest {
+            alg,
+            hex: hex.to_owned(),
+        })
     }
 }
 
@@ -144,8 +162,14 @@ impl Hasher {
     /// The digest of everything fed.
     pub fn finish(self) -> Digest {
         match self {
-            Hasher::Sha256(h) => Digest { alg: Algorithm::Sha256, hex: hex::encode(h.finalize()) },
-            Hasher::Sha512(h) => Digest { alg: Algorithm::Sha512, hex: hex::encode(h.finalize()) },
+            Hasher::Sha256(h) => Digest {
+                alg: Algorithm::Sha256,
+                hex: hex::encode(h.finalize()),
+            },
+            Hasher::Sha512(h) => Digest {
+                alg: Algorithm::Sha512,
+                hex: hex::encode(h.finalize()),
+            },
         }
     }
 }
@@ -157,7 +181,10 @@ mod tests {
     #[test]
     fn parse_and_hash() {
         let d = Digest::sha256_of(b"");
-        assert_eq!(d.to_string(), "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855");
+        assert_eq!(
+            d.to_string(),
+            "sha256:e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
         assert_eq!(d.to_string().parse::<Digest>().unwrap(), d);
         let s5 = Digest::of(Algorithm::Sha512, b"abc");
         assert!(s5.to_string().starts_with("sha512:ddaf35a193617aba"));
@@ -173,6 +200,9 @@ mod tests {
         ] {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
-        assert!(matches!("md5:abc".parse::<Digest>(), Err(DigestError::Algorithm(_))));
+        assert!(matches!(
+            "md5:abc".parse::<Digest>(),
+            Err(DigestError::Algorithm(_))
+        ));
     }
 }

@@ -119,7 +119,12 @@ impl IntoResponse for RegistryError {
             tracing::error!(error = %self, "Request failed.");
         }
         let body = serde_json::json!({ "errors": [{ "code": code, "message": self.client_message(), "detail": null }] });
-        let mut resp = (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+        let mut resp = (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response();
         if matches!(self, RegistryError::Unauthorized) {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

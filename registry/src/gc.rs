@@ -38,7 +38,9 @@ pub struct GcReport {
 }
 
 fn recent(modified: SystemTime, now: SystemTime, grace: Duration) -> bool {
-    now.duration_since(modified).map(|age| age < grace).unwrap_or(true)
+    now.duration_since(modified)
+        .map(|age| age < grace)
+        .unwrap_or(true)
 }
 
 async fn digests_under(reg: &Registry, dir: &str) -> Result<Vec<Digest>> {
@@ -55,14 +57,24 @@ async fn digests_under(reg: &Registry, dir: &str) -> Result<Vec<Digest>> {
 
 /// Marks a manifest, its blobs and, recursively, its child manifests. `visited` holds the manifests
 /// already parsed, so a child reached before its own revision is still parsed exactly once.
-async fn mark_manifest(reg: &Registry, root: &Digest, marked: &mut BTreeSet<Digest>, visited: &mut BTreeSet<Digest>) -> Result<()> {
+async fn mark_manifest(
+    reg: &Registry,
+    root: &Digest,
+    marked: &mut BTreeSet<Digest>,
+    visited: &mut BTreeSet<Digest>,
+) -> Result<()> {
     let mut stack = vec![root.clone()];
     while let Some(d) = stack.pop() {
         if !visited.insert(d.clone()) {
             continue;
         }
         marked.insert(d.clone());
-        let Some(body) = optional(reg.driver.get(&paths::blob_data(&d), reg.limits.max_manifest_bytes).await)? else {
+        let Some(body) = optional(
+            reg.driver
+                .get(&paths::blob_data(&d), reg.limits.max_manifest_bytes)
+                .await,
+        )?
+        else {
             continue;
         };
         match manifest::parse("", &body) {
@@ -70,7 +82,9 @@ async fn mark_manifest(reg: &Registry, root: &Digest, marked: &mut BTreeSet<Dige
                 marked.extend(p.blobs.into_iter().map(|b| b.digest));
                 stack.extend(p.manifests.into_iter().map(|m| m.digest));
             }
-            Err(e) => tracing::warn!(digest = %d, error = %e, "Stored manifest does not parse; its blobs are not marked."),
+            Err(e) => {
+                tracing::warn!(digest = %d, error = %e, "Stored manifest does not parse; its blobs are not marked.")
+            }
         }
     }
     Ok(())
@@ -85,7 +99,9 @@ pub async fn collect(reg: &Registry, opts: &GcOptions) -> Result<GcReport> {
     let repos = reg.catalog().await?;
     report.repositories = repos.len();
     for name in &repos {
-        let Ok(repo) = RepoName::parse(name) else { continue };
+        let Ok(repo) = RepoName::parse(name) else {
+            continue;
+        };
         for d in digests_under(reg, &paths::revisions_dir(&repo)).await? {
             mark_manifest(reg, &d, &mut marked, &mut visited).await?;
         }
@@ -102,7 +118,9 @@ pub async fn collect(reg: &Registry, opts: &GcOptions) -> Result<GcReport> {
             }
         }
         for id in optional(reg.driver.list(&paths::uploads_dir(&repo)).await)?.unwrap_or_default() {
-            let Ok(uuid) = uuid::Uuid::parse_str(&id) else { continue };
+            let Ok(uuid) = uuid::Uuid::parse_str(&id) else {
+                continue;
+            };
             let started = optional(reg.driver.stat(&paths::upload_started(&repo, &uuid)).await)?;
             if started.is_none_or(|i| !recent(i.modified, now, opts.upload_expiry)) {
                 report.uploads_removed += 1;
@@ -118,12 +136,18 @@ pub async fn collect(reg: &Registry, opts: &GcOptions) -> Result<GcReport> {
     for alg in optional(reg.driver.list(paths::BLOBS).await)?.unwrap_or_default() {
         let alg_dir = format!("{}/{alg}", paths::BLOBS);
         for prefix in optional(reg.driver.list(&alg_dir).await)?.unwrap_or_default() {
-            for hex in optional(reg.driver.list(&format!("{alg_dir}/{prefix}")).await)?.unwrap_or_default() {
-                let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else { continue };
+            for hex in
+                optional(reg.driver.list(&format!("{alg_dir}/{prefix}")).await)?.unwrap_or_default()
+            {
+                let Ok(d) = format!("{alg}:{hex}").parse::<Digest>() else {
+                    continue;
+                };
                 if marked.contains(&d) {
                     continue;
                 }
-                let Some(info) = optional(reg.driver.stat(&paths::blob_data(&d)).await)? else { continue };
+                let Some(info) = optional(reg.driver.stat(&paths::blob_data(&d)).await)? else {
+                    continue;
+                };
                 if recent(info.modified, now, opts.grace) {
                     report.kept_recent += 1;
                     continue;
@@ -131,19 +155,29 @@ pub async fn collect(reg: &Registry, opts: &GcOptions) -> Result<GcReport> {
                 report.swept_bytes += info.size;
                 report.swept.push(d.to_string());
                 if !opts.dry_run {
-                    optional(reg.driver.delete(&format!("{alg_dir}/{prefix}/{hex}")).await)?;
+                    optional(
+                        reg.driver
+                            .delete(&format!("{alg_dir}/{prefix}/{hex}"))
+                            .await,
+                    )?;
                 }
                 swept.insert(d);
             }
         }
     }
     for name in &repos {
-        let Ok(repo) = RepoName::parse(name) else { continue };
+        let Ok(repo) = RepoName::parse(name) else {
+            continue;
+        };
         for d in digests_under(reg, &paths::layers_dir(&repo)).await? {
             if swept.contains(&d) {
                 report.links_removed += 1;
                 if !opts.dry_run {
-                    optional(reg.driver.delete(crate::registry::parent(&paths::layer_link(&repo, &d))).await)?;
+                    optional(
+                        reg.driver
+                            .delete(crate::registry::parent(&paths::layer_link(&repo, &d)))
+                            .await,
+                    )?;
                 }
             }
         }

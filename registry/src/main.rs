@@ -10,7 +10,11 @@ use atlantis_registry::gc::{GcOptions, collect};
 use atlantis_registry::{App, Config, Registry};
 
 #[derive(Parser)]
-#[command(name = "atlantis-registry", version, about = "OCI Distribution registry with filesystem and S3 storage")]
+#[command(
+    name = "atlantis-registry",
+    version,
+    about = "OCI Distribution registry with filesystem and S3 storage"
+)]
 struct Cli {
     /// TOML config file; `ATLANTIS_REGISTRY__<KEY>__<SUBKEY>=...` environment variables override it.
     #[arg(long, global = true)]
@@ -38,14 +42,18 @@ enum Command {
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     atlantis_common::telemetry::init("atlantis-registry");
-    let config: Config = atlantis_common::config::load(cli.config.as_deref(), "ATLANTIS_REGISTRY").context("loading config")?;
+    let config: Config = atlantis_common::config::load(cli.config.as_deref(), "ATLANTIS_REGISTRY")
+        .context("loading config")?;
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let app = App::build(config).await?;
             let token = atlantis_common::shutdown::on_signal();
             app.serve(token).await?;
         }
-        Command::Gc { dry_run, grace_secs } => {
+        Command::Gc {
+            dry_run,
+            grace_secs,
+        } => {
             let driver = config.storage.driver().context("opening storage")?;
             let registry = Registry::new(driver, config.limits.clone());
             let opts = GcOptions {

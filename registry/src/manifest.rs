@@ -75,11 +75,19 @@ fn check_media_type(field: &str, mt: &str) -> Result<(), RegistryError> {
             let name = |x: &str| {
                 !x.is_empty()
                     && x.as_bytes()[0].is_ascii_alphanumeric()
-                    && x.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
+                    && x.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
             };
             name(t) && name(s)
         });
-    if ok { Ok(()) } else { Err(invalid(format!("{field} has an invalid media type {:?}", mt.chars().take(80).collect::<String>()))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "{field} has an invalid media type {:?}",
+            mt.chars().take(80).collect::<String>()
+        )))
+    }
 }
 
 fn check_descriptor(field: &str, d: &Descriptor) -> Result<(), RegistryError> {
@@ -92,21 +100,30 @@ fn check_descriptor(field: &str, d: &Descriptor) -> Result<(), RegistryError> {
 
 /// Parses `body` sent with `content_type` (which may be empty or carry parameters).
 pub fn parse(content_type: &str, body: &[u8]) -> Result<Parsed, RegistryError> {
-    let raw: Raw = serde_json::from_slice(body).map_err(|e| invalid(format!("not a valid manifest document: {e}")))?;
+    let raw: Raw = serde_json::from_slice(body)
+        .map_err(|e| invalid(format!("not a valid manifest document: {e}")))?;
     let header_type = content_type.split(';').next().unwrap_or("").trim();
     let media_type = match (raw.media_type.as_deref(), header_type) {
         (Some(m), h) if !h.is_empty() && h != m && SUPPORTED.contains(&h) => {
-            return Err(invalid(format!("mediaType {m:?} does not match Content-Type {h:?}")));
+            return Err(invalid(format!(
+                "mediaType {m:?} does not match Content-Type {h:?}"
+            )));
         }
         (Some(m), _) => m.to_owned(),
         (None, h) if SUPPORTED.contains(&h) => h.to_owned(),
         // An OCI manifest may omit mediaType; infer it from the shape.
         (None, _) if raw.config.is_some() => OCI_MANIFEST.to_owned(),
         (None, _) if raw.manifests.is_some() => OCI_INDEX.to_owned(),
-        (None, h) => return Err(invalid(format!("unknown manifest media type {h:?} and no mediaType field"))),
+        (None, h) => {
+            return Err(invalid(format!(
+                "unknown manifest media type {h:?} and no mediaType field"
+            )));
+        }
     };
     if !SUPPORTED.contains(&media_type.as_str()) {
-        return Err(invalid(format!("unsupported manifest media type {media_type:?}")));
+        return Err(invalid(format!(
+            "unsupported manifest media type {media_type:?}"
+        )));
     }
     if raw.schema_version != Some(2) {
         return Err(invalid("schemaVersion must be 2"));
@@ -133,8 +150,12 @@ pub fn parse(content_type: &str, body: &[u8]) -> Result<Parsed, RegistryError> {
             let config = raw.config.ok_or_else(|| invalid("config is required"))?;
             check_descriptor("config", &config)?;
             let layers = raw.layers.ok_or_else(|| invalid("layers is required"))?;
-            if media_type == DOCKER_MANIFEST && (raw.subject.is_some() || raw.artifact_type.is_some()) {
-                return Err(invalid("Docker schema2 manifests have no subject or artifactType"));
+            if media_type == DOCKER_MANIFEST
+                && (raw.subject.is_some() || raw.artifact_type.is_some())
+            {
+                return Err(invalid(
+                    "Docker schema2 manifests have no subject or artifactType",
+                ));
             }
             if parsed.artifact_type.is_none() && media_type == OCI_MANIFEST {
                 parsed.artifact_type = Some(config.media_type.clone());
@@ -143,7 +164,8 @@ pub fn parse(content_type: &str, body: &[u8]) -> Result<Parsed, RegistryError> {
             for (i, l) in layers.into_iter().enumerate() {
                 check_descriptor(&format!("layers[{i}]"), &l)?;
                 let foreign = l.urls.as_ref().is_some_and(|u| !u.is_empty())
-                    && (l.media_type.contains("nondistributable") || l.media_type.contains("foreign"));
+                    && (l.media_type.contains("nondistributable")
+                        || l.media_type.contains("foreign"));
                 if !foreign {
                     parsed.blobs.push(l);
                 }
@@ -153,9 +175,13 @@ pub fn parse(content_type: &str, body: &[u8]) -> Result<Parsed, RegistryError> {
             if raw.config.is_some() || raw.layers.is_some() {
                 return Err(invalid("an index has no config or layers"));
             }
-            let manifests = raw.manifests.ok_or_else(|| invalid("manifests is required"))?;
+            let manifests = raw
+                .manifests
+                .ok_or_else(|| invalid("manifests is required"))?;
             if media_type == DOCKER_LIST && (raw.subject.is_some() || raw.artifact_type.is_some()) {
-                return Err(invalid("Docker manifest lists have no subject or artifactType"));
+                return Err(invalid(
+                    "Docker manifest lists have no subject or artifactType",
+                ));
             }
             for (i, m) in manifests.iter().enumerate() {
                 check_descriptor(&format!("manifests[{i}]"), m)?;
@@ -179,7 +205,10 @@ mod tests {
         );
         let p = parse(OCI_MANIFEST, body.as_bytes()).unwrap();
         assert_eq!(p.blobs.len(), 2);
-        assert_eq!(p.artifact_type.as_deref(), Some("application/vnd.oci.image.config.v1+json"));
+        assert_eq!(
+            p.artifact_type.as_deref(),
+            Some("application/vnd.oci.image.config.v1+json")
+        );
         // Content-Type disagreeing with mediaType.
         assert!(parse(DOCKER_MANIFEST, body.as_bytes()).is_err());
     }

@@ -40,7 +40,9 @@ impl RegistryMetrics {
         let m = RegistryMetrics {
             registry: registry.clone(),
             requests: Family::default(),
-            duration: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.001, 4.0, 10))),
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.001, 4.0, 10))
+            }),
             bytes_received: Counter::default(),
             bytes_sent: Counter::default(),
             blobs_committed: Counter::default(),
@@ -48,11 +50,31 @@ impl RegistryMetrics {
         };
         registry.register(|r| {
             r.register("http_requests", "HTTP requests served", m.requests.clone());
-            r.register("http_request_duration_seconds", "Time to the response head", m.duration.clone());
-            r.register("blob_bytes_received", "Blob bytes received in uploads", m.bytes_received.clone());
-            r.register("blob_bytes_sent", "Blob bytes sent to clients", m.bytes_sent.clone());
-            r.register("blobs_committed", "Blob uploads verified and committed", m.blobs_committed.clone());
-            r.register("manifests_pushed", "Manifests stored", m.manifests_pushed.clone());
+            r.register(
+                "http_request_duration_seconds",
+                "Time to the response head",
+                m.duration.clone(),
+            );
+            r.register(
+                "blob_bytes_received",
+                "Blob bytes received in uploads",
+                m.bytes_received.clone(),
+            );
+            r.register(
+                "blob_bytes_sent",
+                "Blob bytes sent to clients",
+                m.bytes_sent.clone(),
+            );
+            r.register(
+                "blobs_committed",
+                "Blob uploads verified and committed",
+                m.blobs_committed.clone(),
+            );
+            r.register(
+                "manifests_pushed",
+                "Manifests stored",
+                m.manifests_pushed.clone(),
+            );
         });
         m
     }

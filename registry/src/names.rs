@@ -88,8 +88,13 @@ pub fn validate_tag(s: &str) -> Result<(), NameError> {
     let ok = !b.is_empty()
         && b.len() <= 128
         && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c));
-    if ok { Ok(()) } else { Err(NameError::Tag(s.chars().take(200).collect())) }
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(NameError::Tag(s.chars().take(200).collect()))
+    }
 }
 
 /// A manifest reference: a tag or a digest.
@@ -103,9 +108,13 @@ impl Reference {
     /// Parses a reference: anything with a `:` must be a valid digest, anything else a valid tag.
     pub fn parse(s: &str) -> Result<Reference, crate::error::RegistryError> {
         if s.contains(':') {
-            Ok(Reference::Digest(s.parse().map_err(crate::error::RegistryError::from)?))
+            Ok(Reference::Digest(
+                s.parse().map_err(crate::error::RegistryError::from)?,
+            ))
         } else {
-            validate_tag(s).map_err(|_| crate::error::RegistryError::TagInvalid(s.chars().take(200).collect()))?;
+            validate_tag(s).map_err(|_| {
+                crate::error::RegistryError::TagInvalid(s.chars().take(200).collect())
+            })?;
             Ok(Reference::Tag(s.to_owned()))
         }
     }
@@ -126,12 +135,34 @@ mod tests {
 
     #[test]
     fn repository_names() {
-        for ok in ["a", "apps/web", "library/busy-box", "a.b_c__d---e/f0", "x/y/z/w", "0"] {
+        for ok in [
+            "a",
+            "apps/web",
+            "library/busy-box",
+            "a.b_c__d---e/f0",
+            "x/y/z/w",
+            "0",
+        ] {
             assert!(RepoName::parse(ok).is_ok(), "{ok}");
         }
         let long = "a".repeat(256);
         for bad in [
-            "", "A", "a/", "/a", "a//b", "-a", "a-", "a___b", "a..b", "../etc", "a/../b", "a/.b", "_a", "a b", "a:b", "a%2f",
+            "",
+            "A",
+            "a/",
+            "/a",
+            "a//b",
+            "-a",
+            "a-",
+            "a___b",
+            "a..b",
+            "../etc",
+            "a/../b",
+            "a/.b",
+            "_a",
+            "a b",
+            "a:b",
+            "a%2f",
             long.as_str(),
         ] {
             assert!(RepoName::parse(bad).is_err(), "{bad:?}");

@@ -20,7 +20,12 @@ pub const BLOBS: &str = "blobs";
 pub const REPOSITORIES: &str = "repositories";
 
 pub fn blob_data(d: &Digest) -> String {
-    format!("{BLOBS}/{}/{}/{}/data", d.algorithm().as_str(), &d.hex()[..2], d.hex())
+    format!(
+        "{BLOBS}/{}/{}/{}/data",
+        d.algorithm().as_str(),
+        &d.hex()[..2],
+        d.hex()
+    )
 }
 
 pub fn blob_alg_dir(alg: Algorithm) -> String {
@@ -32,7 +37,11 @@ pub fn repo(name: &RepoName) -> String {
 }
 
 pub fn layer_link(name: &RepoName, d: &Digest) -> String {
-    format!("{REPOSITORIES}/{name}/_layers/{}/{}/link", d.algorithm().as_str(), d.hex())
+    format!(
+        "{REPOSITORIES}/{name}/_layers/{}/{}/link",
+        d.algorithm().as_str(),
+        d.hex()
+    )
 }
 
 pub fn layers_dir(name: &RepoName) -> String {
@@ -40,7 +49,11 @@ pub fn layers_dir(name: &RepoName) -> String {
 }
 
 pub fn revision_link(name: &RepoName, d: &Digest) -> String {
-    format!("{REPOSITORIES}/{name}/_manifests/revisions/{}/{}/link", d.algorithm().as_str(), d.hex())
+    format!(
+        "{REPOSITORIES}/{name}/_manifests/revisions/{}/{}/link",
+        d.algorithm().as_str(),
+        d.hex()
+    )
 }
 
 pub fn revisions_dir(name: &RepoName) -> String {
@@ -60,11 +73,20 @@ pub fn tag_link(name: &RepoName, tag: &str) -> String {
 }
 
 pub fn referrers_dir(name: &RepoName, subject: &Digest) -> String {
-    format!("{REPOSITORIES}/{name}/_referrers/{}/{}", subject.algorithm().as_str(), subject.hex())
+    format!(
+        "{REPOSITORIES}/{name}/_referrers/{}/{}",
+        subject.algorithm().as_str(),
+        subject.hex()
+    )
 }
 
 pub fn referrer_link(name: &RepoName, subject: &Digest, d: &Digest) -> String {
-    format!("{}/{}/{}/link", referrers_dir(name, subject), d.algorithm().as_str(), d.hex())
+    format!(
+        "{}/{}/{}/link",
+        referrers_dir(name, subject),
+        d.algorithm().as_str(),
+        d.hex()
+    )
 }
 
 pub fn uploads_dir(name: &RepoName) -> String {

@@ -89,7 +89,8 @@ pub struct PutManifest {
 pub struct Registry {
     pub(crate) driver: Arc<dyn StorageDriver>,
     pub(crate) limits: Limits,
-    pub(crate) sessions: Mutex<HashMap<uuid::Uuid, Arc<tokio::sync::Mutex<crate::uploads::Session>>>>,
+    pub(crate) sessions:
+        Mutex<HashMap<uuid::Uuid, Arc<tokio::sync::Mutex<crate::uploads::Session>>>>,
 }
 
 /// The directory holding a `.../link` file.
@@ -97,7 +98,10 @@ pub(crate) fn parent(link: &str) -> &str {
     link.rsplit_once('/').map(|(dir, _)| dir).unwrap_or(link)
 }
 
-pub(crate) fn not_found_as<T>(r: std::result::Result<T, StorageError>, e: impl FnOnce() -> RegistryError) -> Result<T> {
+pub(crate) fn not_found_as<T>(
+    r: std::result::Result<T, StorageError>,
+    e: impl FnOnce() -> RegistryError,
+) -> Result<T> {
     match r {
         Ok(v) => Ok(v),
         Err(StorageError::NotFound(_)) => Err(e()),
@@ -116,7 +120,11 @@ pub(crate) fn optional<T>(r: std::result::Result<T, StorageError>) -> Result<Opt
 impl Registry {
     /// A registry storing through `driver`.
     pub fn new(driver: Arc<dyn StorageDriver>, limits: Limits) -> Registry {
-        Registry { driver, limits, sessions: Mutex::new(HashMap::new()) }
+        Registry {
+            driver,
+            limits,
+            sessions: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The storage driver.
@@ -130,10 +138,15 @@ impl Registry {
     }
 
     async fn read_digest_link(&self, path: &str) -> Result<Option<Digest>> {
-        let Some(raw) = optional(self.driver.get(path, LINK_LIMIT).await)? else { return Ok(None) };
+        let Some(raw) = optional(self.driver.get(path, LINK_LIMIT).await)? else {
+            return Ok(None);
+        };
         let text = String::from_utf8_lossy(&raw);
         let d = text.trim().parse::<Digest>().map_err(|e| {
-            RegistryError::Storage(StorageError::Backend { path: path.to_owned(), message: format!("corrupt link: {e}") })
+            RegistryError::Storage(StorageError::Backend {
+                path: path.to_owned(),
+                message: format!("corrupt link: {e}"),
+            })
         })?;
         Ok(Some(d))
     }
@@ -143,7 +156,12 @@ impl Registry {
     /// The size of a blob the repository may serve, or `BLOB_UNKNOWN`.
     pub async fn stat_blob(&self, repo: &RepoName, digest: &Digest) -> Result<u64> {
         let unknown = || RegistryError::BlobUnknown(digest.to_string());
-        if self.read_digest_link(&paths::layer_link(repo, digest)).await?.as_ref() != Some(digest) {
+        if self
+            .read_digest_link(&paths::layer_link(repo, digest))
+            .await?
+            .as_ref()
+            != Some(digest)
+        {
             return Err(unknown());
         }
         let info = not_found_as(self.driver.stat(&paths::blob_data(digest)).await, unknown)?;
@@ -156,19 +174,32 @@ impl Registry {
         let size = self.stat_blob(repo, digest).await?;
         let link = paths::layer_link(repo, digest);
         if let Some(info) = optional(self.driver.stat(&link).await)? {
-            let age = SystemTime::now().duration_since(info.modified).unwrap_or_default();
+            let age = SystemTime::now()
+                .duration_since(info.modified)
+                .unwrap_or_default();
             if age > self.limits.touch_after {
-                self.driver.put(&link, Bytes::from(digest.to_string())).await?;
+                self.driver
+                    .put(&link, Bytes::from(digest.to_string()))
+                    .await?;
             }
         }
         Ok(size)
     }
 
     /// Streams a blob (or the byte range `offset`, `len` of it). Returns the total size too.
-    pub async fn read_blob(&self, repo: &RepoName, digest: &Digest, offset: u64, len: Option<u64>) -> Result<ByteStream> {
-        let stream = not_found_as(self.driver.reader(&paths::blob_data(digest), offset, len).await, || {
-            RegistryError::BlobUnknown(digest.to_string())
-        })?;
+    pub async fn read_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ByteStream> {
+        let stream = not_found_as(
+            self.driver
+                .reader(&paths::blob_data(digest), offset, len)
+                .await,
+            || RegistryError::BlobUnknown(digest.to_string()),
+        )?;
         let _ = repo;
         Ok(stream)
     }
@@ -178,27 +209,49 @@ impl Registry {
         self.stat_blob(repo, digest).await?;
         // Delete the link's directory, not just the file: the filesystem driver keeps empty directories.
         let link = paths::layer_link(repo, digest);
-        not_found_as(self.driver.delete(parent(&link)).await, || RegistryError::BlobUnknown(digest.to_string()))
+        not_found_as(self.driver.delete(parent(&link)).await, || {
+            RegistryError::BlobUnknown(digest.to_string())
+        })
     }
 
     /// Links an existing blob from `from` into `repo`. False when `from` does not have it.
-    pub async fn mount_blob(&self, repo: &RepoName, from: &RepoName, digest: &Digest) -> Result<bool> {
+    pub async fn mount_blob(
+        &self,
+        repo: &RepoName,
+        from: &RepoName,
+        digest: &Digest,
+    ) -> Result<bool> {
         match self.stat_blob(from, digest).await {
             Ok(_) => {}
             Err(RegistryError::BlobUnknown(_)) => return Ok(false),
             Err(e) => return Err(e),
         }
-        self.driver.put(&paths::layer_link(repo, digest), Bytes::from(digest.to_string())).await?;
+        self.driver
+            .put(
+                &paths::layer_link(repo, digest),
+                Bytes::from(digest.to_string()),
+            )
+            .await?;
         Ok(true)
     }
 
     /// Makes committed content at `data_path` (already verified to have `digest`) a blob of `repo`.
-    pub(crate) async fn link_content(&self, repo: &RepoName, digest: &Digest, data_path: &str) -> Result<()> {
+    pub(crate) async fn link_content(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        data_path: &str,
+    ) -> Result<()> {
         let target = paths::blob_data(digest);
         if optional(self.driver.stat(&target).await)?.is_none() {
             self.driver.move_to(data_path, &target).await?;
         }
-        self.driver.put(&paths::layer_link(repo, digest), Bytes::from(digest.to_string())).await?;
+        self.driver
+            .put(
+                &paths::layer_link(repo, digest),
+                Bytes::from(digest.to_string()),
+            )
+            .await?;
         Ok(())
     }
 
@@ -219,9 +272,14 @@ impl Registry {
 
     async fn revision(&self, repo: &RepoName, digest: &Digest) -> Result<Option<RevisionLink>> {
         let path = paths::revision_link(repo, digest);
-        let Some(raw) = optional(self.driver.get(&path, LINK_LIMIT).await)? else { return Ok(None) };
+        let Some(raw) = optional(self.driver.get(&path, LINK_LIMIT).await)? else {
+            return Ok(None);
+        };
         let link: RevisionLink = serde_json::from_slice(&raw).map_err(|e| {
-            RegistryError::Storage(StorageError::Backend { path, message: format!("corrupt revision link: {e}") })
+            RegistryError::Storage(StorageError::Backend {
+                path,
+                message: format!("corrupt revision link: {e}"),
+            })
         })?;
         Ok(Some(link))
     }
@@ -231,26 +289,50 @@ impl Registry {
         let unknown = || RegistryError::ManifestUnknown(format!("{repo}:{reference}"));
         match reference {
             Reference::Digest(d) => Ok(d.clone()),
-            Reference::Tag(t) => self.read_digest_link(&paths::tag_link(repo, t)).await?.ok_or_else(unknown),
+            Reference::Tag(t) => self
+                .read_digest_link(&paths::tag_link(repo, t))
+                .await?
+                .ok_or_else(unknown),
         }
     }
 
     /// Reads a manifest by tag or digest.
-    pub async fn get_manifest(&self, repo: &RepoName, reference: &Reference) -> Result<StoredManifest> {
+    pub async fn get_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+    ) -> Result<StoredManifest> {
         let unknown = || RegistryError::ManifestUnknown(format!("{repo}:{reference}"));
         let digest = self.resolve(repo, reference).await?;
         let link = self.revision(repo, &digest).await?.ok_or_else(unknown)?;
-        let body = not_found_as(self.driver.get(&paths::blob_data(&digest), self.limits.max_manifest_bytes).await, unknown)?;
-        Ok(StoredManifest { digest, media_type: link.media_type, body })
+        let body = not_found_as(
+            self.driver
+                .get(&paths::blob_data(&digest), self.limits.max_manifest_bytes)
+                .await,
+            unknown,
+        )?;
+        Ok(StoredManifest {
+            digest,
+            media_type: link.media_type,
+            body,
+        })
     }
 
     /// Validates and stores a manifest, then points the tag (if the reference is one) at it.
-    pub async fn put_manifest(&self, repo: &RepoName, reference: &Reference, content_type: &str, body: Bytes) -> Result<PutManifest> {
+    pub async fn put_manifest(
+        &self,
+        repo: &RepoName,
+        reference: &Reference,
+        content_type: &str,
+        body: Bytes,
+    ) -> Result<PutManifest> {
         let digest = match reference {
             Reference::Digest(d) => {
                 let actual = Digest::of(d.algorithm(), &body);
                 if &actual != d {
-                    return Err(RegistryError::DigestInvalid(format!("manifest digest is {actual}, not {d}")));
+                    return Err(RegistryError::DigestInvalid(format!(
+                        "manifest digest is {actual}, not {d}"
+                    )));
                 }
                 actual
             }
@@ -266,7 +348,9 @@ impl Registry {
                         b.digest, b.size
                     )));
                 }
-                Err(RegistryError::BlobUnknown(_)) => return Err(RegistryError::ManifestBlobUnknown(b.digest.to_string())),
+                Err(RegistryError::BlobUnknown(_)) => {
+                    return Err(RegistryError::ManifestBlobUnknown(b.digest.to_string()));
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -280,8 +364,16 @@ impl Registry {
         if optional(self.driver.stat(&data).await)?.is_none() {
             self.driver.put(&data, body).await?;
         }
-        let link = RevisionLink { digest: digest.clone(), media_type: parsed.media_type.clone() };
-        self.driver.put(&paths::revision_link(repo, &digest), Bytes::from(serde_json::to_vec(&link).unwrap_or_default())).await?;
+        let link = RevisionLink {
+            digest: digest.clone(),
+            media_type: parsed.media_type.clone(),
+        };
+        self.driver
+            .put(
+                &paths::revision_link(repo, &digest),
+                Bytes::from(serde_json::to_vec(&link).unwrap_or_default()),
+            )
+            .await?;
         let subject = parsed.subject.as_ref().map(|s| s.digest.clone());
         if let Some(s) = &subject {
             let desc = Descriptor {
@@ -294,10 +386,14 @@ impl Registry {
                 platform: None,
             };
             let json = serde_json::to_vec(&desc).unwrap_or_default();
-            self.driver.put(&paths::referrer_link(repo, s, &digest), Bytes::from(json)).await?;
+            self.driver
+                .put(&paths::referrer_link(repo, s, &digest), Bytes::from(json))
+                .await?;
         }
         if let Reference::Tag(t) = reference {
-            self.driver.put(&paths::tag_link(repo, t), Bytes::from(digest.to_string())).await?;
+            self.driver
+                .put(&paths::tag_link(repo, t), Bytes::from(digest.to_string()))
+                .await?;
         }
         Ok(PutManifest { digest, subject })
     }
@@ -307,25 +403,48 @@ impl Registry {
         let unknown = || RegistryError::ManifestUnknown(format!("{repo}:{reference}"));
         let digest = match reference {
             Reference::Tag(t) => {
-                self.read_digest_link(&paths::tag_link(repo, t)).await?.ok_or_else(unknown)?;
+                self.read_digest_link(&paths::tag_link(repo, t))
+                    .await?
+                    .ok_or_else(unknown)?;
                 return not_found_as(self.driver.delete(&paths::tag_dir(repo, t)).await, unknown);
             }
             Reference::Digest(d) => d.clone(),
         };
         let link = self.revision(repo, &digest).await?.ok_or_else(unknown)?;
         // Its referrer entry, if it has a subject.
-        if let Some(body) = optional(self.driver.get(&paths::blob_data(&digest), self.limits.max_manifest_bytes).await)?
-            && let Ok(parsed) = manifest::parse(&link.media_type, &body)
+        if let Some(body) = optional(
+            self.driver
+                .get(&paths::blob_data(&digest), self.limits.max_manifest_bytes)
+                .await,
+        )? && let Ok(parsed) = manifest::parse(&link.media_type, &body)
             && let Some(subject) = parsed.subject
         {
-            optional(self.driver.delete(parent(&paths::referrer_link(repo, &subject.digest, &digest))).await)?;
+            optional(
+                self.driver
+                    .delete(parent(&paths::referrer_link(
+                        repo,
+                        &subject.digest,
+                        &digest,
+                    )))
+                    .await,
+            )?;
         }
         for tag in self.tags(repo).await.unwrap_or_default() {
-            if self.read_digest_link(&paths::tag_link(repo, &tag)).await?.as_ref() == Some(&digest) {
+            if self
+                .read_digest_link(&paths::tag_link(repo, &tag))
+                .await?
+                .as_ref()
+                == Some(&digest)
+            {
                 optional(self.driver.delete(&paths::tag_dir(repo, &tag)).await)?;
             }
         }
-        not_found_as(self.driver.delete(parent(&paths::revision_link(repo, &digest))).await, unknown)
+        not_found_as(
+            self.driver
+                .delete(parent(&paths::revision_link(repo, &digest)))
+                .await,
+            unknown,
+        )
     }
 
     // ---- listings ----
@@ -349,14 +468,24 @@ impl Registry {
         let mut out = Vec::new();
         let mut stack = vec![String::new()];
         while let Some(rel) = stack.pop() {
-            let dir = if rel.is_empty() { paths::REPOSITORIES.to_owned() } else { format!("{}/{rel}", paths::REPOSITORIES) };
-            let Some(children) = optional(self.driver.list(&dir).await)? else { continue };
+            let dir = if rel.is_empty() {
+                paths::REPOSITORIES.to_owned()
+            } else {
+                format!("{}/{rel}", paths::REPOSITORIES)
+            };
+            let Some(children) = optional(self.driver.list(&dir).await)? else {
+                continue;
+            };
             let mut is_repo = false;
             for c in children {
                 if c.starts_with('_') {
                     is_repo = true;
                 } else {
-                    stack.push(if rel.is_empty() { c } else { format!("{rel}/{c}") });
+                    stack.push(if rel.is_empty() {
+                        c
+                    } else {
+                        format!("{rel}/{c}")
+                    });
                 }
             }
             if is_repo {
@@ -368,13 +497,22 @@ impl Registry {
     }
 
     /// The manifests of `repo` whose subject is `subject`, optionally only those of `artifact_type`.
-    pub async fn referrers(&self, repo: &RepoName, subject: &Digest, artifact_type: Option<&str>) -> Result<Vec<Descriptor>> {
+    pub async fn referrers(
+        &self,
+        repo: &RepoName,
+        subject: &Digest,
+        artifact_type: Option<&str>,
+    ) -> Result<Vec<Descriptor>> {
         let dir = paths::referrers_dir(repo, subject);
         let mut out = Vec::new();
         for alg in optional(self.driver.list(&dir).await)?.unwrap_or_default() {
-            for hex in optional(self.driver.list(&format!("{dir}/{alg}")).await)?.unwrap_or_default() {
+            for hex in
+                optional(self.driver.list(&format!("{dir}/{alg}")).await)?.unwrap_or_default()
+            {
                 let path = format!("{dir}/{alg}/{hex}/link");
-                let Some(raw) = optional(self.driver.get(&path, LINK_LIMIT).await)? else { continue };
+                let Some(raw) = optional(self.driver.get(&path, LINK_LIMIT).await)? else {
+                    continue;
+                };
                 let Ok(desc) = serde_json::from_slice::<Descriptor>(&raw) else {
                     tracing::warn!(path, "Skipping a corrupt referrer link.");
                     continue;

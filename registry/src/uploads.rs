@@ -27,7 +27,8 @@ pub struct Session {
 }
 
 /// A request body: chunks, or an error when the client's stream broke.
-pub type Body<'a> = std::pin::Pin<Box<dyn Stream<Item = std::result::Result<Bytes, String>> + Send + 'a>>;
+pub type Body<'a> =
+    std::pin::Pin<Box<dyn Stream<Item = std::result::Result<Bytes, String>> + Send + 'a>>;
 
 /// What a chunk must satisfy.
 #[derive(Debug, Default, Clone, Copy)]
@@ -46,25 +47,39 @@ impl Registry {
             map.retain(|_, s| s.try_lock().is_err());
         }
         let hasher = fresh.then(|| Algorithm::Sha256.hasher());
-        map.entry(*id).or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Session { hasher, size: 0 }))).clone()
+        map.entry(*id)
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(Session { hasher, size: 0 })))
+            .clone()
     }
 
     fn forget(&self, id: &uuid::Uuid) {
-        self.sessions.lock().unwrap_or_else(|p| p.into_inner()).remove(id);
+        self.sessions
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
     }
 
     async fn check_upload(&self, repo: &RepoName, id: &uuid::Uuid) -> Result<()> {
-        not_found_as(self.driver.stat(&paths::upload_started(repo, id)).await, || {
-            RegistryError::BlobUploadUnknown(id.to_string())
-        })
+        not_found_as(
+            self.driver.stat(&paths::upload_started(repo, id)).await,
+            || RegistryError::BlobUploadUnknown(id.to_string()),
+        )
         .map(|_| ())
     }
 
     /// Starts an upload session.
     pub async fn start_upload(&self, repo: &RepoName) -> Result<uuid::Uuid> {
         let id = uuid::Uuid::new_v4();
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        self.driver.put(&paths::upload_started(repo, &id), Bytes::from(now.to_string())).await?;
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
+        self.driver
+            .put(
+                &paths::upload_started(repo, &id),
+                Bytes::from(now.to_string()),
+            )
+            .await?;
         drop(self.session(&id, true));
         Ok(id)
     }
@@ -74,7 +89,10 @@ impl Registry {
         self.check_upload(repo, id).await?;
         let session = self.session(id, false);
         let _guard = session.lock().await;
-        let w = self.driver.writer(&paths::upload_data(repo, id), true).await?;
+        let w = self
+            .driver
+            .writer(&paths::upload_data(repo, id), true)
+            .await?;
         let size = w.size();
         w.close().await?;
         Ok(size)
@@ -95,11 +113,19 @@ impl Registry {
     }
 
     /// Appends a chunk. Returns the new total size.
-    pub async fn append_chunk(&self, repo: &RepoName, id: &uuid::Uuid, check: ChunkCheck, body: Body<'_>) -> Result<u64> {
+    pub async fn append_chunk(
+        &self,
+        repo: &RepoName,
+        id: &uuid::Uuid,
+        check: ChunkCheck,
+        body: Body<'_>,
+    ) -> Result<u64> {
         self.check_upload(repo, id).await?;
         let session = self.session(id, false);
         let mut s = session.lock().await;
-        let result = self.append_locked(repo, id, &mut s, check, body, false).await;
+        let result = self
+            .append_locked(repo, id, &mut s, check, body, false)
+            .await;
         if let Err(e) = &result
             && !matches!(e, RegistryError::RangeInvalid(_))
         {
@@ -119,7 +145,10 @@ impl Registry {
         mut body: Body<'_>,
         commit: bool,
     ) -> Result<u64> {
-        let mut w = self.driver.writer(&paths::upload_data(repo, id), true).await?;
+        let mut w = self
+            .driver
+            .writer(&paths::upload_data(repo, id), true)
+            .await?;
         let start = w.size();
         if s.size != start {
             // The stored upload moved on without us (restart or another instance): hash it again later.
@@ -132,20 +161,29 @@ impl Registry {
             && claimed != start
         {
             w.close().await?;
-            return Err(RegistryError::RangeInvalid(format!("chunk starts at {claimed}, the upload has {start} bytes")));
+            return Err(RegistryError::RangeInvalid(format!(
+                "chunk starts at {claimed}, the upload has {start} bytes"
+            )));
         }
         let mut received = 0u64;
         let outcome: Result<()> = async {
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| RegistryError::BlobUploadInvalid(format!("request body broke off: {e}")))?;
+                let chunk = chunk.map_err(|e| {
+                    RegistryError::BlobUploadInvalid(format!("request body broke off: {e}"))
+                })?;
                 received += chunk.len() as u64;
                 if let Some(len) = check.length
                     && received > len
                 {
-                    return Err(RegistryError::SizeInvalid(format!("body is longer than the announced {len} bytes")));
+                    return Err(RegistryError::SizeInvalid(format!(
+                        "body is longer than the announced {len} bytes"
+                    )));
                 }
                 if start + received > self.limits.max_blob_bytes {
-                    return Err(RegistryError::TooLarge(format!("blobs are limited to {} bytes", self.limits.max_blob_bytes)));
+                    return Err(RegistryError::TooLarge(format!(
+                        "blobs are limited to {} bytes",
+                        self.limits.max_blob_bytes
+                    )));
                 }
                 if let Some(h) = s.hasher.as_mut() {
                     h.update(&chunk);
@@ -155,7 +193,9 @@ impl Registry {
             if let Some(len) = check.length
                 && received != len
             {
-                return Err(RegistryError::SizeInvalid(format!("body has {received} bytes, {len} were announced")));
+                return Err(RegistryError::SizeInvalid(format!(
+                    "body has {received} bytes, {len} were announced"
+                )));
             }
             Ok(())
         }
@@ -165,17 +205,30 @@ impl Registry {
             return Err(e);
         }
         let size = w.size();
-        if commit { w.commit().await? } else { w.close().await? }
+        if commit {
+            w.commit().await?
+        } else {
+            w.close().await?
+        }
         s.size = size;
         Ok(size)
     }
 
     /// Completes an upload with an optional last chunk, verifies `digest` and makes the blob visible.
-    pub async fn finish_upload(&self, repo: &RepoName, id: &uuid::Uuid, digest: &Digest, check: ChunkCheck, body: Body<'_>) -> Result<u64> {
+    pub async fn finish_upload(
+        &self,
+        repo: &RepoName,
+        id: &uuid::Uuid,
+        digest: &Digest,
+        check: ChunkCheck,
+        body: Body<'_>,
+    ) -> Result<u64> {
         self.check_upload(repo, id).await?;
         let session = self.session(id, false);
         let mut s = session.lock().await;
-        let result = self.finish_locked(repo, id, digest, &mut s, check, body).await;
+        let result = self
+            .finish_locked(repo, id, digest, &mut s, check, body)
+            .await;
         drop(s);
         // Success or failure, the session is over; on failure nothing of it stays.
         self.discard(repo, id).await?;
@@ -198,15 +251,33 @@ impl Registry {
             _ => self.hash_stored(&data, digest.algorithm()).await?.0,
         };
         if &actual != digest {
-            return Err(RegistryError::DigestInvalid(format!("content has digest {actual}, not {digest}")));
+            return Err(RegistryError::DigestInvalid(format!(
+                "content has digest {actual}, not {digest}"
+            )));
         }
         self.link_content(repo, digest, &data).await?;
         Ok(size)
     }
 
     /// A monolithic upload: the whole blob in one request.
-    pub async fn put_blob(&self, repo: &RepoName, digest: &Digest, length: Option<u64>, body: Body<'_>) -> Result<u64> {
+    pub async fn put_blob(
+        &self,
+        repo: &RepoName,
+        digest: &Digest,
+        length: Option<u64>,
+        body: Body<'_>,
+    ) -> Result<u64> {
         let id = self.start_upload(repo).await?;
-        self.finish_upload(repo, &id, digest, ChunkCheck { start: None, length }, body).await
+        self.finish_upload(
+            repo,
+            &id,
+            digest,
+            ChunkCheck {
+                start: None,
+                length,
+            },
+            body,
+        )
+        .await
     }
 }

@@ -31,7 +31,11 @@ fn find_moto() -> PathBuf {
         }
     }
     let on_path = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).map(|d| d.join("moto_server")).find(|p| p.is_file()))
+        .map(|p| {
+            std::env::split_paths(&p)
+                .map(|d| d.join("moto_server"))
+                .find(|p| p.is_file())
+        })
         .unwrap_or_default();
     on_path.unwrap_or_else(|| {
         panic!(
@@ -45,11 +49,18 @@ fn find_moto() -> PathBuf {
 fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    write!(s, "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n").ok()?;
+    write!(
+        s,
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
+    )
+    .ok()?;
     let mut buf = String::new();
     s.read_to_string(&mut buf).ok()?;
     let status = buf.split_whitespace().nth(1)?.parse().ok()?;
-    let body = buf.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
     Some((status, body))
 }
 
@@ -63,9 +74,17 @@ impl S3Server {
     pub fn start() -> S3Server {
         let moto = find_moto();
         for attempt in 0..5 {
-            let dir = tempfile::Builder::new().prefix("atlantis-s3-").tempdir().expect("temp dir");
+            let dir = tempfile::Builder::new()
+                .prefix("atlantis-s3-")
+                .tempdir()
+                .expect("temp dir");
             let port = crate::ports::free_port();
-            let args = vec!["-H".to_owned(), "127.0.0.1".to_owned(), "-p".to_owned(), port.to_string()];
+            let args = vec![
+                "-H".to_owned(),
+                "127.0.0.1".to_owned(),
+                "-p".to_owned(),
+                port.to_string(),
+            ];
             let proc = Guarded::spawn("moto", &moto, &args, &dir.path().join("moto.log"), None);
             let addr = SocketAddr::from(([127, 0, 0, 1], port));
             let deadline = Instant::now() + Duration::from_secs(30);
@@ -78,7 +97,11 @@ impl S3Server {
                 std::thread::sleep(Duration::from_millis(50));
             }
             if ok {
-                return S3Server { _dir: dir, port, _proc: proc };
+                return S3Server {
+                    _dir: dir,
+                    port,
+                    _proc: proc,
+                };
             }
             tracing::warn!(attempt, port, log = %proc.log_tail(20), "moto did not come up, retrying on another port.");
         }
@@ -99,14 +122,26 @@ impl S3Server {
     pub fn create_bucket(&self, name: &str) {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
         let r = http(addr, "PUT", &format!("/{name}"));
-        assert!(r.as_ref().is_some_and(|(s, _)| *s == 200), "create bucket {name}: {r:?}");
+        assert!(
+            r.as_ref().is_some_and(|(s, _)| *s == 200),
+            "create bucket {name}: {r:?}"
+        );
     }
 
     /// Lists the keys of a bucket under `prefix` (first 1000), for assertions.
     pub fn keys(&self, bucket: &str, prefix: &str) -> Vec<String> {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let (status, body) = http(addr, "GET", &format!("/{bucket}?list-type=2&prefix={prefix}")).expect("list bucket");
+        let (status, body) = http(
+            addr,
+            "GET",
+            &format!("/{bucket}?list-type=2&prefix={prefix}"),
+        )
+        .expect("list bucket");
         assert_eq!(status, 200, "list bucket: {body}");
-        body.split("<Key>").skip(1).filter_map(|s| s.split("</Key>").next()).map(str::to_owned).collect()
+        body.split("<Key>")
+            .skip(1)
+            .filter_map(|s| s.split("</Key>").next())
+            .map(str::to_owned)
+            .collect()
     }
 }

@@ -14,7 +14,12 @@ use crate::error::RegistryError;
 use crate::manifest::OCI_INDEX;
 use crate::names::{Reference, RepoName};
 
-pub async fn get(st: &AppState, repo: &RepoName, reference: &str, head: bool) -> Result<Response, RegistryError> {
+pub async fn get(
+    st: &AppState,
+    repo: &RepoName,
+    reference: &str,
+    head: bool,
+) -> Result<Response, RegistryError> {
     let reference = Reference::parse(reference)?;
     let m = st.registry.get_manifest(repo, &reference).await?;
     let b = Response::builder()
@@ -23,8 +28,13 @@ pub async fn get(st: &AppState, repo: &RepoName, reference: &str, head: bool) ->
         .header(header::CONTENT_LENGTH, m.body.len())
         .header(header::ETAG, format!("\"{}\"", m.digest))
         .header("docker-content-digest", m.digest.to_string());
-    let body = if head { Body::empty() } else { Body::from(m.body) };
-    b.body(body).map_err(|e| RegistryError::BadRequest(e.to_string()))
+    let body = if head {
+        Body::empty()
+    } else {
+        Body::from(m.body)
+    };
+    b.body(body)
+        .map_err(|e| RegistryError::BadRequest(e.to_string()))
 }
 
 /// Reads a request body of at most `limit` bytes.
@@ -37,7 +47,8 @@ async fn read_bounded(req: Request, limit: u64) -> Result<Bytes, RegistryError> 
     let mut stream = req.into_body().into_data_stream();
     let mut buf = BytesMut::new();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| RegistryError::ManifestInvalid(format!("request body broke off: {e}")))?;
+        let chunk = chunk
+            .map_err(|e| RegistryError::ManifestInvalid(format!("request body broke off: {e}")))?;
         if (buf.len() + chunk.len()) as u64 > limit {
             return Err(too_large());
         }
@@ -46,20 +57,39 @@ async fn read_bounded(req: Request, limit: u64) -> Result<Bytes, RegistryError> 
     if let Some(l) = announced
         && l != buf.len() as u64
     {
-        return Err(RegistryError::SizeInvalid(format!("body has {} bytes, {l} were announced", buf.len())));
+        return Err(RegistryError::SizeInvalid(format!(
+            "body has {} bytes, {l} were announced",
+            buf.len()
+        )));
     }
     Ok(buf.freeze())
 }
 
-pub async fn put(st: &AppState, repo: &RepoName, reference: &str, req: Request) -> Result<Response, RegistryError> {
+pub async fn put(
+    st: &AppState,
+    repo: &RepoName,
+    reference: &str,
+    req: Request,
+) -> Result<Response, RegistryError> {
     let reference = Reference::parse(reference)?;
-    let content_type = header_str(req.headers(), header::CONTENT_TYPE).unwrap_or("").to_owned();
+    let content_type = header_str(req.headers(), header::CONTENT_TYPE)
+        .unwrap_or("")
+        .to_owned();
     let body = read_bounded(req, st.registry.limits().max_manifest_bytes).await?;
-    let out = st.registry.put_manifest(repo, &reference, &content_type, body).await?;
+    let out = st
+        .registry
+        .put_manifest(repo, &reference, &content_type, body)
+        .await?;
     st.metrics.manifests_pushed.inc();
     let mut headers = vec![
-        (header::LOCATION, format!("/v2/{repo}/manifests/{}", out.digest)),
-        ("docker-content-digest".parse().expect("static"), out.digest.to_string()),
+        (
+            header::LOCATION,
+            format!("/v2/{repo}/manifests/{}", out.digest),
+        ),
+        (
+            "docker-content-digest".parse().expect("static"),
+            out.digest.to_string(),
+        ),
         (header::CONTENT_LENGTH, "0".into()),
     ];
     if let Some(s) = out.subject {
@@ -68,25 +98,42 @@ pub async fn put(st: &AppState, repo: &RepoName, reference: &str, req: Request) 
     empty(StatusCode::CREATED, headers)
 }
 
-pub async fn delete(st: &AppState, repo: &RepoName, reference: &str) -> Result<Response, RegistryError> {
+pub async fn delete(
+    st: &AppState,
+    repo: &RepoName,
+    reference: &str,
+) -> Result<Response, RegistryError> {
     if !st.delete_enabled {
         return Err(RegistryError::Unsupported("deletes are disabled".into()));
     }
     let reference = Reference::parse(reference)?;
     st.registry.delete_manifest(repo, &reference).await?;
-    empty(StatusCode::ACCEPTED, vec![(header::CONTENT_LENGTH, "0".into())])
+    empty(
+        StatusCode::ACCEPTED,
+        vec![(header::CONTENT_LENGTH, "0".into())],
+    )
 }
 
 /// Applies `n`/`last` pagination; returns the page and the `Link` header for the next one.
-fn paginate(all: Vec<String>, uri: &Uri, base: &str) -> Result<(Vec<String>, Option<String>), RegistryError> {
+fn paginate(
+    all: Vec<String>,
+    uri: &Uri,
+    base: &str,
+) -> Result<(Vec<String>, Option<String>), RegistryError> {
     let q = query(uri);
     let last = q.get("last").cloned();
     let n = match q.get("n") {
-        Some(v) => Some(v.parse::<usize>().map_err(|_| RegistryError::BadRequest(format!("invalid n {v:?}")))?),
+        Some(v) => Some(
+            v.parse::<usize>()
+                .map_err(|_| RegistryError::BadRequest(format!("invalid n {v:?}")))?,
+        ),
         None => None,
     };
     let mut items: Vec<String> = match &last {
-        Some(l) => all.into_iter().filter(|t| t.as_str() > l.as_str()).collect(),
+        Some(l) => all
+            .into_iter()
+            .filter(|t| t.as_str() > l.as_str())
+            .collect(),
         None => all,
     };
     let mut link = None;
@@ -95,7 +142,8 @@ fn paginate(all: Vec<String>, uri: &Uri, base: &str) -> Result<(Vec<String>, Opt
     {
         items.truncate(n);
         if let Some(last) = items.last() {
-            let enc = percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC);
+            let enc =
+                percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC);
             link = Some(format!("<{base}?n={n}&last={enc}>; rel=\"next\""));
         }
     }
@@ -103,7 +151,11 @@ fn paginate(all: Vec<String>, uri: &Uri, base: &str) -> Result<(Vec<String>, Opt
 }
 
 fn json_page(body: serde_json::Value, link: Option<String>) -> Response {
-    let mut resp = ([(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response();
+    let mut resp = (
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response();
     if let Some(l) = link
         && let Ok(v) = l.parse()
     {
@@ -115,7 +167,10 @@ fn json_page(body: serde_json::Value, link: Option<String>) -> Response {
 pub async fn tags(st: &AppState, repo: &RepoName, uri: &Uri) -> Result<Response, RegistryError> {
     let all = st.registry.tags(repo).await?;
     let (page, link) = paginate(all, uri, &format!("/v2/{repo}/tags/list"))?;
-    Ok(json_page(serde_json::json!({ "name": repo.as_str(), "tags": page }), link))
+    Ok(json_page(
+        serde_json::json!({ "name": repo.as_str(), "tags": page }),
+        link,
+    ))
 }
 
 pub async fn catalog(st: &AppState, who: &Principal, uri: &Uri) -> Result<Response, RegistryError> {
@@ -130,7 +185,12 @@ pub async fn catalog(st: &AppState, who: &Principal, uri: &Uri) -> Result<Respon
     Ok(json_page(serde_json::json!({ "repositories": page }), link))
 }
 
-pub async fn referrers(st: &AppState, repo: &RepoName, digest: &str, uri: &Uri) -> Result<Response, RegistryError> {
+pub async fn referrers(
+    st: &AppState,
+    repo: &RepoName,
+    digest: &str,
+    uri: &Uri,
+) -> Result<Response, RegistryError> {
     let subject: Digest = digest.parse()?;
     let q = query(uri);
     let filter = q.get("artifactType").map(String::as_str);
@@ -138,7 +198,10 @@ pub async fn referrers(st: &AppState, repo: &RepoName, digest: &str, uri: &Uri) 
     let body = serde_json::json!({ "schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": list });
     let mut resp = ([(header::CONTENT_TYPE, OCI_INDEX)], body.to_string()).into_response();
     if filter.is_some() {
-        resp.headers_mut().insert("oci-filters-applied", header::HeaderValue::from_static("artifactType"));
+        resp.headers_mut().insert(
+            "oci-filters-applied",
+            header::HeaderValue::from_static("artifactType"),
+        );
     }
     Ok(resp)
 }

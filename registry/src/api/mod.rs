@@ -49,7 +49,10 @@ pub fn router(state: AppState) -> axum::Router {
 
 async fn metrics(State(st): State<AppState>) -> Response {
     (
-        [(header::CONTENT_TYPE, atlantis_common::telemetry::METRICS_CONTENT_TYPE)],
+        [(
+            header::CONTENT_TYPE,
+            atlantis_common::telemetry::METRICS_CONTENT_TYPE,
+        )],
         st.metrics.registry.render(),
     )
         .into_response()
@@ -68,13 +71,24 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
     let mut resp = next.run(req).await;
     let status = resp.status().as_u16();
     let elapsed = start.elapsed();
-    st.metrics.requests.get_or_create(&RequestLabels { method: method.to_string(), route: route_label, status }).inc();
-    st.metrics.duration.get_or_create(&RouteLabels { route: route_label }).observe(elapsed.as_secs_f64());
+    st.metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            method: method.to_string(),
+            route: route_label,
+            status,
+        })
+        .inc();
+    st.metrics
+        .duration
+        .get_or_create(&RouteLabels { route: route_label })
+        .observe(elapsed.as_secs_f64());
     if route_label != "metrics" && route_label != "healthz" {
         tracing::info!(method = %method, path = %path.chars().take(300).collect::<String>(), status, ms = elapsed.as_millis() as u64, "Request served.");
     }
     if path.starts_with("/v2") {
-        resp.headers_mut().insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
+        resp.headers_mut()
+            .insert(API_VERSION.0, HeaderValue::from_static(API_VERSION.1));
     }
     resp
 }
@@ -93,7 +107,12 @@ fn principal(st: &AppState, headers: &HeaderMap) -> Result<Principal, RegistryEr
     }
 }
 
-pub(crate) fn authorize(st: &AppState, who: &Principal, repo: &str, action: Action) -> Result<(), RegistryError> {
+pub(crate) fn authorize(
+    st: &AppState,
+    who: &Principal,
+    repo: &str,
+    action: Action,
+) -> Result<(), RegistryError> {
     match &st.auth {
         Some(a) => a.check(who, repo, action),
         None => Ok(()),
@@ -105,7 +124,11 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, RegistryError> 
     let who = principal(st, req.headers())?;
     let method = req.method().clone();
     if let Some(repo) = route.repo() {
-        let action = if method == Method::GET || method == Method::HEAD { Action::Pull } else { Action::Push };
+        let action = if method == Method::GET || method == Method::HEAD {
+            Action::Pull
+        } else {
+            Action::Push
+        };
         authorize(st, &who, repo.as_str(), action)?;
     }
     match (route, method) {
@@ -117,8 +140,12 @@ async fn handle(st: &AppState, req: Request) -> Result<Response, RegistryError> 
         }
         (Route::Catalog, Method::GET) => manifests::catalog(st, &who, req.uri()).await,
         (Route::Tags(repo), Method::GET) => manifests::tags(st, &repo, req.uri()).await,
-        (Route::Referrers(repo, d), Method::GET) => manifests::referrers(st, &repo, &d, req.uri()).await,
-        (Route::Manifest(repo, r), m @ (Method::GET | Method::HEAD)) => manifests::get(st, &repo, &r, m == Method::HEAD).await,
+        (Route::Referrers(repo, d), Method::GET) => {
+            manifests::referrers(st, &repo, &d, req.uri()).await
+        }
+        (Route::Manifest(repo, r), m @ (Method::GET | Method::HEAD)) => {
+            manifests::get(st, &repo, &r, m == Method::HEAD).await
+        }
         (Route::Manifest(repo, r), Method::PUT) => manifests::put(st, &repo, &r, req).await,
         (Route::Manifest(repo, r), Method::DELETE) => manifests::delete(st, &repo, &r).await,
         (Route::Blob(repo, d), m @ (Method::GET | Method::HEAD)) => {
@@ -142,7 +169,10 @@ pub(crate) fn query(uri: &axum::http::Uri) -> std::collections::HashMap<String, 
 }
 
 /// A header as a string, if present and valid.
-pub(crate) fn header_str(headers: &HeaderMap, name: impl axum::http::header::AsHeaderName) -> Option<&str> {
+pub(crate) fn header_str(
+    headers: &HeaderMap,
+    name: impl axum::http::header::AsHeaderName,
+) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 
@@ -160,10 +190,14 @@ pub(crate) fn content_length(headers: &HeaderMap) -> Result<Option<u64>, Registr
 }
 
 /// An empty response with a status and headers.
-pub(crate) fn empty(status: StatusCode, headers: Vec<(header::HeaderName, String)>) -> Result<Response, RegistryError> {
+pub(crate) fn empty(
+    status: StatusCode,
+    headers: Vec<(header::HeaderName, String)>,
+) -> Result<Response, RegistryError> {
     let mut b = Response::builder().status(status);
     for (k, v) in headers {
         b = b.header(k, v);
     }
-    b.body(Body::empty()).map_err(|e| RegistryError::BadRequest(format!("cannot build a response: {e}")))
+    b.body(Body::empty())
+        .map_err(|e| RegistryError::BadRequest(format!("cannot build a response: {e}")))
 }

@@ -37,7 +37,10 @@ impl Route {
         match self {
             Route::Base | Route::Catalog => None,
             Route::Tags(r) | Route::UploadStart(r) => Some(r),
-            Route::Manifest(r, _) | Route::Blob(r, _) | Route::Upload(r, _) | Route::Referrers(r, _) => Some(r),
+            Route::Manifest(r, _)
+            | Route::Blob(r, _)
+            | Route::Upload(r, _)
+            | Route::Referrers(r, _) => Some(r),
         }
     }
 }
@@ -47,7 +50,10 @@ fn decode(seg: &str) -> Result<String, RegistryError> {
         .decode_utf8()
         .map_err(|_| RegistryError::NameInvalid("path is not UTF-8".into()))?;
     if d.contains('/') || !d.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(RegistryError::NameInvalid(format!("invalid path segment {:?}", seg.chars().take(80).collect::<String>())));
+        return Err(RegistryError::NameInvalid(format!(
+            "invalid path segment {:?}",
+            seg.chars().take(80).collect::<String>()
+        )));
     }
     Ok(d.into_owned())
 }
@@ -119,17 +125,53 @@ mod tests {
         assert_eq!(parse("/v2").unwrap(), Route::Base);
         assert_eq!(parse("/v2/_catalog").unwrap(), Route::Catalog);
         assert_eq!(parse("/v2/a/b/tags/list").unwrap(), Route::Tags(r("a/b")));
-        assert_eq!(parse("/v2/a/manifests/latest").unwrap(), Route::Manifest(r("a"), "latest".into()));
-        assert_eq!(parse("/v2/a/b/c/blobs/sha256%3Aab").unwrap(), Route::Blob(r("a/b/c"), "sha256:ab".into()));
-        assert_eq!(parse("/v2/a/blobs/uploads/").unwrap(), Route::UploadStart(r("a")));
-        assert_eq!(parse("/v2/a/blobs/uploads").unwrap(), Route::UploadStart(r("a")));
-        assert_eq!(parse("/v2/a/blobs/uploads/x-y").unwrap(), Route::Upload(r("a"), "x-y".into()));
-        assert_eq!(parse("/v2/a/blobs/blobs/sha256:1").unwrap(), Route::Blob(r("a/blobs"), "sha256:1".into()));
-        assert_eq!(parse("/v2/a/referrers/sha256:1").unwrap(), Route::Referrers(r("a"), "sha256:1".into()));
-        assert!(matches!(parse("/v2/../etc/manifests/x"), Err(RegistryError::NameInvalid(_))));
-        assert!(matches!(parse("/v2/a%2Fb/manifests/x"), Err(RegistryError::NameInvalid(_))));
-        assert!(matches!(parse("/v2/A/manifests/x"), Err(RegistryError::NameInvalid(_))));
-        assert!(matches!(parse("/v2/manifests/x"), Err(RegistryError::NotFound)));
-        assert!(matches!(parse("/v3/a/manifests/x"), Err(RegistryError::NotFound)));
+        assert_eq!(
+            parse("/v2/a/manifests/latest").unwrap(),
+            Route::Manifest(r("a"), "latest".into())
+        );
+        assert_eq!(
+            parse("/v2/a/b/c/blobs/sha256%3Aab").unwrap(),
+            Route::Blob(r("a/b/c"), "sha256:ab".into())
+        );
+        assert_eq!(
+            parse("/v2/a/blobs/uploads/").unwrap(),
+            Route::UploadStart(r("a"))
+        );
+        assert_eq!(
+            parse("/v2/a/blobs/uploads").unwrap(),
+            Route::UploadStart(r("a"))
+        );
+        assert_eq!(
+            parse("/v2/a/blobs/uploads/x-y").unwrap(),
+            Route::Upload(r("a"), "x-y".into())
+        );
+        assert_eq!(
+            parse("/v2/a/blobs/blobs/sha256:1").unwrap(),
+            Route::Blob(r("a/blobs"), "sha256:1".into())
+        );
+        assert_eq!(
+            parse("/v2/a/referrers/sha256:1").unwrap(),
+            Route::Referrers(r("a"), "sha256:1".into())
+        );
+        assert!(matches!(
+            parse("/v2/../etc/manifests/x"),
+            Err(RegistryError::NameInvalid(_))
+        ));
+        assert!(matches!(
+            parse("/v2/a%2Fb/manifests/x"),
+            Err(RegistryError::NameInvalid(_))
+        ));
+        assert!(matches!(
+            parse("/v2/A/manifests/x"),
+            Err(RegistryError::NameInvalid(_))
+        ));
+        assert!(matches!(
+            parse("/v2/manifests/x"),
+            Err(RegistryError::NotFound)
+        ));
+        assert!(matches!(
+            parse("/v3/a/manifests/x"),
+            Err(RegistryError::NotFound)
+        ));
     }
 }

@@ -28,12 +28,19 @@ impl FsDriver {
     /// A driver rooted at `root`, which is created if missing.
     pub fn new(root: impl Into<PathBuf>) -> Result<FsDriver, StorageError> {
         let root = root.into();
-        std::fs::create_dir_all(&root).map_err(|source| StorageError::Io { path: root.display().to_string(), source })?;
+        std::fs::create_dir_all(&root).map_err(|source| StorageError::Io {
+            path: root.display().to_string(),
+            source,
+        })?;
         Ok(FsDriver { root })
     }
 
     fn full(&self, path: &str) -> PathBuf {
-        if path.is_empty() { self.root.clone() } else { self.root.join(path) }
+        if path.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(path)
+        }
     }
 }
 
@@ -41,18 +48,26 @@ fn io(path: &str, source: std::io::Error) -> StorageError {
     if source.kind() == std::io::ErrorKind::NotFound {
         StorageError::NotFound(path.to_owned())
     } else {
-        StorageError::Io { path: path.to_owned(), source }
+        StorageError::Io {
+            path: path.to_owned(),
+            source,
+        }
     }
 }
 
 fn staging(full: &Path, tag: &str) -> PathBuf {
-    let name = full.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let name = full
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     full.with_file_name(format!(".{name}.{tag}"))
 }
 
 async fn ensure_parent(path: &str, full: &Path) -> Result<(), StorageError> {
     if let Some(parent) = full.parent() {
-        tokio::fs::create_dir_all(parent).await.map_err(|e| io(path, e))?;
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(|e| io(path, e))?;
     }
     Ok(())
 }
@@ -65,19 +80,31 @@ impl StorageDriver for FsDriver {
 
     async fn get(&self, path: &str, limit: u64) -> Result<Bytes, StorageError> {
         check_path(path)?;
-        let mut f = tokio::fs::File::open(self.full(path)).await.map_err(|e| io(path, e))?;
+        let mut f = tokio::fs::File::open(self.full(path))
+            .await
+            .map_err(|e| io(path, e))?;
         let meta = f.metadata().await.map_err(|e| io(path, e))?;
         if meta.is_dir() {
             return Err(StorageError::NotFound(path.to_owned()));
         }
         if meta.len() > limit {
-            return Err(StorageError::TooLarge { path: path.to_owned(), limit });
+            return Err(StorageError::TooLarge {
+                path: path.to_owned(),
+                limit,
+            });
         }
         let mut buf = Vec::with_capacity(meta.len() as usize);
         // Bound the read as well: the file may grow between metadata and read.
-        (&mut f).take(limit + 1).read_to_end(&mut buf).await.map_err(|e| io(path, e))?;
+        (&mut f)
+            .take(limit + 1)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|e| io(path, e))?;
         if buf.len() as u64 > limit {
-            return Err(StorageError::TooLarge { path: path.to_owned(), limit });
+            return Err(StorageError::TooLarge {
+                path: path.to_owned(),
+                limit,
+            });
         }
         Ok(Bytes::from(buf))
     }
@@ -101,17 +128,30 @@ impl StorageDriver for FsDriver {
         Ok(())
     }
 
-    async fn reader(&self, path: &str, offset: u64, len: Option<u64>) -> Result<ByteStream, StorageError> {
+    async fn reader(
+        &self,
+        path: &str,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ByteStream, StorageError> {
         check_path(path)?;
-        let mut f = tokio::fs::File::open(self.full(path)).await.map_err(|e| io(path, e))?;
+        let mut f = tokio::fs::File::open(self.full(path))
+            .await
+            .map_err(|e| io(path, e))?;
         let meta = f.metadata().await.map_err(|e| io(path, e))?;
         if meta.is_dir() {
             return Err(StorageError::NotFound(path.to_owned()));
         }
         if offset > meta.len() {
-            return Err(StorageError::InvalidOffset { path: path.to_owned(), offset, size: meta.len() });
+            return Err(StorageError::InvalidOffset {
+                path: path.to_owned(),
+                offset,
+                size: meta.len(),
+            });
         }
-        f.seek(SeekFrom::Start(offset)).await.map_err(|e| io(path, e))?;
+        f.seek(SeekFrom::Start(offset))
+            .await
+            .map_err(|e| io(path, e))?;
         let take = len.unwrap_or(u64::MAX);
         let owned = path.to_owned();
         let stream = tokio_util::io::ReaderStream::with_capacity(f.take(take), READ_CHUNK)
@@ -144,7 +184,9 @@ impl StorageDriver for FsDriver {
 
     async fn stat(&self, path: &str) -> Result<FileInfo, StorageError> {
         check_dir(path)?;
-        let meta = tokio::fs::metadata(self.full(path)).await.map_err(|e| io(path, e))?;
+        let meta = tokio::fs::metadata(self.full(path))
+            .await
+            .map_err(|e| io(path, e))?;
         Ok(FileInfo {
             path: path.to_owned(),
             size: if meta.is_dir() { 0 } else { meta.len() },
@@ -155,7 +197,9 @@ impl StorageDriver for FsDriver {
 
     async fn list(&self, path: &str) -> Result<Vec<String>, StorageError> {
         check_dir(path)?;
-        let mut rd = tokio::fs::read_dir(self.full(path)).await.map_err(|e| io(path, e))?;
+        let mut rd = tokio::fs::read_dir(self.full(path))
+            .await
+            .map_err(|e| io(path, e))?;
         let mut out = Vec::new();
         while let Some(entry) = rd.next_entry().await.map_err(|e| io(path, e))? {
             let name = entry.file_name().to_string_lossy().into_owned();
@@ -180,8 +224,14 @@ impl StorageDriver for FsDriver {
     async fn delete(&self, path: &str) -> Result<(), StorageError> {
         check_path(path)?;
         let full = self.full(path);
-        let meta = tokio::fs::symlink_metadata(&full).await.map_err(|e| io(path, e))?;
-        let r = if meta.is_dir() { tokio::fs::remove_dir_all(&full).await } else { tokio::fs::remove_file(&full).await };
+        let meta = tokio::fs::symlink_metadata(&full)
+            .await
+            .map_err(|e| io(path, e))?;
+        let r = if meta.is_dir() {
+            tokio::fs::remove_dir_all(&full).await
+        } else {
+            tokio::fs::remove_file(&full).await
+        };
         r.map_err(|e| io(path, e))?;
         // A writer's staging file goes with its object.
         if !meta.is_dir() {
@@ -202,7 +252,10 @@ struct FsWriter {
 #[async_trait]
 impl FileWriter for FsWriter {
     async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
-        self.file.write_all(&data).await.map_err(|e| io(&self.path, e))?;
+        self.file
+            .write_all(&data)
+            .await
+            .map_err(|e| io(&self.path, e))?;
         self.size += data.len() as u64;
         Ok(())
     }
@@ -217,8 +270,14 @@ impl FileWriter for FsWriter {
 
     async fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
         self.file.flush().await.map_err(|e| io(&self.path, e))?;
-        self.file.get_ref().sync_data().await.map_err(|e| io(&self.path, e))?;
-        tokio::fs::rename(&self.partial, &self.full).await.map_err(|e| io(&self.path, e))
+        self.file
+            .get_ref()
+            .sync_data()
+            .await
+            .map_err(|e| io(&self.path, e))?;
+        tokio::fs::rename(&self.partial, &self.full)
+            .await
+            .map_err(|e| io(&self.path, e))
     }
 
     async fn cancel(self: Box<Self>) -> Result<(), StorageError> {

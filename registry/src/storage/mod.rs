@@ -31,13 +31,20 @@ pub enum StorageError {
     InvalidPath { path: String, reason: &'static str },
     /// A ranged read starts past the end of the object.
     #[error("invalid offset {offset} for {path} of size {size}")]
-    InvalidOffset { path: String, offset: u64, size: u64 },
+    InvalidOffset {
+        path: String,
+        offset: u64,
+        size: u64,
+    },
     /// A small-object read would exceed its bound.
     #[error("object {path} is larger than the {limit} byte limit")]
     TooLarge { path: String, limit: u64 },
     /// A local I/O error (filesystem driver).
     #[error("storage I/O error on {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
     /// The backend (S3) failed.
     #[error("storage backend error on {path}: {message}")]
     Backend { path: String, message: String },
@@ -89,7 +96,12 @@ pub trait StorageDriver: Send + Sync + 'static {
     /// Writes a whole small object atomically (readers see the old or the new content).
     async fn put(&self, path: &str, data: Bytes) -> Result<(), StorageError>;
     /// Streams `len` bytes (or to the end) starting at `offset`.
-    async fn reader(&self, path: &str, offset: u64, len: Option<u64>) -> Result<ByteStream, StorageError>;
+    async fn reader(
+        &self,
+        path: &str,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ByteStream, StorageError>;
     /// Opens a writer; with `append`, resumes the content left by an earlier `close`.
     async fn writer(&self, path: &str, append: bool) -> Result<Box<dyn FileWriter>, StorageError>;
     /// Size, time and kind of a file or directory.
@@ -105,7 +117,12 @@ pub trait StorageDriver: Send + Sync + 'static {
 /// Validates a logical storage path: relative, `/`-separated, no empty, `.` or `..` segments, and only
 /// characters the registry produces (ASCII letters, digits, `._-:`).
 pub fn check_path(path: &str) -> Result<(), StorageError> {
-    let bad = |reason| Err(StorageError::InvalidPath { path: path.to_owned(), reason });
+    let bad = |reason| {
+        Err(StorageError::InvalidPath {
+            path: path.to_owned(),
+            reason,
+        })
+    };
     if path.is_empty() {
         return bad("empty");
     }
@@ -119,7 +136,10 @@ pub fn check_path(path: &str) -> Result<(), StorageError> {
         if seg.starts_with('.') {
             return bad("segment starts with a dot (reserved for driver-private files)");
         }
-        if !seg.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b)) {
+        if !seg
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-:".contains(&b))
+        {
             return bad("unexpected character");
         }
     }
@@ -128,7 +148,11 @@ pub fn check_path(path: &str) -> Result<(), StorageError> {
 
 /// Like [`check_path`], but the empty path (the root) is allowed, for `list` and `delete`.
 pub fn check_dir(path: &str) -> Result<(), StorageError> {
-    if path.is_empty() { Ok(()) } else { check_path(path) }
+    if path.is_empty() {
+        Ok(())
+    } else {
+        check_path(path)
+    }
 }
 
 #[cfg(test)]
@@ -139,7 +163,19 @@ mod tests {
     fn paths() {
         assert!(check_path("blobs/sha256/ab/abcd/data").is_ok());
         assert!(check_path("repositories/a/b/_manifests/tags/v1.0/current/link").is_ok());
-        for bad in ["", "/abs", "a//b", "a/../b", "..", "a/./b", "a/b/", "a\\b", "a b", "a/%2e%2e", "a/.hidden"] {
+        for bad in [
+            "",
+            "/abs",
+            "a//b",
+            "a/../b",
+            "..",
+            "a/./b",
+            "a/b/",
+            "a\\b",
+            "a b",
+            "a/%2e%2e",
+            "a/.hidden",
+        ] {
             assert!(check_path(bad).is_err(), "{bad:?} should be rejected");
         }
         assert!(check_dir("").is_ok());

@@ -10,7 +10,9 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use aws_sdk_s3::Client;
-use aws_sdk_s3::config::{Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation};
+use aws_sdk_s3::config::{
+    Credentials, Region, RequestChecksumCalculation, ResponseChecksumValidation,
+};
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream as S3Body;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier};
@@ -74,7 +76,10 @@ pub struct S3Driver {
 
 impl std::fmt::Debug for S3Driver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("S3Driver").field("bucket", &self.bucket).field("prefix", &self.prefix).finish()
+        f.debug_struct("S3Driver")
+            .field("bucket", &self.bucket)
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
@@ -96,17 +101,27 @@ fn backend<E: ProvideErrorMetadata + std::error::Error + 'static>(
     err: SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> StorageError {
     let status = err.raw_response().map(|r| r.status().as_u16());
-    let code = err.as_service_error().and_then(|e| e.code()).unwrap_or("").to_owned();
+    let code = err
+        .as_service_error()
+        .and_then(|e| e.code())
+        .unwrap_or("")
+        .to_owned();
     if status == Some(404) || code == "NoSuchKey" || code == "NotFound" || code == "NoSuchUpload" {
         return StorageError::NotFound(path.to_owned());
     }
-    StorageError::Backend { path: path.to_owned(), message: DisplayErrorContext(&err).to_string() }
+    StorageError::Backend {
+        path: path.to_owned(),
+        message: DisplayErrorContext(&err).to_string(),
+    }
 }
 
 impl S3Driver {
     /// Builds the client (no request is made).
     pub fn new(cfg: &S3Config) -> Result<S3Driver, StorageError> {
-        let invalid = |m: &str| StorageError::Backend { path: String::new(), message: m.to_owned() };
+        let invalid = |m: &str| StorageError::Backend {
+            path: String::new(),
+            message: m.to_owned(),
+        };
         if cfg.part_size < MIN_PART_SIZE {
             return Err(invalid("s3 part_size must be at least 5 MiB"));
         }
@@ -114,7 +129,9 @@ impl S3Driver {
             return Err(invalid("s3 bucket must be set"));
         }
         let http = match cfg.endpoint.as_deref() {
-            Some(e) if e.starts_with("http://") => aws_smithy_http_client::Builder::new().build_http(),
+            Some(e) if e.starts_with("http://") => {
+                aws_smithy_http_client::Builder::new().build_http()
+            }
             _ => aws_smithy_http_client::Builder::new()
                 .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
                     aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
@@ -129,9 +146,13 @@ impl S3Driver {
             .response_checksum_validation(ResponseChecksumValidation::WhenRequired)
             .http_client(http);
         match (&cfg.access_key, &cfg.secret_key) {
-            (Some(a), Some(s)) => b = b.credentials_provider(Credentials::new(a, s, None, None, "atlantis-config")),
+            (Some(a), Some(s)) => {
+                b = b.credentials_provider(Credentials::new(a, s, None, None, "atlantis-config"))
+            }
             (None, None) => {
-                b = b.credentials_provider(aws_config::environment::EnvironmentVariableCredentialsProvider::new())
+                b = b.credentials_provider(
+                    aws_config::environment::EnvironmentVariableCredentialsProvider::new(),
+                )
             }
             _ => return Err(invalid("s3 access_key and secret_key must be set together")),
         }
@@ -171,8 +192,20 @@ impl S3Driver {
         }
     }
 
-    async fn get_object_bytes(&self, key: &str, path: &str, limit: u64) -> Result<Option<Bytes>, StorageError> {
-        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+    async fn get_object_bytes(
+        &self,
+        key: &str,
+        path: &str,
+        limit: u64,
+    ) -> Result<Option<Bytes>, StorageError> {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
             Ok(o) => o,
             Err(e) => {
                 return match backend(path, e) {
@@ -182,14 +215,23 @@ impl S3Driver {
             }
         };
         if out.content_length().unwrap_or(0) as u64 > limit {
-            return Err(StorageError::TooLarge { path: path.to_owned(), limit });
+            return Err(StorageError::TooLarge {
+                path: path.to_owned(),
+                limit,
+            });
         }
         let mut body = out.body;
         let mut buf = BytesMut::new();
         while let Some(chunk) = body.next().await {
-            let chunk = chunk.map_err(|e| StorageError::Backend { path: path.to_owned(), message: e.to_string() })?;
+            let chunk = chunk.map_err(|e| StorageError::Backend {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
             if (buf.len() + chunk.len()) as u64 > limit {
-                return Err(StorageError::TooLarge { path: path.to_owned(), limit });
+                return Err(StorageError::TooLarge {
+                    path: path.to_owned(),
+                    limit,
+                });
             }
             buf.extend_from_slice(&chunk);
         }
@@ -215,12 +257,18 @@ impl S3Driver {
                 .iter()
                 .map(|k| ObjectIdentifier::builder().key(k).build())
                 .collect::<Result<_, _>>()
-                .map_err(|e| StorageError::Backend { path: path.to_owned(), message: e.to_string() })?;
+                .map_err(|e| StorageError::Backend {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
             let delete = Delete::builder()
                 .set_objects(Some(objects))
                 .quiet(true)
                 .build()
-                .map_err(|e| StorageError::Backend { path: path.to_owned(), message: e.to_string() })?;
+                .map_err(|e| StorageError::Backend {
+                    path: path.to_owned(),
+                    message: e.to_string(),
+                })?;
             self.client
                 .delete_objects()
                 .bucket(&self.bucket)
@@ -247,7 +295,11 @@ impl S3Driver {
                 .send()
                 .await
                 .map_err(|e| backend(path, e))?;
-            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_owned)));
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().map(str::to_owned)),
+            );
             match out.next_continuation_token() {
                 Some(t) if out.is_truncated() == Some(true) => token = Some(t.to_owned()),
                 _ => break,
@@ -261,13 +313,24 @@ impl S3Driver {
         match self.get_object_bytes(&key, path, 16 * 1024 * 1024).await? {
             Some(b) => serde_json::from_slice(&b)
                 .map(Some)
-                .map_err(|e| StorageError::Backend { path: path.to_owned(), message: format!("corrupt upload state: {e}") }),
+                .map_err(|e| StorageError::Backend {
+                    path: path.to_owned(),
+                    message: format!("corrupt upload state: {e}"),
+                }),
             None => Ok(None),
         }
     }
 
     async fn abort(&self, path: &str, key: &str, upload_id: &str) -> Result<(), StorageError> {
-        match self.client.abort_multipart_upload().bucket(&self.bucket).key(key).upload_id(upload_id).send().await {
+        match self
+            .client
+            .abort_multipart_upload()
+            .bucket(&self.bucket)
+            .key(key)
+            .upload_id(upload_id)
+            .send()
+            .await
+        {
             Ok(_) => Ok(()),
             Err(e) => match backend(path, e) {
                 StorageError::NotFound(_) => Ok(()),
@@ -281,7 +344,10 @@ impl S3Driver {
         if let Some(state) = self.load_state(path).await? {
             self.abort(path, &self.key(path), &state.upload_id).await?;
         }
-        let keys = vec![self.key(&Self::sidecar(path, "mpu")), self.key(&Self::sidecar(path, "tail"))];
+        let keys = vec![
+            self.key(&Self::sidecar(path, "mpu")),
+            self.key(&Self::sidecar(path, "tail")),
+        ];
         self.delete_keys(path, keys).await
     }
 
@@ -289,7 +355,10 @@ impl S3Driver {
         let source = format!(
             "{}/{}",
             self.bucket,
-            percent_encoding::utf8_percent_encode(&self.key(from), percent_encoding::NON_ALPHANUMERIC)
+            percent_encoding::utf8_percent_encode(
+                &self.key(from),
+                percent_encoding::NON_ALPHANUMERIC
+            )
         );
         let dst = self.key(to);
         if size <= MAX_COPY_SIZE {
@@ -303,8 +372,14 @@ impl S3Driver {
                 .map_err(|e| backend(from, e))?;
             return Ok(());
         }
-        let mpu =
-            self.client.create_multipart_upload().bucket(&self.bucket).key(&dst).send().await.map_err(|e| backend(to, e))?;
+        let mpu = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.bucket)
+            .key(&dst)
+            .send()
+            .await
+            .map_err(|e| backend(to, e))?;
         let upload_id = mpu.upload_id().unwrap_or_default().to_owned();
         let result: Result<Vec<CompletedPart>, StorageError> = async {
             let mut parts = Vec::new();
@@ -324,8 +399,17 @@ impl S3Driver {
                     .send()
                     .await
                     .map_err(|e| backend(from, e))?;
-                let etag = out.copy_part_result().and_then(|r| r.e_tag()).unwrap_or_default().to_owned();
-                parts.push(CompletedPart::builder().part_number(number).e_tag(etag).build());
+                let etag = out
+                    .copy_part_result()
+                    .and_then(|r| r.e_tag())
+                    .unwrap_or_default()
+                    .to_owned();
+                parts.push(
+                    CompletedPart::builder()
+                        .part_number(number)
+                        .e_tag(etag)
+                        .build(),
+                );
                 offset = end + 1;
                 number += 1;
             }
@@ -339,7 +423,11 @@ impl S3Driver {
                     .bucket(&self.bucket)
                     .key(&dst)
                     .upload_id(&upload_id)
-                    .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                    .multipart_upload(
+                        CompletedMultipartUpload::builder()
+                            .set_parts(Some(parts))
+                            .build(),
+                    )
                     .send()
                     .await
                     .map_err(|e| backend(to, e))?;
@@ -361,7 +449,9 @@ impl StorageDriver for S3Driver {
 
     async fn get(&self, path: &str, limit: u64) -> Result<Bytes, StorageError> {
         check_path(path)?;
-        self.get_object_bytes(&self.key(path), path, limit).await?.ok_or_else(|| StorageError::NotFound(path.to_owned()))
+        self.get_object_bytes(&self.key(path), path, limit)
+            .await?
+            .ok_or_else(|| StorageError::NotFound(path.to_owned()))
     }
 
     async fn put(&self, path: &str, data: Bytes) -> Result<(), StorageError> {
@@ -369,7 +459,12 @@ impl StorageDriver for S3Driver {
         self.put_key(&self.key(path), path, data).await
     }
 
-    async fn reader(&self, path: &str, offset: u64, len: Option<u64>) -> Result<ByteStream, StorageError> {
+    async fn reader(
+        &self,
+        path: &str,
+        offset: u64,
+        len: Option<u64>,
+    ) -> Result<ByteStream, StorageError> {
         check_path(path)?;
         if offset > 0 || len == Some(0) {
             // S3 answers 416 for a range starting at the end; resolve the edge cases with a HEAD.
@@ -378,7 +473,11 @@ impl StorageDriver for S3Driver {
                 return Err(StorageError::NotFound(path.to_owned()));
             }
             if offset > info.size {
-                return Err(StorageError::InvalidOffset { path: path.to_owned(), offset, size: info.size });
+                return Err(StorageError::InvalidOffset {
+                    path: path.to_owned(),
+                    offset,
+                    size: info.size,
+                });
             }
             if offset == info.size || len == Some(0) {
                 return Ok(Box::pin(futures::stream::empty()));
@@ -388,7 +487,11 @@ impl StorageDriver for S3Driver {
             Some(n) => format!("bytes={}-{}", offset, offset + n - 1),
             None => format!("bytes={offset}-"),
         };
-        let mut req = self.client.get_object().bucket(&self.bucket).key(self.key(path));
+        let mut req = self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(path));
         if offset > 0 || len.is_some() {
             req = req.range(range);
         }
@@ -396,7 +499,10 @@ impl StorageDriver for S3Driver {
         let owned = path.to_owned();
         let stream = futures::stream::unfold((out.body, owned), |(mut body, path)| async move {
             let item = body.next().await?;
-            let item = item.map_err(|e| StorageError::Backend { path: path.clone(), message: e.to_string() });
+            let item = item.map_err(|e| StorageError::Backend {
+                path: path.clone(),
+                message: e.to_string(),
+            });
             Some((item, (body, path)))
         });
         Ok(Box::pin(stream))
@@ -421,7 +527,10 @@ impl StorageDriver for S3Driver {
             w.state = state;
         }
         let tail_key = self.key(&Self::sidecar(path, "tail"));
-        if let Some(tail) = self.get_object_bytes(&tail_key, path, (self.part_size as u64).max(64 << 20)).await? {
+        if let Some(tail) = self
+            .get_object_bytes(&tail_key, path, (self.part_size as u64).max(64 << 20))
+            .await?
+        {
             w.size += tail.len() as u64;
             w.buffer.extend_from_slice(&tail);
         }
@@ -431,10 +540,19 @@ impl StorageDriver for S3Driver {
     async fn stat(&self, path: &str) -> Result<FileInfo, StorageError> {
         check_dir(path)?;
         if !path.is_empty() {
-            match self.client.head_object().bucket(&self.bucket).key(self.key(path)).send().await {
+            match self
+                .client
+                .head_object()
+                .bucket(&self.bucket)
+                .key(self.key(path))
+                .send()
+                .await
+            {
                 Ok(h) => {
-                    let modified =
-                        h.last_modified().and_then(|d| SystemTime::try_from(*d).ok()).unwrap_or(SystemTime::UNIX_EPOCH);
+                    let modified = h
+                        .last_modified()
+                        .and_then(|d| SystemTime::try_from(*d).ok())
+                        .unwrap_or(SystemTime::UNIX_EPOCH);
                     return Ok(FileInfo {
                         path: path.to_owned(),
                         size: h.content_length().unwrap_or(0).max(0) as u64,
@@ -460,7 +578,12 @@ impl StorageDriver for S3Driver {
         if out.contents().is_empty() && !path.is_empty() {
             return Err(StorageError::NotFound(path.to_owned()));
         }
-        Ok(FileInfo { path: path.to_owned(), size: 0, modified: SystemTime::UNIX_EPOCH, is_dir: true })
+        Ok(FileInfo {
+            path: path.to_owned(),
+            size: 0,
+            modified: SystemTime::UNIX_EPOCH,
+            is_dir: true,
+        })
     }
 
     async fn list(&self, path: &str) -> Result<Vec<String>, StorageError> {
@@ -508,7 +631,10 @@ impl StorageDriver for S3Driver {
         check_path(to)?;
         let info = self.stat(from).await?;
         if info.is_dir {
-            return Err(StorageError::Backend { path: from.to_owned(), message: "cannot move a directory".into() });
+            return Err(StorageError::Backend {
+                path: from.to_owned(),
+                message: "cannot move a directory".into(),
+            });
         }
         self.copy(from, to, info.size).await?;
         self.delete_keys(from, vec![self.key(from)]).await
@@ -526,11 +652,19 @@ impl StorageDriver for S3Driver {
             {
                 let target_path = format!("{dir}/{target}");
                 if let Ok(Some(state)) = self.load_state(&target_path).await {
-                    self.abort(path, &self.key(&target_path), &state.upload_id).await?;
+                    self.abort(path, &self.key(&target_path), &state.upload_id)
+                        .await?;
                 }
             }
         }
-        let exists = match self.client.head_object().bucket(&self.bucket).key(&key).send().await {
+        let exists = match self
+            .client
+            .head_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .send()
+            .await
+        {
             Ok(_) => true,
             Err(e) => match backend(path, e) {
                 StorageError::NotFound(_) => false,
@@ -585,7 +719,11 @@ impl S3Writer {
             .send()
             .await
             .map_err(|e| backend(&self.path, e))?;
-        self.state.parts.push(PartState { number, etag: out.e_tag().unwrap_or_default().to_owned(), size });
+        self.state.parts.push(PartState {
+            number,
+            etag: out.e_tag().unwrap_or_default().to_owned(),
+            size,
+        });
         Ok(())
     }
 
@@ -618,7 +756,12 @@ impl FileWriter for S3Writer {
         d.put_key(&tail_key, &self.path, tail).await?;
         if !self.state.upload_id.is_empty() {
             let state = serde_json::to_vec(&self.state).unwrap_or_default();
-            d.put_key(&d.key(&S3Driver::sidecar(&self.path, "mpu")), &self.path, Bytes::from(state)).await?;
+            d.put_key(
+                &d.key(&S3Driver::sidecar(&self.path, "mpu")),
+                &self.path,
+                Bytes::from(state),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -638,25 +781,39 @@ impl FileWriter for S3Writer {
                 .state
                 .parts
                 .iter()
-                .map(|p| CompletedPart::builder().part_number(p.number).e_tag(&p.etag).build())
+                .map(|p| {
+                    CompletedPart::builder()
+                        .part_number(p.number)
+                        .e_tag(&p.etag)
+                        .build()
+                })
                 .collect();
             d.client
                 .complete_multipart_upload()
                 .bucket(&d.bucket)
                 .key(&self.key)
                 .upload_id(&self.state.upload_id)
-                .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+                .multipart_upload(
+                    CompletedMultipartUpload::builder()
+                        .set_parts(Some(parts))
+                        .build(),
+                )
                 .send()
                 .await
                 .map_err(|e| backend(&self.path, e))?;
         }
-        let sidecars = vec![d.key(&S3Driver::sidecar(&self.path, "mpu")), d.key(&S3Driver::sidecar(&self.path, "tail"))];
+        let sidecars = vec![
+            d.key(&S3Driver::sidecar(&self.path, "mpu")),
+            d.key(&S3Driver::sidecar(&self.path, "tail")),
+        ];
         d.delete_keys(&self.path, sidecars).await
     }
 
     async fn cancel(self: Box<Self>) -> Result<(), StorageError> {
         if !self.state.upload_id.is_empty() {
-            self.driver.abort(&self.path, &self.key, &self.state.upload_id).await?;
+            self.driver
+                .abort(&self.path, &self.key, &self.state.upload_id)
+                .await?;
         }
         self.driver.discard_writer_state(&self.path).await
     }

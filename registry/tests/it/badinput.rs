@@ -4,7 +4,9 @@ use std::io::{Read as _, Write as _};
 use std::path::Path;
 use std::time::Duration;
 
-use crate::common::{Backend, TestRegistry, bytes, client, error_code, image_manifest, push_blob, sha256};
+use crate::common::{
+    Backend, TestRegistry, bytes, client, error_code, image_manifest, push_blob, sha256,
+};
 
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
@@ -29,7 +31,11 @@ fn files(root: &Path) -> Vec<String> {
 /// Sends a raw request whose body is cut short, then closes the connection.
 fn truncated(addr: std::net::SocketAddr, head: &str, announced: usize, sent: &[u8]) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "{head}\r\nHost: {addr}\r\nContent-Length: {announced}\r\n\r\n").unwrap();
+    write!(
+        s,
+        "{head}\r\nHost: {addr}\r\nContent-Length: {announced}\r\n\r\n"
+    )
+    .unwrap();
     s.write_all(sent).unwrap();
     s.shutdown(std::net::Shutdown::Write).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -40,16 +46,27 @@ fn truncated(addr: std::net::SocketAddr, head: &str, announced: usize, sent: &[u
 /// A GET with the path exactly as given; returns (status, body).
 fn raw_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).unwrap();
-    let status = buf.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let status = buf
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
     (status, buf)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_spec_errors_and_stores_nothing() {
-    let r = TestRegistry::start_with(Backend::Fs, None, |c| c.limits.max_manifest_bytes = 64 * 1024).await;
+    let r = TestRegistry::start_with(Backend::Fs, None, |c| {
+        c.limits.max_manifest_bytes = 64 * 1024
+    })
+    .await;
     let root = r.dir.path().join("storage");
     let c = client();
     let layer = bytes(1, 10_000);
@@ -60,38 +77,128 @@ async fn bad_input_gets_spec_errors_and_stores_nothing() {
 
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
         // Wrong, malformed and hostile digests.
-        (c.post(r.url(&format!("/v2/apps/t/blobs/uploads/?digest={}", sha256(b"other")))).body(layer.clone()), 400, "DIGEST_INVALID"),
-        (c.post(r.url("/v2/apps/t/blobs/uploads/?digest=sha256:1234")).body(layer.clone()), 400, "DIGEST_INVALID"),
-        (c.post(r.url("/v2/apps/t/blobs/uploads/?digest=md5:d41d8cd98f00b204e9800998ecf8427e")).body(b"x".to_vec()), 400, "DIGEST_INVALID"),
-        (c.get(r.url("/v2/apps/t/blobs/sha256:..%2F..%2F..%2Fetc%2Fpasswd")), 400, "NAME_INVALID"),
-        (c.get(r.url("/v2/apps/t/blobs/sha256:....etc")), 400, "DIGEST_INVALID"),
-        (c.get(r.url("/v2/apps/t/blobs/SHA256:ABC")), 400, "DIGEST_INVALID"),
-        (c.get(r.url(&format!("/v2/apps/t/blobs/{}", sha256(b"absent")))), 404, "BLOB_UNKNOWN"),
+        (
+            c.post(r.url(&format!(
+                "/v2/apps/t/blobs/uploads/?digest={}",
+                sha256(b"other")
+            )))
+            .body(layer.clone()),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            c.post(r.url("/v2/apps/t/blobs/uploads/?digest=sha256:1234"))
+                .body(layer.clone()),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            c.post(r.url("/v2/apps/t/blobs/uploads/?digest=md5:d41d8cd98f00b204e9800998ecf8427e"))
+                .body(b"x".to_vec()),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            c.get(r.url("/v2/apps/t/blobs/sha256:..%2F..%2F..%2Fetc%2Fpasswd")),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            c.get(r.url("/v2/apps/t/blobs/sha256:....etc")),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            c.get(r.url("/v2/apps/t/blobs/SHA256:ABC")),
+            400,
+            "DIGEST_INVALID",
+        ),
+        (
+            c.get(r.url(&format!("/v2/apps/t/blobs/{}", sha256(b"absent")))),
+            404,
+            "BLOB_UNKNOWN",
+        ),
         // Invalid names and traversal in names.
         (c.get(r.url("/v2/UPPER/tags/list")), 400, "NAME_INVALID"),
-        (c.get(r.url("/v2/a%2Fb/manifests/latest")), 400, "NAME_INVALID"),
-        (c.post(r.url("/v2/a__-b/blobs/uploads/")), 400, "NAME_INVALID"),
-        (c.get(r.url(&format!("/v2/{}/tags/list", "a".repeat(300)))), 400, "NAME_INVALID"),
-        (c.put(r.url("/v2/apps/t/manifests/.hidden")).body(b"{}".to_vec()), 400, "MANIFEST_INVALID"),
-        // Manifests: malformed, wrong schema, unknown blobs, digest mismatch, oversized.
-        (c.put(r.url("/v2/apps/t/manifests/m")).header("content-type", OCI_MANIFEST).body(b"{not json".to_vec()), 400, "MANIFEST_INVALID"),
-        (c.put(r.url("/v2/apps/t/manifests/m")).header("content-type", OCI_MANIFEST).body(b"{\"schemaVersion\":1}".to_vec()), 400, "MANIFEST_INVALID"),
         (
-            c.put(r.url("/v2/apps/t/manifests/m")).header("content-type", OCI_MANIFEST).body(image_manifest(&config, &[b"missing layer"], None, None)),
+            c.get(r.url("/v2/a%2Fb/manifests/latest")),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            c.post(r.url("/v2/a__-b/blobs/uploads/")),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            c.get(r.url(&format!("/v2/{}/tags/list", "a".repeat(300)))),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            c.put(r.url("/v2/apps/t/manifests/.hidden"))
+                .body(b"{}".to_vec()),
+            400,
+            "MANIFEST_INVALID",
+        ),
+        // Manifests: malformed, wrong schema, unknown blobs, digest mismatch, oversized.
+        (
+            c.put(r.url("/v2/apps/t/manifests/m"))
+                .header("content-type", OCI_MANIFEST)
+                .body(b"{not json".to_vec()),
+            400,
+            "MANIFEST_INVALID",
+        ),
+        (
+            c.put(r.url("/v2/apps/t/manifests/m"))
+                .header("content-type", OCI_MANIFEST)
+                .body(b"{\"schemaVersion\":1}".to_vec()),
+            400,
+            "MANIFEST_INVALID",
+        ),
+        (
+            c.put(r.url("/v2/apps/t/manifests/m"))
+                .header("content-type", OCI_MANIFEST)
+                .body(image_manifest(&config, &[b"missing layer"], None, None)),
             400,
             "MANIFEST_BLOB_UNKNOWN",
         ),
         (
-            c.put(r.url(&format!("/v2/apps/t/manifests/{}", sha256(b"other")))).header("content-type", OCI_MANIFEST).body(image_manifest(&config, &[&layer], None, None)),
+            c.put(r.url(&format!("/v2/apps/t/manifests/{}", sha256(b"other"))))
+                .header("content-type", OCI_MANIFEST)
+                .body(image_manifest(&config, &[&layer], None, None)),
             400,
             "DIGEST_INVALID",
         ),
-        (c.put(r.url("/v2/apps/t/manifests/m")).header("content-type", OCI_MANIFEST).body(vec![b' '; 100_000]), 413, "SIZE_INVALID"),
-        (c.get(r.url("/v2/apps/t/manifests/nope")), 404, "MANIFEST_UNKNOWN"),
+        (
+            c.put(r.url("/v2/apps/t/manifests/m"))
+                .header("content-type", OCI_MANIFEST)
+                .body(vec![b' '; 100_000]),
+            413,
+            "SIZE_INVALID",
+        ),
+        (
+            c.get(r.url("/v2/apps/t/manifests/nope")),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
         // Uploads: unknown sessions and ids that are not UUIDs.
-        (c.patch(r.url("/v2/apps/t/blobs/uploads/00000000-0000-4000-8000-000000000000")).body(b"x".to_vec()), 404, "BLOB_UPLOAD_UNKNOWN"),
-        (c.get(r.url("/v2/apps/t/blobs/uploads/..%2F..%2Fx")), 400, "NAME_INVALID"),
-        (c.put(r.url("/v2/apps/t/blobs/uploads/not-a-uuid?digest=sha256:00")), 404, "BLOB_UPLOAD_UNKNOWN"),
+        (
+            c.patch(r.url("/v2/apps/t/blobs/uploads/00000000-0000-4000-8000-000000000000"))
+                .body(b"x".to_vec()),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        ),
+        (
+            c.get(r.url("/v2/apps/t/blobs/uploads/..%2F..%2Fx")),
+            400,
+            "NAME_INVALID",
+        ),
+        (
+            c.put(r.url("/v2/apps/t/blobs/uploads/not-a-uuid?digest=sha256:00")),
+            404,
+            "BLOB_UPLOAD_UNKNOWN",
+        ),
         // Wrong methods.
         (c.post(r.url("/v2/apps/t/manifests/x")), 405, "UNSUPPORTED"),
     ];
@@ -101,57 +208,181 @@ async fn bad_input_gets_spec_errors_and_stores_nothing() {
     }
 
     // Traversal that an HTTP client library would normalise away is sent raw.
-    for path in ["/v2/%2e%2e/%2e%2e/etc/manifests/latest", "/v2/../../etc/manifests/latest", "/v2/apps/t/blobs/..%2f..%2fdata"] {
+    for path in [
+        "/v2/%2e%2e/%2e%2e/etc/manifests/latest",
+        "/v2/../../etc/manifests/latest",
+        "/v2/apps/t/blobs/..%2f..%2fdata",
+    ] {
         let (status, body) = raw_get(r.addr, path);
         assert_eq!(status, 400, "{path}: {body}");
         assert!(body.contains("NAME_INVALID"), "{path}: {body}");
     }
 
     // A manifest pointing at a blob with the wrong size is invalid.
-    let mut wrong = serde_json::from_slice::<serde_json::Value>(&image_manifest(&config, &[&layer], None, None)).unwrap();
+    let mut wrong = serde_json::from_slice::<serde_json::Value>(&image_manifest(
+        &config,
+        &[&layer],
+        None,
+        None,
+    ))
+    .unwrap();
     wrong["layers"][0]["size"] = serde_json::json!(5);
-    let resp = c.put(r.url("/v2/apps/t/manifests/m")).header("content-type", OCI_MANIFEST).body(serde_json::to_vec(&wrong).unwrap()).send().await.unwrap();
+    let resp = c
+        .put(r.url("/v2/apps/t/manifests/m"))
+        .header("content-type", OCI_MANIFEST)
+        .body(serde_json::to_vec(&wrong).unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(resp).await, (400, "MANIFEST_INVALID".to_owned()));
 
     // Chunks: out of order, overlapping, length mismatches. Each leaves the stored upload as it was or gone.
-    let resp = c.post(r.url("/v2/apps/t/blobs/uploads/")).send().await.unwrap();
+    let resp = c
+        .post(r.url("/v2/apps/t/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     let loc = resp.headers()["location"].to_str().unwrap().to_owned();
-    assert_eq!(c.patch(r.url(&loc)).header("content-range", "0-9").body(vec![7u8; 10]).send().await.unwrap().status(), 202);
-    let resp = c.patch(r.url(&loc)).header("content-range", "20-29").body(vec![7u8; 10]).send().await.unwrap();
-    assert_eq!(error_code(resp).await, (416, "BLOB_UPLOAD_INVALID".to_owned()), "gap");
-    let resp = c.patch(r.url(&loc)).header("content-range", "5-14").body(vec![7u8; 10]).send().await.unwrap();
-    assert_eq!(error_code(resp).await, (416, "BLOB_UPLOAD_INVALID".to_owned()), "overlap");
-    let resp = c.patch(r.url(&loc)).header("content-range", "10-19").body(vec![7u8; 5]).send().await.unwrap();
-    assert_eq!(error_code(resp).await, (400, "SIZE_INVALID".to_owned()), "range and length disagree");
+    assert_eq!(
+        c.patch(r.url(&loc))
+            .header("content-range", "0-9")
+            .body(vec![7u8; 10])
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        202
+    );
+    let resp = c
+        .patch(r.url(&loc))
+        .header("content-range", "20-29")
+        .body(vec![7u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(resp).await,
+        (416, "BLOB_UPLOAD_INVALID".to_owned()),
+        "gap"
+    );
+    let resp = c
+        .patch(r.url(&loc))
+        .header("content-range", "5-14")
+        .body(vec![7u8; 10])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(resp).await,
+        (416, "BLOB_UPLOAD_INVALID".to_owned()),
+        "overlap"
+    );
+    let resp = c
+        .patch(r.url(&loc))
+        .header("content-range", "10-19")
+        .body(vec![7u8; 5])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(resp).await,
+        (400, "SIZE_INVALID".to_owned()),
+        "range and length disagree"
+    );
     let resp = c.get(r.url(&loc)).send().await.unwrap();
-    assert_eq!(resp.headers()["range"], "0-9", "refused chunks appended nothing");
+    assert_eq!(
+        resp.headers()["range"],
+        "0-9",
+        "refused chunks appended nothing"
+    );
     assert_eq!(c.delete(r.url(&loc)).send().await.unwrap().status(), 204);
-    let resp = c.put(r.url(&format!("{loc}?digest={}", sha256(&[7u8; 10])))).send().await.unwrap();
-    assert_eq!(error_code(resp).await.0, 404, "a cancelled upload cannot be completed");
+    let resp = c
+        .put(r.url(&format!("{loc}?digest={}", sha256(&[7u8; 10]))))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        error_code(resp).await.0,
+        404,
+        "a cancelled upload cannot be completed"
+    );
     // A final chunk that makes the digest wrong fails the commit and removes the upload.
-    let resp = c.post(r.url("/v2/apps/t/blobs/uploads/")).send().await.unwrap();
+    let resp = c
+        .post(r.url("/v2/apps/t/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     let loc = resp.headers()["location"].to_str().unwrap().to_owned();
-    let resp = c.patch(r.url(&loc)).header("content-range", "0-9").body(vec![7u8; 10]).send().await.unwrap();
+    let resp = c
+        .patch(r.url(&loc))
+        .header("content-range", "0-9")
+        .body(vec![7u8; 10])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 202);
-    let resp = c.put(r.url(&format!("{loc}?digest={}", sha256(&[7u8; 11])))).body(vec![8u8; 1]).send().await.unwrap();
+    let resp = c
+        .put(r.url(&format!("{loc}?digest={}", sha256(&[7u8; 11]))))
+        .body(vec![8u8; 1])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(error_code(resp).await, (400, "DIGEST_INVALID".to_owned()));
-    assert_eq!(error_code(c.get(r.url(&loc)).send().await.unwrap()).await.0, 404, "a failed commit removes the upload");
+    assert_eq!(
+        error_code(c.get(r.url(&loc)).send().await.unwrap()).await.0,
+        404,
+        "a failed commit removes the upload"
+    );
 
     // Truncated bodies: monolithic and chunked.
-    truncated(r.addr, &format!("POST /v2/apps/t/blobs/uploads/?digest={} HTTP/1.1", sha256(&bytes(5, 100_000))), 100_000, &bytes(5, 100_000)[..40_000]);
-    let resp = c.post(r.url("/v2/apps/t/blobs/uploads/")).send().await.unwrap();
+    truncated(
+        r.addr,
+        &format!(
+            "POST /v2/apps/t/blobs/uploads/?digest={} HTTP/1.1",
+            sha256(&bytes(5, 100_000))
+        ),
+        100_000,
+        &bytes(5, 100_000)[..40_000],
+    );
+    let resp = c
+        .post(r.url("/v2/apps/t/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
     let loc = resp.headers()["location"].to_str().unwrap().to_owned();
-    truncated(r.addr, &format!("PATCH {loc} HTTP/1.1"), 50_000, &[1u8; 20_000]);
-    atlantis_testkit::eventually(Duration::from_secs(10), "truncated uploads to be discarded", || async {
-        let uploads = files(&root).into_iter().filter(|f| f.contains("_uploads")).count();
-        (uploads == 0).then_some(())
-    })
+    truncated(
+        r.addr,
+        &format!("PATCH {loc} HTTP/1.1"),
+        50_000,
+        &[1u8; 20_000],
+    );
+    atlantis_testkit::eventually(
+        Duration::from_secs(10),
+        "truncated uploads to be discarded",
+        || async {
+            let uploads = files(&root)
+                .into_iter()
+                .filter(|f| f.contains("_uploads"))
+                .count();
+            (uploads == 0).then_some(())
+        },
+    )
     .await;
-    assert_eq!(error_code(c.get(r.url(&loc)).send().await.unwrap()).await.0, 404);
+    assert_eq!(
+        error_code(c.get(r.url(&loc)).send().await.unwrap()).await.0,
+        404
+    );
 
     // Nothing new was stored, and the good blob is intact.
     assert_eq!(files(&root), before, "bad requests stored nothing");
-    let got = c.get(r.url(&format!("/v2/apps/t/blobs/{ld}"))).send().await.unwrap().bytes().await.unwrap();
+    let got = c
+        .get(r.url(&format!("/v2/apps/t/blobs/{ld}")))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert!(got[..] == layer[..]);
     let resp = c.get(r.url("/v2/apps/t/tags/list")).send().await.unwrap();
     let v: serde_json::Value = resp.json().await.unwrap();

@@ -26,14 +26,25 @@ pub fn oci_layout(dir: &Path, tag: &str, layers: &[Vec<(String, Vec<u8>)>]) -> S
         }
         let tar = dir.join(format!("layer{i}.tar"));
         let out = std::process::Command::new("tar")
-            .args(["--sort=name", "--mtime=@0", "--owner=0", "--group=0", "--numeric-owner", "-C"])
+            .args([
+                "--sort=name",
+                "--mtime=@0",
+                "--owner=0",
+                "--group=0",
+                "--numeric-owner",
+                "-C",
+            ])
             .arg(src.path())
             .arg("-cf")
             .arg(&tar)
             .arg(".")
             .output()
             .unwrap();
-        assert!(out.status.success(), "tar: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "tar: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let data = std::fs::read(&tar).unwrap();
         std::fs::remove_file(&tar).unwrap();
         let d = put(&data);
@@ -67,31 +78,43 @@ pub fn oci_layout(dir: &Path, tag: &str, layers: &[Vec<(String, Vec<u8>)>]) -> S
 fn skopeo() -> tokio::process::Command {
     let mut c = tokio::process::Command::new(require_bin("skopeo", "skopeo"));
     c.arg("--insecure-policy");
-    c.env("NO_PROXY", "127.0.0.1").env_remove("HTTP_PROXY").env_remove("http_proxy").env_remove("HTTPS_PROXY");
+    c.env("NO_PROXY", "127.0.0.1")
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("HTTPS_PROXY");
     c
 }
 
 async fn run(mut c: tokio::process::Command) -> String {
     let out = c.output().await.expect("run skopeo");
-    assert!(out.status.success(), "skopeo failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "skopeo failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 async fn push(src: &Path, tag: &str, dest: &str) {
     let mut c = skopeo();
-    c.args(["copy", "--preserve-digests", "--dest-tls-verify=false"]).arg(format!("oci:{}:{tag}", src.display())).arg(dest);
+    c.args(["copy", "--preserve-digests", "--dest-tls-verify=false"])
+        .arg(format!("oci:{}:{tag}", src.display()))
+        .arg(dest);
     run(c).await;
 }
 
 async fn pull(src: &str, dst: &Path, tag: &str) {
     let mut c = skopeo();
-    c.args(["copy", "--preserve-digests", "--src-tls-verify=false"]).arg(src).arg(format!("oci:{}:{tag}", dst.display()));
+    c.args(["copy", "--preserve-digests", "--src-tls-verify=false"])
+        .arg(src)
+        .arg(format!("oci:{}:{tag}", dst.display()));
     run(c).await;
 }
 
 /// The manifest digest an OCI layout's index gives for its only image.
 fn layout_digest(dir: &Path) -> String {
-    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("index.json")).unwrap()).unwrap();
     v["manifests"][0]["digest"].as_str().unwrap().to_owned()
 }
 
@@ -101,7 +124,12 @@ fn layout_blobs(dir: &Path) -> Vec<String> {
     for e in std::fs::read_dir(dir.join("blobs/sha256")).unwrap() {
         let p: PathBuf = e.unwrap().path();
         let d = format!("sha256:{}", p.file_name().unwrap().to_string_lossy());
-        assert_eq!(sha256(&std::fs::read(&p).unwrap()), d, "blob {} is intact", p.display());
+        assert_eq!(
+            sha256(&std::fs::read(&p).unwrap()),
+            d,
+            "blob {} is intact",
+            p.display()
+        );
         out.push(d);
     }
     out.sort();
@@ -114,22 +142,39 @@ async fn round_trip(backend: Backend) {
     let src = work.path().join("src");
     let layers = vec![
         vec![("base.bin".to_owned(), bytes(1, 3_000_000))],
-        vec![("app.bin".to_owned(), bytes(2, 700_000)), ("conf".to_owned(), b"x=1\n".to_vec())],
+        vec![
+            ("app.bin".to_owned(), bytes(2, 700_000)),
+            ("conf".to_owned(), b"x=1\n".to_vec()),
+        ],
     ];
     let md = oci_layout(&src, "v1", &layers);
     let dest = format!("docker://{}/apps/skopeo/web:v1", r.host());
     push(&src, "v1", &dest).await;
     let mut c = skopeo();
-    c.args(["inspect", "--raw", "--tls-verify=false"]).arg(&dest);
+    c.args(["inspect", "--raw", "--tls-verify=false"])
+        .arg(&dest);
     let raw = run(c).await;
     let raw = raw.strip_suffix('\n').unwrap_or(&raw); // skopeo prints a newline after the manifest
-    assert_eq!(sha256(raw.as_bytes()), md, "the registry serves the pushed manifest byte for byte");
+    assert_eq!(
+        sha256(raw.as_bytes()),
+        md,
+        "the registry serves the pushed manifest byte for byte"
+    );
     let back = work.path().join("back");
     pull(&dest, &back, "v1").await;
     assert_eq!(layout_digest(&back), md);
-    assert_eq!(layout_blobs(&back), layout_blobs(&src), "pulled blobs match pushed blobs");
+    assert_eq!(
+        layout_blobs(&back),
+        layout_blobs(&src),
+        "pulled blobs match pushed blobs"
+    );
     // A second push of the same image finds every blob present and still succeeds.
-    push(&src, "v1", &format!("docker://{}/apps/skopeo/web:again", r.host())).await;
+    push(
+        &src,
+        "v1",
+        &format!("docker://{}/apps/skopeo/web:again", r.host()),
+    )
+    .await;
     r.stop().await;
 }
 
@@ -156,7 +201,11 @@ async fn ten_concurrent_pushes_sharing_layers() {
     }
     // Half go to one repository (same shared layer, different tags), half to their own.
     let dest = |i: usize| {
-        if i % 2 == 0 { format!("docker://{}/apps/shared:t{i}", r.host()) } else { format!("docker://{}/apps/own{i}:v1", r.host()) }
+        if i.is_multiple_of(2) {
+            format!("docker://{}/apps/shared:t{i}", r.host())
+        } else {
+            format!("docker://{}/apps/own{i}:v1", r.host())
+        }
     };
     let pushes = (0..10).map(|i| {
         let src = work.path().join(format!("img{i}"));
@@ -173,9 +222,17 @@ async fn ten_concurrent_pushes_sharing_layers() {
     for (i, d) in digests.iter().enumerate() {
         let pulled = work.path().join(format!("pulled{i}"));
         assert_eq!(&layout_digest(&pulled), d, "image {i}");
-        assert_eq!(layout_blobs(&pulled), layout_blobs(&work.path().join(format!("img{i}"))), "image {i} blobs");
+        assert_eq!(
+            layout_blobs(&pulled),
+            layout_blobs(&work.path().join(format!("img{i}"))),
+            "image {i} blobs"
+        );
     }
-    let resp = crate::common::client().get(r.url("/v2/apps/shared/tags/list")).send().await.unwrap();
+    let resp = crate::common::client()
+        .get(r.url("/v2/apps/shared/tags/list"))
+        .send()
+        .await
+        .unwrap();
     let v: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(v["tags"], serde_json::json!(["t0", "t2", "t4", "t6", "t8"]));
     r.stop().await;

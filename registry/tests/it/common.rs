@@ -8,7 +8,6 @@ use std::sync::{Arc, OnceLock};
 use atlantis_common::shutdown::CancellationToken;
 use atlantis_registry::auth::AuthConfig;
 use atlantis_registry::config::{StorageConfig, StorageKind};
-use atlantis_registry::storage::StorageDriver;
 use atlantis_registry::storage::s3::S3Config;
 use atlantis_registry::{App, Config, Registry};
 use atlantis_testkit::s3::S3Server;
@@ -25,7 +24,11 @@ pub fn s3_server() -> &'static S3Server {
 /// A fresh bucket on the shared S3 server, and the driver config for it.
 pub fn s3_config() -> S3Config {
     let s3 = s3_server();
-    let bucket = format!("reg-{}-{}", std::process::id(), BUCKETS.fetch_add(1, Ordering::SeqCst));
+    let bucket = format!(
+        "reg-{}-{}",
+        std::process::id(),
+        BUCKETS.fetch_add(1, Ordering::SeqCst)
+    );
     s3.create_bucket(&bucket);
     S3Config {
         bucket,
@@ -60,13 +63,33 @@ impl TestRegistry {
         Self::start_with(backend, None, |_| {}).await
     }
 
-    pub async fn start_with(backend: Backend, auth: Option<AuthConfig>, tweak: impl FnOnce(&mut Config)) -> TestRegistry {
-        let dir = tempfile::Builder::new().prefix("atlantis-reg-test-").tempdir().unwrap();
+    pub async fn start_with(
+        backend: Backend,
+        auth: Option<AuthConfig>,
+        tweak: impl FnOnce(&mut Config),
+    ) -> TestRegistry {
+        let dir = tempfile::Builder::new()
+            .prefix("atlantis-reg-test-")
+            .tempdir()
+            .unwrap();
         let storage = match backend {
-            Backend::Fs => StorageConfig { kind: StorageKind::Filesystem, root: dir.path().join("storage"), s3: None },
-            Backend::S3 => StorageConfig { kind: StorageKind::S3, root: dir.path().join("unused"), s3: Some(s3_config()) },
+            Backend::Fs => StorageConfig {
+                kind: StorageKind::Filesystem,
+                root: dir.path().join("storage"),
+                s3: None,
+            },
+            Backend::S3 => StorageConfig {
+                kind: StorageKind::S3,
+                root: dir.path().join("unused"),
+                s3: Some(s3_config()),
+            },
         };
-        let mut config = Config { listen: "127.0.0.1:0".parse().unwrap(), storage, auth, ..Config::default() };
+        let mut config = Config {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            storage,
+            auth,
+            ..Config::default()
+        };
         tweak(&mut config);
         let app = App::build(config).await.expect("build registry");
         let addr = app.local_addr();
@@ -76,7 +99,13 @@ impl TestRegistry {
         let task = tokio::spawn(async move {
             app.serve(t).await.expect("serve");
         });
-        TestRegistry { addr, registry, dir, token, task: Some(task) }
+        TestRegistry {
+            addr,
+            registry,
+            dir,
+            token,
+            task: Some(task),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -86,10 +115,6 @@ impl TestRegistry {
     /// `127.0.0.1:<port>`, as image references spell the registry.
     pub fn host(&self) -> String {
         self.addr.to_string()
-    }
-
-    pub fn driver(&self) -> Arc<dyn StorageDriver> {
-        self.registry.driver().clone()
     }
 
     pub async fn stop(mut self) {
@@ -131,13 +156,28 @@ pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
 /// Pushes a blob monolithically; returns its digest.
 pub async fn push_blob(c: &reqwest::Client, r: &TestRegistry, repo: &str, data: &[u8]) -> String {
     let d = sha256(data);
-    let resp = c.post(r.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}"))).body(data.to_vec()).send().await.unwrap();
-    assert_eq!(resp.status(), 201, "push blob: {}", resp.text().await.unwrap());
+    let resp = c
+        .post(r.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
+        .body(data.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        201,
+        "push blob: {}",
+        resp.text().await.unwrap()
+    );
     d
 }
 
 /// An OCI image manifest over a config and layers (each given as bytes).
-pub fn image_manifest(config: &[u8], layers: &[&[u8]], subject: Option<(&str, usize)>, artifact_type: Option<&str>) -> Vec<u8> {
+pub fn image_manifest(
+    config: &[u8],
+    layers: &[&[u8]],
+    subject: Option<(&str, usize)>,
+    artifact_type: Option<&str>,
+) -> Vec<u8> {
     let mut m = serde_json::json!({
         "schemaVersion": 2,
         "mediaType": "application/vnd.oci.image.manifest.v1+json",
@@ -156,7 +196,14 @@ pub fn image_manifest(config: &[u8], layers: &[&[u8]], subject: Option<(&str, us
 }
 
 /// Pushes config, layers and the manifest under `reference`; returns (manifest bytes, digest).
-pub async fn push_image(c: &reqwest::Client, r: &TestRegistry, repo: &str, reference: &str, config: &[u8], layers: &[&[u8]]) -> (Vec<u8>, String) {
+pub async fn push_image(
+    c: &reqwest::Client,
+    r: &TestRegistry,
+    repo: &str,
+    reference: &str,
+    config: &[u8],
+    layers: &[&[u8]],
+) -> (Vec<u8>, String) {
     push_blob(c, r, repo, config).await;
     for l in layers {
         push_blob(c, r, repo, l).await;
@@ -169,7 +216,12 @@ pub async fn push_image(c: &reqwest::Client, r: &TestRegistry, repo: &str, refer
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.status(), 201, "push manifest: {}", resp.text().await.unwrap());
+    assert_eq!(
+        resp.status(),
+        201,
+        "push manifest: {}",
+        resp.text().await.unwrap()
+    );
     let d = sha256(&m);
     (m, d)
 }
@@ -178,6 +230,10 @@ pub async fn push_image(c: &reqwest::Client, r: &TestRegistry, repo: &str, refer
 pub async fn error_code(resp: reqwest::Response) -> (u16, String) {
     let status = resp.status().as_u16();
     let text = resp.text().await.unwrap_or_default();
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| panic!("not an error body ({status}): {text:?}"));
-    (status, v["errors"][0]["code"].as_str().unwrap_or("").to_owned())
+    let v: serde_json::Value = serde_json::from_str(&text)
+        .unwrap_or_else(|_| panic!("not an error body ({status}): {text:?}"));
+    (
+        status,
+        v["errors"][0]["code"].as_str().unwrap_or("").to_owned(),
+    )
 }
