@@ -1,9 +1,9 @@
 //! A throwaway S3 server: moto (`pip install 'moto[server]'`) on a free loopback port.
 //!
 //! moto is looked up at `$ATLANTIS_MOTO_SERVER`, then in the venv that `.ci/install` creates
-//! (`$HOME/.cache/atlantis-venv/bin/moto_server`), then on PATH. It keeps objects in memory, so keep test
-//! data small; it accepts any credentials ([`S3Server::ACCESS_KEY`]/[`S3Server::SECRET_KEY`] are used by
-//! convention). It implements multipart uploads including ListMultipartUploads, and enforces the 5 MiB
+//! (`$ATLANTIS_VENV` or `$HOME/.cache/atlantis-venv`, `bin/moto_server`), then on PATH. It keeps
+//! objects in memory, so keep test data small; it accepts any credentials
+//! ([`S3Server::ACCESS_KEY`]/[`S3Server::SECRET_KEY`] are used by convention). It implements multipart uploads including ListMultipartUploads, and enforces the 5 MiB
 //! minimum part size, like AWS.
 
 use std::io::{Read as _, Write as _};
@@ -23,6 +23,12 @@ pub struct S3Server {
 fn find_moto() -> PathBuf {
     if let Some(p) = std::env::var_os("ATLANTIS_MOTO_SERVER") {
         return PathBuf::from(p);
+    }
+    if let Some(venv) = std::env::var_os("ATLANTIS_VENV") {
+        let p = PathBuf::from(venv).join("bin/moto_server");
+        if p.is_file() {
+            return p;
+        }
     }
     if let Some(home) = std::env::var_os("HOME") {
         let p = PathBuf::from(home).join(".cache/atlantis-venv/bin/moto_server");

@@ -1,0 +1,151 @@
+#!/usr/bin/env bash
+# Registry benchmark: the same multi-layer image (>= 200 MB) pushed and pulled with skopeo against
+# atlantis-registry and Debian's docker-registry (the Go reference registry, filesystem storage) in one
+# run. Prints seconds, MB/s and our/their throughput ratio for push and pull, each server's peak RSS, and
+# our peak RSS while a 1 GB blob is pushed (goal: < 64 MB) next to the Go registry's for the same push.
+#
+# Usage: bench/registry.sh            (env: LAYERS=4 LAYER_MB=50 RUNS=2 BIG_MB=1024 KEEP=0)
+# Needs: skopeo, docker-registry, curl, jq, sha256sum, tar; builds atlantis-registry in release mode.
+set -euo pipefail
+
+LAYERS=${LAYERS:-4}
+LAYER_MB=${LAYER_MB:-50}
+RUNS=${RUNS:-2}
+BIG_MB=${BIG_MB:-1024}
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+for bin in skopeo docker-registry curl jq sha256sum tar; do
+  command -v "$bin" >/dev/null || { echo "bench needs $bin (apt-get install skopeo docker-registry curl jq)" >&2; exit 1; }
+done
+export NO_PROXY=127.0.0.1 no_proxy=127.0.0.1
+unset HTTP_PROXY http_proxy HTTPS_PROXY https_proxy ALL_PROXY AWS_CA_BUNDLE || true
+
+echo "building atlantis-registry (release)..." >&2
+(cd "$ROOT" && cargo build --release -q -p atlantis-registry)
+OURS_BIN="$TARGET/release/atlantis-registry"
+
+W=$(mktemp -d /tmp/atlantis-regbench-XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
+  [ "${KEEP:-0}" = 1 ] || rm -rf "$W"
+}
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+now() { date +%s.%N; }
+peak_rss_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
+wait_http() { # url pid log
+  for _ in $(seq 400); do
+    kill -0 "$2" 2>/dev/null || { echo "server died:" >&2; tail -20 "$3" >&2; exit 1; }
+    curl -s -o /dev/null "$1" && return 0; sleep 0.05
+  done
+  echo "server at $1 did not answer" >&2; exit 1
+}
+
+start_ours() { # dir -> sets PORT, PID
+  PORT=$(free_port)
+  mkdir -p "$1"
+  printf 'listen = "127.0.0.1:%s"\n[storage]\nkind = "filesystem"\nroot = "%s/data"\n' "$PORT" "$1" > "$1/config.toml"
+  RUST_LOG=warn "$OURS_BIN" --config "$1/config.toml" >"$1/log" 2>&1 &
+  PID=$!; PIDS+=("$PID")
+  wait_http "http://127.0.0.1:$PORT/v2/" "$PID" "$1/log"
+}
+
+start_go() { # dir -> sets PORT, PID
+  PORT=$(free_port)
+  mkdir -p "$1"
+  cat > "$1/config.yml" <<YML
+version: 0.1
+log: {level: warn}
+storage: {filesystem: {rootdirectory: "$1/data"}, delete: {enabled: true}}
+http: {addr: "127.0.0.1:$PORT"}
+YML
+  docker-registry serve "$1/config.yml" >"$1/log" 2>&1 &
+  PID=$!; PIDS+=("$PID")
+  wait_http "http://127.0.0.1:$PORT/v2/" "$PID" "$1/log"
+}
+
+# Stops a server, recording its peak RSS (VmHWM, read while it is still alive) into RSS_MAX.
+stop() { RSS_LAST=$(peak_rss_mb "$1" 2>/dev/null || echo "?"); kill "$1"; wait "$1" 2>/dev/null || true; RSS_MAX=$(awk -v a="${RSS_MAX:-0}" -v b="$RSS_LAST" 'BEGIN {print (b>a)?b:a}'); }
+
+# ---- the image: an OCI layout with LAYERS layers of LAYER_MB random bytes each (incompressible) ----
+echo "making a ${LAYERS}x${LAYER_MB} MB image..." >&2
+IMG="$W/image"; mkdir -p "$IMG/blobs/sha256"
+put_blob() { local d; d=$(sha256sum "$1" | cut -d' ' -f1); mv "$1" "$IMG/blobs/sha256/$d"; echo "$d"; }
+LAYER_JSON=""; DIFFS=""; TOTAL=0
+for i in $(seq "$LAYERS"); do
+  mkdir -p "$W/l$i"; head -c "$((LAYER_MB * 1024 * 1024))" /dev/urandom > "$W/l$i/data$i.bin"
+  tar --sort=name --mtime=@0 --owner=0 --group=0 -C "$W/l$i" -cf "$W/l$i.tar" . ; rm -rf "$W/l$i"
+  size=$(stat -c %s "$W/l$i.tar"); d=$(put_blob "$W/l$i.tar"); TOTAL=$((TOTAL + size))
+  LAYER_JSON="$LAYER_JSON${LAYER_JSON:+,}{\"mediaType\":\"application/vnd.oci.image.layer.v1.tar\",\"digest\":\"sha256:$d\",\"size\":$size}"
+  DIFFS="$DIFFS${DIFFS:+,}\"sha256:$d\""
+done
+printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[%s]}}' "$DIFFS" > "$W/config.json"
+csize=$(stat -c %s "$W/config.json"); cd_=$(put_blob "$W/config.json")
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:%s","size":%s},"layers":[%s]}' \
+  "$cd_" "$csize" "$LAYER_JSON" > "$W/manifest.json"
+msize=$(stat -c %s "$W/manifest.json"); MD=$(put_blob "$W/manifest.json")
+echo '{"imageLayoutVersion":"1.0.0"}' > "$IMG/oci-layout"
+printf '{"schemaVersion":2,"manifests":[{"mediaType":"application/vnd.oci.image.manifest.v1+json","digest":"sha256:%s","size":%s,"annotations":{"org.opencontainers.image.ref.name":"v1"}}]}' \
+  "$MD" "$msize" > "$IMG/index.json"
+MB=$(awk -v b="$TOTAL" 'BEGIN {printf "%.1f", b/1048576}')
+echo "image: $LAYERS layers, $MB MB, manifest sha256:$MD" >&2
+
+SKOPEO=(skopeo --insecure-policy copy --preserve-digests -q)
+bench_server() { # name start_fn -> sets PUSH_S PULL_S RSS
+  local name=$1 dir="$W/$1" best_push=999999 best_pull=999999
+  $2 "$dir"
+  for run in $(seq "$RUNS"); do
+    local ref="docker://127.0.0.1:$PORT/bench/img:run$run" out="$W/pull-$name-$run"
+    t0=$(now); "${SKOPEO[@]}" --dest-tls-verify=false "oci:$IMG:v1" "$ref"; t1=$(now)
+    "${SKOPEO[@]}" --src-tls-verify=false "$ref" "oci:$out:v1"; t2=$(now)
+    got=$(jq -r '.manifests[0].digest' "$out/index.json")
+    [ "$got" = "sha256:$MD" ] || { echo "$name: pulled $got, pushed sha256:$MD" >&2; exit 1; }
+    for b in "$IMG"/blobs/sha256/*; do cmp -s "$b" "$out/blobs/sha256/$(basename "$b")" || { echo "$name: blob $(basename "$b") differs" >&2; exit 1; }; done
+    rm -rf "$out"
+    best_push=$(awk -v a="$best_push" -v b="$(echo "$t1 - $t0" | bc)" 'BEGIN {print (b<a)?b:a}')
+    best_pull=$(awk -v a="$best_pull" -v b="$(echo "$t2 - $t1" | bc)" 'BEGIN {print (b<a)?b:a}')
+    # Start every run from an empty registry, so each push really uploads every layer.
+    stop "$PID"; rm -rf "$dir/data"
+    if [ "$run" -lt "$RUNS" ]; then $2 "$dir"; fi
+  done
+  PUSH_S=$best_push; PULL_S=$best_pull
+}
+
+
+RSS_MAX=0; bench_server ours start_ours; OURS_PUSH=$PUSH_S; OURS_PULL=$PULL_S; OURS_RSS=$RSS_MAX
+RSS_MAX=0; bench_server go start_go; GO_PUSH=$PUSH_S; GO_PULL=$PULL_S; GO_RSS=$RSS_MAX
+
+# ---- 1 GB blob: one monolithic streamed POST, peak RSS of each server ----
+echo "pushing a ${BIG_MB} MB blob..." >&2
+head -c "$((BIG_MB * 1024 * 1024))" /dev/urandom > "$W/big.bin"
+BIGD=$(sha256sum "$W/big.bin" | cut -d' ' -f1)
+big_push() { # name start_fn
+  $2 "$W/big-$1"
+  local loc t0 t1 code
+  t0=$(now)
+  # Chunked session like docker and skopeo: POST, one streamed PATCH, PUT ?digest=.
+  loc=$(curl -sf -X POST -D - -o /dev/null "http://127.0.0.1:$PORT/v2/bench/big/blobs/uploads/" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
+  case "$loc" in http*) ;; *) loc="http://127.0.0.1:$PORT$loc" ;; esac
+  loc=$(curl -sf -X PATCH -H 'Content-Type: application/octet-stream' -T "$W/big.bin" -D - -o /dev/null "$loc" | tr -d '\r' | awk 'tolower($1)=="location:" {print $2}')
+  case "$loc" in http*) ;; *) loc="http://127.0.0.1:$PORT$loc" ;; esac
+  case "$loc" in *\?*) sep='&' ;; *) sep='?' ;; esac
+  code=$(curl -s -o /dev/null -w '%{http_code}' -X PUT "$loc${sep}digest=sha256:$BIGD")
+  t1=$(now)
+  [ "$code" = 201 ] || { echo "$1: 1 GB push answered $code" >&2; exit 1; }
+  BIG_S=$(echo "$t1 - $t0" | bc); BIG_RSS=$(peak_rss_mb "$PID")
+  RSS_MAX=0; stop "$PID"
+}
+big_push ours start_ours; OURS_BIG_S=$BIG_S; OURS_BIG_RSS=$BIG_RSS
+big_push go start_go; GO_BIG_S=$BIG_S; GO_BIG_RSS=$BIG_RSS
+
+rate() { awk -v mb="$1" -v s="$2" 'BEGIN {printf "%.1f", mb/s}'; }
+ratio() { awk -v ours="$1" -v theirs="$2" 'BEGIN {printf "%.2f", theirs/ours}'; }
+echo
+echo "registry benchmark: $LAYERS x $LAYER_MB MB image ($MB MB), skopeo, best of $RUNS run(s), $(nproc) cores"
+printf '%-22s %10s %10s %12s %12s %10s\n' "" "push s" "pull s" "push MB/s" "pull MB/s" "peak RSS"
+printf '%-22s %10.2f %10.2f %12s %12s %9sM\n' "atlantis-registry" "$OURS_PUSH" "$OURS_PULL" "$(rate "$MB" "$OURS_PUSH")" "$(rate "$MB" "$OURS_PULL")" "$OURS_RSS"
+printf '%-22s %10.2f %10.2f %12s %12s %9sM\n' "docker-registry (Go)" "$GO_PUSH" "$GO_PULL" "$(rate "$MB" "$GO_PUSH")" "$(rate "$MB" "$GO_PULL")" "$GO_RSS"
+echo "throughput ratio ours/theirs: push $(ratio "$OURS_PUSH" "$GO_PUSH")x, pull $(ratio "$OURS_PULL" "$GO_PULL")x (goal 1.5x)"
+echo "${BIG_MB} MB blob push: atlantis-registry ${OURS_BIG_S}s, peak RSS ${OURS_BIG_RSS}M (goal < 64M); docker-registry ${GO_BIG_S}s, peak RSS ${GO_BIG_RSS}M"
