@@ -21,6 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{ByteStream, FileInfo, FileWriter, StorageDriver, StorageError, check_dir, check_path};
 
+mod writer;
+use writer::S3Writer;
+
 /// The smallest part S3 accepts (except for the last one).
 pub const MIN_PART_SIZE: usize = 5 * 1024 * 1024;
 const MAX_COPY_SIZE: u64 = 5 * 1024 * 1024 * 1024;
@@ -679,142 +682,5 @@ impl StorageDriver for S3Driver {
             keys.push(key);
         }
         self.delete_keys(path, keys).await
-    }
-}
-
-struct S3Writer {
-    driver: S3Driver,
-    path: String,
-    key: String,
-    state: MpuState,
-    buffer: BytesMut,
-    size: u64,
-}
-
-impl S3Writer {
-    async fn upload_part(&mut self, data: Bytes) -> Result<(), StorageError> {
-        let d = &self.driver;
-        if self.state.upload_id.is_empty() {
-            let out = d
-                .client
-                .create_multipart_upload()
-                .bucket(&d.bucket)
-                .key(&self.key)
-                .send()
-                .await
-                .map_err(|e| backend(&self.path, e))?;
-            self.state.upload_id = out.upload_id().unwrap_or_default().to_owned();
-        }
-        let number = self.state.parts.len() as i32 + 1;
-        let size = data.len() as u64;
-        let out = d
-            .client
-            .upload_part()
-            .bucket(&d.bucket)
-            .key(&self.key)
-            .upload_id(&self.state.upload_id)
-            .part_number(number)
-            .content_length(size as i64)
-            .body(S3Body::from(data))
-            .send()
-            .await
-            .map_err(|e| backend(&self.path, e))?;
-        self.state.parts.push(PartState {
-            number,
-            etag: out.e_tag().unwrap_or_default().to_owned(),
-            size,
-        });
-        Ok(())
-    }
-
-    async fn flush_full_parts(&mut self) -> Result<(), StorageError> {
-        while self.buffer.len() >= self.driver.part_size {
-            let part = self.buffer.split_to(self.driver.part_size).freeze();
-            self.upload_part(part).await?;
-        }
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl FileWriter for S3Writer {
-    async fn write(&mut self, data: Bytes) -> Result<(), StorageError> {
-        self.size += data.len() as u64;
-        self.buffer.extend_from_slice(&data);
-        self.flush_full_parts().await
-    }
-
-    fn size(&self) -> u64 {
-        self.size
-    }
-
-    async fn close(mut self: Box<Self>) -> Result<(), StorageError> {
-        self.flush_full_parts().await?;
-        let d = self.driver.clone();
-        let tail_key = d.key(&S3Driver::sidecar(&self.path, "tail"));
-        let tail = self.buffer.split().freeze();
-        d.put_key(&tail_key, &self.path, tail).await?;
-        if !self.state.upload_id.is_empty() {
-            let state = serde_json::to_vec(&self.state).unwrap_or_default();
-            d.put_key(
-                &d.key(&S3Driver::sidecar(&self.path, "mpu")),
-                &self.path,
-                Bytes::from(state),
-            )
-            .await?;
-        }
-        Ok(())
-    }
-
-    async fn commit(mut self: Box<Self>) -> Result<(), StorageError> {
-        let d = self.driver.clone();
-        if self.state.upload_id.is_empty() {
-            let data = self.buffer.split().freeze();
-            d.put_key(&self.key, &self.path, data).await?;
-        } else {
-            self.flush_full_parts().await?;
-            if !self.buffer.is_empty() {
-                let last = self.buffer.split().freeze();
-                self.upload_part(last).await?;
-            }
-            let parts: Vec<CompletedPart> = self
-                .state
-                .parts
-                .iter()
-                .map(|p| {
-                    CompletedPart::builder()
-                        .part_number(p.number)
-                        .e_tag(&p.etag)
-                        .build()
-                })
-                .collect();
-            d.client
-                .complete_multipart_upload()
-                .bucket(&d.bucket)
-                .key(&self.key)
-                .upload_id(&self.state.upload_id)
-                .multipart_upload(
-                    CompletedMultipartUpload::builder()
-                        .set_parts(Some(parts))
-                        .build(),
-                )
-                .send()
-                .await
-                .map_err(|e| backend(&self.path, e))?;
-        }
-        let sidecars = vec![
-            d.key(&S3Driver::sidecar(&self.path, "mpu")),
-            d.key(&S3Driver::sidecar(&self.path, "tail")),
-        ];
-        d.delete_keys(&self.path, sidecars).await
-    }
-
-    async fn cancel(self: Box<Self>) -> Result<(), StorageError> {
-        if !self.state.upload_id.is_empty() {
-            self.driver
-                .abort(&self.path, &self.key, &self.state.upload_id)
-                .await?;
-        }
-        self.driver.discard_writer_state(&self.path).await
     }
 }
