@@ -24,7 +24,7 @@ fi
 ROUTER=$TARGET/release/atlantis-router
 TOOL=$TARGET/release/examples/bench_tool
 
-W=$(mktemp -d /tmp/atlantis-router-bench.XXXXXX)
+W=$(mktemp -d /tmp/atlantis-router-bench.XXXXXX); chmod 755 "$W"  # nginx workers run as another user
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
@@ -101,7 +101,7 @@ start_haproxy() { # threads
   cat >"$W/haproxy.cfg" <<EOF
 global
   nbthread $1
-  maxconn 50000
+  maxconn 8000
 defaults
   mode http
   timeout connect 5s

@@ -94,7 +94,8 @@ async fn main() -> anyhow::Result<()> {
                         .send()
                         .await
                         .context("probe request")?;
-                    if r.status() == 200 {
+                    // Routed: the answer comes from the backend, not from the router (no x-atlantis-error).
+                    if !r.headers().contains_key("x-atlantis-error") {
                         break;
                     }
                     if t0.elapsed() > Duration::from_secs(10) {

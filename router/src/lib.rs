@@ -19,6 +19,7 @@ pub mod source;
 pub mod status;
 pub mod table;
 pub mod tls;
+pub mod workers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -164,7 +165,27 @@ impl App {
         if let Some(t) = &tls {
             t.spawn_reloader(cfg.tls.clone(), shutdown.clone());
         }
-        let mut listeners = Listeners::new(cfg.listen_ip, cfg.limits.clone(), shared.clone(), tls);
+        let n = if cfg.workers == 0 {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        } else {
+            cfg.workers
+        };
+        let workers = match workers::Workers::start(n) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot start worker threads.");
+                return;
+            }
+        };
+        let mut listeners = Listeners::new(
+            cfg.listen_ip,
+            cfg.limits.clone(),
+            shared.clone(),
+            tls,
+            workers.handles().to_vec(),
+        );
         let status_state = Arc::new(status::StatusState {
             shared: shared.clone(),
             failed: listeners.failed.clone(),
@@ -224,6 +245,7 @@ impl App {
             }
         }
         listeners.shutdown().await;
+        workers.stop().await;
         tracing::info!("Router stopped.");
     }
 }

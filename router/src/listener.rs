@@ -36,6 +36,7 @@ pub struct Listeners {
     tls: Option<Arc<Tls>>,
     builder: Arc<auto::Builder<TokioExecutor>>,
     active: BTreeMap<u16, Active>,
+    workers: Vec<tokio::runtime::Handle>,
     /// Ports that could not be opened, with the reason.
     pub failed: Arc<parking_lot::Mutex<BTreeMap<u16, String>>>,
     tracker: Tracker,
@@ -48,6 +49,7 @@ impl Listeners {
         limits: Limits,
         shared: Arc<Shared>,
         tls: Option<Arc<Tls>>,
+        workers: Vec<tokio::runtime::Handle>,
     ) -> Listeners {
         let mut b = auto::Builder::new(TokioExecutor::new());
         b.http1()
@@ -68,6 +70,7 @@ impl Listeners {
             tls,
             builder: Arc::new(b),
             active: BTreeMap::new(),
+            workers,
             failed: Arc::default(),
             tracker: Tracker::default(),
         }
@@ -102,22 +105,40 @@ impl Listeners {
                 failed.insert(*port, "tls port but the router has no certificates".into());
                 continue;
             }
-            match bind(SocketAddr::new(self.ip, *port)) {
-                Ok(l) => {
+            // One SO_REUSEPORT socket per worker: the kernel spreads connections over the workers.
+            let addr = SocketAddr::new(self.ip, *port);
+            let bound: std::io::Result<Vec<(tokio::runtime::Handle, TcpListener)>> = self
+                .workers
+                .iter()
+                .map(|h| {
+                    let _in_worker = h.enter();
+                    bind(addr).map(|l| (h.clone(), l))
+                })
+                .collect();
+            match bound {
+                Ok(listeners) => {
                     failed.remove(port);
                     let cancel = CancellationToken::new();
                     let tls = if entry.tls { self.tls.clone() } else { None };
-                    tracing::info!(port, tls = entry.tls, "Listening.");
-                    self.tracker.spawn(accept_loop(
-                        l,
-                        *port,
-                        tls,
-                        self.builder.clone(),
-                        self.shared.clone(),
-                        self.limits.clone(),
-                        cancel.clone(),
-                        self.tracker.clone(),
-                    ));
+                    tracing::info!(
+                        port,
+                        tls = entry.tls,
+                        workers = listeners.len(),
+                        "Listening."
+                    );
+                    for (h, l) in listeners {
+                        let task = accept_loop(
+                            l,
+                            *port,
+                            tls.clone(),
+                            self.builder.clone(),
+                            self.shared.clone(),
+                            self.limits.clone(),
+                            cancel.clone(),
+                            self.tracker.clone(),
+                        );
+                        self.tracker.spawn_on(&h, task);
+                    }
                     self.active.insert(
                         *port,
                         Active {
@@ -154,6 +175,7 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         tokio::net::TcpSocket::new_v6()?
     };
     sock.set_reuseaddr(true)?;
+    sock.set_reuseport(true)?;
     sock.set_nodelay(true)?;
     sock.bind(addr)?;
     sock.listen(1024)
@@ -264,11 +286,19 @@ impl Drop for TrackGuard {
 
 impl Tracker {
     fn spawn<F: std::future::Future<Output = ()> + Send + 'static>(&self, f: F) {
+        self.spawn_on(&tokio::runtime::Handle::current(), f);
+    }
+
+    fn spawn_on<F: std::future::Future<Output = ()> + Send + 'static>(
+        &self,
+        h: &tokio::runtime::Handle,
+        f: F,
+    ) {
         self.inner
             .0
             .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let guard = TrackGuard(self.inner.clone());
-        tokio::spawn(async move {
+        h.spawn(async move {
             let _guard = guard;
             f.await
         });

@@ -25,10 +25,9 @@ fn main() -> anyhow::Result<()> {
         .context("loading config")?;
     cfg.validate()?;
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if cfg.workers > 0 {
-        rt.worker_threads(cfg.workers);
-    }
+    // The control plane (ZooKeeper, compiler, health checks, status) is light: one thread. Requests are
+    // served by `workers` threads of their own (0: one per core).
+    let mut rt = tokio::runtime::Builder::new_current_thread();
     rt.enable_all()
         .build()
         .context("starting the runtime")?

@@ -51,7 +51,8 @@ pub struct BackendState {
     pub served: AtomicU64,
     /// Connection failures.
     pub failures: AtomicU64,
-    idle: parking_lot::Mutex<Vec<SendRequest<Incoming>>>,
+    /// Idle connections, one list per worker (a connection is driven by the worker that opened it).
+    idle: Box<[parking_lot::Mutex<Vec<SendRequest<Incoming>>>]>,
     resolved: Option<SocketAddr>,
     cancel: CancellationToken,
     gauge: Gauge,
@@ -70,7 +71,9 @@ impl BackendState {
             in_flight: AtomicU32::new(0),
             served: AtomicU64::new(0),
             failures: AtomicU64::new(0),
-            idle: parking_lot::Mutex::new(Vec::new()),
+            idle: (0..crate::workers::slots())
+                .map(|_| parking_lot::Mutex::new(Vec::new()))
+                .collect(),
             resolved,
             cancel: CancellationToken::new(),
             gauge,
@@ -121,43 +124,41 @@ impl BackendState {
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
     }
 
-    /// Takes an idle connection that is still open.
+    /// Takes an idle connection that is still open. Its previous exchange is complete, so it is ready or
+    /// about to be: the caller waits for readiness before sending.
     pub fn checkout(&self) -> Option<SendRequest<Incoming>> {
-        let mut idle = self.idle.lock();
-        while let Some(sr) = idle.pop() {
-            if sr.is_ready() {
-                return Some(sr);
-            }
+        let mut idle = self.idle_here().lock();
+        idle.retain(|sr| !sr.is_closed());
+        if let Some(i) = idle.iter().rposition(|sr| sr.is_ready()) {
+            return Some(idle.swap_remove(i));
         }
-        None
+        idle.pop()
     }
 
     /// Returns a connection whose exchange is complete to the idle list.
-    pub fn checkin(self: &Arc<Self>, mut sr: SendRequest<Incoming>, max_idle: usize) {
-        if sr.is_ready() {
-            let mut idle = self.idle.lock();
-            if idle.len() < max_idle && !self.cancel.is_cancelled() {
-                idle.push(sr);
-            }
-        } else if !sr.is_closed() {
-            let me = self.clone();
-            tokio::spawn(async move {
-                if tokio::time::timeout(Duration::from_secs(1), sr.ready())
-                    .await
-                    .is_ok_and(|r| r.is_ok())
-                {
-                    let mut idle = me.idle.lock();
-                    if idle.len() < max_idle && !me.cancel.is_cancelled() {
-                        idle.push(sr);
-                    }
-                }
-            });
+    pub fn checkin(&self, sr: SendRequest<Incoming>, max_idle: usize) {
+        if sr.is_closed() || self.cancel.is_cancelled() {
+            return;
+        }
+        let mut idle = self.idle_here().lock();
+        if idle.len() < max_idle {
+            idle.push(sr);
+        }
+    }
+
+    fn idle_here(&self) -> &parking_lot::Mutex<Vec<SendRequest<Incoming>>> {
+        &self.idle[crate::workers::current() % self.idle.len()]
+    }
+
+    fn clear_idle(&self) {
+        for l in self.idle.iter() {
+            l.lock().clear();
         }
     }
 
     /// Number of idle connections.
     pub fn idle_count(&self) -> usize {
-        self.idle.lock().len()
+        self.idle.iter().map(|l| l.lock().len()).sum()
     }
 }
 
@@ -227,7 +228,7 @@ impl PoolState {
         for b in old.iter() {
             if !want.contains(&b.addr) {
                 b.cancel.cancel();
-                b.idle.lock().clear();
+                b.clear_idle();
                 metrics.forget_backend(&self.name, &b.name);
             }
         }
@@ -238,7 +239,7 @@ impl PoolState {
     pub fn close(&self, metrics: &RouterMetrics) {
         for b in self.backends.load().iter() {
             b.cancel.cancel();
-            b.idle.lock().clear();
+            b.clear_idle();
             metrics.forget_backend(&self.name, &b.name);
         }
     }

@@ -374,7 +374,14 @@ async fn forward(
             };
         };
         let mut lease = Lease::new(backend.clone(), shared.max_idle);
-        let (mut sr, reused) = match backend.checkout() {
+        let idle = match backend.checkout() {
+            Some(mut sr) => match tokio::time::timeout(Duration::from_secs(1), sr.ready()).await {
+                Ok(Ok(())) => Some(sr),
+                _ => None, // closed meanwhile, or stuck: open a new one
+            },
+            None => None,
+        };
+        let (mut sr, reused) = match idle {
             Some(sr) => (sr, true),
             None => match tokio::time::timeout(connect_timeout, connect(&backend)).await {
                 Ok(Ok(sr)) => (sr, false),

@@ -7,4 +7,5 @@ mod balancing;
 mod live;
 mod matchers;
 mod protocols;
+mod static_source;
 mod support;
