@@ -61,7 +61,13 @@ pub enum FirewallError {
 #[async_trait::async_trait]
 pub trait Firewall: Send + Sync {
     /// Makes the installed rules exactly those of `desired` (and removes chains of other containers).
+    /// The fast path of deploys and teardowns: it trusts what it installed itself.
     async fn sync(&self, desired: &[ContainerRules]) -> Result<(), FirewallError>;
+    /// As [`Firewall::sync`], but re-reads the kernel's chains and re-checks the hooks first: repairs
+    /// whatever someone else changed (the reconcile loop calls it).
+    async fn repair(&self, desired: &[ContainerRules]) -> Result<(), FirewallError> {
+        self.sync(desired).await
+    }
 }
 
 /// The chain name of a container.
@@ -130,7 +136,15 @@ pub struct Iptables {
     netns: Option<PathBuf>,
     forward_chain: String,
     cluster_networks: Vec<(Ipv4Addr, u8)>,
-    lock: std::sync::Arc<tokio::sync::Mutex<()>>,
+    /// Serialises changes and remembers the chains installed last (`None`: read the kernel first) and
+    /// whether the hooks were checked.
+    state: std::sync::Arc<tokio::sync::Mutex<Known>>,
+}
+
+#[derive(Debug, Default)]
+struct Known {
+    chains: Option<Vec<String>>,
+    hooked: bool,
 }
 
 impl Iptables {
@@ -148,7 +162,7 @@ impl Iptables {
             netns,
             forward_chain,
             cluster_networks,
-            lock: Default::default(),
+            state: Default::default(),
         }
     }
 
@@ -246,26 +260,55 @@ impl Iptables {
     }
 }
 
+impl Iptables {
+    async fn apply(
+        &self,
+        known: &mut Known,
+        desired: &[ContainerRules],
+    ) -> Result<(), FirewallError> {
+        let existing = match known.chains.take() {
+            Some(c) => c,
+            None => self.chains().await?,
+        };
+        let text = render(desired, &self.cluster_networks, &existing);
+        if let Err(e) = self
+            .run(&self.restore, &["-w", "5", "--noflush"], Some(&text))
+            .await
+        {
+            // Unknown kernel state now: read it again next time.
+            known.hooked = false;
+            return Err(e);
+        }
+        known.chains = Some(desired.iter().map(|c| chain_name(&c.id)).collect());
+        if !known.hooked {
+            let forward = if existing.iter().any(|c| c == &self.forward_chain)
+                || self.forward_chain == "FORWARD"
+            {
+                self.forward_chain.clone()
+            } else {
+                // No Docker-managed chain (engine without iptables): hook FORWARD itself.
+                "FORWARD".to_owned()
+            };
+            self.hook(&forward).await?;
+            self.hook("INPUT").await?;
+            known.hooked = true;
+        }
+        tracing::debug!(containers = desired.len(), "Firewall in sync.");
+        Ok(())
+    }
+}
+
 #[async_trait::async_trait]
 impl Firewall for Iptables {
     async fn sync(&self, desired: &[ContainerRules]) -> Result<(), FirewallError> {
-        let _serial = self.lock.lock().await;
-        let existing = self.chains().await?;
-        let text = render(desired, &self.cluster_networks, &existing);
-        self.run(&self.restore, &["-w", "5", "--noflush"], Some(&text))
-            .await?;
-        let forward = if existing.iter().any(|c| c == &self.forward_chain)
-            || self.forward_chain == "FORWARD"
-        {
-            self.forward_chain.clone()
-        } else {
-            // No Docker-managed chain (engine without iptables): hook FORWARD itself.
-            "FORWARD".to_owned()
-        };
-        self.hook(&forward).await?;
-        self.hook("INPUT").await?;
-        tracing::debug!(containers = desired.len(), "Firewall in sync.");
-        Ok(())
+        let mut known = self.state.lock().await;
+        self.apply(&mut known, desired).await
+    }
+
+    async fn repair(&self, desired: &[ContainerRules]) -> Result<(), FirewallError> {
+        let mut known = self.state.lock().await;
+        *known = Known::default();
+        self.apply(&mut known, desired).await
     }
 }
 

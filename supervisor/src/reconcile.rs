@@ -105,7 +105,7 @@ impl Supervisor {
                 }
             }
         }
-        self.sync_firewall().await?;
+        self.repair_firewall().await?;
         self.remove_stale_config_dirs();
         let n = self.lock().entries.len();
         tracing::info!(
@@ -233,7 +233,7 @@ impl Supervisor {
             }
         }
         self.forget_vanished().await;
-        if let Err(e) = self.sync_firewall().await {
+        if let Err(e) = self.repair_firewall().await {
             tracing::error!(error = %e, "Cannot restore firewall rules.");
         }
         self.refresh_registration().await;

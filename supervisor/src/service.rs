@@ -136,6 +136,12 @@ impl Supervisor {
         self.firewall.sync(&rules).await.map_err(ApiError::from)
     }
 
+    /// As [`Supervisor::sync_firewall`], re-reading the kernel first (repairs outside changes).
+    pub(crate) async fn repair_firewall(&self) -> Result<(), ApiError> {
+        let rules = self.desired_rules();
+        self.firewall.repair(&rules).await.map_err(ApiError::from)
+    }
+
     /// Deploys a container and returns once it is healthy, or fails having removed everything it made.
     pub async fn deploy(&self, spec: ContainerSpec) -> Result<ContainerInfo, ApiError> {
         spec.validate()?;
@@ -275,6 +281,7 @@ impl Supervisor {
         let deadline = Instant::now() + Duration::from_millis(d.health.start_timeout_ms);
         let timeout = Duration::from_millis(d.health.timeout_ms);
         let mut pause = Duration::from_millis(20);
+        let started = Instant::now();
         let mut last = String::from("no check yet");
         loop {
             let o = self.runtime.inspect(docker_id).await?.ok_or_else(|| {
@@ -307,7 +314,10 @@ impl Supervisor {
                 )));
             }
             tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_millis(250));
+            // Poll fast at first (most apps answer within a second), then back off.
+            if started.elapsed() > Duration::from_secs(2) {
+                pause = (pause * 2).min(Duration::from_millis(250));
+            }
         }
     }
 
@@ -494,7 +504,7 @@ impl Supervisor {
     }
 }
 
-/// Writes the config file read-only, in a directory only root can enter.
+/// Writes the config file read-only (0444), atomically.
 fn write_config(dir: &std::path::Path, file: &std::path::Path, data: &str) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::create_dir_all(dir)?;

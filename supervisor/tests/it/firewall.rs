@@ -119,7 +119,10 @@ async fn iptables_firewall_installs_exact_rules_and_cleans_up() {
     // A flushed chain and a removed hook come back; b's chain goes when b is no longer desired.
     ns.iptables(&["-F", &ca]);
     ns.iptables(&["-D", "INPUT", "-j", "ATLANTIS"]);
+    // The fast path trusts what it installed; repair re-reads the kernel and re-hooks.
     fw.sync(std::slice::from_ref(&a)).await.unwrap();
+    assert!(!ns.rules().contains("-A INPUT -j ATLANTIS"));
+    fw.repair(std::slice::from_ref(&a)).await.unwrap();
     let after = ns.rules();
     assert!(!after.contains(&cb), "stale chain removed:\n{after}");
     let a_lines = |r: &str| {
