@@ -206,13 +206,46 @@ async fn bad_input_is_refused_and_nothing_starts() {
         vec![pulled.container_id.to_string()]
     );
 
-    // Slots run out: 4 slots, one used; three more fit, the fifth is refused.
-    let mut ids = vec![pulled.container_id.clone()];
-    for _ in 0..3 {
-        let s = spec("filler", "prod");
-        ids.push(s.container_id.clone());
-        client.deploy_ok(&s).await;
-    }
+    // Concurrent deploys of one container ID: exactly one wins, the others are duplicates.
+    let twin = spec("filler", "prod");
+    let body = serde_json::to_string(&twin).unwrap();
+    let tries = (0..3).map(|_| client.send(Method::POST, "/v1/containers", Some(body.clone())));
+    let mut codes: Vec<u16> = futures::future::join_all(tries)
+        .await
+        .into_iter()
+        .map(|(s, _)| s)
+        .collect();
+    codes.sort();
+    assert_eq!(codes, vec![201, 409, 409]);
+    // Concurrent deploys for the last two slots: exactly two fit, the rest are refused; nothing is
+    // double-booked.
+    let racers: Vec<_> = (0..4).map(|_| spec("filler", "prod")).collect();
+    let tries = racers.iter().map(|r| {
+        client.send(
+            Method::POST,
+            "/v1/containers",
+            Some(serde_json::to_string(r).unwrap()),
+        )
+    });
+    let results = futures::future::join_all(tries).await;
+    assert_eq!(
+        results.iter().filter(|(s, _)| *s == 201).count(),
+        2,
+        "{results:?}"
+    );
+    assert!(
+        results
+            .iter()
+            .filter(|(s, _)| *s != 201)
+            .all(|(s, b)| *s == 409 && b.contains("no_capacity")),
+        "{results:?}"
+    );
+    let held = client.list().await;
+    let mut slots: Vec<u32> = held.iter().map(|c| c.slot).collect();
+    slots.sort();
+    assert_eq!(slots, vec![0, 1, 2, 3]);
+    assert_eq!(host.container_names().len(), 4);
+    assert_eq!(host.atlantis_chains().len(), 4);
     let (_, h) = client.send(Method::GET, "/v1/health", None).await;
     let h: SupervisorHealth = serde_json::from_str(&h).unwrap();
     assert_eq!(serde_json::to_value(h.status).unwrap(), "FULL");

@@ -13,7 +13,7 @@ use crate::{Client, Host, init_tracing, spec, unique, zk_config};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_zones_register_and_survive_session_loss() {
     init_tracing();
-    let zk = ZooKeeper::start();
+    let mut zk = ZooKeeper::start();
     let zkc = zk_config(&zk, &format!("/sup-zones-{}", unique()));
     let manager = Coord::connect(zkc.clone()).await.unwrap();
     let layout = manager.layout().clone();
@@ -112,6 +112,38 @@ async fn two_zones_register_and_survive_session_loss() {
     assert_eq!(rec.free.slots, 3);
     // Its container is still wanted and kept.
     assert_eq!(a.container_names().len(), 1);
+
+    // ZooKeeper away: the supervisors keep serving and remove nothing (intent unknown is not "unwanted").
+    zk.stop();
+    let client_a = Client::for_app(&app_a);
+    let deadline = std::time::Instant::now() + Duration::from_millis(2500);
+    while std::time::Instant::now() < deadline {
+        let (s, _) = client_a
+            .send(reqwest::Method::GET, "/v1/health", None)
+            .await;
+        assert_eq!(s, 200);
+        assert_eq!(
+            client_a.list().await.len(),
+            1,
+            "no container removed while ZooKeeper is away"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(a.container_names().len(), 1);
+    zk.restart();
+    eventually(
+        Duration::from_secs(30),
+        "registration back after the outage",
+        || async {
+            manager
+                .get::<SupervisorRecord>(&layout.supervisor(&host_a))
+                .await
+                .ok()?
+                .map(|_| ())
+        },
+    )
+    .await;
+    assert_eq!(client_a.list().await.len(), 1);
 
     // Graceful shutdown removes the registration; containers stay for the next supervisor.
     app_b.shutdown().await;

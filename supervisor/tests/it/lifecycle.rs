@@ -42,6 +42,15 @@ fn get_from(host: &Host, cid: &str, addr: &str) -> (Result<String, String>, Dura
     }
 }
 
+async fn state_of(client: &Client, id: &atlantis_common::ContainerId) -> Option<ContainerState> {
+    client
+        .list()
+        .await
+        .into_iter()
+        .find(|i| &i.container_id == id)
+        .map(|i| i.state)
+}
+
 fn chain_lines(rules: &str, chain: &str) -> Vec<String> {
     rules
         .lines()
@@ -184,6 +193,21 @@ async fn deploy_isolate_restart_orphans_teardown() {
             "refusal should be immediate, took {took:?}"
         );
     }
+
+    // --- Health turns: a failing check makes it unhealthy, a passing one healthy again.
+    host.docker
+        .docker_ok(&["exec", &cid, "mv", "/www/healthz", "/www/healthz.off"]);
+    eventually(Duration::from_secs(15), "web unhealthy", || async {
+        (state_of(&client, &web.container_id).await == Some(ContainerState::Unhealthy))
+            .then_some(())
+    })
+    .await;
+    host.docker
+        .docker_ok(&["exec", &cid, "mv", "/www/healthz.off", "/www/healthz"]);
+    eventually(Duration::from_secs(15), "web healthy again", || async {
+        (state_of(&client, &web.container_id).await == Some(ContainerState::Healthy)).then_some(())
+    })
+    .await;
 
     // --- A second container, which ZooKeeper will stop wanting while the supervisor is down.
     let api = spec("api", "prod");
