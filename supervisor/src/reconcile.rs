@@ -274,8 +274,69 @@ impl Supervisor {
         }
     }
 
+    /// Follows the engine's events: an exit marks a container unhealthy at once, a start schedules a check,
+    /// a removal behind our back forgets the container. Resubscribes when the stream drops.
+    pub async fn follow_events(self: Arc<Self>, stop: CancellationToken) {
+        use futures::StreamExt as _;
+        loop {
+            let mut events = self.runtime.events();
+            loop {
+                let ev = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    ev = events.next() => ev,
+                };
+                match ev {
+                    Some(Ok(ev)) => self.on_event(ev).await,
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "Engine event stream failed; resubscribing.");
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            }
+        }
+    }
+
+    async fn on_event(&self, ev: crate::runtime::RuntimeEvent) {
+        let Ok(id) = ev.name.parse::<ContainerId>() else {
+            return;
+        };
+        let busy = {
+            let mut inner = self.lock();
+            let Some(e) = inner.entries.get_mut(&id) else {
+                return;
+            };
+            if ev.action == "start" {
+                e.last_check = None;
+            }
+            // A deploy or teardown in flight owns the container's story.
+            e.op.try_lock().is_err()
+        };
+        if busy {
+            return;
+        }
+        match ev.action.as_str() {
+            "die" => {
+                let why = format!("container exited with code {}", ev.exit_code.unwrap_or(-1));
+                if let Some(e) = self.lock().entries.get_mut(&id) {
+                    e.failures = FAILURES_BEFORE_UNHEALTHY;
+                    e.last_check = None;
+                }
+                self.transition(&id, ContainerState::Unhealthy, &why);
+            }
+            "oom" => self.transition(&id, ContainerState::Unhealthy, "out of memory"),
+            "destroy" => self.forget_vanished().await,
+            _ => {}
+        }
+    }
+
     /// Runs the monitor and reconcile loops until `stop` fires.
     pub async fn run_loops(self: Arc<Self>, stop: CancellationToken) {
+        tokio::spawn(self.clone().follow_events(stop.clone()));
         let mut monitor = tokio::time::interval(Duration::from_millis(500));
         let mut reconcile = tokio::time::interval(self.cfg.reconcile_interval());
         monitor.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -23,7 +23,7 @@ use bytes::Bytes;
 use futures::stream::BoxStream;
 use futures::{StreamExt as _, TryStreamExt as _};
 
-use super::{AppliedLimits, ContainerRuntime, CreateSpec, Observed, RuntimeError};
+use super::{AppliedLimits, ContainerRuntime, CreateSpec, Observed, RuntimeError, RuntimeEvent};
 
 /// The Docker Engine runtime.
 #[derive(Debug, Clone)]
@@ -410,6 +410,41 @@ impl ContainerRuntime for DockerRuntime {
             .logs(id, Some(opts))
             .map_ok(|l| l.into_bytes())
             .map_err(map_err)
+            .boxed()
+    }
+
+    fn events(&self) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>> {
+        let filters = HashMap::from([
+            ("type".to_owned(), vec!["container".to_owned()]),
+            (
+                "label".to_owned(),
+                vec![format!("{}=true", crate::labels::MANAGED)],
+            ),
+            (
+                "event".to_owned(),
+                ["start", "die", "oom", "destroy"]
+                    .map(str::to_owned)
+                    .to_vec(),
+            ),
+        ]);
+        let opts = bollard::query_parameters::EventsOptionsBuilder::default()
+            .filters(&filters)
+            .build();
+        self.docker
+            .events(Some(opts))
+            .map_err(map_err)
+            .try_filter_map(|m| async move {
+                let attrs = m.actor.and_then(|a| a.attributes).unwrap_or_default();
+                let (Some(action), Some(name)) = (m.action, attrs.get("name").cloned()) else {
+                    return Ok(None);
+                };
+                let exit_code = attrs.get("exitCode").and_then(|c| c.parse().ok());
+                Ok(Some(RuntimeEvent {
+                    name,
+                    action,
+                    exit_code,
+                }))
+            })
             .boxed()
     }
 }

@@ -110,6 +110,17 @@ pub struct AppliedLimits {
     pub read_only_rootfs: bool,
 }
 
+/// A lifecycle event of an Atlantis container, as the engine reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeEvent {
+    /// Container name (the Atlantis ID).
+    pub name: String,
+    /// `start`, `die`, `oom` or `destroy`.
+    pub action: String,
+    /// Exit code, for `die`.
+    pub exit_code: Option<i64>,
+}
+
 /// The engine operations the supervisor uses.
 #[async_trait::async_trait]
 pub trait ContainerRuntime: Send + Sync {
@@ -144,4 +155,7 @@ pub trait ContainerRuntime: Send + Sync {
         follow: bool,
         tail: u32,
     ) -> BoxStream<'static, Result<Bytes, RuntimeError>>;
+    /// Lifecycle events (start, die, oom, destroy) of containers labelled `atlantis.managed=true`, from now
+    /// on, until the connection drops.
+    fn events(&self) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
 }

@@ -322,5 +322,44 @@ async fn bad_input_is_refused_and_nothing_starts() {
     assert_eq!(s, 400);
     assert!(host.container_names().is_empty());
     assert!(host.atlantis_chains().is_empty());
+
+    // A read-only root filesystem, then a container removed behind the supervisor's back: it is
+    // forgotten, its slot freed and its rules removed.
+    let mut ro = spec("readonly", "prod");
+    ro.read_only_rootfs = true;
+    let info = client.deploy_ok(&ro).await;
+    let id = ro.container_id.to_string();
+    assert_eq!(
+        host.docker
+            .docker_ok(&["inspect", "-f", "{{.HostConfig.ReadonlyRootfs}}", &id]),
+        "true"
+    );
+    assert!(
+        !host
+            .docker
+            .docker_output(&["exec", &id, "touch", "/www/x"])
+            .status
+            .success()
+    );
+    assert!(
+        host.docker
+            .docker_output(&["exec", &id, "touch", "/tmp/x"])
+            .status
+            .success(),
+        "/tmp is writable"
+    );
+    assert_eq!(info.state, ContainerState::Healthy);
+    host.docker.docker_ok(&["rm", "-f", &id]);
+    atlantis_testkit::eventually(
+        Duration::from_secs(10),
+        "removed container forgotten",
+        || async {
+            let (_, h) = client.send(Method::GET, "/v1/health", None).await;
+            let h: SupervisorHealth = serde_json::from_str(&h).ok()?;
+            (h.free == h.capacity && host.atlantis_chains().is_empty()).then_some(())
+        },
+    )
+    .await;
+    assert!(client.list().await.is_empty());
     app.shutdown().await;
 }
