@@ -97,3 +97,29 @@ async fn managers_register_and_one_leads() {
     .await;
     second.shutdown().await;
 }
+
+#[test]
+fn binary_prints_help_and_refuses_bad_config() {
+    let bin = env!("CARGO_BIN_EXE_atlantis-manager");
+    let out = std::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--config <CONFIG>"));
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("m.toml");
+    std::fs::write(
+        &cfg,
+        "host = \"Bad Host\"\n[zookeeper]\nservers = \"127.0.0.1:1\"\nregion = \"dev\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin)
+        .arg("--config")
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid host name \"Bad Host\""), "{err}");
+}
