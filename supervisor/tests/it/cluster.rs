@@ -6,6 +6,7 @@ use std::time::Duration;
 use atlantis_common::api::supervisor::{ContainerState, SupervisorRecord};
 use atlantis_common::zk::Coord;
 use atlantis_supervisor::App;
+use atlantis_supervisor::client::SupervisorClient;
 use atlantis_testkit::{ZooKeeper, eventually};
 
 use crate::{Client, Host, init_tracing, spec, unique, zk_config};
@@ -66,7 +67,23 @@ async fn two_zones_register_and_survive_session_loss() {
             .create(&node, &serde_json::json!({ "host": host }))
             .await
             .unwrap();
-        let info = Client::for_app(app).deploy_ok(&s).await;
+        let typed = SupervisorClient::new(&format!("http://{}", app.addr), crate::TOKEN).unwrap();
+        let info = typed.deploy(&s).await.unwrap();
+        assert_eq!(
+            typed.deploy(&s).await.unwrap_err().code(),
+            Some("duplicate")
+        );
+        assert_eq!(
+            typed.get(&s.container_id).await.unwrap().unwrap().ports,
+            info.ports
+        );
+        assert_eq!(
+            typed.health().await.unwrap().zone.as_str(),
+            info.host.as_str().replace("host", "zone")
+        );
+        let bad = SupervisorClient::new(&format!("http://{}", app.addr), "wrong-token-0123456789")
+            .unwrap();
+        assert_eq!(bad.list().await.unwrap_err().code(), Some("unauthorized"));
         assert_eq!(info.state, ContainerState::Healthy);
         assert_eq!(info.host.as_str(), host);
     }

@@ -158,18 +158,12 @@ async fn deploy_isolate_restart_orphans_teardown() {
         "{logs}"
     );
     assert!(logs.contains("{\"feature\":true}"), "{logs}");
-    let resp = client
-        .http
-        .get(format!(
-            "{}/v1/containers/{cid}/logs?follow=true&tail=1",
-            client.base
-        ))
-        .bearer_auth(&client.token)
-        .send()
+    let typed =
+        atlantis_supervisor::client::SupervisorClient::new(&client.base, &client.token).unwrap();
+    let mut stream = typed
+        .logs(&web.container_id, true, 1)
         .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let mut stream = resp.bytes_stream();
+        .expect("follow logs");
     use futures::StreamExt as _;
     let first = tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
