@@ -34,6 +34,7 @@ trap cleanup EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 now() { date +%s.%N; }
+cpu_s() { awk -v hz="$(getconf CLK_TCK)" '{printf "%.2f", ($14 + $15) / hz}' "/proc/$1/stat"; }
 peak_rss_mb() { awk '/VmHWM/ {printf "%.1f", $2/1024}' "/proc/$1/status"; }
 wait_http() { # url pid log
   for _ in $(seq 400); do
@@ -98,8 +99,9 @@ bench_server() { # name start_fn -> sets PUSH_S PULL_S RSS
   $2 "$dir"
   for run in $(seq "$RUNS"); do
     local ref="docker://127.0.0.1:$PORT/bench/img:run$run" out="$W/pull-$name-$run"
-    t0=$(now); "${SKOPEO[@]}" --dest-tls-verify=false "oci:$IMG:v1" "$ref"; t1=$(now)
-    "${SKOPEO[@]}" --src-tls-verify=false "$ref" "oci:$out:v1"; t2=$(now)
+    c0=$(cpu_s "$PID"); t0=$(now); "${SKOPEO[@]}" --dest-tls-verify=false "oci:$IMG:v1" "$ref"; t1=$(now); c1=$(cpu_s "$PID")
+    "${SKOPEO[@]}" --src-tls-verify=false "$ref" "oci:$out:v1"; t2=$(now); c2=$(cpu_s "$PID")
+    PUSH_CPU=$(echo "$c1 - $c0" | bc); PULL_CPU=$(echo "$c2 - $c1" | bc)
     got=$(jq -r '.manifests[0].digest' "$out/index.json")
     [ "$got" = "sha256:$MD" ] || { echo "$name: pulled $got, pushed sha256:$MD" >&2; exit 1; }
     for b in "$IMG"/blobs/sha256/*; do cmp -s "$b" "$out/blobs/sha256/$(basename "$b")" || { echo "$name: blob $(basename "$b") differs" >&2; exit 1; }; done
@@ -114,8 +116,8 @@ bench_server() { # name start_fn -> sets PUSH_S PULL_S RSS
 }
 
 
-RSS_MAX=0; bench_server ours start_ours; OURS_PUSH=$PUSH_S; OURS_PULL=$PULL_S; OURS_RSS=$RSS_MAX
-RSS_MAX=0; bench_server go start_go; GO_PUSH=$PUSH_S; GO_PULL=$PULL_S; GO_RSS=$RSS_MAX
+RSS_MAX=0; bench_server ours start_ours; OURS_PUSH=$PUSH_S; OURS_PULL=$PULL_S; OURS_RSS=$RSS_MAX; OURS_CPU="$PUSH_CPU/$PULL_CPU"
+RSS_MAX=0; bench_server go start_go; GO_PUSH=$PUSH_S; GO_PULL=$PULL_S; GO_RSS=$RSS_MAX; GO_CPU="$PUSH_CPU/$PULL_CPU"
 
 # ---- 1 GB blob: one monolithic streamed POST, peak RSS of each server ----
 echo "pushing a ${BIG_MB} MB blob..." >&2
@@ -135,17 +137,26 @@ big_push() { # name start_fn
   t1=$(now)
   [ "$code" = 201 ] || { echo "$1: 1 GB push answered $code" >&2; exit 1; }
   BIG_S=$(echo "$t1 - $t0" | bc); BIG_RSS=$(peak_rss_mb "$PID")
+  t0=$(now)
+  curl -sf -o "$W/big.out" "http://127.0.0.1:$PORT/v2/bench/big/blobs/sha256:$BIGD"
+  t1=$(now)
+  [ "$(sha256sum "$W/big.out" | cut -d' ' -f1)" = "$BIGD" ] || { echo "$1: 1 GB pull differs" >&2; exit 1; }
+  rm -f "$W/big.out"
+  BIG_PULL_S=$(echo "$t1 - $t0" | bc)
   RSS_MAX=0; stop "$PID"
 }
-big_push ours start_ours; OURS_BIG_S=$BIG_S; OURS_BIG_RSS=$BIG_RSS
-big_push go start_go; GO_BIG_S=$BIG_S; GO_BIG_RSS=$BIG_RSS
+big_push ours start_ours; OURS_BIG_S=$BIG_S; OURS_BIG_RSS=$BIG_RSS; OURS_BIG_PULL=$BIG_PULL_S
+big_push go start_go; GO_BIG_S=$BIG_S; GO_BIG_RSS=$BIG_RSS; GO_BIG_PULL=$BIG_PULL_S
 
 rate() { awk -v mb="$1" -v s="$2" 'BEGIN {printf "%.1f", mb/s}'; }
 ratio() { awk -v ours="$1" -v theirs="$2" 'BEGIN {printf "%.2f", theirs/ours}'; }
 echo
 echo "registry benchmark: $LAYERS x $LAYER_MB MB image ($MB MB), skopeo, best of $RUNS run(s), $(nproc) cores"
-printf '%-22s %10s %10s %12s %12s %10s\n' "" "push s" "pull s" "push MB/s" "pull MB/s" "peak RSS"
-printf '%-22s %10.2f %10.2f %12s %12s %9sM\n' "atlantis-registry" "$OURS_PUSH" "$OURS_PULL" "$(rate "$MB" "$OURS_PUSH")" "$(rate "$MB" "$OURS_PULL")" "$OURS_RSS"
-printf '%-22s %10.2f %10.2f %12s %12s %9sM\n' "docker-registry (Go)" "$GO_PUSH" "$GO_PULL" "$(rate "$MB" "$GO_PUSH")" "$(rate "$MB" "$GO_PULL")" "$GO_RSS"
-echo "throughput ratio ours/theirs: push $(ratio "$OURS_PUSH" "$GO_PUSH")x, pull $(ratio "$OURS_PULL" "$GO_PULL")x (goal 1.5x)"
-echo "${BIG_MB} MB blob push: atlantis-registry ${OURS_BIG_S}s, peak RSS ${OURS_BIG_RSS}M (goal < 64M); docker-registry ${GO_BIG_S}s, peak RSS ${GO_BIG_RSS}M"
+printf '%-22s %8s %8s %10s %10s %9s %16s\n' "" "push s" "pull s" "push MB/s" "pull MB/s" "peak RSS" "server CPU s p/p"
+printf '%-22s %8.2f %8.2f %10s %10s %8sM %16s\n' "atlantis-registry" "$OURS_PUSH" "$OURS_PULL" "$(rate "$MB" "$OURS_PUSH")" "$(rate "$MB" "$OURS_PULL")" "$OURS_RSS" "$OURS_CPU"
+printf '%-22s %8.2f %8.2f %10s %10s %8sM %16s\n' "docker-registry (Go)" "$GO_PUSH" "$GO_PULL" "$(rate "$MB" "$GO_PUSH")" "$(rate "$MB" "$GO_PULL")" "$GO_RSS" "$GO_CPU"
+echo "skopeo throughput ratio ours/theirs: push $(ratio "$OURS_PUSH" "$GO_PUSH")x, pull $(ratio "$OURS_PULL" "$GO_PULL")x (goal 1.5x)"
+echo "${BIG_MB} MB blob, curl (PATCH stream + PUT, then GET):"
+printf '  %-20s push %6.2fs (%s MB/s)  pull %6.2fs (%s MB/s)  peak RSS %sM\n' "atlantis-registry" "$OURS_BIG_S" "$(rate "$BIG_MB" "$OURS_BIG_S")" "$OURS_BIG_PULL" "$(rate "$BIG_MB" "$OURS_BIG_PULL")" "$OURS_BIG_RSS"
+printf '  %-20s push %6.2fs (%s MB/s)  pull %6.2fs (%s MB/s)  peak RSS %sM\n' "docker-registry (Go)" "$GO_BIG_S" "$(rate "$BIG_MB" "$GO_BIG_S")" "$GO_BIG_PULL" "$(rate "$BIG_MB" "$GO_BIG_PULL")" "$GO_BIG_RSS"
+echo "  ratio ours/theirs: push $(ratio "$OURS_BIG_S" "$GO_BIG_S")x, pull $(ratio "$OURS_BIG_PULL" "$GO_BIG_PULL")x; our peak RSS goal < 64M"

@@ -9,6 +9,10 @@ use atlantis_router::config::Config;
 use atlantis_router::source::ZkSource;
 use clap::Parser;
 
+/// mimalloc: fewer cycles per request than glibc malloc on the proxy path (measured by bench/router.sh).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The Atlantis HTTP router.
 #[derive(Parser, Debug)]
 #[command(version, about)]

@@ -178,11 +178,17 @@ fn answer(status: StatusCode, code: &'static str, text: &'static str) -> Respons
         HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r.headers_mut()
-        .insert("x-atlantis-error", HeaderValue::from_static(code));
+        .insert(&X_ATLANTIS_ERROR, HeaderValue::from_static(code));
     r
 }
 
-const HOP_BY_HOP: [HeaderName; 7] = [
+// Header names used on every request, parsed once.
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_ATLANTIS_ERROR: HeaderName = HeaderName::from_static("x-atlantis-error");
+static HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
@@ -194,14 +200,15 @@ const HOP_BY_HOP: [HeaderName; 7] = [
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(conn) = h
-        .get(header::CONNECTION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
+    if let Some(conn) = h.get(header::CONNECTION).cloned()
+        && let Ok(conn) = conn.to_str()
     {
         for name in conn.split(',') {
             let name = name.trim();
-            if !name.is_empty() {
+            if !name.is_empty()
+                && !name.eq_ignore_ascii_case("keep-alive")
+                && !name.eq_ignore_ascii_case("close")
+            {
                 h.remove(name);
             }
         }
@@ -258,7 +265,7 @@ pub async fn handle(
                 .record(resp.status().as_u16(), start.elapsed().as_secs_f64());
             if shared.access_log {
                 tracing::info!(target: "atlantis_router::access", port = conn.port, peer = %conn.peer,
-                    status = resp.status().as_u16(), error = resp.headers().get("x-atlantis-error").and_then(|v| v.to_str().ok()).unwrap_or(""),
+                    status = resp.status().as_u16(), error = resp.headers().get(&X_ATLANTIS_ERROR).and_then(|v| v.to_str().ok()).unwrap_or(""),
                     "Request not routed.");
             }
             return Ok(resp);
@@ -269,7 +276,7 @@ pub async fn handle(
             pool = pool.as_ref().map(|p| p.name.as_str()).unwrap_or("-"),
             backend = backend.as_ref().map(|b| b.name.as_str()).unwrap_or("-"),
             status = resp.status().as_u16(), ms = start.elapsed().as_secs_f64() * 1000.0,
-            request_id = resp.headers().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or(""),
+            request_id = resp.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()).unwrap_or(""),
             "Request routed.");
     }
     Ok(resp)
@@ -288,13 +295,18 @@ fn prepare(
     } else {
         None
     };
-    let pq = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
-    if let Ok(u) = pq.parse() {
-        *req.uri_mut() = u;
+    if req.uri().authority().is_some() || req.uri().scheme().is_some() {
+        // Absolute form (HTTP/2, or a proxy-style request): keep only the path and query.
+        let mut parts = http::uri::Parts::default();
+        parts.path_and_query = Some(
+            req.uri()
+                .path_and_query()
+                .cloned()
+                .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/")),
+        );
+        if let Ok(u) = http::Uri::from_parts(parts) {
+            *req.uri_mut() = u;
+        }
     }
     *req.version_mut() = Version::HTTP_11;
     let h = req.headers_mut();
@@ -309,25 +321,25 @@ fn prepare(
         h.insert(header::HOST, v);
     }
     let ip = conn.peer.ip().to_string();
-    let xff = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => format!("{prev}, {ip}"),
         None => ip,
     };
     if let Ok(v) = HeaderValue::try_from(xff) {
-        h.insert("x-forwarded-for", v);
+        h.insert(&X_FORWARDED_FOR, v);
     }
     h.insert(
-        "x-forwarded-proto",
+        &X_FORWARDED_PROTO,
         HeaderValue::from_static(if conn.tls { "https" } else { "http" }),
     );
     if let Some(v) = h.get(header::HOST).cloned() {
-        h.insert("x-forwarded-host", v);
+        h.insert(&X_FORWARDED_HOST, v);
     }
-    let id = match h.get("x-request-id") {
+    let id = match h.get(&X_REQUEST_ID) {
         Some(v) if !v.is_empty() && v.len() <= 128 => v.clone(),
         _ => ids.next(),
     };
-    h.insert("x-request-id", id.clone());
+    h.insert(&X_REQUEST_ID, id.clone());
     id
 }
 
@@ -465,7 +477,7 @@ async fn forward(
         lease.set_conn(sr);
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        parts.headers.insert("x-request-id", request_id);
+        parts.headers.insert(&X_REQUEST_ID, request_id);
         return (
             Response::from_parts(parts, ProxyBody::streamed(body, lease)),
             Some(backend),
