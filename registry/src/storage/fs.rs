@@ -9,13 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
-use bytes::Bytes;
-use futures::StreamExt as _;
+use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWriteExt as _, BufWriter};
 
 use super::{ByteStream, FileInfo, FileWriter, StorageDriver, StorageError, check_dir, check_path};
 
-const READ_CHUNK: usize = 256 * 1024;
+const READ_CHUNK: usize = 512 * 1024;
+const READ_AHEAD: usize = 4;
 const WRITE_BUFFER: usize = 1024 * 1024;
 
 /// Stores objects as files under `root`.
@@ -152,10 +152,31 @@ impl StorageDriver for FsDriver {
         f.seek(SeekFrom::Start(offset))
             .await
             .map_err(|e| io(path, e))?;
-        let take = len.unwrap_or(u64::MAX);
+        // Read ahead in a task: the next chunks come off the disk while the current one is on the wire.
+        // At most READ_AHEAD chunks wait in the channel; a dropped stream stops the task at its next send.
+        let mut f = f.take(len.unwrap_or(u64::MAX));
         let owned = path.to_owned();
-        let stream = tokio_util::io::ReaderStream::with_capacity(f.take(take), READ_CHUNK)
-            .map(move |r| r.map_err(|e| io(&owned, e)));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, StorageError>>(READ_AHEAD);
+        tokio::spawn(async move {
+            loop {
+                let mut buf = BytesMut::with_capacity(READ_CHUNK);
+                match f.read_buf(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(_) => {
+                        if tx.send(Ok(buf.freeze())).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(io(&owned, e))).await;
+                        break;
+                    }
+                }
+            }
+        });
+        let stream = futures::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        });
         Ok(Box::pin(stream))
     }
 
