@@ -95,11 +95,13 @@ impl Supervisor {
         }
         for (id, docker_id) in to_start {
             match self.runtime.start(&docker_id).await {
-                Ok(()) => self.transition(
-                    &id,
-                    ContainerState::Starting,
-                    "restarted at supervisor start",
-                ),
+                Ok(()) => {
+                    self.transition(
+                        &id,
+                        ContainerState::Starting,
+                        "restarted at supervisor start",
+                    );
+                }
                 Err(e) => {
                     tracing::error!(container = %id, error = %e, "Cannot start a stopped container.")
                 }
@@ -265,12 +267,10 @@ impl Supervisor {
         };
         for id in gone {
             tracing::warn!(container = %id, "Container vanished from the engine.");
-            {
-                let mut inner = self.lock();
-                inner.entries.remove(&id);
-                inner.alloc.release(&id);
-            }
             self.transition(&id, ContainerState::Gone, "removed outside the supervisor");
+            let mut inner = self.lock();
+            inner.entries.remove(&id);
+            inner.alloc.release(&id);
         }
     }
 
@@ -328,7 +328,9 @@ impl Supervisor {
                 }
                 self.transition(&id, ContainerState::Unhealthy, &why);
             }
-            "oom" => self.transition(&id, ContainerState::Unhealthy, "out of memory"),
+            "oom" => {
+                self.transition(&id, ContainerState::Unhealthy, "out of memory");
+            }
             "destroy" => self.forget_vanished().await,
             _ => {}
         }

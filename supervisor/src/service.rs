@@ -96,21 +96,27 @@ impl Supervisor {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Moves a container to `to`, logging the transition.
-    pub(crate) fn transition(&self, id: &ContainerId, to: ContainerState, why: &str) {
+    /// Moves a container to `to` if the state machine allows it, logging the transition. Returns false
+    /// (and changes nothing) for a transition the machine does not have, such as a late health check
+    /// result for a container that is being stopped.
+    pub(crate) fn transition(&self, id: &ContainerId, to: ContainerState, why: &str) -> bool {
         let from = {
             let mut inner = self.lock();
-            match inner.entries.get_mut(id) {
-                Some(e) if e.state != to => Some(std::mem::replace(&mut e.state, to)),
-                Some(_) => None,
-                None if to == ContainerState::Gone => Some(ContainerState::Stopping),
-                None => None,
+            let Some(e) = inner.entries.get_mut(id) else {
+                return false;
+            };
+            if e.state == to {
+                return true;
             }
+            if !allowed(e.state, to) {
+                tracing::debug!(container = %id, from = ?e.state, ?to, why, "Transition refused by the state machine.");
+                return false;
+            }
+            std::mem::replace(&mut e.state, to)
         };
-        if let Some(from) = from {
-            tracing::info!(container = %id, ?from, ?to, why, "Container state changed.");
-            self.metrics.transition(to);
-        }
+        tracing::info!(container = %id, ?from, ?to, why, "Container state changed.");
+        self.metrics.transition(to);
+        true
     }
 
     fn config_dir(&self, id: &ContainerId) -> PathBuf {
@@ -176,11 +182,12 @@ impl Supervisor {
         let result = self.bring_up(&spec).await;
         match result {
             Ok(()) => {
+                // Read the answer while the operation lock still keeps a teardown out.
+                let info = self.info(&id);
                 drop(guard);
                 self.metrics.deploy("ok", started.elapsed());
                 self.refresh_registration().await;
-                self.info(&id)
-                    .ok_or_else(|| ApiError::Internal("container vanished after deploy".into()))
+                info.ok_or_else(|| ApiError::Internal("container vanished after deploy".into()))
             }
             Err(e) => {
                 let (_, code) = e.status_and_code();
@@ -353,12 +360,12 @@ impl Supervisor {
             return;
         }
         let _ = std::fs::remove_dir_all(self.config_dir(id));
+        self.transition(id, ContainerState::Gone, "removed");
         {
             let mut inner = self.lock();
             inner.entries.remove(id);
             inner.alloc.release(id);
         }
-        self.transition(id, ContainerState::Gone, "removed");
         if let Err(e) = self.sync_firewall().await {
             tracing::error!(error = %e, "Cannot remove firewall rules; the reconcile loop will retry.");
         }
@@ -512,4 +519,49 @@ fn write_config(dir: &std::path::Path, file: &std::path::Path, data: &str) -> st
     std::fs::write(&tmp, data)?;
     std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o444))?;
     std::fs::rename(&tmp, file)
+}
+
+/// The container state machine: which transitions exist.
+///
+/// ```text
+/// pulling -> starting -> healthy <-> unhealthy
+///    |          |           |            |  \-> starting (restarted after a supervisor restart)
+///    +----------+-----------+------------+--> stopping -> gone
+///               +-----------+------------+--> gone (removed behind our back)
+/// ```
+pub fn allowed(from: ContainerState, to: ContainerState) -> bool {
+    use ContainerState::*;
+    matches!(
+        (from, to),
+        (Pulling, Starting | Stopping)
+            | (Starting, Healthy | Unhealthy | Stopping | Gone)
+            | (Healthy, Unhealthy | Stopping | Gone)
+            | (Unhealthy, Healthy | Starting | Stopping | Gone)
+            | (Stopping, Gone)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ContainerState::*;
+
+    #[test]
+    fn state_machine() {
+        assert!(
+            allowed(Pulling, Starting) && allowed(Starting, Healthy) && allowed(Healthy, Unhealthy)
+        );
+        assert!(
+            allowed(Unhealthy, Healthy) && allowed(Healthy, Stopping) && allowed(Stopping, Gone)
+        );
+        // A late health result must not resurrect a container being stopped, nor anything gone.
+        for to in [Pulling, Starting, Healthy, Unhealthy] {
+            assert!(!allowed(Stopping, to), "stopping -> {to:?}");
+            assert!(!allowed(Gone, to), "gone -> {to:?}");
+        }
+        assert!(
+            !allowed(Pulling, Healthy),
+            "no health before the container started"
+        );
+    }
 }
