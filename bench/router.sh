@@ -3,7 +3,9 @@
 # the same wrk settings: first one worker thread each, then all cores. Then our router with 10 vs 10,000
 # rules, and the time from a rule change written to ZooKeeper to the first request routed by it.
 #
-# Usage: bench/router.sh            (env: BENCH_SECONDS=10, BENCH_CONNS=64, SKIP_BUILD=1, CHANGES=100)
+# Usage: bench/router.sh   (env: BENCH_SECONDS=10, BENCH_ROUNDS=3, BENCH_CONNS=64, SKIP_BUILD=1, CHANGES=100)
+# Targets are measured in interleaved rounds and the median is reported, so a load spike on a shared
+# machine hits every target alike.
 # Needs: zookeeper, nginx, haproxy, wrk, curl, python3 (Debian packages), and cargo unless SKIP_BUILD=1.
 # Prints rps, p50 and p99 per target and our ratio to each; performance is reported, never asserted.
 set -euo pipefail
@@ -13,6 +15,7 @@ TARGET=${CARGO_TARGET_DIR:-$REPO/target}
 SECS=${BENCH_SECONDS:-10}
 CONNS=${BENCH_CONNS:-64}
 CHANGES=${CHANGES:-100}
+ROUNDS=${BENCH_ROUNDS:-3}
 CORES=$(nproc)
 
 for bin in java nginx haproxy wrk curl python3; do
@@ -76,24 +79,25 @@ EOF
 start backend nginx -c "$W/backend.conf"
 wait_http "http://127.0.0.1:$BP/"
 
-RP=$(free_port)   # our routed port
+RP=$(free_port)    # our routed port (10 rules)
+RP10K=$(free_port) # a second router's port (10,000 rules)
 "$TOOL" seed "127.0.0.1:$ZKP" /bench "$RP" "127.0.0.1:$BP" 10 >/dev/null
 
-start_router() { # workers
-  SP=$(free_port)
-  cat >"$W/router.toml" <<EOF
-status_addr = "127.0.0.1:$SP"
+start_router() { # name root port workers
+  local sp; sp=$(free_port)
+  cat >"$W/$1.toml" <<EOF
+status_addr = "127.0.0.1:$sp"
 listen_ip = "127.0.0.1"
 host = "bench-router"
-workers = $1
+workers = $4
 access_log = false
 [zookeeper]
 servers = "127.0.0.1:$ZKP"
 region = "bench"
-root = "/bench"
+root = "$2"
 EOF
-  RUST_LOG=warn start router "$ROUTER" --config "$W/router.toml"
-  wait_http "http://127.0.0.1:$RP/" app9.bench
+  RUST_LOG=warn start "$1" "$ROUTER" --config "$W/$1.toml"
+  wait_http "http://127.0.0.1:$3/" app9.bench
 }
 
 start_haproxy() { # threads
@@ -135,45 +139,62 @@ EOF
   wait_http "http://127.0.0.1:$NP/"
 }
 
-# run_wrk label port threads conns host -> prints "label rps p50_ms p99_ms" and records it.
-declare -A RPS P50 P99
+# One wrk run; appends "rps p50_ms p99_ms" to $W/results/<label>.
+mkdir -p "$W/results"
 to_ms() { python3 -c 'import sys,re; v=sys.argv[1]; m=re.match(r"([\d.]+)(us|ms|s)$",v); n=float(m.group(1)); print(round(n/1000 if m.group(2)=="us" else n*1000 if m.group(2)=="s" else n,3))' "$1"; }
-run_wrk() {
-  local label=$1 port=$2 threads=$3 conns=$4 host=$5
+run_wrk() { # label port threads conns host
+  local label=$1 port=$2 threads=$3 conns=$4 host=$5 out
   wrk -t"$threads" -c"$conns" -d1s -H "Host: $host" "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
-  local out; out=$(wrk -t"$threads" -c"$conns" -d"${SECS}s" --latency -H "Host: $host" "http://127.0.0.1:$port/")
+  out=$(wrk -t"$threads" -c"$conns" -d"${SECS}s" --latency -H "Host: $host" "http://127.0.0.1:$port/")
   if echo "$out" | grep -q 'Non-2xx'; then echo "$out" >&2; echo "$label answered errors" >&2; exit 1; fi
-  RPS[$label]=$(echo "$out" | awk '/^Requests\/sec/ {print $2}')
-  P50[$label]=$(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')")
-  P99[$label]=$(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")
-  printf '%-22s rps=%10s  p50=%8sms  p99=%8sms\n' "$label" "${RPS[$label]}" "${P50[$label]}" "${P99[$label]}"
+  echo "$(echo "$out" | awk '/^Requests\/sec/ {print $2}') $(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')") $(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")" >>"$W/results/$label"
+}
+# Median over the rounds of each column; prints a line and sets RPS_<label> and P99_<label>.
+median() { # label
+  local rps p50 p99 key=${1//-/_}
+  read -r rps p50 p99 < <(python3 -c '
+import statistics, sys
+rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
+print(*(statistics.median(c) for c in zip(*rows)))' "$W/results/$1")
+  printf '%-22s rps=%10.0f  p50=%7.2fms  p99=%7.2fms  (median of %s runs)\n' "$1" "$rps" "$p50" "$p99" "$(wc -l <"$W/results/$1")"
+  printf -v "RPS_$key" '%s' "$rps"
+  printf -v "P99_$key" '%s' "$p99"
 }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
 
-echo "machine: $CORES cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg); wrk ${SECS}s, $CONNS connections"
+echo "machine: $CORES cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg); wrk ${SECS}s x $ROUNDS interleaved rounds, $CONNS connections per thread-set"
 for phase in single all; do
   if [ $phase = single ]; then T=1; C=$CONNS; RW=1; else T=$CORES; C=$((CONNS * 2)); RW=0; fi
   echo "== $phase: $T worker thread(s) per proxy, wrk -t$T -c$C =="
-  run_wrk "backend-$phase" "$BP" "$T" "$C" x
-  start_router $RW;   run_wrk "atlantis-$phase" "$RP" "$T" "$C" app9.bench; stop router
-  start_haproxy "$T"; run_wrk "haproxy-$phase" "$HP" "$T" "$C" x; stop haproxy
-  start_nginx "$T";   run_wrk "nginx-$phase" "$NP" "$T" "$C" x; stop nginxproxy
-  echo "ratio atlantis/haproxy ($phase): rps x$(ratio "${RPS[atlantis-$phase]}" "${RPS[haproxy-$phase]}"), p99 x$(ratio "${P99[atlantis-$phase]}" "${P99[haproxy-$phase]}") (lower is better)"
-  echo "ratio atlantis/nginx   ($phase): rps x$(ratio "${RPS[atlantis-$phase]}" "${RPS[nginx-$phase]}"), p99 x$(ratio "${P99[atlantis-$phase]}" "${P99[nginx-$phase]}") (lower is better)"
+  start_router atl /bench "$RP" "$RW"; start_haproxy "$T"; start_nginx "$T"
+  for _ in $(seq "$ROUNDS"); do
+    run_wrk "backend-$phase" "$BP" "$T" "$C" x
+    run_wrk "atlantis-$phase" "$RP" "$T" "$C" app9.bench
+    run_wrk "haproxy-$phase" "$HP" "$T" "$C" x
+    run_wrk "nginx-$phase" "$NP" "$T" "$C" x
+  done
+  stop atl; stop haproxy; stop nginxproxy
+  for t in backend atlantis haproxy nginx; do median "$t-$phase"; done
+  a=atlantis_$phase; h=haproxy_$phase; n=nginx_$phase
+  ar=RPS_$a ap=P99_$a hr=RPS_$h hp=P99_$h nr=RPS_$n np=P99_$n
+  echo "ratio atlantis/haproxy ($phase): rps x$(ratio "${!ar}" "${!hr}"), p99 x$(ratio "${!ap}" "${!hp}") (p99: lower is better)"
+  echo "ratio atlantis/nginx   ($phase): rps x$(ratio "${!ar}" "${!nr}"), p99 x$(ratio "${!ap}" "${!np}") (p99: lower is better)"
 done
 
-echo "== rules: 10 vs 10,000 host rules (1 worker thread), request for the last host rule =="
-start_router 1
-run_wrk "atlantis-10-rules" "$RP" 1 "$CONNS" app9.bench
-"$TOOL" seed "127.0.0.1:$ZKP" /bench "$RP" "127.0.0.1:$BP" 10000 >/dev/null
-for _ in $(seq 600); do
-  curl -s --noproxy '*' "http://127.0.0.1:$SP/statusz.json" | grep -q '"rules":10001' && break; sleep 0.1
+echo "== rules: 10 vs 10,000 host rules (1 worker thread each), request for the last host rule =="
+"$TOOL" seed "127.0.0.1:$ZKP" /bench10k "$RP10K" "127.0.0.1:$BP" 10000 >/dev/null
+start_router atl10 /bench "$RP" 1
+start_router atl10k /bench10k "$RP10K" 1
+wait_http "http://127.0.0.1:$RP10K/" app9999.bench
+for _ in $(seq "$ROUNDS"); do
+  run_wrk "atlantis-10-rules" "$RP" 1 "$CONNS" app9.bench
+  run_wrk "atlantis-10000-rules" "$RP10K" 1 "$CONNS" app9999.bench
 done
-wait_http "http://127.0.0.1:$RP/" app9999.bench
-run_wrk "atlantis-10000-rules" "$RP" 1 "$CONNS" app9999.bench
-echo "loss at 10,000 rules: $(python3 -c "import sys; print(f'{(1-float(sys.argv[1])/float(sys.argv[2]))*100:.1f}%')" "${RPS[atlantis-10000-rules]}" "${RPS[atlantis-10-rules]}")"
+median atlantis-10-rules
+median atlantis-10000-rules
+echo "loss at 10,000 rules: $(python3 -c "import sys; print(f'{(1-float(sys.argv[1])/float(sys.argv[2]))*100:.1f}%')" "$RPS_atlantis_10000_rules" "$RPS_atlantis_10_rules")"
 
 echo "== rule change -> first routed request ($CHANGES changes, 10,000 rules in the table) =="
-"$TOOL" latency "127.0.0.1:$ZKP" /bench "$RP" "$CHANGES"
-stop router
+"$TOOL" latency "127.0.0.1:$ZKP" /bench10k "$RP10K" "$CHANGES"
+stop atl10; stop atl10k
 echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
