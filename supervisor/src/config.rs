@@ -80,6 +80,20 @@ pub struct DockerConfig {
     pub pull_timeout_ms: u64,
     /// Timeout of one Docker API call.
     pub api_timeout_ms: u64,
+    /// Credentials for pulls from our registry (basic auth), when it requires them.
+    pub registry_auth: Option<RegistryAuth>,
+}
+
+/// Basic-auth credentials for one registry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryAuth {
+    /// The registry host as it appears in image references (`registry.example:5000`).
+    pub server: String,
+    /// User name.
+    pub username: String,
+    /// File holding the password (trimmed).
+    pub password_file: PathBuf,
 }
 
 impl Default for DockerConfig {
@@ -91,6 +105,7 @@ impl Default for DockerConfig {
             prefix_len: 16,
             pull_timeout_ms: 300_000,
             api_timeout_ms: 120_000,
+            registry_auth: None,
         }
     }
 }

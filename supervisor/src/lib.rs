@@ -105,6 +105,17 @@ impl App {
             Duration::from_millis(cfg.docker.pull_timeout_ms),
         )
         .await?;
+        let runtime = match &cfg.docker.registry_auth {
+            Some(a) => {
+                let password =
+                    std::fs::read_to_string(&a.password_file).map_err(|e| BuildError::Token {
+                        path: a.password_file.display().to_string(),
+                        message: format!("registry password: {e}"),
+                    })?;
+                runtime.with_registry_auth(&a.server, &a.username, password.trim())
+            }
+            None => runtime,
+        };
         let firewall: Arc<dyn Firewall> = if cfg.firewall.enabled {
             let mut nets: Vec<_> = cfg
                 .firewall

@@ -30,6 +30,7 @@ use super::{AppliedLimits, ContainerRuntime, CreateSpec, Observed, RuntimeError,
 pub struct DockerRuntime {
     docker: Docker,
     pull_timeout: Duration,
+    auth: Option<(String, bollard::auth::DockerCredentials)>,
 }
 
 impl DockerRuntime {
@@ -52,7 +53,27 @@ impl DockerRuntime {
         Ok(DockerRuntime {
             docker,
             pull_timeout,
+            auth: None,
         })
+    }
+
+    /// Pulls from `server` (the host part of image references) with basic-auth credentials.
+    pub fn with_registry_auth(mut self, server: &str, username: &str, password: &str) -> Self {
+        let creds = bollard::auth::DockerCredentials {
+            username: Some(username.to_owned()),
+            password: Some(password.to_owned()),
+            serveraddress: Some(server.to_owned()),
+            ..Default::default()
+        };
+        self.auth = Some((server.to_owned(), creds));
+        self
+    }
+
+    /// The credentials for `image`, when it lives on the configured registry.
+    fn credentials_for(&self, image: &str) -> Option<bollard::auth::DockerCredentials> {
+        let (server, creds) = self.auth.as_ref()?;
+        let host = image.split('/').next()?;
+        (image.contains('/') && host == server).then(|| creds.clone())
     }
 }
 
@@ -158,7 +179,9 @@ impl ContainerRuntime for DockerRuntime {
             .from_image(image)
             .build();
         let pull = async {
-            let mut s = self.docker.create_image(Some(opts), None, None);
+            let mut s = self
+                .docker
+                .create_image(Some(opts), None, self.credentials_for(image));
             while let Some(item) = s.next().await {
                 match item {
                     Ok(_) => {}

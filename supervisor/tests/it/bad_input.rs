@@ -10,18 +10,41 @@ use reqwest::Method;
 
 use crate::{Client, Host, init_tracing, spec};
 
+/// The registry user and password (basic auth, as our registry requires credentials for pulls).
+const REG_USER: &str = "puller";
+const REG_PASSWORD: &str = "s3cret-pull-password";
+
 /// Debian's `docker-registry` inside the host's namespace on 127.0.0.1:5000 (the engine treats loopback
-/// registries as insecure, so no daemon flag is needed).
+/// registries as insecure, so no daemon flag is needed), with htpasswd (bcrypt) basic auth.
 fn registry(host: &Host) -> Guarded {
     let bin = atlantis_testkit::require_bin("docker-registry", "docker-registry");
+    let python = atlantis_testkit::require_bin("python3", "python3");
     let dir = host.dir.path().join("registry");
     std::fs::create_dir_all(&dir).unwrap();
+    let script =
+        "import crypt,sys; print(crypt.crypt(sys.argv[1], crypt.mksalt(crypt.METHOD_BLOWFISH)))";
+    let hash = std::process::Command::new(python)
+        .args(["-W", "ignore", "-c", script, REG_PASSWORD])
+        .output()
+        .unwrap();
+    assert!(
+        hash.status.success(),
+        "bcrypt via python3: {}",
+        String::from_utf8_lossy(&hash.stderr)
+    );
+    let line = format!(
+        "{REG_USER}:{}\n",
+        String::from_utf8_lossy(&hash.stdout).trim()
+    );
+    std::fs::write(dir.join("htpasswd"), line).unwrap();
     let cfg = dir.join("config.yml");
     std::fs::write(
         &cfg,
         format!(
-            "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\nhttp: {{addr: \"127.0.0.1:5000\"}}\n",
-            dir.join("data").display()
+            "version: 0.1\nlog: {{level: warn}}\nstorage: {{filesystem: {{rootdirectory: {}}}, delete: {{enabled: true}}}}\n\
+             auth: {{htpasswd: {{realm: atlantis, path: {}}}}}\nhttp: {{addr: \"127.0.0.1:5000\", secret: test-secret}}\n",
+            dir.join("data").display(),
+            dir.join("htpasswd").display()
         ),
     )
     .unwrap();
@@ -37,19 +60,56 @@ fn registry(host: &Host) -> Guarded {
         let out = host
             .docker
             .in_netns("curl")
-            .args(["-sf", "http://127.0.0.1:5000/v2/"])
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "http://127.0.0.1:5000/v2/",
+            ])
             .output()
             .ok()?;
-        out.status.success().then_some(())
+        (String::from_utf8_lossy(&out.stdout) == "401").then_some(())
     });
     g
 }
 
-/// Pushes the test image as `127.0.0.1:5000/apps/web:v1`, untags it locally, returns the digest reference.
+/// Pushes the test image as `127.0.0.1:5000/apps/web:v1` (logged in with a private docker CLI config),
+/// untags it locally, checks that an anonymous pull is refused, returns the digest reference.
 fn push_image(host: &Host) -> String {
+    use std::io::Write as _;
+    let cli_cfg = host.dir.path().join("docker-cli").display().to_string();
     let tag = "127.0.0.1:5000/apps/web:v1";
+    let mut login = host.docker.docker();
+    login.args([
+        "--config",
+        &cli_cfg,
+        "login",
+        "-u",
+        REG_USER,
+        "--password-stdin",
+        "127.0.0.1:5000",
+    ]);
+    login
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+    let mut child = login.spawn().unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(REG_PASSWORD.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "docker login: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     host.docker.docker_ok(&["tag", crate::IMAGE, tag]);
-    let out = host.docker.docker_ok(&["push", tag]);
+    let out = host.docker.docker_ok(&["--config", &cli_cfg, "push", tag]);
     let digest = out
         .split_whitespace()
         .skip_while(|w| *w != "digest:")
@@ -63,6 +123,11 @@ fn push_image(host: &Host) -> String {
         !missing.status.success(),
         "the digest must not be present locally before the deploy"
     );
+    let anonymous = host.docker.docker_output(&["pull", &reference]);
+    assert!(
+        !anonymous.status.success(),
+        "the registry must refuse anonymous pulls"
+    );
     reference
 }
 
@@ -72,9 +137,15 @@ async fn bad_input_is_refused_and_nothing_starts() {
     let host = Host::start("host-b", "zone-b");
     let _registry = registry(&host);
     let by_digest = push_image(&host);
-    let app = App::build(host.config(None))
-        .await
-        .expect("supervisor starts");
+    let password_file = host.dir.path().join("registry-password");
+    std::fs::write(&password_file, format!("{REG_PASSWORD}\n")).unwrap();
+    let mut cfg = host.config(None);
+    cfg.docker.registry_auth = Some(atlantis_supervisor::config::RegistryAuth {
+        server: "127.0.0.1:5000".into(),
+        username: REG_USER.into(),
+        password_file,
+    });
+    let app = App::build(cfg).await.expect("supervisor starts");
     let client = Client::for_app(&app);
     let good = spec("web", "prod");
     let good_json = serde_json::to_value(&good).unwrap();
