@@ -238,6 +238,8 @@ async fn deploy_isolate_restart_orphans_teardown() {
         curl(&format!("http://{ns_ip}:{hp}/")).as_deref(),
         Some("hello from busybox container\n")
     );
+    // An operator stops the wanted container meanwhile: the restarted supervisor starts it again.
+    host.docker.docker_ok(&["stop", "-t", "1", &cid]);
 
     let app = App::build(host.config(Some(zkc.clone())))
         .await
@@ -260,9 +262,18 @@ async fn deploy_isolate_restart_orphans_teardown() {
     );
     assert_eq!(web_after.dependencies, web.dependencies);
     // The orphan goes after its grace period, with its chain.
-    eventually(Duration::from_secs(20), "orphan removed", || async {
-        (!host.container_names().contains(&api_id)).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "orphan removed with its rules",
+        || async {
+            let gone = !host.container_names().contains(&api_id);
+            (gone
+                && !host
+                    .iptables_rules()
+                    .contains(&chain_name(&api.container_id)))
+            .then_some(())
+        },
+    )
     .await;
     assert!(
         client
@@ -340,5 +351,20 @@ async fn deploy_isolate_restart_orphans_teardown() {
         .send(Method::DELETE, &format!("/v1/containers/{cid}"), None)
         .await;
     assert_eq!(s, 404, "a second teardown finds nothing");
+    let metrics = reqwest::get(format!("{}/metrics", client.base))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    // (This supervisor process has deployed nothing itself: it adopted, removed an orphan, tore down.)
+    assert!(
+        metrics.contains("atlantis_supervisor_containers 0"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("atlantis_supervisor_transitions_total{to=\"gone\"} "),
+        "{metrics}"
+    );
     app.shutdown().await;
 }
