@@ -474,7 +474,8 @@ impl Supervisor {
     pub fn record(&self) -> SupervisorRecord {
         let h = self.health();
         SupervisorRecord {
-            version: h.version,
+            version: atlantis_common::api::supervisor::SUPERVISOR_RECORD_VERSION,
+            software_version: h.version,
             address: self
                 .advertise_url
                 .lock()

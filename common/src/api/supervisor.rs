@@ -500,11 +500,16 @@ pub struct SupervisorHealth {
     pub containers: u32,
 }
 
+/// The schema version of [`SupervisorRecord`].
+pub const SUPERVISOR_RECORD_VERSION: u32 = 1;
+
 /// The EPHEMERAL node `supervisors/<host>` in ZooKeeper.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SupervisorRecord {
-    /// Software version.
-    pub version: String,
+    /// Schema version of this payload ([`SUPERVISOR_RECORD_VERSION`]).
+    pub version: u32,
+    /// The supervisor's software version.
+    pub software_version: String,
     /// Base URL of the supervisor API (`http://10.0.0.5:7070`).
     pub address: String,
     /// The host.

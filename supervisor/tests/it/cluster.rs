@@ -50,6 +50,10 @@ async fn two_zones_register_and_survive_session_loss() {
         ("zone-a", "zone-b")
     );
     assert_eq!(rec_a.capacity.slots, 4);
+    assert_eq!(
+        (rec_a.version, rec_a.software_version.as_str()),
+        (1, env!("CARGO_PKG_VERSION"))
+    );
     assert_eq!(rec_a.free, rec_a.capacity);
     assert_eq!(rec_a.address, format!("http://{}", app_a.addr));
     let stat = manager
