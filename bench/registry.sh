@@ -4,13 +4,13 @@
 # run. Prints seconds, MB/s and our/their throughput ratio for push and pull, each server's peak RSS, and
 # our peak RSS while a 1 GB blob is pushed (goal: < 64 MB) next to the Go registry's for the same push.
 #
-# Usage: bench/registry.sh            (env: LAYERS=4 LAYER_MB=50 RUNS=2 BIG_MB=1024 KEEP=0)
+# Usage: bench/registry.sh            (env: LAYERS=4 LAYER_MB=50 RUNS=3 BIG_MB=1024 KEEP=0)
 # Needs: skopeo, docker-registry, curl, jq, sha256sum, tar; builds atlantis-registry in release mode.
 set -euo pipefail
 
 LAYERS=${LAYERS:-4}
 LAYER_MB=${LAYER_MB:-50}
-RUNS=${RUNS:-2}
+RUNS=${RUNS:-3}
 BIG_MB=${BIG_MB:-1024}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
@@ -94,30 +94,34 @@ MB=$(awk -v b="$TOTAL" 'BEGIN {printf "%.1f", b/1048576}')
 echo "image: $LAYERS layers, $MB MB, manifest sha256:$MD" >&2
 
 SKOPEO=(skopeo --insecure-policy copy --preserve-digests -q)
-bench_server() { # name start_fn -> sets PUSH_S PULL_S RSS
-  local name=$1 dir="$W/$1" best_push=999999 best_pull=999999
+declare -A BEST_PUSH BEST_PULL CPU RSS
+bench_once() { # name start_fn run: one push and one pull against a fresh server; keeps the best times
+  local name=$1 dir="$W/$1" run=$3
+  RSS_MAX=${RSS[$name]:-0}
   $2 "$dir"
-  for run in $(seq "$RUNS"); do
-    local ref="docker://127.0.0.1:$PORT/bench/img:run$run" out="$W/pull-$name-$run"
-    c0=$(cpu_s "$PID"); t0=$(now); "${SKOPEO[@]}" --dest-tls-verify=false "oci:$IMG:v1" "$ref"; t1=$(now); c1=$(cpu_s "$PID")
-    "${SKOPEO[@]}" --src-tls-verify=false "$ref" "oci:$out:v1"; t2=$(now); c2=$(cpu_s "$PID")
-    PUSH_CPU=$(echo "$c1 - $c0" | bc); PULL_CPU=$(echo "$c2 - $c1" | bc)
-    got=$(jq -r '.manifests[0].digest' "$out/index.json")
-    [ "$got" = "sha256:$MD" ] || { echo "$name: pulled $got, pushed sha256:$MD" >&2; exit 1; }
-    for b in "$IMG"/blobs/sha256/*; do cmp -s "$b" "$out/blobs/sha256/$(basename "$b")" || { echo "$name: blob $(basename "$b") differs" >&2; exit 1; }; done
-    rm -rf "$out"
-    best_push=$(awk -v a="$best_push" -v b="$(echo "$t1 - $t0" | bc)" 'BEGIN {print (b<a)?b:a}')
-    best_pull=$(awk -v a="$best_pull" -v b="$(echo "$t2 - $t1" | bc)" 'BEGIN {print (b<a)?b:a}')
-    # Start every run from an empty registry, so each push really uploads every layer.
-    stop "$PID"; rm -rf "$dir/data"
-    if [ "$run" -lt "$RUNS" ]; then $2 "$dir"; fi
-  done
-  PUSH_S=$best_push; PULL_S=$best_pull
+  local ref="docker://127.0.0.1:$PORT/bench/img:run$run" out="$W/pull-$name-$run"
+  c0=$(cpu_s "$PID"); t0=$(now); "${SKOPEO[@]}" --dest-tls-verify=false "oci:$IMG:v1" "$ref"; t1=$(now); c1=$(cpu_s "$PID")
+  "${SKOPEO[@]}" --src-tls-verify=false "$ref" "oci:$out:v1"; t2=$(now); c2=$(cpu_s "$PID")
+  got=$(jq -r '.manifests[0].digest' "$out/index.json")
+  [ "$got" = "sha256:$MD" ] || { echo "$name: pulled $got, pushed sha256:$MD" >&2; exit 1; }
+  for b in "$IMG"/blobs/sha256/*; do cmp -s "$b" "$out/blobs/sha256/$(basename "$b")" || { echo "$name: blob $(basename "$b") differs" >&2; exit 1; }; done
+  rm -rf "$out"
+  local push pull
+  push=$(echo "$t1 - $t0" | bc); pull=$(echo "$t2 - $t1" | bc)
+  echo "  run $run $name: push ${push}s pull ${pull}s" >&2
+  BEST_PUSH[$name]=$(awk -v a="${BEST_PUSH[$name]:-999999}" -v b="$push" 'BEGIN {print (b<a)?b:a}')
+  BEST_PULL[$name]=$(awk -v a="${BEST_PULL[$name]:-999999}" -v b="$pull" 'BEGIN {print (b<a)?b:a}')
+  CPU[$name]="$(echo "$c1 - $c0" | bc)/$(echo "$c2 - $c1" | bc)"
+  stop "$PID"; RSS[$name]=$RSS_MAX; rm -rf "$dir/data"
 }
 
-
-RSS_MAX=0; bench_server ours start_ours; OURS_PUSH=$PUSH_S; OURS_PULL=$PULL_S; OURS_RSS=$RSS_MAX; OURS_CPU="$PUSH_CPU/$PULL_CPU"
-RSS_MAX=0; bench_server go start_go; GO_PUSH=$PUSH_S; GO_PULL=$PULL_S; GO_RSS=$RSS_MAX; GO_CPU="$PUSH_CPU/$PULL_CPU"
+# Runs alternate between the servers so that load from elsewhere on the machine hits both alike.
+for run in $(seq "$RUNS"); do
+  bench_once ours start_ours "$run"
+  bench_once go start_go "$run"
+done
+OURS_PUSH=${BEST_PUSH[ours]}; OURS_PULL=${BEST_PULL[ours]}; OURS_RSS=${RSS[ours]}; OURS_CPU=${CPU[ours]}
+GO_PUSH=${BEST_PUSH[go]}; GO_PULL=${BEST_PULL[go]}; GO_RSS=${RSS[go]}; GO_CPU=${CPU[go]}
 
 # ---- 1 GB blob: one monolithic streamed POST, peak RSS of each server ----
 echo "pushing a ${BIG_MB} MB blob..." >&2
