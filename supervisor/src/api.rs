@@ -9,7 +9,7 @@
 //! | POST | `/v1/teardown` | teardown by IDs, or of an app (and env) |
 //! | GET | `/v1/containers/{id}/logs?follow=true&tail=100` | output, streamed while it runs with `follow` |
 //! | GET | `/v1/health` | capacity, free, version |
-//! | GET | `/healthz`, `/metrics` | liveness and Prometheus metrics, no token |
+//! | GET | `/healthz`, `/metrics`, `/openapi.json` | liveness, Prometheus metrics, this API's OpenAPI 3 document; no token |
 //!
 //! Deploys and teardowns run in their own task: a client that hangs up does not cancel them halfway.
 
@@ -31,6 +31,9 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 use crate::service::Supervisor;
+
+/// The OpenAPI 3 document of this API (kept in sync with the router by the integration tests).
+pub const OPENAPI: &str = include_str!("openapi.json");
 
 /// Shared state of the handlers.
 #[derive(Clone)]
@@ -56,6 +59,10 @@ pub fn router(state: ApiState) -> Router {
         .nest("/v1", v1)
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/metrics", get(metrics))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
         .fallback(|| async { ApiError::NotFound("no such route".into()) })
         .with_state(state)
 }
@@ -214,4 +221,47 @@ async fn logs(
         Body::from_stream(stream),
     )
         .into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openapi_lists_every_error_code() {
+        let doc: serde_json::Value = serde_json::from_str(OPENAPI).expect("openapi.json is JSON");
+        let codes: Vec<&str> =
+            doc["components"]["schemas"]["ErrorBody"]["properties"]["code"]["enum"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_str().unwrap())
+                .collect();
+        let spec_error = atlantis_common::api::supervisor::SpecError {
+            field: "f".into(),
+            message: "m".into(),
+        };
+        let all = [
+            ApiError::InvalidRequest(String::new()),
+            ApiError::InvalidSpec(spec_error),
+            ApiError::Unauthorized,
+            ApiError::NotFound(String::new()),
+            ApiError::Duplicate(String::new()),
+            ApiError::NoCapacity(String::new()),
+            ApiError::ImageNotFound(String::new()),
+            ApiError::Unhealthy(String::new()),
+            ApiError::TooLarge(0),
+            ApiError::Runtime(crate::runtime::RuntimeError::Engine(String::new())),
+            ApiError::Firewall(crate::firewall::FirewallError::Failed {
+                program: String::new(),
+                stderr: String::new(),
+            }),
+            ApiError::Internal(String::new()),
+        ];
+        let mut ours: Vec<&str> = all.iter().map(|e| e.status_and_code().1).collect();
+        ours.sort();
+        let mut theirs = codes.clone();
+        theirs.sort();
+        assert_eq!(ours, theirs);
+    }
 }

@@ -106,6 +106,8 @@ async fn two_zones_register_and_survive_session_loss() {
         (3, 512 - 32, 2000 - 200)
     );
 
+    openapi_matches_the_router(&Client::for_app(&app_a)).await;
+
     // Session loss: the supervisor's node is re-created on the new session, with the current payload.
     let owner_before = stat.ephemeral_owner;
     app_a
@@ -177,6 +179,35 @@ async fn two_zones_register_and_survive_session_loss() {
     );
     assert_eq!(b.container_names().len(), 1);
     app_a.shutdown().await;
+}
+
+/// Every path and method of the OpenAPI document is routed (none falls through to "no such route").
+async fn openapi_matches_the_router(client: &Client) {
+    let (s, doc) = client
+        .send(reqwest::Method::GET, "/openapi.json", None)
+        .await;
+    assert_eq!(s, 200);
+    let doc: serde_json::Value = serde_json::from_str(&doc).unwrap();
+    assert_eq!(doc["openapi"], "3.0.3");
+    let paths = doc["paths"].as_object().unwrap();
+    assert!(paths.len() >= 8, "{paths:?}");
+    for (path, item) in paths {
+        let path = path.replace("{id}", "nobody-0123456-prod-aaaaaa");
+        for method in ["get", "post", "delete"] {
+            if item.get(method).is_none() {
+                continue;
+            }
+            let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let body = (method == "post").then(|| "{}".to_string());
+            let (s, text) = client.send(m, &path, body).await;
+            assert!(
+                s != 405 && !text.contains("no such route"),
+                "{method} {path}: {s} {text}"
+            );
+        }
+    }
+    let (s, text) = client.send(reqwest::Method::GET, "/v1/nope", None).await;
+    assert!(s == 404 && text.contains("no such route"), "{s} {text}");
 }
 
 #[test]
