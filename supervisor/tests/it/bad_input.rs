@@ -255,6 +255,19 @@ async fn bad_input_is_refused_and_nothing_starts() {
         .await;
     assert!(m.contains("cpu_millis"), "{m}");
 
+    // The engine fails halfway (slot 0's host port is taken by someone else on the host): 502, and the
+    // created container, the reservation and the rules are all undone.
+    let squatter = host.http_server(host.docker.ns_ip(), 41000, true, "squatter\n");
+    let m = client
+        .deploy_err(
+            serde_json::to_string(&spec("web", "prod")).unwrap(),
+            502,
+            "engine_error",
+        )
+        .await;
+    assert!(m.contains("41000"), "{m}");
+    drop(squatter);
+
     // Nothing of the above started anything or left a rule.
     assert!(
         host.container_names().is_empty(),
