@@ -90,10 +90,17 @@ impl App {
     /// Serves until `shutdown` is cancelled, then finishes the requests in flight.
     pub async fn serve(self, shutdown: CancellationToken) -> Result<(), AppError> {
         tracing::info!(addr = %self.addr, storage = self.state.registry.driver().name(), auth = self.state.auth.is_some(), "Registry listening.");
+        let drain = self.state.registry.limits().drain_timeout;
         let router = api::router(self.state);
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(async move { shutdown.cancelled().await })
-            .await
-            .map_err(AppError::Serve)
+        let stop = shutdown.clone();
+        let server = axum::serve(self.listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await });
+        tokio::select! {
+            r = server => r.map_err(AppError::Serve),
+            _ = async { shutdown.cancelled().await; tokio::time::sleep(drain).await } => {
+                tracing::warn!(?drain, "Requests still running after the drain timeout; stopping anyway.");
+                Ok(())
+            }
+        }
     }
 }

@@ -35,6 +35,12 @@ pub struct Limits {
     /// push has just found to exist).
     #[serde(with = "humantime_serde_compat")]
     pub touch_after: Duration,
+    /// A request body that sends nothing for this long is abandoned (the upload is cancelled).
+    #[serde(with = "humantime_serde_compat")]
+    pub body_idle_timeout: Duration,
+    /// On shutdown, requests still running after this long are cut off.
+    #[serde(with = "humantime_serde_compat")]
+    pub drain_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -44,6 +50,8 @@ impl Default for Limits {
             max_blob_bytes: 64 * 1024 * 1024 * 1024,
             max_upload_sessions: 10_000,
             touch_after: Duration::from_secs(600),
+            body_idle_timeout: Duration::from_secs(60),
+            drain_timeout: Duration::from_secs(30),
         }
     }
 }

@@ -167,7 +167,10 @@ impl Registry {
         }
         let mut received = 0u64;
         let outcome: Result<()> = async {
-            while let Some(chunk) = body.next().await {
+            let idle = self.limits.body_idle_timeout;
+            while let Some(chunk) = tokio::time::timeout(idle, body.next()).await.map_err(|_| {
+                RegistryError::BlobUploadInvalid(format!("request body sent nothing for {idle:?}"))
+            })? {
                 let chunk = chunk.map_err(|e| {
                     RegistryError::BlobUploadInvalid(format!("request body broke off: {e}"))
                 })?;

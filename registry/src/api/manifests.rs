@@ -38,7 +38,11 @@ pub async fn get(
 }
 
 /// Reads a request body of at most `limit` bytes.
-async fn read_bounded(req: Request, limit: u64) -> Result<Bytes, RegistryError> {
+async fn read_bounded(
+    req: Request,
+    limit: u64,
+    idle: std::time::Duration,
+) -> Result<Bytes, RegistryError> {
     let too_large = || RegistryError::TooLarge(format!("manifests are limited to {limit} bytes"));
     let announced = content_length(req.headers())?;
     if announced.is_some_and(|l| l > limit) {
@@ -46,7 +50,12 @@ async fn read_bounded(req: Request, limit: u64) -> Result<Bytes, RegistryError> 
     }
     let mut stream = req.into_body().into_data_stream();
     let mut buf = BytesMut::new();
-    while let Some(chunk) = stream.next().await {
+    while let Some(chunk) = tokio::time::timeout(idle, stream.next())
+        .await
+        .map_err(|_| {
+            RegistryError::ManifestInvalid(format!("request body sent nothing for {idle:?}"))
+        })?
+    {
         let chunk = chunk
             .map_err(|e| RegistryError::ManifestInvalid(format!("request body broke off: {e}")))?;
         if (buf.len() + chunk.len()) as u64 > limit {
@@ -75,7 +84,8 @@ pub async fn put(
     let content_type = header_str(req.headers(), header::CONTENT_TYPE)
         .unwrap_or("")
         .to_owned();
-    let body = read_bounded(req, st.registry.limits().max_manifest_bytes).await?;
+    let limits = st.registry.limits();
+    let body = read_bounded(req, limits.max_manifest_bytes, limits.body_idle_timeout).await?;
     let out = st
         .registry
         .put_manifest(repo, &reference, &content_type, body)

@@ -389,3 +389,54 @@ async fn bad_input_gets_spec_errors_and_stores_nothing() {
     assert_eq!(v["tags"], serde_json::json!([]));
     r.stop().await;
 }
+
+/// A client that stops sending mid-body is cut off after the idle timeout, and its upload is discarded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_body_is_abandoned() {
+    let r = TestRegistry::start_with(Backend::Fs, None, |c| {
+        c.limits.body_idle_timeout = Duration::from_millis(500)
+    })
+    .await;
+    let c = client();
+    let resp = c
+        .post(r.url("/v2/apps/slow/blobs/uploads/"))
+        .send()
+        .await
+        .unwrap();
+    let loc = resp.headers()["location"].to_str().unwrap().to_owned();
+    let addr = r.addr;
+    let reply = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "PATCH {loc} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000\r\n\r\n"
+        )
+        .unwrap();
+        s.write_all(&[1u8; 100]).unwrap();
+        // Keep the connection open without sending the rest.
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap_or(0);
+        (
+            String::from_utf8_lossy(&buf[..n]).into_owned(),
+            started.elapsed(),
+            loc,
+        )
+    })
+    .await
+    .unwrap();
+    let (text, waited, loc) = reply;
+    assert!(text.starts_with("HTTP/1.1 400"), "{text}");
+    assert!(text.contains("BLOB_UPLOAD_INVALID"), "{text}");
+    assert!(
+        waited < Duration::from_secs(10),
+        "answered after {waited:?}"
+    );
+    assert_eq!(
+        error_code(c.get(r.url(&loc)).send().await.unwrap()).await.0,
+        404,
+        "upload discarded"
+    );
+    r.stop().await;
+}

@@ -4,6 +4,7 @@
 mod api;
 mod auth;
 mod badinput;
+mod binary;
 mod clients;
 mod common;
 mod conformance;
