@@ -16,7 +16,7 @@ fn component() -> impl Strategy<Value = String> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
 
     #[test]
     fn names_match_the_spec_grammar(s in "[a-zA-Z0-9._/-]{0,40}|\\PC{0,40}") {
