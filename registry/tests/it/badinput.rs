@@ -440,3 +440,31 @@ async fn stalled_body_is_abandoned() {
     );
     r.stop().await;
 }
+
+/// With deletes disabled, DELETE of blobs and manifests is refused and removes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_can_be_disabled() {
+    let r = TestRegistry::start_with(Backend::Fs, None, |c| c.delete_enabled = false).await;
+    let c = client();
+    let layer = bytes(3, 1000);
+    let ld = push_blob(&c, &r, "apps/keep", &layer).await;
+    let resp = c
+        .delete(r.url(&format!("/v2/apps/keep/blobs/{ld}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, (405, "UNSUPPORTED".to_owned()));
+    let resp = c
+        .delete(r.url("/v2/apps/keep/manifests/latest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(resp).await, (405, "UNSUPPORTED".to_owned()));
+    let resp = c
+        .head(r.url(&format!("/v2/apps/keep/blobs/{ld}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    r.stop().await;
+}
