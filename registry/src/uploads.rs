@@ -93,8 +93,9 @@ impl Registry {
             .driver
             .writer(&paths::upload_data(repo, id), true)
             .await?;
+        // Nothing was written: drop the writer rather than close it (an S3 close re-uploads the tail).
         let size = w.size();
-        w.close().await?;
+        drop(w);
         Ok(size)
     }
 
@@ -160,7 +161,7 @@ impl Registry {
         if let Some(claimed) = check.start
             && claimed != start
         {
-            w.close().await?;
+            drop(w);
             return Err(RegistryError::RangeInvalid(format!(
                 "chunk starts at {claimed}, the upload has {start} bytes"
             )));

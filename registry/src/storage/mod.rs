@@ -72,6 +72,8 @@ pub struct FileInfo {
 
 /// The resumable writer returned by [`StorageDriver::writer`]. Nothing written becomes visible at its path
 /// until [`FileWriter::commit`]; [`FileWriter::close`] keeps the written bytes for a later append.
+/// Dropping a writer without any of the three leaves the stored state as the last `close` left it, minus
+/// whatever this session wrote (drivers may or may not have persisted it), so drop only unwritten writers.
 #[async_trait]
 pub trait FileWriter: Send {
     /// Appends `data`.

@@ -189,8 +189,17 @@ async fn skopeo_copy_both_ways_s3() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_concurrent_pushes_sharing_layers() {
-    let r = TestRegistry::start(Backend::Fs).await;
+async fn ten_concurrent_pushes_sharing_layers_filesystem() {
+    ten_concurrent_pushes(Backend::Fs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_concurrent_pushes_sharing_layers_s3() {
+    ten_concurrent_pushes(Backend::S3).await;
+}
+
+async fn ten_concurrent_pushes(backend: Backend) {
+    let r = TestRegistry::start(backend).await;
     let work = tempfile::tempdir().unwrap();
     let base = vec![("base.bin".to_owned(), bytes(42, 2_000_000))];
     let mut digests = Vec::new();
