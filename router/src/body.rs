@@ -13,9 +13,9 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 
 use crate::pool::BackendState;
+use crate::upstream::Upstream;
 
 /// The router's response body.
 pub struct ProxyBody {
@@ -35,7 +35,7 @@ struct Streamed {
 /// A backend's in-flight slot and, once the exchange completes, its reusable connection.
 pub struct Lease {
     backend: Arc<BackendState>,
-    conn: Option<SendRequest<Incoming>>,
+    conn: Option<Upstream>,
     max_idle: usize,
     complete: bool,
 }
@@ -58,7 +58,7 @@ impl Lease {
     }
 
     /// Hands over the connection to return to the idle list when the response body ends.
-    pub fn set_conn(&mut self, conn: SendRequest<Incoming>) {
+    pub fn set_conn(&mut self, conn: Upstream) {
         self.conn = Some(conn);
     }
 }
@@ -111,6 +111,10 @@ impl Body for ProxyBody {
         match &mut self.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Backend(s) => {
+                // The backend connection is driven from here: it fills the body this task reads.
+                if let Some(up) = &mut s.lease.conn {
+                    up.poll_conn(cx);
+                }
                 let r = Pin::new(&mut s.body).poll_frame(cx);
                 match &r {
                     Poll::Ready(None) => s.lease.complete = true,

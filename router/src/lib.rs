@@ -19,6 +19,7 @@ pub mod source;
 pub mod status;
 pub mod table;
 pub mod tls;
+pub mod upstream;
 pub mod workers;
 
 use std::net::SocketAddr;
@@ -222,9 +223,10 @@ impl App {
             }
             if changed || (seen_reset && *generation.borrow() == 0) {
                 let started = std::time::Instant::now();
-                let table = compiler.compile();
+                let mut table = compiler.compile();
                 let g = table.generation;
                 let took = started.elapsed();
+                table.compile_ms = took.as_secs_f64() * 1000.0;
                 let table = Arc::new(table);
                 shared.table.store(table.clone());
                 listeners.reconcile(&table);

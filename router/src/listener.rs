@@ -56,7 +56,8 @@ impl Listeners {
             .timer(TokioTimer::new())
             .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
             .max_buf_size(limits.max_header_bytes)
-            .keep_alive(true);
+            .keep_alive(true)
+            .writev(false);
         b.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(limits.h2_max_streams)

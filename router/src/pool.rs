@@ -15,13 +15,12 @@ use arc_swap::ArcSwap;
 use atlantis_common::routing::{Backend, Health, Pool};
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::client::conn::http1::SendRequest;
 use hyper_util::rt::TokioIo;
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{PoolMetrics, RouterMetrics};
+use crate::upstream::Upstream;
 
 /// Milliseconds since the router started (a monotonic clock cheap to store in an atomic).
 pub fn now_ms() -> u64 {
@@ -52,7 +51,7 @@ pub struct BackendState {
     /// Connection failures.
     pub failures: AtomicU64,
     /// Idle connections, one list per worker (a connection is driven by the worker that opened it).
-    idle: Box<[parking_lot::Mutex<Vec<SendRequest<Incoming>>>]>,
+    idle: Box<[parking_lot::Mutex<Vec<Upstream>>]>,
     resolved: Option<SocketAddr>,
     cancel: CancellationToken,
     gauge: Gauge,
@@ -124,29 +123,23 @@ impl BackendState {
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
     }
 
-    /// Takes an idle connection that is still open. Its previous exchange is complete, so it is ready or
-    /// about to be: the caller waits for readiness before sending.
-    pub fn checkout(&self) -> Option<SendRequest<Incoming>> {
-        let mut idle = self.idle_here().lock();
-        idle.retain(|sr| !sr.is_closed());
-        if let Some(i) = idle.iter().rposition(|sr| sr.is_ready()) {
-            return Some(idle.swap_remove(i));
-        }
-        idle.pop()
+    /// Takes the most recently used idle connection of this worker (the caller checks it is still open).
+    pub fn checkout(&self) -> Option<Upstream> {
+        self.idle_here().lock().pop()
     }
 
     /// Returns a connection whose exchange is complete to the idle list.
-    pub fn checkin(&self, sr: SendRequest<Incoming>, max_idle: usize) {
-        if sr.is_closed() || self.cancel.is_cancelled() {
+    pub fn checkin(&self, up: Upstream, max_idle: usize) {
+        if !up.reusable() || self.cancel.is_cancelled() {
             return;
         }
         let mut idle = self.idle_here().lock();
         if idle.len() < max_idle {
-            idle.push(sr);
+            idle.push(up);
         }
     }
 
-    fn idle_here(&self) -> &parking_lot::Mutex<Vec<SendRequest<Incoming>>> {
+    fn idle_here(&self) -> &parking_lot::Mutex<Vec<Upstream>> {
         &self.idle[crate::workers::current() % self.idle.len()]
     }
 

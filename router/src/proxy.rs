@@ -21,6 +21,7 @@ use crate::body::{Lease, ProxyBody};
 use crate::metrics::{PoolMetrics, RouterMetrics};
 use crate::pool::{BackendState, PoolState};
 use crate::table::{Route, Table};
+use crate::upstream::Upstream;
 
 /// State shared by every connection.
 pub struct Shared {
@@ -386,40 +387,42 @@ async fn forward(
             };
         };
         let mut lease = Lease::new(backend.clone(), shared.max_idle);
-        let idle = match backend.checkout() {
-            Some(mut sr) => match tokio::time::timeout(Duration::from_secs(1), sr.ready()).await {
-                Ok(Ok(())) => Some(sr),
-                _ => None, // closed meanwhile, or stuck: open a new one
-            },
-            None => None,
+        let idle = if upgrade {
+            None
+        } else {
+            checkout_ready(&backend).await
         };
-        let (mut sr, reused) = match idle {
-            Some(sr) => (sr, true),
-            None => match tokio::time::timeout(connect_timeout, connect(&backend)).await {
-                Ok(Ok(sr)) => (sr, false),
-                r => {
-                    let why = match r {
-                        Ok(Err(e)) => e.to_string(),
-                        _ => "connect timeout".into(),
-                    };
-                    tracing::warn!(pool = %pool.name, backend = %backend.name, error = %why, "Backend connection failed, trying another.");
-                    pool.connect_failed(&backend);
-                    tried.push(Arc::as_ptr(&backend) as usize);
-                    if tried.len() > cfg.retries as usize {
-                        return (
-                            answer(
-                                StatusCode::BAD_GATEWAY,
-                                "backend_refused",
-                                "backend refused the connection\n",
-                            ),
-                            Some(backend),
-                        );
+        let (mut up, reused) = match idle {
+            Some(up) => (up, true),
+            None => {
+                match tokio::time::timeout(connect_timeout, Upstream::connect(&backend, upgrade))
+                    .await
+                {
+                    Ok(Ok(up)) => (up, false),
+                    r => {
+                        let why = match r {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "connect timeout".into(),
+                        };
+                        tracing::warn!(pool = %pool.name, backend = %backend.name, error = %why, "Backend connection failed, trying another.");
+                        pool.connect_failed(&backend);
+                        tried.push(Arc::as_ptr(&backend) as usize);
+                        if tried.len() > cfg.retries as usize {
+                            return (
+                                answer(
+                                    StatusCode::BAD_GATEWAY,
+                                    "backend_refused",
+                                    "backend refused the connection\n",
+                                ),
+                                Some(backend),
+                            );
+                        }
+                        continue;
                     }
-                    continue;
                 }
-            },
+            }
         };
-        let sent = tokio::time::timeout_at(deadline, sr.try_send_request(req)).await;
+        let sent = tokio::time::timeout_at(deadline, up.send(req)).await;
         let mut resp = match sent {
             Err(_) => {
                 return (
@@ -474,7 +477,7 @@ async fn forward(
                 Some(backend),
             );
         }
-        lease.set_conn(sr);
+        lease.set_conn(up);
         let (mut parts, body) = resp.into_parts();
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(&X_REQUEST_ID, request_id);
@@ -485,21 +488,14 @@ async fn forward(
     }
 }
 
-/// Opens a new HTTP/1.1 connection to a backend.
-async fn connect(
-    b: &BackendState,
-) -> std::io::Result<hyper::client::conn::http1::SendRequest<Incoming>> {
-    let addr = b.socket_addr().await?;
-    let stream = tokio::net::TcpStream::connect(addr).await?;
-    stream.set_nodelay(true)?;
-    let (sr, conn) = hyper::client::conn::http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        let _ = conn.with_upgrades().await;
-    });
-    Ok(sr)
+/// Takes an idle connection of this worker that is still open and ready for a request.
+async fn checkout_ready(b: &BackendState) -> Option<Upstream> {
+    while let Some(mut up) = b.checkout() {
+        if tokio::time::timeout(Duration::from_secs(1), up.ready()).await == Ok(true) {
+            return Some(up);
+        }
+    }
+    None
 }
 
 #[cfg(test)]

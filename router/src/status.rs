@@ -136,6 +136,7 @@ fn status_json(state: &StatusState) -> serde_json::Value {
         "connected": state.shared.connected.load(Relaxed),
         "generation": table.generation,
         "rules": table.rule_count,
+        "compile_ms": table.compile_ms,
         "tries": table.tries.len(),
         "ports": ports,
         "listen_errors": failed,

@@ -176,6 +176,8 @@ pub struct Table {
     pub errors: Vec<String>,
     /// Number of rules.
     pub rule_count: usize,
+    /// How long the compilation took, in milliseconds.
+    pub compile_ms: f64,
 }
 
 /// The outcome of walking the table.
@@ -468,6 +470,7 @@ impl Compiler {
             pools,
             errors,
             rule_count,
+            compile_ms: 0.0,
         }
     }
 }
