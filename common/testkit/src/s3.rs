@@ -51,6 +51,27 @@ fn find_moto() -> PathBuf {
     })
 }
 
+/// Temp dirs are `atlantis-s3-<owner pid>-XXXX`.
+const DIR_PREFIX: &str = "atlantis-s3-";
+
+/// Removes the temp dirs (logs) of servers whose test process is gone: a server held in a `static` is
+/// stopped by its watchdog when the test binary exits, but its directory is never dropped.
+fn reap_stale() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if let Some(rest) = name.strip_prefix(DIR_PREFIX)
+            && let Some((pid, _)) = rest.split_once('-')
+            && pid.parse::<u32>().is_ok()
+            && !std::path::Path::new("/proc").join(pid).exists()
+        {
+            let _ = std::fs::remove_dir_all(e.path());
+        }
+    }
+}
+
 /// Sends one HTTP/1.0 request and returns (status, body).
 fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
@@ -79,9 +100,10 @@ impl S3Server {
     /// Starts moto and waits until it answers.
     pub fn start() -> S3Server {
         let moto = find_moto();
+        reap_stale();
         for attempt in 0..5 {
             let dir = tempfile::Builder::new()
-                .prefix("atlantis-s3-")
+                .prefix(&format!("{DIR_PREFIX}{}-", std::process::id()))
                 .tempdir()
                 .expect("temp dir");
             let port = crate::ports::free_port();
