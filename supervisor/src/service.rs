@@ -218,14 +218,18 @@ impl Supervisor {
                 .map_err(|e| ApiError::Internal(format!("cannot write config for {id}: {e}")))?;
             binds.push(format!("{}:{CONFIG_MOUNT}:ro", file.display()));
         }
-        // Rules first: the container never runs without its isolation.
-        self.sync_firewall().await?;
         let create = self.create_spec(spec, &deployed, binds);
         self.transition(id, ContainerState::Starting, "image present, creating");
-        let docker_id = self.runtime.create(&create).await?;
-        if let Some(e) = self.lock().entries.get_mut(id) {
+        // Rules are installed while the container is created, and always before it starts: it never
+        // runs without its isolation.
+        let (rules, created) = tokio::join!(self.sync_firewall(), self.runtime.create(&create));
+        if let Ok(docker_id) = &created
+            && let Some(e) = self.lock().entries.get_mut(id)
+        {
             e.docker_id = Some(docker_id.clone());
         }
+        rules?;
+        let docker_id = created?;
         self.runtime.start(&docker_id).await?;
         self.wait_healthy(id, &deployed, &docker_id).await?;
         self.transition(id, ContainerState::Healthy, "health check passed");
@@ -291,6 +295,14 @@ impl Supervisor {
         let started = Instant::now();
         let mut last = String::from("no check yet");
         loop {
+            // Probe first: the common case (it answers) costs no engine round trip.
+            if let Some(port) = d.health_host_port() {
+                let ip = self.cfg.ports.health_ip();
+                match self.prober.check(ip, port, &d.health.path, timeout).await {
+                    Probe::Pass => return Ok(()),
+                    Probe::Fail(why) => last = why,
+                }
+            }
             let o = self.runtime.inspect(docker_id).await?.ok_or_else(|| {
                 ApiError::Unhealthy(format!("container {id} disappeared while starting"))
             })?;
@@ -302,17 +314,8 @@ impl Supervisor {
                     o.exit_code.unwrap_or(-1)
                 )));
             }
-            match d.health_host_port() {
-                None if o.running => return Ok(()),
-                None => {}
-                Some(port) => match self
-                    .prober
-                    .check(self.cfg.ports.health_ip(), port, &d.health.path, timeout)
-                    .await
-                {
-                    Probe::Pass => return Ok(()),
-                    Probe::Fail(why) => last = why,
-                },
+            if d.health_host_port().is_none() {
+                return Ok(());
             }
             if Instant::now() + pause > deadline {
                 return Err(ApiError::Unhealthy(format!(
