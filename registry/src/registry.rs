@@ -31,6 +31,8 @@ pub struct Limits {
     pub max_blob_bytes: u64,
     /// Upload sessions whose digest state is kept in memory; older ones are re-hashed from storage.
     pub max_upload_sessions: usize,
+    /// Upload requests streaming at once (each S3 upload buffers up to one part); more get 429.
+    pub max_concurrent_uploads: usize,
     /// Re-stamp a repository's blob link on HEAD when it is older than this (keeps GC away from blobs a
     /// push has just found to exist).
     #[serde(with = "humantime_serde_compat")]
@@ -49,6 +51,7 @@ impl Default for Limits {
             max_manifest_bytes: 4 * 1024 * 1024,
             max_blob_bytes: 64 * 1024 * 1024 * 1024,
             max_upload_sessions: 10_000,
+            max_concurrent_uploads: 256,
             touch_after: Duration::from_secs(600),
             body_idle_timeout: Duration::from_secs(60),
             drain_timeout: Duration::from_secs(30),
@@ -99,6 +102,8 @@ pub struct Registry {
     pub(crate) limits: Limits,
     pub(crate) sessions:
         Mutex<HashMap<uuid::Uuid, Arc<tokio::sync::Mutex<crate::uploads::Session>>>>,
+    /// Permits for request bodies streaming into uploads (each may hold a part buffer).
+    pub(crate) upload_permits: Arc<tokio::sync::Semaphore>,
 }
 
 /// The directory holding a `.../link` file.
@@ -128,10 +133,12 @@ pub(crate) fn optional<T>(r: std::result::Result<T, StorageError>) -> Result<Opt
 impl Registry {
     /// A registry storing through `driver`.
     pub fn new(driver: Arc<dyn StorageDriver>, limits: Limits) -> Registry {
+        let permits = limits.max_concurrent_uploads.max(1);
         Registry {
             driver,
             limits,
             sessions: Mutex::new(HashMap::new()),
+            upload_permits: Arc::new(tokio::sync::Semaphore::new(permits)),
         }
     }
 

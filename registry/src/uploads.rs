@@ -52,6 +52,19 @@ impl Registry {
             .clone()
     }
 
+    /// A permit to stream a body into storage, or 429 when too many are streaming already.
+    fn upload_permit(&self) -> Result<tokio::sync::OwnedSemaphorePermit> {
+        self.upload_permits
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| {
+                RegistryError::TooManyRequests(format!(
+                    "{} uploads are streaming already",
+                    self.limits.max_concurrent_uploads
+                ))
+            })
+    }
+
     fn forget(&self, id: &uuid::Uuid) {
         self.sessions
             .lock()
@@ -122,6 +135,7 @@ impl Registry {
         body: Body<'_>,
     ) -> Result<u64> {
         self.check_upload(repo, id).await?;
+        let _permit = self.upload_permit()?;
         let session = self.session(id, false);
         let mut s = session.lock().await;
         let result = self
@@ -228,6 +242,7 @@ impl Registry {
         body: Body<'_>,
     ) -> Result<u64> {
         self.check_upload(repo, id).await?;
+        let _permit = self.upload_permit()?;
         let session = self.session(id, false);
         let mut s = session.lock().await;
         let result = self

@@ -468,3 +468,72 @@ async fn deletes_can_be_disabled() {
     assert_eq!(resp.status(), 200);
     r.stop().await;
 }
+
+/// Uploads streaming at once are bounded: one more gets 429 TOOMANYREQUESTS until a permit frees up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_are_bounded() {
+    let r = TestRegistry::start_with(Backend::Fs, None, |c| {
+        c.limits.max_concurrent_uploads = 1;
+        c.limits.body_idle_timeout = Duration::from_secs(2);
+    })
+    .await;
+    let c = client();
+    let start = || async {
+        let resp = c
+            .post(r.url("/v2/apps/busy/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        resp.headers()["location"].to_str().unwrap().to_owned()
+    };
+    let stalled = start().await;
+    let addr = r.addr;
+    let holder = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        write!(
+            s,
+            "PATCH {stalled} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000\r\n\r\n"
+        )
+        .unwrap();
+        s.write_all(&[1u8; 10]).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut buf = [0u8; 1024];
+        let n = s.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    let other = start().await;
+    atlantis_testkit::eventually(
+        Duration::from_secs(10),
+        "a 429 while the stalled body holds the permit",
+        || async {
+            let resp = c
+                .patch(r.url(&other))
+                .body(vec![2u8; 5])
+                .send()
+                .await
+                .unwrap();
+            if resp.status() == 429 {
+                let (_, code) = error_code(resp).await;
+                assert_eq!(code, "TOOMANYREQUESTS");
+                Some(())
+            } else {
+                assert_eq!(resp.status(), 202);
+                None
+            }
+        },
+    )
+    .await;
+    let text = holder.await.unwrap();
+    assert!(
+        text.starts_with("HTTP/1.1 400"),
+        "the stalled body is cut off: {text}"
+    );
+    let resp = c
+        .patch(r.url(&other))
+        .body(vec![2u8; 5])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202, "the permit is free again");
+    r.stop().await;
+}
