@@ -234,11 +234,30 @@ impl Supervisor {
                 tracing::warn!(error = %e, "Cannot read intent from ZooKeeper; orphans are kept for now.")
             }
         }
+        self.retry_stuck_removals().await;
         self.forget_vanished().await;
         if let Err(e) = self.repair_firewall().await {
             tracing::error!(error = %e, "Cannot restore firewall rules.");
         }
         self.refresh_registration().await;
+    }
+
+    /// Retries removals that failed earlier (entries left in `stopping` with no operation running).
+    async fn retry_stuck_removals(&self) {
+        let stuck: Vec<(ContainerId, Arc<tokio::sync::Mutex<()>>)> = {
+            let inner = self.lock();
+            inner
+                .entries
+                .iter()
+                .filter(|(_, e)| e.state == ContainerState::Stopping && e.op.try_lock().is_ok())
+                .map(|(id, e)| (id.clone(), e.op.clone()))
+                .collect()
+        };
+        for (id, op) in stuck {
+            let _g = op.lock().await;
+            tracing::info!(container = %id, "Retrying the removal of a container.");
+            self.remove_container(&id).await;
+        }
     }
 
     /// Drops entries whose container was removed behind our back (not by us, not mid-deploy).

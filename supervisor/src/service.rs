@@ -29,7 +29,7 @@ use crate::firewall::{ContainerRules, Firewall};
 use crate::health::{Probe, Prober};
 use crate::labels::Deployed;
 use crate::metrics::SupervisorMetrics;
-use crate::runtime::{ContainerRuntime, CreateSpec};
+use crate::runtime::{ContainerRuntime, CreateSpec, RuntimeError};
 
 /// Mount point of the config data inside containers.
 pub const CONFIG_MOUNT: &str = "/etc/atlantis/config";
@@ -193,7 +193,9 @@ impl Supervisor {
                 let (_, code) = e.status_and_code();
                 self.metrics.deploy(code, started.elapsed());
                 tracing::warn!(container = %id, error = %e, "Deploy failed; removing what was made.");
-                self.remove_container(&id).await;
+                // A name clash in the engine means the container there is not ours to remove.
+                let ours = !matches!(e, ApiError::Duplicate(_));
+                self.remove_container_with(&id, ours).await;
                 drop(guard);
                 self.refresh_registration().await;
                 Err(e)
@@ -223,6 +225,12 @@ impl Supervisor {
         // Rules are installed while the container is created, and always before it starts: it never
         // runs without its isolation.
         let (rules, created) = tokio::join!(self.sync_firewall(), self.runtime.create(&create));
+        let created = created.map_err(|e| match e {
+            RuntimeError::Conflict(m) => ApiError::Duplicate(format!(
+                "{id} (the engine already has a container of that name: {m})"
+            )),
+            other => ApiError::from(other),
+        });
         if let Ok(docker_id) = &created
             && let Some(e) = self.lock().entries.get_mut(id)
         {
@@ -347,6 +355,12 @@ impl Supervisor {
     /// Stops and removes a container, its config and its rules, and releases its reservation. The caller
     /// holds the container's operation lock (or the container has none yet).
     pub(crate) async fn remove_container(&self, id: &ContainerId) {
+        self.remove_container_with(id, true).await;
+    }
+
+    /// As [`Supervisor::remove_container`]; with `engine` false the engine is left alone (the name
+    /// belongs to a container this deploy did not create).
+    async fn remove_container_with(&self, id: &ContainerId, engine: bool) {
         self.transition(id, ContainerState::Stopping, "teardown");
         let stop = Duration::from_millis(self.cfg.limits.stop_timeout_ms);
         let docker_id = self
@@ -355,12 +369,14 @@ impl Supervisor {
             .get(id)
             .and_then(|e| e.docker_id.clone())
             .unwrap_or_else(|| id.to_string());
-        if let Err(e) = self.runtime.stop(&docker_id, stop).await {
-            tracing::debug!(container = %id, error = %e, "Stop failed; removing by force.");
-        }
-        if let Err(e) = self.runtime.remove(&docker_id).await {
-            tracing::error!(container = %id, error = %e, "Cannot remove the container; the reconcile loop will retry.");
-            return;
+        if engine {
+            if let Err(e) = self.runtime.stop(&docker_id, stop).await {
+                tracing::debug!(container = %id, error = %e, "Stop failed; removing by force.");
+            }
+            if let Err(e) = self.runtime.remove(&docker_id).await {
+                tracing::error!(container = %id, error = %e, "Cannot remove the container; the reconcile loop will retry.");
+                return;
+            }
         }
         let _ = std::fs::remove_dir_all(self.config_dir(id));
         self.transition(id, ContainerState::Gone, "removed");

@@ -268,6 +268,22 @@ async fn bad_input_is_refused_and_nothing_starts() {
     assert!(m.contains("41000"), "{m}");
     drop(squatter);
 
+    // A container of someone else's already holds the name: refused as a duplicate, and left alone.
+    let clash = spec("clash", "prod");
+    let clash_id = clash.container_id.to_string();
+    host.docker
+        .docker_ok(&["create", "--name", &clash_id, crate::IMAGE]);
+    let m = client
+        .deploy_err(serde_json::to_string(&clash).unwrap(), 409, "duplicate")
+        .await;
+    assert!(m.contains("already has a container"), "{m}");
+    assert_eq!(
+        host.container_names(),
+        vec![clash_id.clone()],
+        "the foreign container is untouched"
+    );
+    host.docker.docker_ok(&["rm", &clash_id]);
+
     // Nothing of the above started anything or left a rule.
     assert!(
         host.container_names().is_empty(),
