@@ -139,26 +139,44 @@ EOF
   wait_http "http://127.0.0.1:$NP/"
 }
 
-# One wrk run; appends "rps p50_ms p99_ms" to $W/results/<label>.
+# CPU time (user + system, all threads) of a process and its children, in clock ticks.
+cpu_ticks() { # pid
+  local t=0 p f a
+  for p in $1 $(ps -o pid= --ppid "$1" 2>/dev/null); do
+    for f in /proc/"$p"/task/*/stat; do
+      [ -r "$f" ] || continue
+      read -r -a a <"$f" || continue
+      t=$((t + a[13] + a[14]))
+    done
+  done
+  echo "$t"
+}
+TICK=$(getconf CLK_TCK)
+# One wrk run; appends "rps p50_ms p99_ms cpu_us_per_request" to $W/results/<label>. CPU per request is the
+# proxy's own CPU time divided by the requests served: on a shared machine it moves much less than rps.
 mkdir -p "$W/results"
 to_ms() { python3 -c 'import sys,re; v=sys.argv[1]; m=re.match(r"([\d.]+)(us|ms|s)$",v); n=float(m.group(1)); print(round(n/1000 if m.group(2)=="us" else n*1000 if m.group(2)=="s" else n,3))' "$1"; }
-run_wrk() { # label port threads conns host
-  local label=$1 port=$2 threads=$3 conns=$4 host=$5 out
+run_wrk() { # label port threads conns host pid
+  local label=$1 port=$2 threads=$3 conns=$4 host=$5 pid=$6 out c0 c1 reqs
   wrk -t"$threads" -c"$conns" -d1s -H "Host: $host" "http://127.0.0.1:$port/" >/dev/null 2>&1 || true
+  c0=$(cpu_ticks "$pid")
   out=$(wrk -t"$threads" -c"$conns" -d"${SECS}s" --latency -H "Host: $host" "http://127.0.0.1:$port/")
+  c1=$(cpu_ticks "$pid")
   if echo "$out" | grep -q 'Non-2xx'; then echo "$out" >&2; echo "$label answered errors" >&2; exit 1; fi
-  echo "$(echo "$out" | awk '/^Requests\/sec/ {print $2}') $(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')") $(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')")" >>"$W/results/$label"
+  reqs=$(echo "$out" | awk '/requests in/ {print $1}')
+  echo "$(echo "$out" | awk '/^Requests\/sec/ {print $2}') $(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')") $(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')") $(python3 -c "import sys; print(round((int(sys.argv[2])-int(sys.argv[1]))/int(sys.argv[3])*1e6/int(sys.argv[4]),2))" "$c0" "$c1" "$TICK" "$reqs")" >>"$W/results/$label"
 }
-# Median over the rounds of each column; prints a line and sets RPS_<label> and P99_<label>.
+# Median over the rounds of each column; prints a line and sets RPS_, P99_ and CPU_<label>.
 median() { # label
-  local rps p50 p99 key=${1//-/_}
-  read -r rps p50 p99 < <(python3 -c '
+  local rps p50 p99 cpu key=${1//-/_}
+  read -r rps p50 p99 cpu < <(python3 -c '
 import statistics, sys
 rows = [list(map(float, l.split())) for l in open(sys.argv[1]) if l.strip()]
 print(*(statistics.median(c) for c in zip(*rows)))' "$W/results/$1")
-  printf '%-22s rps=%10.0f  p50=%7.2fms  p99=%7.2fms  (median of %s runs)\n' "$1" "$rps" "$p50" "$p99" "$(wc -l <"$W/results/$1")"
+  printf '%-22s rps=%8.0f  p50=%6.2fms  p99=%6.2fms  cpu=%6.2fus/req  (median of %s runs)\n' "$1" "$rps" "$p50" "$p99" "$cpu" "$(wc -l <"$W/results/$1")"
   printf -v "RPS_$key" '%s' "$rps"
   printf -v "P99_$key" '%s' "$p99"
+  printf -v "CPU_$key" '%s' "$cpu"
 }
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
 
@@ -168,17 +186,17 @@ for phase in single all; do
   echo "== $phase: $T worker thread(s) per proxy, wrk -t$T -c$C =="
   start_router atl /bench "$RP" "$RW"; start_haproxy "$T"; start_nginx "$T"
   for _ in $(seq "$ROUNDS"); do
-    run_wrk "backend-$phase" "$BP" "$T" "$C" x
-    run_wrk "atlantis-$phase" "$RP" "$T" "$C" app9.bench
-    run_wrk "haproxy-$phase" "$HP" "$T" "$C" x
-    run_wrk "nginx-$phase" "$NP" "$T" "$C" x
+    run_wrk "backend-$phase" "$BP" "$T" "$C" x "$PID_backend"
+    run_wrk "atlantis-$phase" "$RP" "$T" "$C" app9.bench "$PID_atl"
+    run_wrk "haproxy-$phase" "$HP" "$T" "$C" x "$PID_haproxy"
+    run_wrk "nginx-$phase" "$NP" "$T" "$C" x "$PID_nginxproxy"
   done
   stop atl; stop haproxy; stop nginxproxy
   for t in backend atlantis haproxy nginx; do median "$t-$phase"; done
   a=atlantis_$phase; h=haproxy_$phase; n=nginx_$phase
-  ar=RPS_$a ap=P99_$a hr=RPS_$h hp=P99_$h nr=RPS_$n np=P99_$n
-  echo "ratio atlantis/haproxy ($phase): rps x$(ratio "${!ar}" "${!hr}"), p99 x$(ratio "${!ap}" "${!hp}") (p99: lower is better)"
-  echo "ratio atlantis/nginx   ($phase): rps x$(ratio "${!ar}" "${!nr}"), p99 x$(ratio "${!ap}" "${!np}") (p99: lower is better)"
+  ar=RPS_$a ap=P99_$a ac=CPU_$a hr=RPS_$h hp=P99_$h hc=CPU_$h nr=RPS_$n np=P99_$n nc=CPU_$n
+  echo "ratio atlantis/haproxy ($phase): rps x$(ratio "${!ar}" "${!hr}"), p99 x$(ratio "${!ap}" "${!hp}"), cpu/request x$(ratio "${!ac}" "${!hc}") (p99, cpu: lower is better)"
+  echo "ratio atlantis/nginx   ($phase): rps x$(ratio "${!ar}" "${!nr}"), p99 x$(ratio "${!ap}" "${!np}"), cpu/request x$(ratio "${!ac}" "${!nc}") (p99, cpu: lower is better)"
 done
 
 echo "== rules: 10 vs 10,000 host rules (1 worker thread each), request for the last host rule =="
@@ -187,12 +205,12 @@ start_router atl10 /bench "$RP" 1
 start_router atl10k /bench10k "$RP10K" 1
 wait_http "http://127.0.0.1:$RP10K/" app9999.bench
 for _ in $(seq "$ROUNDS"); do
-  run_wrk "atlantis-10-rules" "$RP" 1 "$CONNS" app9.bench
-  run_wrk "atlantis-10000-rules" "$RP10K" 1 "$CONNS" app9999.bench
+  run_wrk "atlantis-10-rules" "$RP" 1 "$CONNS" app9.bench "$PID_atl10"
+  run_wrk "atlantis-10000-rules" "$RP10K" 1 "$CONNS" app9999.bench "$PID_atl10k"
 done
 median atlantis-10-rules
 median atlantis-10000-rules
-echo "loss at 10,000 rules: $(python3 -c "import sys; print(f'{(1-float(sys.argv[1])/float(sys.argv[2]))*100:.1f}%')" "$RPS_atlantis_10000_rules" "$RPS_atlantis_10_rules")"
+echo "loss at 10,000 rules: rps $(python3 -c "import sys; print(f'{(1-float(sys.argv[1])/float(sys.argv[2]))*100:.1f}%')" "$RPS_atlantis_10000_rules" "$RPS_atlantis_10_rules"), cpu/request $(python3 -c "import sys; print(f'{(float(sys.argv[1])/float(sys.argv[2])-1)*100:+.1f}%')" "$CPU_atlantis_10000_rules" "$CPU_atlantis_10_rules")"
 
 echo "== rule change -> first routed request ($CHANGES changes, 10,000 rules in the table) =="
 "$TOOL" latency "127.0.0.1:$ZKP" /bench10k "$RP10K" "$CHANGES"

@@ -106,6 +106,23 @@ async fn ports_open_and_close_gracefully() {
         "b",
     )
     .await;
+    // The router registered itself (ephemeral) under routers/<kind>/<zone>/<host>.
+    let reg = conf.coord.layout().router(
+        conf.kind,
+        &"z1".parse().unwrap(),
+        &"test-router".parse().unwrap(),
+    );
+    let (data, stat) = conf
+        .coord
+        .get_raw(&reg)
+        .await
+        .unwrap()
+        .expect("router registration");
+    assert_ne!(stat.ephemeral_owner, 0, "registration must be ephemeral");
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&data).unwrap()["version"],
+        1
+    );
     conf.port("two", port2, "root").await;
     wait_route(
         &c,
@@ -149,6 +166,20 @@ async fn ports_open_and_close_gracefully() {
     assert_eq!(s, 200);
     assert_eq!(router.handle.ports(), vec![port1]);
     router.stop().await;
+    // Stopped: the session closed and the registration is gone.
+    eventually(
+        Duration::from_secs(10),
+        "the registration to go away",
+        || async {
+            conf.coord
+                .get_raw(&reg)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
 }
 
 /// A TCP relay that can be cut (every connection dropped, new ones refused) and restored.
