@@ -138,6 +138,8 @@ impl Registry {
         let _permit = self.upload_permit()?;
         let session = self.session(id, false);
         let mut s = session.lock().await;
+        // A concurrent request may have completed or cancelled it while we waited for the lock.
+        self.check_upload(repo, id).await?;
         let result = self
             .append_locked(repo, id, &mut s, check, body, false)
             .await;
@@ -245,6 +247,8 @@ impl Registry {
         let _permit = self.upload_permit()?;
         let session = self.session(id, false);
         let mut s = session.lock().await;
+        // A concurrent request may have completed or cancelled it while we waited for the lock.
+        self.check_upload(repo, id).await?;
         let result = self
             .finish_locked(repo, id, digest, &mut s, check, body)
             .await;
