@@ -243,7 +243,7 @@ pub async fn handle(
     };
     let (pool, resp, backend) = match route {
         Route::Pool(pool) => {
-            let (resp, backend) = forward(&shared, &pool, conn, req, start).await;
+            let (resp, backend) = Box::pin(forward(&shared, &pool, conn, req, start)).await;
             pool.metrics
                 .record(resp.status().as_u16(), start.elapsed().as_secs_f64());
             (Some(pool), resp, backend)
