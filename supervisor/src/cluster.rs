@@ -2,13 +2,17 @@
 //!
 //! [`Cluster`] is the narrow seam; [`ZkCluster`] implements it over common's [`Coord`] (registration at
 //! `supervisors/<host>`, re-created by `Coord` after a session loss; intent read from
-//! `instances/<app>/<env>/<cid>` nodes whose `host` is this host). [`Standalone`] is the no-ZooKeeper
-//! mode for development and benchmarks: it registers nowhere and wants whatever runs.
+//! `instances/<app>/<env>/<cid>` nodes whose `host` is this host). The intent comes from a [`TreeCache`]
+//! mirror of `instances` (one recursive watch, no polling of the whole tree every pass); until the mirror
+//! has its first full read the tree is read directly, and while the session is disconnected the intent is
+//! unknown (so nothing is removed). [`Standalone`] is the no-ZooKeeper mode for development and
+//! benchmarks: it registers nowhere and wants whatever runs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use atlantis_common::api::supervisor::SupervisorRecord;
-use atlantis_common::zk::{Coord, CoordError, Registration};
+use atlantis_common::zk::{Coord, CoordError, Registration, TreeCache, TreeEvent};
 use atlantis_common::{AppName, ContainerId, EnvName, HostName};
 use serde::Deserialize;
 use tokio::sync::Mutex;
@@ -24,7 +28,7 @@ pub trait Cluster: Send + Sync {
     /// Registers (or refreshes) this supervisor's ephemeral record.
     async fn register(&self, record: &SupervisorRecord) -> Result<(), ClusterError>;
     /// The containers the cluster wants on this host; `None` when there is no source of intent
-    /// (standalone: keep everything).
+    /// (standalone: keep everything). An error means "unknown now": callers must not remove anything.
     async fn wanted(&self) -> Result<Option<BTreeSet<ContainerId>>, ClusterError>;
     /// Removes the registration (graceful shutdown).
     async fn deregister(&self);
@@ -36,40 +40,94 @@ struct InstancePlacement {
     host: HostName,
 }
 
+/// The mirror of `instances`: relative path (`app/env/cid`) to payload, and the connection count when it was
+/// last read in full; `None` until the first full read.
+type Mirror = Arc<std::sync::Mutex<Option<(BTreeMap<String, Vec<u8>>, u64)>>>;
+
 /// ZooKeeper through [`Coord`].
 pub struct ZkCluster {
     coord: Coord,
     host: HostName,
     registration: Mutex<Option<Registration>>,
+    mirror: Mirror,
 }
 
 impl ZkCluster {
-    /// A cluster view for `host`.
+    /// A cluster view for `host`; starts mirroring the instances tree (must run inside a tokio runtime).
     pub fn new(coord: Coord, host: HostName) -> ZkCluster {
+        let mirror: Mirror = Default::default();
+        let mut events = TreeCache::start(coord.clone(), &coord.layout().all_instances());
+        let m = mirror.clone();
+        let status = coord.status();
+        tokio::spawn(async move {
+            while let Some(ev) = events.recv().await {
+                let mut guard = m.lock().unwrap_or_else(|p| p.into_inner());
+                match ev {
+                    TreeEvent::Reset(all) => {
+                        let connects = status.borrow().connects;
+                        *guard = Some((
+                            all.into_iter().map(|(k, n)| (k, n.data)).collect(),
+                            connects,
+                        ));
+                    }
+                    TreeEvent::Upsert { path, node } => {
+                        if let Some((map, _)) = guard.as_mut() {
+                            map.insert(path, node.data);
+                        }
+                    }
+                    TreeEvent::Remove { path } => {
+                        if let Some((map, _)) = guard.as_mut() {
+                            map.remove(&path);
+                        }
+                    }
+                }
+            }
+        });
         ZkCluster {
             coord,
             host,
             registration: Mutex::new(None),
+            mirror,
         }
     }
-}
 
-#[async_trait::async_trait]
-impl Cluster for ZkCluster {
-    async fn register(&self, record: &SupervisorRecord) -> Result<(), ClusterError> {
-        let mut reg = self.registration.lock().await;
-        match reg.as_ref() {
-            Some(r) => r.update(record).await?,
-            None => {
-                let path = self.coord.layout().supervisor(&self.host);
-                *reg = Some(self.coord.register_ephemeral(&path, record).await?);
-                tracing::info!(path, "Registered in ZooKeeper.");
+    fn connected(&self) -> bool {
+        self.coord.status().borrow().connected
+    }
+
+    /// The containers the mirror places on this host, once the mirror has been read in full on the
+    /// current connection (events missed while disconnected are only repaired by that full read).
+    fn wanted_from_mirror(&self) -> Option<BTreeSet<ContainerId>> {
+        let guard = self.mirror.lock().unwrap_or_else(|p| p.into_inner());
+        let (map, connects) = guard.as_ref()?;
+        if *connects != self.coord.status().borrow().connects {
+            return None;
+        }
+        let mut out = BTreeSet::new();
+        for (path, data) in map {
+            let mut parts = path.split('/');
+            let (Some(_app), Some(_env), Some(cid), None) =
+                (parts.next(), parts.next(), parts.next(), parts.next())
+            else {
+                continue;
+            };
+            let Ok(cid) = cid.parse::<ContainerId>() else {
+                continue;
+            };
+            match serde_json::from_slice::<InstancePlacement>(data) {
+                Ok(p) if p.host == self.host => {
+                    out.insert(cid);
+                }
+                Ok(_) => {}
+                // A node we cannot read says nothing about us; a manager bug must not kill containers.
+                Err(e) => tracing::debug!(path, error = %e, "Unreadable instance node, ignored."),
             }
         }
-        Ok(())
+        Some(out)
     }
 
-    async fn wanted(&self) -> Result<Option<BTreeSet<ContainerId>>, ClusterError> {
+    /// Reads the instances tree node by node (before the mirror is complete).
+    async fn wanted_direct(&self) -> Result<BTreeSet<ContainerId>, ClusterError> {
         let layout = self.coord.layout();
         let mut out = BTreeSet::new();
         for app in self.coord.children(&layout.all_instances()).await? {
@@ -97,7 +155,6 @@ impl Cluster for ZkCluster {
                             out.insert(cid);
                         }
                         Ok(_) => {}
-                        // A node we cannot read says nothing about us; a manager bug must not kill containers.
                         Err(CoordError::Decode { path, source }) => {
                             tracing::warn!(path, error = %source, "Unreadable instance node, ignored.");
                         }
@@ -107,7 +164,35 @@ impl Cluster for ZkCluster {
                 }
             }
         }
-        Ok(Some(out))
+        Ok(out)
+    }
+}
+
+#[async_trait::async_trait]
+impl Cluster for ZkCluster {
+    async fn register(&self, record: &SupervisorRecord) -> Result<(), ClusterError> {
+        let mut reg = self.registration.lock().await;
+        match reg.as_ref() {
+            Some(r) => r.update(record).await?,
+            None => {
+                let path = self.coord.layout().supervisor(&self.host);
+                *reg = Some(self.coord.register_ephemeral(&path, record).await?);
+                tracing::info!(path, "Registered in ZooKeeper.");
+            }
+        }
+        Ok(())
+    }
+
+    async fn wanted(&self) -> Result<Option<BTreeSet<ContainerId>>, ClusterError> {
+        if !self.connected() {
+            return Err(ClusterError(CoordError::Unavailable(
+                "disconnected from ZooKeeper".into(),
+            )));
+        }
+        if let Some(w) = self.wanted_from_mirror() {
+            return Ok(Some(w));
+        }
+        Ok(Some(self.wanted_direct().await?))
     }
 
     async fn deregister(&self) {

@@ -315,6 +315,34 @@ async fn deploy_isolate_restart_orphans_teardown() {
     })
     .await;
 
+    // --- While running: the manager drops an instance node, and its container goes after the grace.
+    let tmp = spec("tmp", "prod");
+    let tmp_node = layout.instance(&tmp.app, &tmp.env, &tmp.container_id);
+    manager
+        .create(&tmp_node, &instance_record("host-a"))
+        .await
+        .unwrap();
+    client.deploy_ok(&tmp).await;
+    // Still wanted after several reconcile passes.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert!(
+        host.container_names()
+            .contains(&tmp.container_id.to_string()),
+        "a wanted container stays"
+    );
+    manager.delete(&tmp_node, None).await.unwrap();
+    eventually(
+        Duration::from_secs(15),
+        "unwanted container removed",
+        || async {
+            (!host
+                .container_names()
+                .contains(&tmp.container_id.to_string()))
+            .then_some(())
+        },
+    )
+    .await;
+
     // --- Teardown leaves no container, no port, no rule.
     let (s, body) = client
         .send(Method::DELETE, &format!("/v1/containers/{cid}"), None)
