@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use atlantis_common::ContainerId;
 use atlantis_common::api::supervisor::ContainerState;
+use futures::StreamExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::ApiError;
@@ -23,6 +24,8 @@ use crate::service::{Entry, Supervisor};
 
 /// Consecutive failed checks before a healthy container is marked unhealthy.
 const FAILURES_BEFORE_UNHEALTHY: u32 = 3;
+/// Health checks in flight at once.
+const MONITOR_CONCURRENCY: usize = 16;
 
 impl Supervisor {
     /// Rebuilds the allocator, the entries and the firewall from the engine and ZooKeeper.
@@ -159,46 +162,52 @@ impl Supervisor {
                 .map(|(id, e)| (id.clone(), e.deployed.clone(), e.state))
                 .collect()
         };
-        for (id, d, state) in due {
-            let result = match d.health_host_port() {
-                Some(port) => {
-                    let t = Duration::from_millis(d.health.timeout_ms);
-                    self.prober
-                        .check(self.cfg.ports.health_ip(), port, &d.health.path, t)
-                        .await
-                }
-                None => match self.runtime.inspect(id.as_str()).await {
-                    Ok(Some(o)) if o.running => Probe::Pass,
-                    Ok(_) => Probe::Fail("not running".into()),
-                    Err(e) => Probe::Fail(e.to_string()),
-                },
-            };
-            let next = {
-                let mut inner = self.lock();
-                let Some(e) = inner.entries.get_mut(&id) else {
-                    continue;
-                };
-                e.last_check = Some(Instant::now());
-                match &result {
-                    Probe::Pass => {
-                        e.failures = 0;
-                        Some(ContainerState::Healthy)
-                    }
-                    Probe::Fail(_) => {
-                        e.failures += 1;
-                        (state == ContainerState::Starting
-                            || e.failures >= FAILURES_BEFORE_UNHEALTHY)
-                            .then_some(ContainerState::Unhealthy)
-                    }
-                }
-            };
-            if let Some(to) = next {
-                let why = match &result {
-                    Probe::Pass => "health check passed".to_owned(),
-                    Probe::Fail(w) => format!("health check failed: {w}"),
-                };
-                self.transition(&id, to, &why);
+        // Checks run concurrently (bounded), so one slow container does not delay the others.
+        futures::stream::iter(due)
+            .for_each_concurrent(MONITOR_CONCURRENCY, |(id, d, state)| async move {
+                self.check_one(id, d, state).await;
+            })
+            .await;
+    }
+
+    async fn check_one(&self, id: ContainerId, d: Deployed, state: ContainerState) {
+        let result = match d.health_host_port() {
+            Some(port) => {
+                let t = Duration::from_millis(d.health.timeout_ms);
+                self.prober
+                    .check(self.cfg.ports.health_ip(), port, &d.health.path, t)
+                    .await
             }
+            None => match self.runtime.inspect(id.as_str()).await {
+                Ok(Some(o)) if o.running => Probe::Pass,
+                Ok(_) => Probe::Fail("not running".into()),
+                Err(e) => Probe::Fail(e.to_string()),
+            },
+        };
+        let next = {
+            let mut inner = self.lock();
+            let Some(e) = inner.entries.get_mut(&id) else {
+                return;
+            };
+            e.last_check = Some(Instant::now());
+            match &result {
+                Probe::Pass => {
+                    e.failures = 0;
+                    Some(ContainerState::Healthy)
+                }
+                Probe::Fail(_) => {
+                    e.failures += 1;
+                    (state == ContainerState::Starting || e.failures >= FAILURES_BEFORE_UNHEALTHY)
+                        .then_some(ContainerState::Unhealthy)
+                }
+            }
+        };
+        if let Some(to) = next {
+            let why = match &result {
+                Probe::Pass => "health check passed".to_owned(),
+                Probe::Fail(w) => format!("health check failed: {w}"),
+            };
+            self.transition(&id, to, &why);
         }
     }
 
