@@ -167,7 +167,7 @@ pub struct Table {
     /// Listeners by port number.
     pub ports: HashMap<u16, PortEntry>,
     /// Tries.
-    pub tries: Vec<CompiledTrie>,
+    pub tries: Vec<Arc<CompiledTrie>>,
     /// Trie index by name.
     pub trie_index: HashMap<String, usize>,
     /// Pools by name.
@@ -262,6 +262,21 @@ impl Table {
     }
 }
 
+struct CachedTrie {
+    version: i32,
+    data: Vec<u8>,
+    trie: Result<Arc<routing::Trie>, String>,
+}
+
+fn same_target(a: &Resolved, b: &Resolved) -> bool {
+    match (a, b) {
+        (Resolved::Pool(x), Resolved::Pool(y)) => Arc::ptr_eq(x, y),
+        (Resolved::Trie(x), Resolved::Trie(y)) => x == y,
+        (Resolved::Missing, Resolved::Missing) => true,
+        _ => false,
+    }
+}
+
 struct CachedRule {
     version: i32,
     data: Vec<u8>,
@@ -272,6 +287,8 @@ struct CachedRule {
 pub struct Compiler {
     raw: BTreeMap<String, Node>,
     rules: HashMap<String, CachedRule>,
+    trie_docs: HashMap<String, CachedTrie>,
+    prev_tries: HashMap<String, Arc<CompiledTrie>>,
     pools: HashMap<String, Arc<PoolState>>,
     generation: u64,
     metrics: RouterMetrics,
@@ -283,6 +300,8 @@ impl Compiler {
         Compiler {
             raw: BTreeMap::new(),
             rules: HashMap::new(),
+            trie_docs: HashMap::new(),
+            prev_tries: HashMap::new(),
             pools: HashMap::new(),
             generation: 0,
             metrics,
@@ -311,7 +330,7 @@ impl Compiler {
         self.metrics.compiles.inc();
         let mut errors = Vec::new();
         let mut ports: Vec<(String, routing::Port)> = Vec::new();
-        let mut tries: Vec<(String, routing::Trie)> = Vec::new();
+        let mut tries: Vec<(String, Arc<routing::Trie>)> = Vec::new();
         let mut rule_names: Vec<(&str, &Node)> = Vec::new();
         let mut pool_cfgs: BTreeMap<String, (routing::Pool, Vec<Backend>)> = BTreeMap::new();
         for (path, node) in &self.raw {
@@ -323,10 +342,29 @@ impl Compiler {
                     Ok(p) => ports.push((name.to_owned(), p)),
                     Err(e) => errors.push(e.to_string()),
                 },
-                ("tries", None) => match routing::parse_trie(name, &node.data) {
-                    Ok(t) => tries.push((name.to_owned(), t)),
-                    Err(e) => errors.push(e.to_string()),
-                },
+                ("tries", None) => {
+                    let fresh = self
+                        .trie_docs
+                        .get(name)
+                        .is_none_or(|c| c.version != node.version || c.data != node.data);
+                    if fresh {
+                        let trie = routing::parse_trie(name, &node.data)
+                            .map(Arc::new)
+                            .map_err(|e| e.to_string());
+                        self.trie_docs.insert(
+                            name.to_owned(),
+                            CachedTrie {
+                                version: node.version,
+                                data: node.data.clone(),
+                                trie,
+                            },
+                        );
+                    }
+                    match &self.trie_docs[name].trie {
+                        Ok(t) => tries.push((name.to_owned(), t.clone())),
+                        Err(e) => errors.push(e.clone()),
+                    }
+                }
                 ("rules", None) => rule_names.push((name, node)),
                 ("pools", None) => match routing::parse_pool(name, &node.data) {
                     Ok(p) => {
@@ -437,9 +475,28 @@ impl Compiler {
                     })
                     .collect::<Vec<_>>();
                 rule_count += rules.len();
-                CompiledTrie::new(name.clone(), rules)
+                // Unchanged rules and targets: keep the previous compiled trie (and its host index).
+                match self.prev_tries.get(name) {
+                    Some(prev)
+                        if prev.rules.len() == rules.len()
+                            && prev.rules.iter().zip(&rules).all(|(a, b)| {
+                                Arc::ptr_eq(&a.rule, &b.rule) && same_target(&a.target, &b.target)
+                            }) =>
+                    {
+                        prev.clone()
+                    }
+                    _ => Arc::new(CompiledTrie::new(name.clone(), rules)),
+                }
             })
+            .collect::<Vec<Arc<CompiledTrie>>>();
+        self.prev_tries = compiled_tries
+            .iter()
+            .map(|t| (t.name.clone(), t.clone()))
             .collect();
+        let live_tries: std::collections::HashSet<&str> =
+            tries.iter().map(|(n, _)| n.as_str()).collect();
+        self.trie_docs
+            .retain(|k, _| live_tries.contains(k.as_str()));
         let mut by_port: HashMap<u16, PortEntry> = HashMap::new();
         for (name, p) in ports {
             if let Some(other) = by_port.get(&p.port) {
