@@ -317,9 +317,17 @@ impl Supervisor {
             // While starting, any exit is a failure, even one the restart policy already undid.
             if !o.running || o.restarting || o.restart_count > 0 {
                 let tail = self.log_tail(docker_id, 20).await;
+                // Once the restart policy brought it back, the engine no longer reports the exit code.
+                let how = if o.running || o.restarting {
+                    format!(
+                        "exited and was restarted {} time(s)",
+                        o.restart_count.max(1)
+                    )
+                } else {
+                    format!("exited with code {}", o.exit_code.unwrap_or(-1))
+                };
                 return Err(ApiError::Unhealthy(format!(
-                    "container {id} exited with code {} before becoming healthy; last output: {tail}",
-                    o.exit_code.unwrap_or(-1)
+                    "container {id} {how} before becoming healthy; last output: {tail}"
                 )));
             }
             if d.health_host_port().is_none() {
