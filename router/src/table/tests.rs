@@ -138,6 +138,21 @@ async fn only_changed_rules_are_recompiled() {
     assert_eq!(walk(&t, "x", "/r9999/abc", &[]), "pool:api");
     // A reset with the same nodes (a reconnect) compiles nothing new.
     assert!(!c.apply(SourceEvent::Reset(c.raw.clone())));
+    // An unrelated change (a new backend) keeps the compiled trie; a rule change rebuilds it.
+    let root = |t: &Table| t.tries[t.trie_index["root"]].clone();
+    c.apply(SourceEvent::Upsert {
+        path: "pools/api/127.0.0.1:9".into(),
+        node: node("", 0),
+    });
+    let t2 = c.compile();
+    assert!(Arc::ptr_eq(&root(&t), &root(&t2)));
+    c.apply(SourceEvent::Upsert {
+        path: "rules/r5".into(),
+        node: node(r#"{"type":"path-prefix","value":"/five","pool":"api"}"#, 1),
+    });
+    let t3 = c.compile();
+    assert!(!Arc::ptr_eq(&root(&t2), &root(&t3)));
+    assert_eq!(walk(&t3, "x", "/five", &[]), "pool:api");
 }
 
 #[tokio::test]
