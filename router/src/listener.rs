@@ -2,7 +2,7 @@
 //!
 //! A new port in the table opens a listener; a deleted port stops accepting at once and its open
 //! connections are shut down gracefully (in-flight requests finish, bounded by the drain timeout). Each
-//! connection is served by hyper's auto builder (HTTP/1.1 and h2c, or ALPN over TLS), with bounded header
+//! connection is served by hyper as HTTP/1.1 or HTTP/2 (h2c by its preface, or ALPN over TLS), with bounded header
 //! size and a header-read timeout that also closes idle keep-alive connections.
 
 use std::collections::BTreeMap;
@@ -10,9 +10,9 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -34,7 +34,7 @@ pub struct Listeners {
     limits: Limits,
     shared: Arc<Shared>,
     tls: Option<Arc<Tls>>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Protocols>,
     active: BTreeMap<u16, Active>,
     workers: Vec<tokio::runtime::Handle>,
     /// Ports that could not be opened, with the reason.
@@ -51,15 +51,14 @@ impl Listeners {
         tls: Option<Arc<Tls>>,
         workers: Vec<tokio::runtime::Handle>,
     ) -> Listeners {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1()
-            .timer(TokioTimer::new())
+        let mut h1 = http1::Builder::new();
+        h1.timer(TokioTimer::new())
             .header_read_timeout(Duration::from_millis(limits.header_read_timeout_ms))
             .max_buf_size(limits.max_header_bytes)
-            .keep_alive(true)
-            .writev(false);
-        b.http2()
-            .timer(TokioTimer::new())
+            .writev(false)
+            .keep_alive(true);
+        let mut h2 = http2::Builder::new(TokioExecutor::new());
+        h2.timer(TokioTimer::new())
             .max_concurrent_streams(limits.h2_max_streams)
             .max_header_list_size(limits.max_header_bytes as u32)
             .keep_alive_interval(Duration::from_secs(30))
@@ -69,7 +68,7 @@ impl Listeners {
             limits,
             shared,
             tls,
-            builder: Arc::new(b),
+            builder: Arc::new(Protocols { h1, h2 }),
             active: BTreeMap::new(),
             workers,
             failed: Arc::default(),
@@ -187,7 +186,7 @@ async fn accept_loop(
     listener: TcpListener,
     port: u16,
     tls: Option<Arc<Tls>>,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Protocols>,
     shared: Arc<Shared>,
     limits: Limits,
     cancel: CancellationToken,
@@ -227,14 +226,21 @@ async fn accept_loop(
         tracker.spawn(async move {
             let _permit = permit;
             match acceptor {
-                None => serve(stream, info, builder, shared, cancel, &limits).await,
+                None => {
+                    let hs = Duration::from_millis(limits.header_read_timeout_ms);
+                    match is_h2c(&stream, hs).await {
+                        Ok(h2) => serve(stream, h2, info, builder, shared, cancel, &limits).await,
+                        Err(e) => tracing::debug!(port, %peer, error = %e, "Connection closed before a request."),
+                    }
+                }
                 Some(acc) => {
                     let hs = Duration::from_millis(limits.tls_handshake_timeout_ms);
                     match tokio::time::timeout(hs, acc.accept(stream)).await {
-                        Ok(Ok(s)) => serve(s, info, builder, shared, cancel, &limits).await,
-                        Ok(Err(e)) => {
-                            tracing::debug!(port, %peer, error = %e, "TLS handshake failed.")
+                        Ok(Ok(s)) => {
+                            let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
+                            serve(s, h2, info, builder, shared, cancel, &limits).await
                         }
+                        Ok(Err(e)) => tracing::debug!(port, %peer, error = %e, "TLS handshake failed."),
                         Err(_) => tracing::debug!(port, %peer, "TLS handshake timed out."),
                     }
                 }
@@ -243,10 +249,41 @@ async fn accept_loop(
     }
 }
 
+/// The HTTP/1.1 and HTTP/2 server settings.
+pub struct Protocols {
+    h1: http1::Builder,
+    h2: http2::Builder<TokioExecutor>,
+}
+
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Whether a plain connection starts with the HTTP/2 preface (h2c with prior knowledge). Peeks without
+/// consuming, so the chosen server reads the bytes itself and no re-reading wrapper sits on the hot path.
+async fn is_h2c(stream: &tokio::net::TcpStream, timeout: Duration) -> std::io::Result<bool> {
+    let mut buf = [0u8; 24];
+    let peek = async {
+        loop {
+            let n = stream.peek(&mut buf).await?;
+            if n == 0 || buf[..n] != H2_PREFACE[..n] {
+                return Ok(false);
+            }
+            if n == H2_PREFACE.len() {
+                return Ok(true);
+            }
+            // A prefix of the preface so far: wait for more bytes.
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::time::timeout(timeout, peek)
+        .await
+        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+}
+
 async fn serve<I>(
     io: I,
+    h2: bool,
     info: ConnInfo,
-    builder: Arc<auto::Builder<TokioExecutor>>,
+    builder: Arc<Protocols>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
     limits: &Limits,
@@ -254,18 +291,33 @@ async fn serve<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let svc = service_fn(move |req| proxy::handle(shared.clone(), info, req));
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    tokio::select! {
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(port = info.port, peer = %info.peer, error = %e, "Connection ended with an error.");
+    let drain = Duration::from_millis(limits.drain_timeout_ms);
+    let result = if h2 {
+        let conn = builder.h2.serve_connection(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                tokio::time::timeout(drain, conn).await.unwrap_or(Ok(()))
             }
         }
-        _ = cancel.cancelled() => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(Duration::from_millis(limits.drain_timeout_ms), conn).await;
+    } else {
+        let conn = builder
+            .h1
+            .serve_connection(TokioIo::new(io), svc)
+            .with_upgrades();
+        tokio::pin!(conn);
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = cancel.cancelled() => {
+                conn.as_mut().graceful_shutdown();
+                tokio::time::timeout(drain, conn).await.unwrap_or(Ok(()))
+            }
         }
+    };
+    if let Err(e) = result {
+        tracing::debug!(port = info.port, peer = %info.peer, error = %e, "Connection ended with an error.");
     }
 }
 

@@ -127,6 +127,14 @@ async fn slow_and_idle_clients_are_cut_off() {
         "slow clients were cut after {:?}",
         started.elapsed()
     );
+    // A connection that never sends a byte is closed too.
+    let mut silent = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut one = [0u8; 1];
+    let r = tokio::time::timeout(Duration::from_secs(5), silent.read(&mut one)).await;
+    assert!(
+        matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+        "a silent connection was kept open: {r:?}"
+    );
     // An idle keep-alive connection is closed too.
     let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n")
