@@ -196,10 +196,22 @@ impl Cluster for ZkCluster {
     }
 
     async fn deregister(&self) {
-        if let Some(r) = self.registration.lock().await.take()
-            && let Err(e) = r.deregister().await
-        {
-            tracing::warn!(error = %e, "Cannot deregister from ZooKeeper.");
+        let Some(r) = self.registration.lock().await.take() else {
+            return;
+        };
+        let path = r.path().to_owned();
+        // Stop re-creating it first; then delete, retrying briefly while a reconnect is under way.
+        if let Err(e) = r.deregister().await {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            let mut last = e;
+            while last.is_transient() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                match self.coord.delete(&path, None).await {
+                    Ok(_) => return,
+                    Err(e) => last = e,
+                }
+            }
+            tracing::warn!(path, error = %last, "Cannot deregister from ZooKeeper; the node goes with the session.");
         }
     }
 }

@@ -19,6 +19,7 @@ use atlantis_common::api::supervisor::{
     ContainerInfo, ContainerSpec, ContainerState, Resources, SupervisorHealth, SupervisorRecord,
     SupervisorStatus, TeardownRequest, TeardownResponse,
 };
+use futures::StreamExt as _;
 use tokio::sync::{Mutex as AsyncMutex, OwnedMutexGuard};
 
 use crate::alloc::{AllocConfig, Allocator};
@@ -30,6 +31,9 @@ use crate::health::{Probe, Prober};
 use crate::labels::Deployed;
 use crate::metrics::SupervisorMetrics;
 use crate::runtime::{ContainerRuntime, CreateSpec, RuntimeError};
+
+/// Containers stopped at once by one teardown.
+const TEARDOWN_CONCURRENCY: usize = 8;
 
 /// Mount point of the config data inside containers.
 pub const CONFIG_MOUNT: &str = "/etc/atlantis/config";
@@ -299,7 +303,7 @@ impl Supervisor {
     ) -> Result<(), ApiError> {
         let deadline = Instant::now() + Duration::from_millis(d.health.start_timeout_ms);
         let timeout = Duration::from_millis(d.health.timeout_ms);
-        let mut pause = Duration::from_millis(20);
+        let mut pause = Duration::from_millis(10);
         let started = Instant::now();
         let mut last = String::from("no check yet");
         loop {
@@ -421,24 +425,46 @@ impl Supervisor {
                     .collect()
             }
         };
-        for (id, op) in targets {
-            let Some(op) = op else {
-                resp.not_found.push(id);
-                continue;
-            };
-            let _guard = op.lock().await;
-            // A failed deploy may have removed it while we waited.
-            if !self.lock().entries.contains_key(&id) {
-                resp.not_found.push(id);
-                continue;
+        // Containers go in parallel (bounded): apps that ignore SIGTERM cost one stop timeout, not N.
+        enum Outcome {
+            Removed(ContainerId),
+            NotFound(ContainerId),
+            Stuck(ContainerId),
+        }
+        let outcomes: Vec<Outcome> = futures::stream::iter(targets)
+            .map(|(id, op)| async move {
+                let Some(op) = op else {
+                    return Outcome::NotFound(id);
+                };
+                let _guard = op.lock().await;
+                // A failed deploy may have removed it while we waited.
+                if !self.lock().entries.contains_key(&id) {
+                    return Outcome::NotFound(id);
+                }
+                self.remove_container(&id).await;
+                if self.lock().entries.contains_key(&id) {
+                    Outcome::Stuck(id)
+                } else {
+                    Outcome::Removed(id)
+                }
+            })
+            .buffered(TEARDOWN_CONCURRENCY)
+            .collect()
+            .await;
+        let mut stuck = Vec::new();
+        for o in outcomes {
+            match o {
+                Outcome::Removed(id) => resp.removed.push(id),
+                Outcome::NotFound(id) => resp.not_found.push(id),
+                Outcome::Stuck(id) => stuck.push(id.to_string()),
             }
-            self.remove_container(&id).await;
-            if self.lock().entries.contains_key(&id) {
-                return Err(ApiError::Internal(format!(
-                    "container {id} could not be removed; see the supervisor log"
-                )));
-            }
-            resp.removed.push(id);
+        }
+        if !stuck.is_empty() {
+            self.refresh_registration().await;
+            return Err(ApiError::Internal(format!(
+                "could not remove {} (the reconcile loop retries); see the supervisor log",
+                stuck.join(", ")
+            )));
         }
         self.refresh_registration().await;
         Ok(resp)

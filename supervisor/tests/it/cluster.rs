@@ -167,6 +167,13 @@ async fn two_zones_register_and_survive_session_loss() {
     )
     .await;
     assert_eq!(client_a.list().await.len(), 1);
+    for app in [&app_a, &app_b] {
+        let mut status = app.coord().unwrap().status();
+        tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.connected))
+            .await
+            .unwrap()
+            .unwrap();
+    }
 
     // Graceful shutdown removes the registration; containers stay for the next supervisor.
     app_b.shutdown().await;
