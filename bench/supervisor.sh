@@ -9,6 +9,7 @@
 # and prints both and the ratio supervisor/anchor. Everything it made is removed on exit.
 #
 # Usage: bench/supervisor.sh [RUNS]   (default 10; needs root, dockerd, busybox-static, curl, jq)
+#        SUP_LOG=/tmp/sup.log RUST_LOG=info bench/supervisor.sh   keeps the supervisor's log
 set -euo pipefail
 RUNS=${1:-10}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,6 +27,7 @@ SUP_PID=""
 
 cleanup() {
   set +e
+  if [ -n "${SUP_LOG:-}" ] && [ -f "$W/sup.log" ]; then cp "$W/sup.log" "$SUP_LOG"; fi
   if [ -n "$SUP_PID" ]; then kill "$SUP_PID" 2>/dev/null; wait "$SUP_PID" 2>/dev/null; fi
   if [ -n "$DOCKERD_PID" ]; then
     docker -H "unix://$W/docker.sock" ps -aq 2>/dev/null | xargs -r docker -H "unix://$W/docker.sock" rm -f >/dev/null 2>&1
@@ -91,7 +93,7 @@ cluster_networks = ["$HOST_IP/30"]
 [limits]
 stop_timeout_ms = 500
 TOML
-RUST_LOG=warn "$SUP_BIN" --config "$W/supervisor.toml" >"$W/sup.log" 2>&1 &
+RUST_LOG=${RUST_LOG:-warn} "$SUP_BIN" --config "$W/supervisor.toml" >"$W/sup.log" 2>&1 &
 SUP_PID=$!
 ADDR=""
 for _ in $(seq 400); do

@@ -228,7 +228,18 @@ impl Supervisor {
         self.transition(id, ContainerState::Starting, "image present, creating");
         // Rules are installed while the container is created, and always before it starts: it never
         // runs without its isolation.
-        let (rules, created) = tokio::join!(self.sync_firewall(), self.runtime.create(&create));
+        let t = Instant::now();
+        let ((rules, rules_ms), (created, create_ms)) = tokio::join!(
+            async {
+                let r = self.sync_firewall().await;
+                (r, t.elapsed().as_millis() as u64)
+            },
+            async {
+                let r = self.runtime.create(&create).await;
+                (r, t.elapsed().as_millis() as u64)
+            }
+        );
+        tracing::debug!(container = %id, rules_ms, create_ms, "Rules installed and container created.");
         let created = created.map_err(|e| match e {
             RuntimeError::Conflict(m) => ApiError::Duplicate(format!(
                 "{id} (the engine already has a container of that name: {m})"
@@ -242,8 +253,12 @@ impl Supervisor {
         }
         rules?;
         let docker_id = created?;
+        let t = Instant::now();
         self.runtime.start(&docker_id).await?;
+        tracing::debug!(container = %id, start_ms = t.elapsed().as_millis() as u64, "Container started.");
+        let t = Instant::now();
         self.wait_healthy(id, &deployed, &docker_id).await?;
+        tracing::debug!(container = %id, health_ms = t.elapsed().as_millis() as u64, "First health check passed.");
         self.transition(id, ContainerState::Healthy, "health check passed");
         Ok(())
     }
