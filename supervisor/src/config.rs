@@ -423,6 +423,19 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_loads_and_checks() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("supervisor.example.toml");
+        let c: Config = atlantis_common::config::load_with_env(Some(&path), "X", []).unwrap();
+        c.check().unwrap();
+        assert_eq!(c.capacity.slots, 20);
+        assert_eq!(
+            c.zookeeper.as_ref().unwrap().servers,
+            "zk1:2181,zk2:2181,zk3:2181"
+        );
+        assert!(c.docker.registry_auth.is_none());
+    }
+
+    #[test]
     fn cidrs() {
         assert_eq!(
             parse_cidr("10.1.2.3/8").unwrap(),
