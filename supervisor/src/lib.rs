@@ -116,6 +116,11 @@ impl App {
             }
             None => runtime,
         };
+        if cfg.firewall.enabled && cfg.firewall.cluster_networks.is_empty() {
+            tracing::warn!(
+                "firewall.cluster_networks is empty: containers are only kept from each other and this host's container network, not from other hosts."
+            );
+        }
         let firewall: Arc<dyn Firewall> = if cfg.firewall.enabled {
             let mut nets: Vec<_> = cfg
                 .firewall
