@@ -564,7 +564,8 @@ mod tests {
 
     #[test]
     fn bad_specs_name_the_field() {
-        let cases: Vec<(Box<dyn Fn(&mut ContainerSpec)>, &str)> = vec![
+        type Edit = Box<dyn Fn(&mut ContainerSpec)>;
+        let cases: Vec<(Edit, &str)> = vec![
             (Box::new(|s| s.memory_mb = 0), "memory_mb"),
             (Box::new(|s| s.cpu_millis = 0), "cpu_millis"),
             (Box::new(|s| s.ports = vec![8080, 0]), "ports[1]"),
