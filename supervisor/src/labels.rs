@@ -30,9 +30,9 @@ pub const HOST: &str = "atlantis.host";
 /// The JSON [`Deployed`] record.
 pub const DEPLOYED: &str = "atlantis.deployed";
 
-/// What the supervisor needs to know about a running container, as stored in its labels.
+/// What the supervisor needs to know about a running container, as stored in its labels. Unknown fields
+/// are tolerated, so a supervisor rolled back to an older version still adopts what a newer one started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Deployed {
     /// Atlantis ID.
     pub container_id: ContainerId,
@@ -168,6 +168,12 @@ mod tests {
         let mut l = d.labels(&host);
         assert_eq!(Deployed::from_labels(&l).unwrap(), d);
         assert_eq!(d.health_host_port(), Some(61012));
+        // A newer supervisor's extra field does not make the record unreadable.
+        let mut newer: serde_json::Value = serde_json::from_str(&l[DEPLOYED]).unwrap();
+        newer["from_the_future"] = 1.into();
+        let mut l2 = l.clone();
+        l2.insert(DEPLOYED.into(), newer.to_string());
+        assert_eq!(Deployed::from_labels(&l2).unwrap(), d);
         l.insert(CONTAINER_ID.into(), "web-1234567-prod-zzzzzz".into());
         assert!(Deployed::from_labels(&l).is_err());
         l.remove(DEPLOYED);

@@ -56,8 +56,8 @@ impl Supervisor {
                         continue;
                     }
                     Err(e) => {
-                        tracing::error!(name = %o.name, error = %e, "Unreadable Atlantis labels; removing the container.");
-                        to_remove.push(o.id.clone());
+                        // Never delete what we do not understand: it may be a newer supervisor's work.
+                        tracing::error!(name = %o.name, error = %e, "Unreadable Atlantis labels; leaving the container alone (not managed).");
                         continue;
                     }
                 };
