@@ -276,5 +276,8 @@ fn the_binary_starts_with_a_config_file_and_env_overrides() {
         "{body}\n{}",
         proc.log_tail(20)
     );
+    // SIGTERM: a graceful stop (the guard sends TERM first and waits).
     drop(proc);
+    let log_text = std::fs::read_to_string(&log).unwrap();
+    assert!(log_text.contains("Supervisor stopped."), "{log_text}");
 }
