@@ -28,6 +28,9 @@ pub fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
+/// Idle backend connections older than this are closed.
+pub const IDLE_MAX_MS: u64 = 30_000;
+
 const HEALTHS: [Health; 5] = [
     Health::Ok,
     Health::Degraded,
@@ -51,7 +54,7 @@ pub struct BackendState {
     /// Connection failures.
     pub failures: AtomicU64,
     /// Idle connections, one list per worker (a connection is driven by the worker that opened it).
-    idle: Box<[parking_lot::Mutex<Vec<Upstream>>]>,
+    idle: Box<[parking_lot::Mutex<Vec<(Upstream, u64)>>]>,
     resolved: Option<SocketAddr>,
     cancel: CancellationToken,
     gauge: Gauge,
@@ -125,7 +128,7 @@ impl BackendState {
 
     /// Takes the most recently used idle connection of this worker (the caller checks it is still open).
     pub fn checkout(&self) -> Option<Upstream> {
-        self.idle_here().lock().pop()
+        self.idle_here().lock().pop().map(|(up, _)| up)
     }
 
     /// Returns a connection whose exchange is complete to the idle list.
@@ -135,11 +138,21 @@ impl BackendState {
         }
         let mut idle = self.idle_here().lock();
         if idle.len() < max_idle {
-            idle.push(up);
+            idle.push((up, now_ms()));
         }
     }
 
-    fn idle_here(&self) -> &parking_lot::Mutex<Vec<Upstream>> {
+    /// Closes idle connections unused for [`IDLE_MAX_MS`] (the backend may have closed them; an unused
+    /// socket should not be held forever).
+    pub fn expire_idle(&self) {
+        let now = now_ms();
+        for l in self.idle.iter() {
+            l.lock()
+                .retain(|(_, since)| now.saturating_sub(*since) < IDLE_MAX_MS);
+        }
+    }
+
+    fn idle_here(&self) -> &parking_lot::Mutex<Vec<(Upstream, u64)>> {
         &self.idle[crate::workers::current() % self.idle.len()]
     }
 
@@ -281,6 +294,7 @@ async fn health_loop(pool: std::sync::Weak<PoolState>, b: Arc<BackendState>) {
         let Some(cfg) = pool.upgrade().map(|p| p.config()) else {
             return;
         };
+        b.expire_idle();
         let wait = if cfg.healthz_every_ms == 0 {
             b.set_health(Health::Ok);
             Duration::from_secs(1)
