@@ -28,6 +28,9 @@ pub fn now_ms() -> u64 {
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
 }
 
+/// One worker's idle connections to a backend, with the time each was returned (`now_ms`).
+type IdleList = parking_lot::Mutex<Vec<(Upstream, u64)>>;
+
 /// Idle backend connections older than this are closed.
 pub const IDLE_MAX_MS: u64 = 30_000;
 
@@ -54,7 +57,7 @@ pub struct BackendState {
     /// Connection failures.
     pub failures: AtomicU64,
     /// Idle connections, one list per worker (a connection is driven by the worker that opened it).
-    idle: Box<[parking_lot::Mutex<Vec<(Upstream, u64)>>]>,
+    idle: Box<[IdleList]>,
     resolved: Option<SocketAddr>,
     cancel: CancellationToken,
     gauge: Gauge,
@@ -152,7 +155,7 @@ impl BackendState {
         }
     }
 
-    fn idle_here(&self) -> &parking_lot::Mutex<Vec<(Upstream, u64)>> {
+    fn idle_here(&self) -> &IdleList {
         &self.idle[crate::workers::current() % self.idle.len()]
     }
 
