@@ -7,7 +7,8 @@
 # Targets are measured in interleaved rounds and the median is reported, so a load spike on a shared
 # machine hits every target alike.
 # Needs: zookeeper, nginx, haproxy, wrk, curl, python3 (Debian packages), and cargo unless SKIP_BUILD=1.
-# Prints rps, p50 and p99 per target and our ratio to each; performance is reported, never asserted.
+# Prints rps, p50, p99 and CPU time per request (the proxy's own user+system time / requests) per target,
+# and our ratio to each; performance is reported, never asserted.
 set -euo pipefail
 
 REPO=$(cd "$(dirname "$0")/.." && pwd)
