@@ -17,6 +17,21 @@ pub async fn client(zk: &ZooKeeper, root: &str) -> Coord {
     Coord::connect(cfg).await.expect("connect to ZooKeeper")
 }
 
+/// The next item of a watch stream, within 5 s.
+async fn next<T>(rx: &mut tokio::sync::mpsc::Receiver<T>) -> T {
+    tokio::time::timeout(Duration::from_secs(5), rx.recv())
+        .await
+        .expect("watch item within 5 s")
+        .expect("watch running")
+}
+
+/// The counter a watched node holds.
+fn n_of(item: Option<atlantis_common::zk::NodeData>) -> u64 {
+    serde_json::from_slice::<Counter>(&item.expect("node present").data)
+        .unwrap()
+        .n
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Counter {
     version: u32,
@@ -165,68 +180,29 @@ async fn data_and_child_watches_fire() {
     let mut data = c.watch_data(&node);
     let mut kids = c.watch_children(&dir);
 
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), data.recv())
-            .await
-            .unwrap()
-            .unwrap(),
-        None,
-        "first item: absent"
-    );
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), kids.recv())
-            .await
-            .unwrap()
-            .unwrap(),
-        Vec::<String>::new()
-    );
+    assert_eq!(next(&mut data).await, None, "first item: absent");
+    assert_eq!(next(&mut kids).await, Vec::<String>::new());
 
     writer
         .create(&node, &Counter { version: 1, n: 1 })
         .await
         .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), data.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("created");
-    assert_eq!(serde_json::from_slice::<Counter>(&got.data).unwrap().n, 1);
+    assert_eq!(n_of(next(&mut data).await), 1, "created");
     writer
         .set(&node, &Counter { version: 1, n: 2 }, None)
         .await
         .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), data.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("changed");
-    assert_eq!(serde_json::from_slice::<Counter>(&got.data).unwrap().n, 2);
+    assert_eq!(n_of(next(&mut data).await), 2, "changed");
 
     writer.create_raw(&format!("{dir}/b"), b"").await.unwrap();
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), kids.recv())
-            .await
-            .unwrap()
-            .unwrap(),
-        vec!["b".to_string()]
-    );
+    assert_eq!(next(&mut kids).await, vec!["b".to_string()]);
     writer.create_raw(&format!("{dir}/a"), b"").await.unwrap();
     assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), kids.recv())
-            .await
-            .unwrap()
-            .unwrap(),
+        next(&mut kids).await,
         vec!["a".to_string(), "b".to_string()]
     );
     writer.delete(&node, None).await.unwrap();
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), data.recv())
-            .await
-            .unwrap()
-            .unwrap(),
-        None,
-        "deleted"
-    );
+    assert_eq!(next(&mut data).await, None, "deleted");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,13 +217,7 @@ async fn expired_session_is_replaced_and_watches_rearm() {
         .await
         .unwrap();
     let mut data = c.watch_data(&node);
-    assert_eq!(
-        tokio::time::timeout(Duration::from_secs(5), data.recv())
-            .await
-            .unwrap()
-            .unwrap(),
-        None
-    );
+    assert_eq!(next(&mut data).await, None);
     let old_session = c.session_id().unwrap();
     let mut status = c.status();
 
@@ -275,12 +245,7 @@ async fn expired_session_is_replaced_and_watches_rearm() {
         .create(&node, &Counter { version: 1, n: 5 })
         .await
         .unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), data.recv())
-        .await
-        .unwrap()
-        .unwrap()
-        .expect("created");
-    assert_eq!(serde_json::from_slice::<Counter>(&got.data).unwrap().n, 5);
+    assert_eq!(n_of(next(&mut data).await), 5, "created");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
