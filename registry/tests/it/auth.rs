@@ -4,237 +4,111 @@ use atlantis_registry::App;
 use atlantis_registry::app::AppError;
 use atlantis_registry::auth::{AccessRule, AuthConfig, TokenConfig, UserConfig};
 
-use crate::common::{Backend, TestRegistry, bytes, client, error_code, sha256};
+use crate::common::{Backend, Call as _, TestRegistry, bytes, error_code, sha256};
+
+fn user(name: &str, password: &str) -> UserConfig {
+    UserConfig {
+        name: name.into(),
+        password: Some(password.into()),
+        password_sha256: None,
+    }
+}
+
+fn rule(prefix: &str, pull: &[&str], push: &[&str]) -> AccessRule {
+    let names = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect();
+    AccessRule {
+        prefix: prefix.into(),
+        pull: names(pull),
+        push: names(push),
+    }
+}
 
 fn auth() -> AuthConfig {
     AuthConfig {
-        users: vec![
-            UserConfig {
-                name: "builder".into(),
-                password: Some("b-pass".into()),
-                password_sha256: None,
-            },
-            UserConfig {
-                name: "reader".into(),
-                password: Some("r-pass".into()),
-                password_sha256: None,
-            },
-        ],
+        users: vec![user("builder", "b-pass"), user("reader", "r-pass")],
         tokens: vec![TokenConfig {
             user: "ci".into(),
             token: Some("ci-token".into()),
             token_sha256: None,
         }],
         access: vec![
-            AccessRule {
-                prefix: "apps/".into(),
-                pull: vec!["*".into()],
-                push: vec!["builder".into(), "ci".into()],
-            },
-            AccessRule {
-                prefix: "public/".into(),
-                pull: vec!["anonymous".into()],
-                push: vec!["builder".into()],
-            },
-            AccessRule {
-                prefix: "secret/".into(),
-                pull: vec!["builder".into()],
-                push: vec!["builder".into()],
-            },
+            rule("apps/", &["*"], &["builder", "ci"]),
+            rule("public/", &["anonymous"], &["builder"]),
+            rule("secret/", &["builder"], &["builder"]),
         ],
     }
+}
+
+/// A request made as a user with a password.
+fn as_user(req: reqwest::RequestBuilder, user: &str, password: &str) -> reqwest::RequestBuilder {
+    req.basic_auth(user, Some(password))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn auth_and_permissions() {
     let r = TestRegistry::start_with(Backend::Fs, Some(auth()), |_| {}).await;
-    let c = client();
     let blob = bytes(1, 1000);
     let d = sha256(&blob);
     let post = |repo: &str| {
-        c.post(r.url(&format!("/v2/{repo}/blobs/uploads/?digest={d}")))
+        r.post(format!("/v2/{repo}/blobs/uploads/?digest={d}"))
             .body(blob.clone())
     };
+    let base = || r.get("/v2/");
 
-    let resp = c.get(r.url("/v2/")).send().await.unwrap();
+    let resp = base().call().await;
     assert_eq!(resp.status(), 401);
     assert_eq!(
         resp.headers()["www-authenticate"],
         "Basic realm=\"atlantis-registry\""
     );
-    assert_eq!(error_code(resp).await.1, "UNAUTHORIZED");
-    assert_eq!(
-        c.get(r.url("/v2/"))
-            .basic_auth("builder", Some("b-pass"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.get(r.url("/v2/"))
-            .basic_auth("builder", Some("nope"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        c.get(r.url("/v2/"))
-            .basic_auth("ghost", Some("b-pass"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        c.get(r.url("/v2/"))
-            .bearer_auth("ci-token")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        c.get(r.url("/v2/"))
-            .bearer_auth("forged")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
-    assert_eq!(
-        c.get(r.url("/v2/"))
-            .header("authorization", "Basic !!!notbase64")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(error_code(resp).await.code, "UNAUTHORIZED");
+    assert_eq!(as_user(base(), "builder", "b-pass").status().await, 200);
+    assert_eq!(as_user(base(), "builder", "nope").status().await, 401);
+    assert_eq!(as_user(base(), "ghost", "b-pass").status().await, 401);
+    assert_eq!(base().bearer_auth("ci-token").status().await, 200);
+    assert_eq!(base().bearer_auth("forged").status().await, 401);
+    let garbled = base().header("authorization", "Basic !!!notbase64");
+    assert_eq!(garbled.status().await, 401);
 
     // Push permissions per prefix.
+    let builder_push = |repo: &str| as_user(post(repo), "builder", "b-pass");
+    assert_eq!(builder_push("apps/web").status().await, 201);
+    assert_eq!(post("apps/ci").bearer_auth("ci-token").status().await, 201);
+    assert_eq!(builder_push("public/x").status().await, 201);
+    assert_eq!(builder_push("secret/x").status().await, 201);
+    let reader_push = as_user(post("apps/web"), "reader", "r-pass");
+    assert_eq!(reader_push.error().await, (403, "DENIED"));
     assert_eq!(
-        post("apps/web")
-            .basic_auth("builder", Some("b-pass"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
+        builder_push("other/x").error().await,
+        (403, "DENIED"),
+        "no rule, no access"
     );
-    assert_eq!(
-        post("apps/ci")
-            .bearer_auth("ci-token")
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
-    assert_eq!(
-        post("public/x")
-            .basic_auth("builder", Some("b-pass"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
-    assert_eq!(
-        post("secret/x")
-            .basic_auth("builder", Some("b-pass"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        201
-    );
-    let (s, code) = error_code(
-        post("apps/web")
-            .basic_auth("reader", Some("r-pass"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((s, code.as_str()), (403, "DENIED"));
-    let (s, code) = error_code(
-        post("other/x")
-            .basic_auth("builder", Some("b-pass"))
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!((s, code.as_str()), (403, "DENIED"), "no rule, no access");
-    let (s, code) = error_code(post("apps/web").send().await.unwrap()).await;
-    assert_eq!((s, code.as_str()), (401, "UNAUTHORIZED"));
+    assert_eq!(post("apps/web").error().await, (401, "UNAUTHORIZED"));
 
     // Pull permissions.
-    let head = |repo: &str| c.head(r.url(&format!("/v2/{repo}/blobs/{d}")));
+    let head = |repo: &str| r.head(format!("/v2/{repo}/blobs/{d}"));
     assert_eq!(
-        head("public/x").send().await.unwrap().status(),
+        head("public/x").status().await,
         200,
         "anonymous pull of public/"
     );
-    assert_eq!(head("apps/web").send().await.unwrap().status(), 401);
-    assert_eq!(
-        head("apps/web")
-            .basic_auth("reader", Some("r-pass"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        head("secret/x")
-            .basic_auth("reader", Some("r-pass"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        403
-    );
+    assert_eq!(head("apps/web").status().await, 401);
+    let reader_pull = |repo: &str| as_user(head(repo), "reader", "r-pass");
+    assert_eq!(reader_pull("apps/web").status().await, 200);
+    assert_eq!(reader_pull("secret/x").status().await, 403);
 
     // A mount from a repository the caller may not pull falls back to a plain upload.
-    let resp = c
-        .post(r.url(&format!(
-            "/v2/apps/new/blobs/uploads/?mount={d}&from=secret/x"
-        )))
-        .bearer_auth("ci-token")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let resp = c
-        .post(r.url(&format!(
-            "/v2/apps/new/blobs/uploads/?mount={d}&from=apps/web"
-        )))
-        .bearer_auth("ci-token")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
+    let mount = |from: &str| {
+        r.post(format!("/v2/apps/new/blobs/uploads/?mount={d}&from={from}"))
+            .bearer_auth("ci-token")
+    };
+    assert_eq!(mount("secret/x").status().await, 202);
+    assert_eq!(mount("apps/web").status().await, 201);
 
     // The catalog lists what the caller may pull.
     let cat = |user: &str, pw: &str| {
-        let req = c.get(r.url("/v2/_catalog")).basic_auth(user, Some(pw));
-        async move {
-            req.send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()["repositories"]
-                .clone()
-        }
+        let req = as_user(r.get("/v2/_catalog"), user, pw);
+        async move { req.json_value().await["repositories"].clone() }
     };
     assert_eq!(
         cat("builder", "b-pass").await,
@@ -244,10 +118,7 @@ async fn auth_and_permissions() {
         cat("reader", "r-pass").await,
         serde_json::json!(["apps/ci", "apps/new", "apps/web", "public/x"])
     );
-    assert_eq!(
-        c.get(r.url("/v2/_catalog")).send().await.unwrap().status(),
-        401
-    );
+    assert_eq!(r.get("/v2/_catalog").status().await, 401);
     r.stop().await;
 }
 

@@ -5,10 +5,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::common::{
-    Backend, TestRegistry, bytes, client, error_code, image_manifest, push_blob, sha256,
+    Backend, Call as _, OCI_MANIFEST, TestRegistry, Then, bytes, error_code, image_manifest,
+    partial_request, sha256,
 };
-
-const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 /// Every file under the storage root, relative, sorted.
 fn files(root: &Path) -> Vec<String> {
@@ -30,17 +29,37 @@ fn files(root: &Path) -> Vec<String> {
 
 /// Sends a raw request whose body is cut short, then closes the connection.
 fn truncated(addr: std::net::SocketAddr, head: &str, announced: usize, sent: &[u8]) {
-    let mut s = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        s,
-        "{head}\r\nHost: {addr}\r\nContent-Length: {announced}\r\n\r\n"
-    )
-    .unwrap();
-    s.write_all(sent).unwrap();
-    s.shutdown(std::net::Shutdown::Write).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let mut buf = Vec::new();
-    let _ = s.read_to_end(&mut buf);
+    partial_request(
+        addr,
+        head,
+        announced,
+        sent,
+        Then::Close(Duration::from_secs(10)),
+    );
+}
+
+/// A PATCH of `loc` announcing 1000 bytes that sends only `sent` and then stalls, from a blocking task.
+/// Returns the reply and how long it took.
+fn stalled_patch(
+    addr: std::net::SocketAddr,
+    loc: &str,
+    sent: usize,
+) -> tokio::task::JoinHandle<(String, Duration)> {
+    let head = format!("PATCH {loc} HTTP/1.1");
+    tokio::task::spawn_blocking(move || {
+        partial_request(
+            addr,
+            &head,
+            1000,
+            &vec![1u8; sent],
+            Then::Stall(Duration::from_secs(20)),
+        )
+    })
+}
+
+/// A filesystem registry with its configuration tweaked.
+async fn registry(tweak: impl FnOnce(&mut atlantis_registry::Config)) -> TestRegistry {
+    TestRegistry::start_with(Backend::Fs, None, tweak).await
 }
 
 /// A GET with the path exactly as given; returns (status, body).
@@ -63,148 +82,120 @@ fn raw_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_gets_spec_errors_and_stores_nothing() {
-    let r = TestRegistry::start_with(Backend::Fs, None, |c| {
-        c.limits.max_manifest_bytes = 64 * 1024
-    })
-    .await;
-    let root = r.dir.path().join("storage");
-    let c = client();
+    let r = registry(|c| c.limits.max_manifest_bytes = 64 * 1024).await;
+    let root = r.root();
     let layer = bytes(1, 10_000);
-    let ld = push_blob(&c, &r, "apps/t", &layer).await;
+    let ld = r.push_blob("apps/t", &layer).await;
     let config = b"{}".to_vec();
-    push_blob(&c, &r, "apps/t", &config).await;
+    r.push_blob("apps/t", &config).await;
     let before = files(&root);
+    let manifest =
+        |reference: &str, body: Vec<u8>| r.put_manifest("apps/t", reference, OCI_MANIFEST, body);
 
     let cases: Vec<(reqwest::RequestBuilder, u16, &str)> = vec![
         // Wrong, malformed and hostile digests.
         (
-            c.post(r.url(&format!(
+            r.post(format!(
                 "/v2/apps/t/blobs/uploads/?digest={}",
                 sha256(b"other")
-            )))
+            ))
             .body(layer.clone()),
             400,
             "DIGEST_INVALID",
         ),
         (
-            c.post(r.url("/v2/apps/t/blobs/uploads/?digest=sha256:1234"))
+            r.post("/v2/apps/t/blobs/uploads/?digest=sha256:1234")
                 .body(layer.clone()),
             400,
             "DIGEST_INVALID",
         ),
         (
-            c.post(r.url("/v2/apps/t/blobs/uploads/?digest=md5:d41d8cd98f00b204e9800998ecf8427e"))
+            r.post("/v2/apps/t/blobs/uploads/?digest=md5:d41d8cd98f00b204e9800998ecf8427e")
                 .body(b"x".to_vec()),
             400,
             "DIGEST_INVALID",
         ),
         (
-            c.get(r.url("/v2/apps/t/blobs/sha256:..%2F..%2F..%2Fetc%2Fpasswd")),
+            r.get("/v2/apps/t/blobs/sha256:..%2F..%2F..%2Fetc%2Fpasswd"),
             400,
             "NAME_INVALID",
         ),
         (
-            c.get(r.url("/v2/apps/t/blobs/sha256:....etc")),
+            r.get("/v2/apps/t/blobs/sha256:....etc"),
             400,
             "DIGEST_INVALID",
         ),
+        (r.get("/v2/apps/t/blobs/SHA256:ABC"), 400, "DIGEST_INVALID"),
         (
-            c.get(r.url("/v2/apps/t/blobs/SHA256:ABC")),
-            400,
-            "DIGEST_INVALID",
-        ),
-        (
-            c.get(r.url(&format!("/v2/apps/t/blobs/{}", sha256(b"absent")))),
+            r.get(format!("/v2/apps/t/blobs/{}", sha256(b"absent"))),
             404,
             "BLOB_UNKNOWN",
         ),
         // Invalid names and traversal in names.
-        (c.get(r.url("/v2/UPPER/tags/list")), 400, "NAME_INVALID"),
+        (r.get("/v2/UPPER/tags/list"), 400, "NAME_INVALID"),
+        (r.get("/v2/a%2Fb/manifests/latest"), 400, "NAME_INVALID"),
+        (r.post("/v2/a__-b/blobs/uploads/"), 400, "NAME_INVALID"),
         (
-            c.get(r.url("/v2/a%2Fb/manifests/latest")),
+            r.get(format!("/v2/{}/tags/list", "a".repeat(300))),
             400,
             "NAME_INVALID",
         ),
         (
-            c.post(r.url("/v2/a__-b/blobs/uploads/")),
-            400,
-            "NAME_INVALID",
-        ),
-        (
-            c.get(r.url(&format!("/v2/{}/tags/list", "a".repeat(300)))),
-            400,
-            "NAME_INVALID",
-        ),
-        (
-            c.put(r.url("/v2/apps/t/manifests/.hidden"))
-                .body(b"{}".to_vec()),
+            r.put("/v2/apps/t/manifests/.hidden").body(b"{}".to_vec()),
             400,
             "MANIFEST_INVALID",
         ),
         // Manifests: malformed, wrong schema, unknown blobs, digest mismatch, oversized.
         (
-            c.put(r.url("/v2/apps/t/manifests/m"))
-                .header("content-type", OCI_MANIFEST)
-                .body(b"{not json".to_vec()),
+            manifest("m", b"{not json".to_vec()),
             400,
             "MANIFEST_INVALID",
         ),
         (
-            c.put(r.url("/v2/apps/t/manifests/m"))
-                .header("content-type", OCI_MANIFEST)
-                .body(b"{\"schemaVersion\":1}".to_vec()),
+            manifest("m", b"{\"schemaVersion\":1}".to_vec()),
             400,
             "MANIFEST_INVALID",
         ),
         (
-            c.put(r.url("/v2/apps/t/manifests/m"))
-                .header("content-type", OCI_MANIFEST)
-                .body(image_manifest(&config, &[b"missing layer"], None, None)),
+            manifest(
+                "m",
+                image_manifest(&config, &[b"missing layer"], None, None),
+            ),
             400,
             "MANIFEST_BLOB_UNKNOWN",
         ),
         (
-            c.put(r.url(&format!("/v2/apps/t/manifests/{}", sha256(b"other"))))
-                .header("content-type", OCI_MANIFEST)
-                .body(image_manifest(&config, &[&layer], None, None)),
+            manifest(
+                &sha256(b"other"),
+                image_manifest(&config, &[&layer], None, None),
+            ),
             400,
             "DIGEST_INVALID",
         ),
-        (
-            c.put(r.url("/v2/apps/t/manifests/m"))
-                .header("content-type", OCI_MANIFEST)
-                .body(vec![b' '; 100_000]),
-            413,
-            "SIZE_INVALID",
-        ),
-        (
-            c.get(r.url("/v2/apps/t/manifests/nope")),
-            404,
-            "MANIFEST_UNKNOWN",
-        ),
+        (manifest("m", vec![b' '; 100_000]), 413, "SIZE_INVALID"),
+        (r.get("/v2/apps/t/manifests/nope"), 404, "MANIFEST_UNKNOWN"),
         // Uploads: unknown sessions and ids that are not UUIDs.
         (
-            c.patch(r.url("/v2/apps/t/blobs/uploads/00000000-0000-4000-8000-000000000000"))
+            r.patch("/v2/apps/t/blobs/uploads/00000000-0000-4000-8000-000000000000")
                 .body(b"x".to_vec()),
             404,
             "BLOB_UPLOAD_UNKNOWN",
         ),
         (
-            c.get(r.url("/v2/apps/t/blobs/uploads/..%2F..%2Fx")),
+            r.get("/v2/apps/t/blobs/uploads/..%2F..%2Fx"),
             400,
             "NAME_INVALID",
         ),
         (
-            c.put(r.url("/v2/apps/t/blobs/uploads/not-a-uuid?digest=sha256:00")),
+            r.put("/v2/apps/t/blobs/uploads/not-a-uuid?digest=sha256:00"),
             404,
             "BLOB_UPLOAD_UNKNOWN",
         ),
         // Wrong methods.
-        (c.post(r.url("/v2/apps/t/manifests/x")), 405, "UNSUPPORTED"),
+        (r.post("/v2/apps/t/manifests/x"), 405, "UNSUPPORTED"),
     ];
     for (i, (req, status, code)) in cases.into_iter().enumerate() {
-        let (s, got) = error_code(req.send().await.unwrap()).await;
-        assert_eq!((s, got.as_str()), (status, code), "case {i}");
+        assert_eq!(req.error().await, (status, code), "case {i}");
     }
 
     // Traversal that an HTTP client library would normalise away is sent raw.
@@ -227,109 +218,49 @@ async fn bad_input_gets_spec_errors_and_stores_nothing() {
     ))
     .unwrap();
     wrong["layers"][0]["size"] = serde_json::json!(5);
-    let resp = c
-        .put(r.url("/v2/apps/t/manifests/m"))
-        .header("content-type", OCI_MANIFEST)
-        .body(serde_json::to_vec(&wrong).unwrap())
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(resp).await, (400, "MANIFEST_INVALID".to_owned()));
+    let put = manifest("m", serde_json::to_vec(&wrong).unwrap());
+    assert_eq!(put.error().await, (400, "MANIFEST_INVALID"));
 
     // Chunks: out of order, overlapping, length mismatches. Each leaves the stored upload as it was or gone.
-    let resp = c
-        .post(r.url("/v2/apps/t/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let loc = resp.headers()["location"].to_str().unwrap().to_owned();
+    let loc = r.start_upload("apps/t").await;
+    assert_eq!(r.chunk(&loc, "0-9", vec![7u8; 10]).status().await, 202);
     assert_eq!(
-        c.patch(r.url(&loc))
-            .header("content-range", "0-9")
-            .body(vec![7u8; 10])
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        202
-    );
-    let resp = c
-        .patch(r.url(&loc))
-        .header("content-range", "20-29")
-        .body(vec![7u8; 10])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        error_code(resp).await,
-        (416, "BLOB_UPLOAD_INVALID".to_owned()),
+        r.chunk(&loc, "20-29", vec![7u8; 10]).error().await,
+        (416, "BLOB_UPLOAD_INVALID"),
         "gap"
     );
-    let resp = c
-        .patch(r.url(&loc))
-        .header("content-range", "5-14")
-        .body(vec![7u8; 10])
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        error_code(resp).await,
-        (416, "BLOB_UPLOAD_INVALID".to_owned()),
+        r.chunk(&loc, "5-14", vec![7u8; 10]).error().await,
+        (416, "BLOB_UPLOAD_INVALID"),
         "overlap"
     );
-    let resp = c
-        .patch(r.url(&loc))
-        .header("content-range", "10-19")
-        .body(vec![7u8; 5])
-        .send()
-        .await
-        .unwrap();
     assert_eq!(
-        error_code(resp).await,
-        (400, "SIZE_INVALID".to_owned()),
+        r.chunk(&loc, "10-19", vec![7u8; 5]).error().await,
+        (400, "SIZE_INVALID"),
         "range and length disagree"
     );
-    let resp = c.get(r.url(&loc)).send().await.unwrap();
+    let resp = r.get(&loc).call().await;
     assert_eq!(
         resp.headers()["range"],
         "0-9",
         "refused chunks appended nothing"
     );
-    assert_eq!(c.delete(r.url(&loc)).send().await.unwrap().status(), 204);
-    let resp = c
-        .put(r.url(&format!("{loc}?digest={}", sha256(&[7u8; 10]))))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(r.delete(&loc).status().await, 204);
+    let put = r.put(format!("{loc}?digest={}", sha256(&[7u8; 10])));
     assert_eq!(
-        error_code(resp).await.0,
+        put.error().await.status,
         404,
         "a cancelled upload cannot be completed"
     );
     // A final chunk that makes the digest wrong fails the commit and removes the upload.
-    let resp = c
-        .post(r.url("/v2/apps/t/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let loc = resp.headers()["location"].to_str().unwrap().to_owned();
-    let resp = c
-        .patch(r.url(&loc))
-        .header("content-range", "0-9")
-        .body(vec![7u8; 10])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    let resp = c
-        .put(r.url(&format!("{loc}?digest={}", sha256(&[7u8; 11]))))
-        .body(vec![8u8; 1])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(resp).await, (400, "DIGEST_INVALID".to_owned()));
+    let loc = r.start_upload("apps/t").await;
+    assert_eq!(r.chunk(&loc, "0-9", vec![7u8; 10]).status().await, 202);
+    let put = r
+        .put(format!("{loc}?digest={}", sha256(&[7u8; 11])))
+        .body(vec![8u8; 1]);
+    assert_eq!(put.error().await, (400, "DIGEST_INVALID"));
     assert_eq!(
-        error_code(c.get(r.url(&loc)).send().await.unwrap()).await.0,
+        r.get(&loc).error().await.status,
         404,
         "a failed commit removes the upload"
     );
@@ -344,12 +275,7 @@ async fn bad_input_gets_spec_errors_and_stores_nothing() {
         100_000,
         &bytes(5, 100_000)[..40_000],
     );
-    let resp = c
-        .post(r.url("/v2/apps/t/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let loc = resp.headers()["location"].to_str().unwrap().to_owned();
+    let loc = r.start_upload("apps/t").await;
     truncated(
         r.addr,
         &format!("PATCH {loc} HTTP/1.1"),
@@ -368,153 +294,63 @@ async fn bad_input_gets_spec_errors_and_stores_nothing() {
         },
     )
     .await;
-    assert_eq!(
-        error_code(c.get(r.url(&loc)).send().await.unwrap()).await.0,
-        404
-    );
+    assert_eq!(r.get(&loc).error().await.status, 404);
 
     // Nothing new was stored, and the good blob is intact.
     assert_eq!(files(&root), before, "bad requests stored nothing");
-    let got = c
-        .get(r.url(&format!("/v2/apps/t/blobs/{ld}")))
-        .send()
-        .await
-        .unwrap()
-        .bytes()
-        .await
-        .unwrap();
-    assert!(got[..] == layer[..]);
-    let resp = c.get(r.url("/v2/apps/t/tags/list")).send().await.unwrap();
-    let v: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(v["tags"], serde_json::json!([]));
+    assert!(r.blob("apps/t", &ld).await[..] == layer[..]);
+    assert_eq!(r.tags("apps/t").await, serde_json::json!([]));
     r.stop().await;
 }
 
 /// A client that stops sending mid-body is cut off after the idle timeout, and its upload is discarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_body_is_abandoned() {
-    let r = TestRegistry::start_with(Backend::Fs, None, |c| {
-        c.limits.body_idle_timeout = Duration::from_millis(500)
-    })
-    .await;
-    let c = client();
-    let resp = c
-        .post(r.url("/v2/apps/slow/blobs/uploads/"))
-        .send()
-        .await
-        .unwrap();
-    let loc = resp.headers()["location"].to_str().unwrap().to_owned();
-    let addr = r.addr;
-    let reply = tokio::task::spawn_blocking(move || {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "PATCH {loc} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000\r\n\r\n"
-        )
-        .unwrap();
-        s.write_all(&[1u8; 100]).unwrap();
-        // Keep the connection open without sending the rest.
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let started = std::time::Instant::now();
-        let mut buf = [0u8; 4096];
-        let n = s.read(&mut buf).unwrap_or(0);
-        (
-            String::from_utf8_lossy(&buf[..n]).into_owned(),
-            started.elapsed(),
-            loc,
-        )
-    })
-    .await
-    .unwrap();
-    let (text, waited, loc) = reply;
+    let r = registry(|c| c.limits.body_idle_timeout = Duration::from_millis(500)).await;
+    let loc = r.start_upload("apps/slow").await;
+    let (text, waited) = stalled_patch(r.addr, &loc, 100).await.unwrap();
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     assert!(text.contains("BLOB_UPLOAD_INVALID"), "{text}");
     assert!(
         waited < Duration::from_secs(10),
         "answered after {waited:?}"
     );
-    assert_eq!(
-        error_code(c.get(r.url(&loc)).send().await.unwrap()).await.0,
-        404,
-        "upload discarded"
-    );
+    assert_eq!(r.get(&loc).error().await.status, 404, "upload discarded");
     r.stop().await;
 }
 
 /// With deletes disabled, DELETE of blobs and manifests is refused and removes nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_can_be_disabled() {
-    let r = TestRegistry::start_with(Backend::Fs, None, |c| c.delete_enabled = false).await;
-    let c = client();
+    let r = registry(|c| c.delete_enabled = false).await;
     let layer = bytes(3, 1000);
-    let ld = push_blob(&c, &r, "apps/keep", &layer).await;
-    let resp = c
-        .delete(r.url(&format!("/v2/apps/keep/blobs/{ld}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(resp).await, (405, "UNSUPPORTED".to_owned()));
-    let resp = c
-        .delete(r.url("/v2/apps/keep/manifests/latest"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(error_code(resp).await, (405, "UNSUPPORTED".to_owned()));
-    let resp = c
-        .head(r.url(&format!("/v2/apps/keep/blobs/{ld}")))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
+    let ld = r.push_blob("apps/keep", &layer).await;
+    let blob = r.delete(format!("/v2/apps/keep/blobs/{ld}"));
+    assert_eq!(blob.error().await, (405, "UNSUPPORTED"));
+    let manifest = r.delete("/v2/apps/keep/manifests/latest");
+    assert_eq!(manifest.error().await, (405, "UNSUPPORTED"));
+    assert_eq!(r.blob_status("apps/keep", &ld).await, 200);
     r.stop().await;
 }
 
 /// Uploads streaming at once are bounded: one more gets 429 TOOMANYREQUESTS until a permit frees up.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_uploads_are_bounded() {
-    let r = TestRegistry::start_with(Backend::Fs, None, |c| {
+    let r = registry(|c| {
         c.limits.max_concurrent_uploads = 1;
         c.limits.body_idle_timeout = Duration::from_secs(2);
     })
     .await;
-    let c = client();
-    let start = || async {
-        let resp = c
-            .post(r.url("/v2/apps/busy/blobs/uploads/"))
-            .send()
-            .await
-            .unwrap();
-        resp.headers()["location"].to_str().unwrap().to_owned()
-    };
-    let stalled = start().await;
-    let addr = r.addr;
-    let holder = tokio::task::spawn_blocking(move || {
-        let mut s = std::net::TcpStream::connect(addr).unwrap();
-        write!(
-            s,
-            "PATCH {stalled} HTTP/1.1\r\nHost: {addr}\r\nContent-Length: 1000\r\n\r\n"
-        )
-        .unwrap();
-        s.write_all(&[1u8; 10]).unwrap();
-        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-        let mut buf = [0u8; 1024];
-        let n = s.read(&mut buf).unwrap_or(0);
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    });
-    let other = start().await;
+    let stalled = r.start_upload("apps/busy").await;
+    let holder = stalled_patch(r.addr, &stalled, 10);
+    let other = r.start_upload("apps/busy").await;
     atlantis_testkit::eventually(
         Duration::from_secs(10),
         "a 429 while the stalled body holds the permit",
         || async {
-            let resp = c
-                .patch(r.url(&other))
-                .body(vec![2u8; 5])
-                .send()
-                .await
-                .unwrap();
+            let resp = r.patch(&other).body(vec![2u8; 5]).call().await;
             if resp.status() == 429 {
-                let (_, code) = error_code(resp).await;
-                assert_eq!(code, "TOOMANYREQUESTS");
+                assert_eq!(error_code(resp).await.code, "TOOMANYREQUESTS");
                 Some(())
             } else {
                 assert_eq!(resp.status(), 202);
@@ -523,17 +359,12 @@ async fn concurrent_uploads_are_bounded() {
         },
     )
     .await;
-    let text = holder.await.unwrap();
+    let (text, _) = holder.await.unwrap();
     assert!(
         text.starts_with("HTTP/1.1 400"),
         "the stalled body is cut off: {text}"
     );
-    let resp = c
-        .patch(r.url(&other))
-        .body(vec![2u8; 5])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202, "the permit is free again");
+    let patch = r.patch(&other).body(vec![2u8; 5]);
+    assert_eq!(patch.status().await, 202, "the permit is free again");
     r.stop().await;
 }

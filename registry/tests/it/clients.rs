@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use atlantis_testkit::require_bin;
 
-use crate::common::{Backend, TestRegistry, bytes, sha256};
+use crate::common::{Backend, TestRegistry, bytes, on_both_backends, sha256, succeeded};
 
 /// Writes an OCI image layout at `dir` holding one image tagged `tag` whose layers are tars of the given
 /// files (name, content). Returns the manifest digest.
@@ -40,11 +40,7 @@ pub fn oci_layout(dir: &Path, tag: &str, layers: &[Vec<(String, Vec<u8>)>]) -> S
             .arg(".")
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "tar: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        succeeded("tar", out);
         let data = std::fs::read(&tar).unwrap();
         std::fs::remove_file(&tar).unwrap();
         let d = put(&data);
@@ -86,12 +82,7 @@ fn skopeo() -> tokio::process::Command {
 }
 
 async fn run(mut c: tokio::process::Command) -> String {
-    let out = c.output().await.expect("run skopeo");
-    assert!(
-        out.status.success(),
-        "skopeo failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded("skopeo failed", c.output().await.expect("run skopeo"));
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
@@ -178,25 +169,12 @@ async fn round_trip(backend: Backend) {
     r.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn skopeo_copy_both_ways_filesystem() {
-    round_trip(Backend::Fs).await;
-}
+on_both_backends!(round_trip: skopeo_copy_both_ways_filesystem, skopeo_copy_both_ways_s3);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn skopeo_copy_both_ways_s3() {
-    round_trip(Backend::S3).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_concurrent_pushes_sharing_layers_filesystem() {
-    ten_concurrent_pushes(Backend::Fs).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn ten_concurrent_pushes_sharing_layers_s3() {
-    ten_concurrent_pushes(Backend::S3).await;
-}
+on_both_backends!(
+    ten_concurrent_pushes: ten_concurrent_pushes_sharing_layers_filesystem,
+    ten_concurrent_pushes_sharing_layers_s3
+);
 
 async fn ten_concurrent_pushes(backend: Backend) {
     let r = TestRegistry::start(backend).await;
@@ -237,12 +215,9 @@ async fn ten_concurrent_pushes(backend: Backend) {
             "image {i} blobs"
         );
     }
-    let resp = crate::common::client()
-        .get(r.url("/v2/apps/shared/tags/list"))
-        .send()
-        .await
-        .unwrap();
-    let v: serde_json::Value = resp.json().await.unwrap();
-    assert_eq!(v["tags"], serde_json::json!(["t0", "t2", "t4", "t6", "t8"]));
+    assert_eq!(
+        r.tags("apps/shared").await,
+        serde_json::json!(["t0", "t2", "t4", "t6", "t8"])
+    );
     r.stop().await;
 }

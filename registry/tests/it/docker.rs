@@ -8,6 +8,8 @@ use std::time::Duration;
 use atlantis_testkit::docker::Dockerd;
 use atlantis_testkit::process::Guarded;
 
+use crate::common::succeeded;
+
 const PORT: u16 = 5000;
 
 fn digest_of_push(output: &str) -> String {
@@ -87,11 +89,7 @@ fn docker_push_and_pull_digest_for_digest() {
         .arg(&ctx)
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "docker build: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    succeeded("docker build", out);
     let app_id = d.docker_ok(&["image", "inspect", "--format", "{{.Id}}", &app]);
 
     let docker_config = work.path().join("docker-config");
@@ -214,11 +212,7 @@ fn docker_push_and_pull_digest_for_digest() {
         ])
         .output()
         .unwrap();
-    assert!(
-        out.status.success(),
-        "run: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = succeeded("run", out);
     let sum = String::from_utf8_lossy(&out.stdout);
     assert!(
         sum.starts_with(crate::common::sha256(&payload).trim_start_matches("sha256:")),
