@@ -11,6 +11,7 @@
 
 pub mod body;
 pub mod config;
+mod fast;
 pub mod listener;
 pub mod metrics;
 pub mod pool;

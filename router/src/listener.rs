@@ -226,13 +226,7 @@ async fn accept_loop(
         tracker.spawn(async move {
             let _permit = permit;
             match acceptor {
-                None => {
-                    let hs = Duration::from_millis(limits.header_read_timeout_ms);
-                    match is_h2c(&stream, hs).await {
-                        Ok(h2) => serve(stream, h2, info, builder, shared, cancel, &limits).await,
-                        Err(e) => tracing::debug!(port, %peer, error = %e, "Connection closed before a request."),
-                    }
-                }
+                None => crate::fast::serve(stream, info, builder, shared, cancel, &limits).await,
                 Some(acc) => {
                     let hs = Duration::from_millis(limits.tls_handshake_timeout_ms);
                     match tokio::time::timeout(hs, acc.accept(stream)).await {
@@ -240,7 +234,9 @@ async fn accept_loop(
                             let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
                             serve(s, h2, info, builder, shared, cancel, &limits).await
                         }
-                        Ok(Err(e)) => tracing::debug!(port, %peer, error = %e, "TLS handshake failed."),
+                        Ok(Err(e)) => {
+                            tracing::debug!(port, %peer, error = %e, "TLS handshake failed.")
+                        }
                         Err(_) => tracing::debug!(port, %peer, "TLS handshake timed out."),
                     }
                 }
@@ -255,31 +251,8 @@ pub struct Protocols {
     h2: http2::Builder<TokioExecutor>,
 }
 
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Whether a plain connection starts with the HTTP/2 preface (h2c with prior knowledge). Peeks without
-/// consuming, so the chosen server reads the bytes itself and no re-reading wrapper sits on the hot path.
-async fn is_h2c(stream: &tokio::net::TcpStream, timeout: Duration) -> std::io::Result<bool> {
-    let mut buf = [0u8; 24];
-    let peek = async {
-        loop {
-            let n = stream.peek(&mut buf).await?;
-            if n == 0 || buf[..n] != H2_PREFACE[..n] {
-                return Ok(false);
-            }
-            if n == H2_PREFACE.len() {
-                return Ok(true);
-            }
-            // A prefix of the preface so far: wait for more bytes.
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-    };
-    tokio::time::timeout(timeout, peek)
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
-}
-
-async fn serve<I>(
+/// Serves a connection with hyper (HTTP/2 when `h2`, else HTTP/1.1 with upgrades).
+pub(crate) async fn serve<I>(
     io: I,
     h2: bool,
     info: ConnInfo,

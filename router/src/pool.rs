@@ -31,6 +31,9 @@ pub fn now_ms() -> u64 {
 /// One worker's idle connections to a backend, with the time each was returned (`now_ms`).
 type IdleList = parking_lot::Mutex<Vec<(Upstream, u64)>>;
 
+/// One worker's idle raw connections (the HTTP/1.1 fast path's), with the time each was returned.
+type RawIdleList = parking_lot::Mutex<Vec<(tokio::net::TcpStream, u64)>>;
+
 /// Idle backend connections older than this are closed.
 pub const IDLE_MAX_MS: u64 = 30_000;
 
@@ -58,6 +61,7 @@ pub struct BackendState {
     pub failures: AtomicU64,
     /// Idle connections, one list per worker (a connection is driven by the worker that opened it).
     idle: Box<[IdleList]>,
+    raw_idle: Box<[RawIdleList]>,
     resolved: Option<SocketAddr>,
     cancel: CancellationToken,
     gauge: Gauge,
@@ -77,6 +81,9 @@ impl BackendState {
             served: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             idle: (0..crate::workers::slots())
+                .map(|_| parking_lot::Mutex::new(Vec::new()))
+                .collect(),
+            raw_idle: (0..crate::workers::slots())
                 .map(|_| parking_lot::Mutex::new(Vec::new()))
                 .collect(),
             resolved,
@@ -145,11 +152,34 @@ impl BackendState {
         }
     }
 
+    /// Takes the most recently used idle raw connection of this worker (the fast path retries a request
+    /// whose reused connection turns out closed).
+    pub fn checkout_raw(&self) -> Option<tokio::net::TcpStream> {
+        let i = crate::workers::current() % self.raw_idle.len();
+        self.raw_idle[i].lock().pop().map(|(s, _)| s)
+    }
+
+    /// Returns a raw connection whose exchange is complete to the idle list.
+    pub fn checkin_raw(&self, s: tokio::net::TcpStream, max_idle: usize) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
+        let i = crate::workers::current() % self.raw_idle.len();
+        let mut idle = self.raw_idle[i].lock();
+        if idle.len() < max_idle {
+            idle.push((s, now_ms()));
+        }
+    }
+
     /// Closes idle connections unused for [`IDLE_MAX_MS`] (the backend may have closed them; an unused
     /// socket should not be held forever).
     pub fn expire_idle(&self) {
         let now = now_ms();
         for l in self.idle.iter() {
+            l.lock()
+                .retain(|(_, since)| now.saturating_sub(*since) < IDLE_MAX_MS);
+        }
+        for l in self.raw_idle.iter() {
             l.lock()
                 .retain(|(_, since)| now.saturating_sub(*since) < IDLE_MAX_MS);
         }
@@ -163,11 +193,15 @@ impl BackendState {
         for l in self.idle.iter() {
             l.lock().clear();
         }
+        for l in self.raw_idle.iter() {
+            l.lock().clear();
+        }
     }
 
     /// Number of idle connections.
     pub fn idle_count(&self) -> usize {
-        self.idle.iter().map(|l| l.lock().len()).sum()
+        self.idle.iter().map(|l| l.lock().len()).sum::<usize>()
+            + self.raw_idle.iter().map(|l| l.lock().len()).sum::<usize>()
     }
 }
 

@@ -39,7 +39,7 @@ pub struct Shared {
     pub not_found: StatusCode,
     /// Idle connections kept per backend.
     pub max_idle: usize,
-    ids: RequestIds,
+    pub(crate) ids: RequestIds,
 }
 
 impl Shared {
@@ -74,7 +74,7 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
 }
 
-struct RequestIds {
+pub(crate) struct RequestIds {
     prefix: u64,
     next: AtomicU64,
 }
@@ -87,9 +87,21 @@ impl RequestIds {
         }
     }
     fn next(&self) -> HeaderValue {
+        let mut b = [0u8; 20];
+        self.fill(&mut b);
+        HeaderValue::from_bytes(&b).unwrap_or_else(|_| HeaderValue::from_static("0"))
+    }
+
+    /// Writes the next id (20 lowercase hex digits) into `b`, without allocating.
+    pub(crate) fn fill(&self, b: &mut [u8; 20]) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let n = self.next.fetch_add(1, Relaxed);
-        HeaderValue::try_from(format!("{:08x}{:012x}", self.prefix, n))
-            .unwrap_or_else(|_| HeaderValue::from_static("0"))
+        for i in 0..8 {
+            b[i] = HEX[((self.prefix >> (4 * (7 - i))) & 0xf) as usize];
+        }
+        for i in 0..12 {
+            b[8 + i] = HEX[((n >> (4 * (11 - i))) & 0xf) as usize];
+        }
     }
 }
 
@@ -98,7 +110,13 @@ pub struct View<'a> {
     host: &'a str,
     path: &'a str,
     query: Option<&'a str>,
-    headers: &'a HeaderMap,
+    headers: Headers<'a>,
+}
+
+/// The request headers, as hyper parsed them or as the fast path's raw parse.
+enum Headers<'a> {
+    Map(&'a HeaderMap),
+    Raw(&'a [httparse::Header<'a>]),
 }
 
 impl<'a> View<'a> {
@@ -108,7 +126,7 @@ impl<'a> View<'a> {
             host: request_host(req),
             path: req.uri().path(),
             query: req.uri().query(),
-            headers: req.headers(),
+            headers: Headers::Map(req.headers()),
         }
     }
 
@@ -123,7 +141,22 @@ impl<'a> View<'a> {
             host: strip_port(host),
             path,
             query,
-            headers,
+            headers: Headers::Map(headers),
+        }
+    }
+
+    /// A view of a raw HTTP/1.1 head (the fast path); `host` already without port.
+    pub(crate) fn raw(
+        host: &'a str,
+        path: &'a str,
+        query: Option<&'a str>,
+        headers: &'a [httparse::Header<'a>],
+    ) -> View<'a> {
+        View {
+            host,
+            path,
+            query,
+            headers: Headers::Raw(headers),
         }
     }
 }
@@ -139,10 +172,15 @@ impl RequestView for View<'_> {
         self.query
     }
     fn header_is(&self, name: &str, value: &str) -> bool {
-        self.headers
-            .get_all(name)
-            .iter()
-            .any(|v| v.as_bytes() == value.as_bytes())
+        match self.headers {
+            Headers::Map(h) => h
+                .get_all(name)
+                .iter()
+                .any(|v| v.as_bytes() == value.as_bytes()),
+            Headers::Raw(h) => h
+                .iter()
+                .any(|x| x.name.eq_ignore_ascii_case(name) && x.value == value.as_bytes()),
+        }
     }
     fn roll(&self) -> u32 {
         rand::random::<u32>() % 10_000
@@ -161,7 +199,7 @@ pub fn request_host<B>(req: &Request<B>) -> &str {
         .unwrap_or("")
 }
 
-fn strip_port(h: &str) -> &str {
+pub(crate) fn strip_port(h: &str) -> &str {
     if let Some(rest) = h.strip_prefix('[') {
         return rest.split(']').next().unwrap_or("");
     }

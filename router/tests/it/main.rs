@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod balancing;
+mod fast_path;
 mod live;
 mod matchers;
 mod protocols;
