@@ -60,6 +60,7 @@ pub(crate) async fn serve(
         out: Vec::with_capacity(1024),
         timer: Box::pin(tokio::time::sleep(Duration::ZERO)),
         info,
+        peer_ip: info.peer.ip().to_string(),
         shared: &shared,
         limits,
     };
@@ -121,6 +122,8 @@ struct Conn<'a> {
     out: Vec<u8>,
     timer: Pin<Box<tokio::time::Sleep>>,
     info: ConnInfo,
+    /// The client's address as text (for `X-Forwarded-For`).
+    peer_ip: String,
     shared: &'a Arc<Shared>,
     limits: &'a Limits,
 }
@@ -189,7 +192,9 @@ impl Conn<'_> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let len = match req.parse(&self.buf) {
-            Ok(httparse::Status::Complete(n)) => n,
+            // A complete head over the limit is hyper's to refuse (431).
+            Ok(httparse::Status::Complete(n)) if n <= self.limits.max_header_bytes => n,
+            Ok(httparse::Status::Complete(_)) => return Err(()),
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(_) => return Err(()),
         };
@@ -301,7 +306,7 @@ impl Conn<'_> {
                 out.extend_from_slice(prev);
                 out.extend_from_slice(b", ");
             }
-            let _ = write!(out, "{}", self.info.peer.ip());
+            out.extend_from_slice(self.peer_ip.as_bytes());
             out.extend_from_slice(if self.info.tls {
                 b"\r\nx-forwarded-proto: https\r\nx-forwarded-host: "
             } else {
@@ -584,7 +589,13 @@ impl Conn<'_> {
         // The head for the client.
         let out = &mut self.out;
         out.clear();
-        let _ = write!(out, "HTTP/1.1 {} ", code);
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(&[
+            b'0' + (code / 100 % 10) as u8,
+            b'0' + (code / 10 % 10) as u8,
+            b'0' + (code % 10) as u8,
+            b' ',
+        ]);
         out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
         out.extend_from_slice(b"\r\n");
         for h in resp.headers.iter() {

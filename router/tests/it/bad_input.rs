@@ -59,6 +59,14 @@ async fn malformed_and_oversized_requests_get_clear_errors() {
     big.extend_from_slice(b"\r\n");
     let r = exchange(port, &big).await;
     assert!(r.starts_with("HTTP/1.1 431"), "{r:?}");
+    // Few but long headers, over the limit in one write, are refused too.
+    let long = format!(
+        "GET / HTTP/1.1\r\nHost: x.test\r\nX-Long: {}\r\nX-Long2: {}\r\n\r\n",
+        "y".repeat(9000),
+        "z".repeat(9000)
+    );
+    let r = exchange(port, long.as_bytes()).await;
+    assert!(r.starts_with("HTTP/1.1 431"), "{r:?}");
     assert_eq!(
         b.served.load(std::sync::atomic::Ordering::SeqCst),
         before,
