@@ -446,9 +446,30 @@ impl Conn<'_> {
             };
             // Send the head (and buffered body), stream the rest of the body, read the response head.
             self.rbuf.clear();
-            let sent = {
+            let sent = if head.body_left == 0 {
+                // Nothing to read from the client meanwhile: watch it, so a client that goes away
+                // frees the backend at once (pipelined bytes stop the watch; they wait their turn).
+                let send = send_and_read_head(None, &mut up, &head, &mut self.buf, &mut self.rbuf);
+                tokio::pin!(send);
+                let mut watch = true;
+                let mut probe = [0u8; 1];
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = send.as_mut() => break Some(r),
+                        _ = self.timer.as_mut() => break None,
+                        r = client.peek(&mut probe), if watch => match r {
+                            Ok(0) | Err(_) => {
+                                tracing::debug!(pool = %pool.name, backend = %backend.name, "Client left before the answer.");
+                                return false;
+                            }
+                            Ok(_) => watch = false,
+                        },
+                    }
+                }
+            } else {
                 let send =
-                    send_and_read_head(client, &mut up, &head, &mut self.buf, &mut self.rbuf);
+                    send_and_read_head(Some(client), &mut up, &head, &mut self.buf, &mut self.rbuf);
                 tokio::select! {
                     biased;
                     r = send => Some(r),
@@ -751,7 +772,7 @@ enum SendError {
 
 /// Sends the request to the backend and reads the response head into `rbuf`; returns the head length.
 async fn send_and_read_head(
-    client: &mut TcpStream,
+    mut client: Option<&mut TcpStream>,
     up: &mut TcpStream,
     head: &Head,
     cbuf: &mut BytesMut,
@@ -765,6 +786,9 @@ async fn send_and_read_head(
     while left > 0 {
         if cbuf.is_empty() {
             cbuf.reserve(CHUNK);
+            let Some(client) = client.as_deref_mut() else {
+                return Err(SendError::Client);
+            };
             match client.read_buf(cbuf).await {
                 Ok(0) | Err(_) => return Err(SendError::Client),
                 Ok(_) => {}

@@ -288,3 +288,36 @@ async fn unusual_requests_fall_back_to_hyper_mid_connection() {
     }
     router.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_leaving_frees_its_backend_slot() {
+    let (_conf, b, port, router) = setup("fastleave").await;
+    let in_flight = |s: serde_json::Value| {
+        s["pools"]["p"]["backends"].as_array().unwrap()[0]["in_flight"]
+            .as_u64()
+            .unwrap()
+    };
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"GET /slow?ms=4000 HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while in_flight(router.status_json().await) != 1 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "request never in flight"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let left = tokio::time::Instant::now();
+    drop(s);
+    while in_flight(router.status_json().await) != 0 {
+        assert!(
+            left.elapsed() < Duration::from_millis(1500),
+            "the slot was held after the client left"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(b.served.load(SeqCst) >= 1);
+    router.stop().await;
+}
