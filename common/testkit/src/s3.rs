@@ -75,7 +75,8 @@ fn reap_stale() {
 /// Sends one HTTP/1.0 request and returns (status, body).
 fn http(addr: SocketAddr, method: &str, path: &str) -> Option<(u16, String)> {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+    // moto loads its S3 backend lazily on the first S3 request, which takes seconds on a busy machine.
+    s.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
     write!(
         s,
         "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Length: 0\r\n\r\n"
@@ -149,7 +150,14 @@ impl S3Server {
     /// Creates a bucket (path style); panics on failure.
     pub fn create_bucket(&self, name: &str) {
         let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let r = http(addr, "PUT", &format!("/{name}"));
+        let mut r = None;
+        for _ in 0..3 {
+            r = http(addr, "PUT", &format!("/{name}"));
+            if r.as_ref().is_some_and(|(s, _)| *s == 200) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
         assert!(
             r.as_ref().is_some_and(|(s, _)| *s == 200),
             "create bucket {name}: {r:?}"
