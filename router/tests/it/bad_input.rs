@@ -2,23 +2,13 @@
 
 use std::time::{Duration, Instant};
 
-use atlantis_testkit::{ZooKeeper, ports::free_port};
-use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Backend, Conf, Router, client, get, wait_route};
+use crate::support::{Backend, Conf, Router, client, get, one_pool, wait_route};
 
 async fn setup(test: &str) -> (Conf, Backend, u16, Router) {
-    let zk = ZooKeeper::shared();
-    let conf = Conf::new(&zk.connect_string(), test).await;
-    let b = Backend::start("b").await;
-    conf.pool("p", json!({"healthz_every_ms": 200})).await;
-    conf.backend("p", &b.node()).await;
-    conf.rule("all", "static", "true", "p").await;
-    conf.trie("root", &["all"]).await;
-    let port = free_port();
-    conf.port("web", port, "root").await;
+    let (conf, b, port) = one_pool(test, "static", "true").await;
     let router = Router::start_with(&conf, |c| {
         c.limits.header_read_timeout_ms = 600;
         c.limits.max_header_bytes = 16 * 1024;

@@ -5,23 +5,13 @@
 use std::sync::atomic::Ordering::SeqCst;
 use std::time::Duration;
 
-use atlantis_testkit::{ZooKeeper, ports::free_port};
-use serde_json::json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Backend, Conf, Router, client, wait_route};
+use crate::support::{Backend, Conf, Router, client, one_pool, wait_route};
 
 async fn setup(test: &str) -> (Conf, Backend, u16, Router) {
-    let zk = ZooKeeper::shared();
-    let conf = Conf::new(&zk.connect_string(), test).await;
-    let b = Backend::start("b").await;
-    conf.pool("p", json!({"healthz_every_ms": 200})).await;
-    conf.backend("p", &b.node()).await;
-    conf.rule("all", "host", "x.test", "p").await;
-    conf.trie("root", &["all"]).await;
-    let port = free_port();
-    conf.port("web", port, "root").await;
+    let (conf, b, port) = one_pool(test, "host", "x.test").await;
     let router = Router::start(&conf).await;
     wait_route(
         &client(),

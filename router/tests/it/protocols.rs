@@ -10,18 +10,10 @@ use atlantis_testkit::{ZooKeeper, eventually, ports::free_port, require_bin};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Backend, Conf, Router, client, wait_route};
+use crate::support::{Backend, Conf, Router, client, one_pool, wait_route};
 
 async fn simple_setup(test: &str) -> (Conf, Backend, u16) {
-    let zk = ZooKeeper::shared();
-    let conf = Conf::new(&zk.connect_string(), test).await;
-    let b = Backend::start("b").await;
-    conf.pool("p", json!({"healthz_every_ms": 200})).await;
-    conf.backend("p", &b.node()).await;
-    conf.rule("all", "static", "true", "p").await;
-    conf.trie("root", &["all"]).await;
-    let port = free_port();
-    conf.port("web", port, "root").await;
+    let (conf, b, port) = one_pool(test, "static", "true").await;
     (conf, b, port)
 }
 

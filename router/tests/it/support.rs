@@ -381,3 +381,19 @@ pub async fn wait_route(
     )
     .await;
 }
+
+/// A config with one pool `p` holding one backend `b`, one rule `all` of `rule_type`/`value` sending to
+/// it from trie `root`, and port `web` on a free port: the setup most tests start from.
+pub async fn one_pool(test: &str, rule_type: &str, value: &str) -> (Conf, Backend, u16) {
+    let zk = atlantis_testkit::ZooKeeper::shared();
+    let conf = Conf::new(&zk.connect_string(), test).await;
+    let b = Backend::start("b").await;
+    conf.pool("p", serde_json::json!({"healthz_every_ms": 200}))
+        .await;
+    conf.backend("p", &b.node()).await;
+    conf.rule("all", rule_type, value, "p").await;
+    conf.trie("root", &["all"]).await;
+    let port = atlantis_testkit::ports::free_port();
+    conf.port("web", port, "root").await;
+    (conf, b, port)
+}
