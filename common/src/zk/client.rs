@@ -86,6 +86,8 @@ pub struct SessionStatus {
     pub connects: u64,
     /// True while connected.
     pub connected: bool,
+    /// True from the moment the session is known to be dead until a new one is established.
+    pub replacing: bool,
 }
 
 /// A node's data and version.
@@ -191,6 +193,7 @@ impl Coord {
             epoch: 0,
             connects: 1,
             connected: true,
+            replacing: false,
         });
         let inner = Arc::new(Inner {
             cfg,
@@ -669,7 +672,10 @@ async fn monitor(weak: Weak<Inner>, mut state: zkc::StateWatcher, closed: Cancel
             }
             other => {
                 tracing::warn!(state = ?other, "ZooKeeper session ended, starting a new one.");
-                inner.status.send_modify(|st| st.connected = false);
+                inner.status.send_modify(|st| {
+                    st.connected = false;
+                    st.replacing = true;
+                });
                 let cfg = inner.cfg.clone();
                 drop(inner);
                 let mut backoff = Duration::from_millis(100);
@@ -699,6 +705,7 @@ async fn monitor(weak: Weak<Inner>, mut state: zkc::StateWatcher, closed: Cancel
                     st.epoch += 1;
                     st.connects += 1;
                     st.connected = true;
+                    st.replacing = false;
                 });
                 tracing::info!(
                     epoch = coord.inner.status.borrow().epoch,

@@ -268,7 +268,11 @@ async fn survives_a_zookeeper_restart() {
         .unwrap()
         .unwrap();
     // Out for longer than the session timeout: the client gives the session up.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Wait until the client has given the session up (1.4 x the session timeout without an answer).
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| s.replacing))
+        .await
+        .expect("session given up while ZooKeeper is down")
+        .unwrap();
     zk.restart();
     tokio::time::timeout(
         Duration::from_secs(30),

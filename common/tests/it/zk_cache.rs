@@ -142,7 +142,11 @@ async fn mirrors_a_subtree_and_catches_up_after_an_outage() {
     // show up through the Reset after its new session.
     drop(writer);
     zk.kill();
-    tokio::time::sleep(Duration::from_secs(9)).await;
+    // Wait until the client has given the session up (1.4 x the session timeout without an answer).
+    tokio::time::timeout(Duration::from_secs(30), st.wait_for(|s| s.replacing))
+        .await
+        .expect("session given up while ZooKeeper is down")
+        .unwrap();
     zk.restart();
     let writer = Coord::connect(cfg(6)).await.unwrap();
     writer
