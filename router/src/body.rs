@@ -3,19 +3,26 @@
 //!
 //! A streamed body carries the request's accounting: when the backend body ends, the connection goes
 //! back to the backend's idle list; when the body is dropped (finished or not), the backend's in-flight
-//! count drops.
+//! count drops. A backend body that makes no progress for the body idle timeout ends with an error (hyper
+//! then closes the client connection, since the answer cannot be completed) and its connection is
+//! dropped, not reused.
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 
+use crate::idle::{IdleBound, stalled};
 use crate::pool::BackendState;
 use crate::upstream::Upstream;
+
+/// The error of a response body.
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The router's response body.
 pub struct ProxyBody {
@@ -30,6 +37,9 @@ enum Inner {
 struct Streamed {
     body: Incoming,
     lease: Lease,
+    bound: IdleBound,
+    /// Allocated the first time the backend keeps the body waiting.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// A backend's in-flight slot and, once the exchange completes, its reusable connection.
@@ -37,17 +47,20 @@ pub struct Lease {
     backend: Arc<BackendState>,
     conn: Option<Upstream>,
     max_idle: usize,
+    keepalive_ms: u64,
     complete: bool,
 }
 
 impl Lease {
-    /// Takes an in-flight slot on `backend`.
-    pub fn new(backend: Arc<BackendState>, max_idle: usize) -> Lease {
+    /// Takes an in-flight slot on `backend`; the connection is kept (at most `max_idle` per worker) for
+    /// reuse within `keepalive_ms`.
+    pub fn new(backend: Arc<BackendState>, max_idle: usize, keepalive_ms: u64) -> Lease {
         backend.in_flight.fetch_add(1, Relaxed);
         Lease {
             backend,
             conn: None,
             max_idle,
+            keepalive_ms,
             complete: false,
         }
     }
@@ -69,7 +82,7 @@ impl Drop for Lease {
         if self.complete
             && let Some(c) = self.conn.take()
         {
-            self.backend.checkin(c, self.max_idle);
+            self.backend.checkin(c, self.max_idle, self.keepalive_ms);
         }
     }
 }
@@ -89,25 +102,30 @@ impl ProxyBody {
         }
     }
 
-    /// A backend body, accounted for by `lease`.
-    pub fn streamed(body: Incoming, mut lease: Lease) -> ProxyBody {
+    /// A backend body, accounted for by `lease`, failing after `idle` without progress.
+    pub fn streamed(body: Incoming, mut lease: Lease, idle: Duration) -> ProxyBody {
         if body.is_end_stream() {
             lease.complete = true;
         }
         ProxyBody {
-            inner: Inner::Backend(Box::new(Streamed { body, lease })),
+            inner: Inner::Backend(Box::new(Streamed {
+                body,
+                lease,
+                bound: IdleBound::new(idle),
+                timer: None,
+            })),
         }
     }
 }
 
 impl Body for ProxyBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BodyError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         match &mut self.inner {
             Inner::Full(b) => Poll::Ready(b.take().map(|b| Ok(Frame::data(b)))),
             Inner::Backend(s) => {
@@ -119,9 +137,17 @@ impl Body for ProxyBody {
                 match &r {
                     Poll::Ready(None) => s.lease.complete = true,
                     Poll::Ready(Some(Ok(_))) if s.body.is_end_stream() => s.lease.complete = true,
-                    _ => {}
+                    Poll::Ready(Some(Ok(_))) => s.bound.progress(),
+                    Poll::Pending => {
+                        if s.bound.poll_stalled(&mut s.timer, cx).is_ready() {
+                            tracing::warn!(backend = %s.lease.backend.name, "Backend stopped sending the response body.");
+                            return Poll::Ready(Some(Err(stalled("backend body stalled").into())));
+                        }
+                        return Poll::Pending;
+                    }
+                    Poll::Ready(Some(Err(_))) => {}
                 }
-                r
+                r.map_err(|e| -> BodyError { e.into() })
             }
         }
     }

@@ -67,6 +67,9 @@ pub struct Limits {
     pub h2_max_streams: u32,
     /// Open client connections per listener; beyond it new connections wait to be accepted.
     pub max_connections: usize,
+    /// Time a response may go without progress once its head is sent (a backend that stops sending
+    /// mid-body, a client that stops reading) before both connections are closed.
+    pub body_idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -79,6 +82,7 @@ impl Default for Limits {
             max_idle_per_backend: 64,
             h2_max_streams: 256,
             max_connections: 50_000,
+            body_idle_timeout_ms: 60_000,
         }
     }
 }
@@ -174,6 +178,7 @@ impl Config {
         }
         if l.header_read_timeout_ms == 0
             || l.tls_handshake_timeout_ms == 0
+            || l.body_idle_timeout_ms == 0
             || l.max_connections == 0
         {
             return Err(ConfigError::Invalid(

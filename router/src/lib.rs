@@ -12,6 +12,7 @@
 pub mod body;
 pub mod config;
 mod fast;
+mod idle;
 pub mod listener;
 pub mod metrics;
 pub mod pool;
@@ -124,6 +125,7 @@ impl App {
             cfg.access_log,
             not_found,
             cfg.limits.max_idle_per_backend,
+            Duration::from_millis(cfg.limits.body_idle_timeout_ms),
         ));
         let (generation, _) = watch::channel(0);
         Ok(App {

@@ -3,7 +3,8 @@
 //! A new port in the table opens a listener; a deleted port stops accepting at once and its open
 //! connections are shut down gracefully (in-flight requests finish, bounded by the drain timeout). Each
 //! connection is served by hyper as HTTP/1.1 or HTTP/2 (h2c by its preface, or ALPN over TLS), with bounded header
-//! size and a header-read timeout that also closes idle keep-alive connections.
+//! size and a header-read timeout that also closes idle keep-alive connections; writes to a client that
+//! stops reading fail after the body idle timeout.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
@@ -19,6 +20,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
+use crate::idle::StallIo;
 use crate::proxy::{self, ConnInfo, Shared};
 use crate::table::Table;
 use crate::tls::Tls;
@@ -265,6 +267,8 @@ pub(crate) async fn serve<I>(
 {
     let svc = service_fn(move |req| proxy::handle(shared.clone(), info, req));
     let drain = Duration::from_millis(limits.drain_timeout_ms);
+    // Writes to a client that stops reading fail after the body idle timeout.
+    let io = StallIo::new(io, Duration::from_millis(limits.body_idle_timeout_ms));
     let result = if h2 {
         let conn = builder.h2.serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);

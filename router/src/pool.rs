@@ -22,10 +22,63 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::{PoolMetrics, RouterMetrics};
 use crate::upstream::Upstream;
 
+static START: OnceLock<Instant> = OnceLock::new();
+
 /// Milliseconds since the router started (a monotonic clock cheap to store in an atomic).
 pub fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
     START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+}
+
+/// [`now_ms`] at `t`, without reading the clock.
+pub fn ms_at(t: Instant) -> u64 {
+    t.saturating_duration_since(*START.get_or_init(Instant::now))
+        .as_millis() as u64
+        + 1
+}
+
+/// Which idle connections one request may reuse.
+#[derive(Debug, Clone, Copy)]
+pub struct Reuse {
+    /// The request's start ([`ms_at`]).
+    now: u64,
+    /// Idle longer than this: not for this request (left for others).
+    max_age: u64,
+    /// Idle this long or longer: closed (the pool's `keepalive_ms`).
+    keepalive: u64,
+}
+
+impl Reuse {
+    /// The limits for a request that started at `start`: connections idle up to the pool's
+    /// `keepalive_ms`, or up to half of it for a request that must not be sent twice (the backend may be
+    /// closing such a connection just as the request arrives, and it cannot be retried).
+    pub fn new(start: Instant, keepalive_ms: u64, idempotent: bool) -> Reuse {
+        Reuse {
+            now: ms_at(start),
+            max_age: if idempotent {
+                keepalive_ms
+            } else {
+                keepalive_ms / 2
+            },
+            keepalive: keepalive_ms,
+        }
+    }
+
+    /// Takes the most recently returned connection of `list` if it is young enough; when it is too old
+    /// to be reused at all, so is every other (they were returned earlier), and they are closed.
+    fn take<T>(self, list: &parking_lot::Mutex<Vec<(T, u64)>>) -> Option<T> {
+        let mut l = list.lock();
+        let age = self.now.saturating_sub(l.last()?.1);
+        if age >= self.keepalive {
+            let old = std::mem::take(&mut *l);
+            drop(l);
+            drop(old);
+            return None;
+        }
+        if age > self.max_age {
+            return None;
+        }
+        l.pop().map(|(c, _)| c)
+    }
 }
 
 /// One worker's idle connections to a backend, with the time each was returned (`now_ms`).
@@ -33,9 +86,6 @@ type IdleList = parking_lot::Mutex<Vec<(Upstream, u64)>>;
 
 /// One worker's idle raw connections (the HTTP/1.1 fast path's), with the time each was returned.
 type RawIdleList = parking_lot::Mutex<Vec<(tokio::net::TcpStream, u64)>>;
-
-/// Idle backend connections older than this are closed.
-pub const IDLE_MAX_MS: u64 = 30_000;
 
 const HEALTHS: [Health; 5] = [
     Health::Ok,
@@ -136,14 +186,16 @@ impl BackendState {
             .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))
     }
 
-    /// Takes the most recently used idle connection of this worker (the caller checks it is still open).
-    pub fn checkout(&self) -> Option<Upstream> {
-        self.idle_here().lock().pop().map(|(up, _)| up)
+    /// Takes the most recently used idle connection of this worker within `reuse` (the caller checks it
+    /// is still open).
+    pub fn checkout(&self, reuse: Reuse) -> Option<Upstream> {
+        reuse.take(self.idle_here())
     }
 
-    /// Returns a connection whose exchange is complete to the idle list.
-    pub fn checkin(&self, up: Upstream, max_idle: usize) {
-        if !up.reusable() || self.cancel.is_cancelled() {
+    /// Returns a connection whose exchange is complete to the idle list (unless the pool's
+    /// `keepalive_ms` is 0: no reuse).
+    pub fn checkin(&self, up: Upstream, max_idle: usize, keepalive_ms: u64) {
+        if keepalive_ms == 0 || !up.reusable() || self.cancel.is_cancelled() {
             return;
         }
         let mut idle = self.idle_here().lock();
@@ -152,16 +204,17 @@ impl BackendState {
         }
     }
 
-    /// Takes the most recently used idle raw connection of this worker (the fast path retries a request
-    /// whose reused connection turns out closed).
-    pub fn checkout_raw(&self) -> Option<tokio::net::TcpStream> {
+    /// Takes the most recently used idle raw connection of this worker within `reuse` (the fast path
+    /// retries a request whose reused connection turns out closed, when it may be sent twice).
+    pub fn checkout_raw(&self, reuse: Reuse) -> Option<tokio::net::TcpStream> {
         let i = crate::workers::current() % self.raw_idle.len();
-        self.raw_idle[i].lock().pop().map(|(s, _)| s)
+        reuse.take(&self.raw_idle[i])
     }
 
-    /// Returns a raw connection whose exchange is complete to the idle list.
-    pub fn checkin_raw(&self, s: tokio::net::TcpStream, max_idle: usize) {
-        if self.cancel.is_cancelled() {
+    /// Returns a raw connection whose exchange is complete to the idle list (unless the pool's
+    /// `keepalive_ms` is 0: no reuse).
+    pub fn checkin_raw(&self, s: tokio::net::TcpStream, max_idle: usize, keepalive_ms: u64) {
+        if keepalive_ms == 0 || self.cancel.is_cancelled() {
             return;
         }
         let i = crate::workers::current() % self.raw_idle.len();
@@ -171,17 +224,17 @@ impl BackendState {
         }
     }
 
-    /// Closes idle connections unused for [`IDLE_MAX_MS`] (the backend may have closed them; an unused
-    /// socket should not be held forever).
-    pub fn expire_idle(&self) {
+    /// Closes idle connections unused for the pool's `keepalive_ms` (no request would reuse them, and an
+    /// unused socket should not be held).
+    pub fn expire_idle(&self, keepalive_ms: u64) {
         let now = now_ms();
         for l in self.idle.iter() {
             l.lock()
-                .retain(|(_, since)| now.saturating_sub(*since) < IDLE_MAX_MS);
+                .retain(|(_, since)| now.saturating_sub(*since) < keepalive_ms);
         }
         for l in self.raw_idle.iter() {
             l.lock()
-                .retain(|(_, since)| now.saturating_sub(*since) < IDLE_MAX_MS);
+                .retain(|(_, since)| now.saturating_sub(*since) < keepalive_ms);
         }
     }
 
@@ -331,7 +384,7 @@ async fn health_loop(pool: std::sync::Weak<PoolState>, b: Arc<BackendState>) {
         let Some(cfg) = pool.upgrade().map(|p| p.config()) else {
             return;
         };
-        b.expire_idle();
+        b.expire_idle(cfg.keepalive_ms);
         let wait = if cfg.healthz_every_ms == 0 {
             b.set_health(Health::Ok);
             Duration::from_secs(1)

@@ -19,7 +19,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::body::{Lease, ProxyBody};
 use crate::metrics::{PoolMetrics, RouterMetrics};
-use crate::pool::{BackendState, PoolState};
+use crate::pool::{BackendState, PoolState, Reuse};
 use crate::table::{Route, Table};
 use crate::upstream::Upstream;
 
@@ -39,6 +39,8 @@ pub struct Shared {
     pub not_found: StatusCode,
     /// Idle connections kept per backend.
     pub max_idle: usize,
+    /// How long a response body may go without progress.
+    pub body_idle: Duration,
     pub(crate) ids: RequestIds,
 }
 
@@ -49,6 +51,7 @@ impl Shared {
         access_log: bool,
         not_found: StatusCode,
         max_idle: usize,
+        body_idle: Duration,
     ) -> Shared {
         Shared {
             table: ArcSwap::from_pointee(Table::default()),
@@ -58,6 +61,7 @@ impl Shared {
             access_log,
             not_found,
             max_idle,
+            body_idle,
             ids: RequestIds::new(),
         }
     }
@@ -397,6 +401,12 @@ async fn forward(
         None
     };
     let request_id = prepare(&mut req, conn, &shared.ids, upgrade);
+    // A request that must not be sent twice avoids connections idle long enough to be closing.
+    let idempotent = matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    let reuse = Reuse::new(start, cfg.keepalive_ms, idempotent);
     let deadline =
         tokio::time::Instant::from_std(start) + Duration::from_millis(cfg.request_timeout_ms);
     let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
@@ -424,11 +434,11 @@ async fn forward(
                 )
             };
         };
-        let mut lease = Lease::new(backend.clone(), shared.max_idle);
+        let mut lease = Lease::new(backend.clone(), shared.max_idle, cfg.keepalive_ms);
         let idle = if upgrade {
             None
         } else {
-            checkout_ready(&backend).await
+            checkout_ready(&backend, reuse).await
         };
         let (mut up, reused) = match idle {
             Some(up) => (up, true),
@@ -520,15 +530,16 @@ async fn forward(
         strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(&X_REQUEST_ID, request_id);
         return (
-            Response::from_parts(parts, ProxyBody::streamed(body, lease)),
+            Response::from_parts(parts, ProxyBody::streamed(body, lease, shared.body_idle)),
             Some(backend),
         );
     }
 }
 
-/// Takes an idle connection of this worker that is still open and ready for a request.
-async fn checkout_ready(b: &BackendState) -> Option<Upstream> {
-    while let Some(mut up) = b.checkout() {
+/// Takes an idle connection of this worker, within `reuse`'s limits, that is still open and ready for a
+/// request.
+async fn checkout_ready(b: &BackendState, reuse: Reuse) -> Option<Upstream> {
+    while let Some(mut up) = b.checkout(reuse) {
         if tokio::time::timeout(Duration::from_secs(1), up.ready()).await == Ok(true) {
             return Some(up);
         }

@@ -175,6 +175,9 @@ fn d_healthz_path() -> String {
 fn d_retries() -> u32 {
     2
 }
+fn d_keepalive() -> u64 {
+    4_000
+}
 
 /// Balancing and health settings of a pool. Backends are the pool node's children.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -207,6 +210,11 @@ pub struct Pool {
     /// How many other backends to try after a refused connection.
     #[serde(default = "d_retries")]
     pub retries: u32,
+    /// How long an idle backend connection may be reused, in milliseconds (0: no reuse). Keep it below
+    /// the backends' own keep-alive timeout (Node.js: 5 s); requests that must not be sent twice reuse
+    /// only connections idle for less than half of it.
+    #[serde(default = "d_keepalive")]
+    pub keepalive_ms: u64,
 }
 
 impl Default for Pool {
@@ -221,6 +229,7 @@ impl Default for Pool {
             accept: d_accept(),
             slow_start_ms: d_slow_start(),
             retries: d_retries(),
+            keepalive_ms: d_keepalive(),
         }
     }
 }
@@ -448,6 +457,13 @@ pub fn validate_pool(name: &str, p: &Pool) -> Result<(), ConfigError> {
                 format!("{field} must be between {min} and {DAY}"),
             ));
         }
+    }
+    if p.keepalive_ms > 3_600_000 {
+        return Err(invalid(
+            "pool",
+            name,
+            "keepalive_ms must be between 0 and 3600000",
+        ));
     }
     if p.healthz_every_ms != 0 && p.healthz_every_ms < 100 {
         return Err(invalid(

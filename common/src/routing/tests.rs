@@ -206,6 +206,17 @@ fn documents_parse_and_validate() {
         .to_string();
     assert!(e.contains("accept must be"), "{e}");
     assert!(parse_pool("p", br#"{"request_timeout_ms":0}"#).is_err());
+    assert_eq!(
+        parse_pool("p", br#"{"keepalive_ms":0}"#)
+            .unwrap()
+            .keepalive_ms,
+        0
+    );
+    assert_eq!(Pool::default().keepalive_ms, 4_000);
+    let e = parse_pool("p", br#"{"keepalive_ms":3600001}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("keepalive_ms must be"), "{e}");
     assert!(parse_pool("p", br#"{"healthz_every_ms":5}"#).is_err());
     assert!(parse_pool("p", br#"{"healthz_path":"healthz"}"#).is_err());
     assert!(parse_pool("p", b"not json").is_err());

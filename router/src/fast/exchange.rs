@@ -1,0 +1,295 @@
+//! The backend exchange of the fast path: choosing a backend, reusing or opening a connection, sending
+//! the request (retried on another connection when a reused one turns out closed and the request may be
+//! sent again) and reading the response head.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http::StatusCode;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::{CHUNK, Conn, Head, MAX_HEADERS, MAX_RESPONSE_HEAD};
+use crate::pool::{BackendState, Reuse};
+use crate::table::Route;
+
+impl Conn<'_> {
+    /// Answers one request; false when the client connection must close.
+    pub(super) async fn exchange(&mut self, client: &mut TcpStream, head: Head) -> bool {
+        let pool = match &head.route {
+            Route::Pool(p) => p.clone(),
+            other => {
+                let (status, code, text) = match other {
+                    Route::NoPort | Route::NoMatch => {
+                        (self.shared.not_found, "no_route", "no route\n")
+                    }
+                    Route::Missing(_) => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "target_missing",
+                        "route target missing\n",
+                    ),
+                    _ => (StatusCode::LOOP_DETECTED, "loop", "routing loop\n"),
+                };
+                self.shared
+                    .unrouted
+                    .record(status.as_u16(), head.start.elapsed().as_secs_f64());
+                if self.shared.access_log {
+                    tracing::info!(target: "atlantis_router::access", port = self.info.port, peer = %self.info.peer,
+                        status = status.as_u16(), error = code, "Request not routed.");
+                }
+                return self.answer(client, &head, status, code, text).await;
+            }
+        };
+        let shared = self.shared.clone();
+        let cfg = pool.config();
+        let deadline = tokio::time::Instant::from_std(head.start)
+            + Duration::from_millis(cfg.request_timeout_ms);
+        self.timer.as_mut().reset(deadline);
+        let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
+        // A request whose body is all in `out` can be sent again on another connection, if it is
+        // idempotent (the backend may have seen it before closing).
+        let retryable = head.body_left == 0 && head.idempotent;
+        // A request that must not be sent twice avoids connections idle long enough to be closing.
+        let reuse = Reuse::new(head.start, cfg.keepalive_ms, head.idempotent);
+        let mut tried: Vec<usize> = Vec::new();
+        let mut stale = 0;
+        loop {
+            let Some(backend) = pool.choose(&tried) else {
+                let (status, code, text) = if tried.is_empty() {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no_backend",
+                        "no healthy backend\n",
+                    )
+                } else {
+                    (
+                        StatusCode::BAD_GATEWAY,
+                        "backend_refused",
+                        "backend refused the connection\n",
+                    )
+                };
+                return self
+                    .routed_answer(client, &head, &pool, None, status, code, text)
+                    .await;
+            };
+            let _flight = InFlight::new(&backend);
+            let pooled = if head.body_left == 0 {
+                checkout_open(&backend, reuse)
+            } else {
+                None
+            };
+            let reused = pooled.is_some();
+            let mut up = match pooled {
+                Some(s) => s,
+                None => {
+                    let connect = async {
+                        let addr = backend.socket_addr().await?;
+                        let s = TcpStream::connect(addr).await?;
+                        s.set_nodelay(true)?;
+                        Ok::<_, std::io::Error>(s)
+                    };
+                    match tokio::time::timeout(connect_timeout, connect).await {
+                        Ok(Ok(s)) => s,
+                        r => {
+                            let why = match r {
+                                Ok(Err(e)) => e.to_string(),
+                                _ => "connect timeout".into(),
+                            };
+                            tracing::warn!(pool = %pool.name, backend = %backend.name, error = %why, "Backend connection failed, trying another.");
+                            pool.connect_failed(&backend);
+                            tried.push(Arc::as_ptr(&backend) as usize);
+                            if tried.len() > cfg.retries as usize {
+                                return self
+                                    .routed_answer(
+                                        client,
+                                        &head,
+                                        &pool,
+                                        Some(&backend),
+                                        StatusCode::BAD_GATEWAY,
+                                        "backend_refused",
+                                        "backend refused the connection\n",
+                                    )
+                                    .await;
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            // Send the head (and buffered body), stream the rest of the body, read the response head.
+            self.rbuf.clear();
+            let sent = if head.body_left == 0 {
+                // Nothing to read from the client meanwhile: watch it, so a client that goes away
+                // frees the backend at once (pipelined bytes stop the watch; they wait their turn).
+                let send = send_and_read_head(None, &mut up, &head, &mut self.buf, &mut self.rbuf);
+                tokio::pin!(send);
+                let mut watch = true;
+                let mut probe = [0u8; 1];
+                loop {
+                    tokio::select! {
+                        biased;
+                        r = send.as_mut() => break Some(r),
+                        _ = self.timer.as_mut() => break None,
+                        r = client.peek(&mut probe), if watch => match r {
+                            Ok(0) | Err(_) => {
+                                tracing::debug!(pool = %pool.name, backend = %backend.name, "Client left before the answer.");
+                                return false;
+                            }
+                            Ok(_) => watch = false,
+                        },
+                    }
+                }
+            } else {
+                let send =
+                    send_and_read_head(Some(client), &mut up, &head, &mut self.buf, &mut self.rbuf);
+                tokio::select! {
+                    biased;
+                    r = send => Some(r),
+                    _ = self.timer.as_mut() => None,
+                }
+            };
+            let resp_len = match sent {
+                None => {
+                    return self
+                        .routed_answer(
+                            client,
+                            &head,
+                            &pool,
+                            Some(&backend),
+                            StatusCode::GATEWAY_TIMEOUT,
+                            "backend_timeout",
+                            "backend timeout\n",
+                        )
+                        .await
+                        && head.body_left == 0;
+                }
+                Some(Ok(n)) => n,
+                Some(Err(SendError::Stale)) if reused && retryable && stale < 3 => {
+                    stale += 1;
+                    continue;
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(pool = %pool.name, backend = %backend.name, error = ?e, "Backend request failed.");
+                    backend.failures.fetch_add(1, Relaxed);
+                    let keep = self
+                        .routed_answer(
+                            client,
+                            &head,
+                            &pool,
+                            Some(&backend),
+                            StatusCode::BAD_GATEWAY,
+                            "backend_error",
+                            "backend error\n",
+                        )
+                        .await;
+                    // A body not fully read leaves the client stream mid-request: close it.
+                    return keep && head.body_left == 0 && !matches!(e, SendError::Client);
+                }
+            };
+            backend.served.fetch_add(1, Relaxed);
+            return self
+                .respond(
+                    client,
+                    up,
+                    &head,
+                    &pool,
+                    &backend,
+                    resp_len,
+                    &shared,
+                    cfg.keepalive_ms,
+                )
+                .await;
+        }
+    }
+}
+
+/// An idle connection of this worker, within `reuse`, that has not been seen closing (the readiness check costs no
+/// system call unless the socket became readable, which an idle connection only does when closed).
+fn checkout_open(b: &BackendState, reuse: Reuse) -> Option<TcpStream> {
+    while let Some(s) = b.checkout_raw(reuse) {
+        if let Err(e) = s.try_read(&mut [0u8; 1])
+            && e.kind() == std::io::ErrorKind::WouldBlock
+        {
+            return Some(s);
+        }
+    }
+    None
+}
+
+#[derive(Debug)]
+enum SendError {
+    /// A reused connection was closed before any response byte: the request can be sent again.
+    Stale,
+    /// The client went away while its body was streamed.
+    Client,
+    Backend(#[allow(dead_code)] std::io::Error),
+    Malformed,
+}
+
+/// Sends the request to the backend and reads the response head into `rbuf`; returns the head length.
+async fn send_and_read_head(
+    mut client: Option<&mut TcpStream>,
+    up: &mut TcpStream,
+    head: &Head,
+    cbuf: &mut BytesMut,
+    rbuf: &mut BytesMut,
+) -> Result<usize, SendError> {
+    if up.write_all(&head.out).await.is_err() {
+        return Err(SendError::Stale);
+    }
+    // Stream the rest of the request body.
+    let mut left = head.body_left;
+    while left > 0 {
+        if cbuf.is_empty() {
+            cbuf.reserve(CHUNK);
+            let Some(client) = client.as_deref_mut() else {
+                return Err(SendError::Client);
+            };
+            match client.read_buf(cbuf).await {
+                Ok(0) | Err(_) => return Err(SendError::Client),
+                Ok(_) => {}
+            }
+        }
+        let n = (cbuf.len() as u64).min(left) as usize;
+        up.write_all(&cbuf[..n]).await.map_err(SendError::Backend)?;
+        cbuf.advance(n);
+        left -= n as u64;
+    }
+    loop {
+        rbuf.reserve(4096);
+        match up.read_buf(rbuf).await {
+            Ok(0) if rbuf.is_empty() => return Err(SendError::Stale),
+            Err(e) if rbuf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Err(SendError::Stale);
+            }
+            Ok(0) => return Err(SendError::Malformed),
+            Err(e) => return Err(SendError::Backend(e)),
+            Ok(_) => {}
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(rbuf) {
+            Ok(httparse::Status::Complete(n)) => return Ok(n),
+            Ok(httparse::Status::Partial) if rbuf.len() < MAX_RESPONSE_HEAD => {}
+            _ => return Err(SendError::Malformed),
+        }
+    }
+}
+
+/// Counts a request in the backend's in-flight load while it lives.
+struct InFlight<'a>(&'a BackendState);
+
+impl<'a> InFlight<'a> {
+    fn new(b: &'a BackendState) -> InFlight<'a> {
+        b.in_flight.fetch_add(1, Relaxed);
+        InFlight(b)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}

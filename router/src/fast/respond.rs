@@ -1,0 +1,239 @@
+//! The backend's answer on the fast path: its head rewritten (hop-by-hop headers dropped, framing
+//! checked), sent with the first body bytes in one write, then the rest of the body copied through a
+//! bounded buffer, bounded in time by the body idle timeout.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http::StatusCode;
+use tokio::net::TcpStream;
+
+use super::wire::Chunked;
+use super::{CHUNK, Conn, Head, MAX_HEADERS, io};
+use crate::idle::IdleBound;
+use crate::pool::{BackendState, PoolState};
+use crate::proxy::Shared;
+
+enum Framing {
+    Empty,
+    Length(u64),
+    Chunked,
+    Close,
+}
+
+impl Conn<'_> {
+    /// Rewrites the backend's response head, sends it with the first body bytes, then copies the body;
+    /// the backend connection is kept for reuse within `keepalive_ms` if its exchange ended cleanly.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) async fn respond(
+        &mut self,
+        client: &mut TcpStream,
+        up: TcpStream,
+        head: &Head,
+        pool: &PoolState,
+        backend: &Arc<BackendState>,
+        resp_len: usize,
+        shared: &Shared,
+        keepalive_ms: u64,
+    ) -> bool {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let _ = resp.parse(&self.rbuf[..resp_len]);
+        let code = resp.code.unwrap_or(502);
+        let mut framing = if head.head_request || code == 204 || code == 304 {
+            Framing::Empty
+        } else {
+            Framing::Close
+        };
+        let mut backend_keep = resp.version == Some(1);
+        let mut length: Option<u64> = None;
+        let mut bad = (100..200).contains(&code);
+        let mut conn_tokens: Vec<&str> = Vec::new();
+        for h in resp.headers.iter() {
+            if h.name.eq_ignore_ascii_case("connection") {
+                let v = std::str::from_utf8(h.value).unwrap_or("");
+                for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                    if t.eq_ignore_ascii_case("close") {
+                        backend_keep = false;
+                    }
+                    conn_tokens.push(t);
+                }
+            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
+                if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    if !matches!(framing, Framing::Empty) {
+                        framing = Framing::Chunked;
+                    }
+                } else {
+                    bad = true;
+                }
+            } else if h.name.eq_ignore_ascii_case("content-length") {
+                let v = std::str::from_utf8(h.value)
+                    .ok()
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                match (v, length) {
+                    (None, _) => bad = true,
+                    (Some(v), Some(l)) if v != l => bad = true,
+                    (Some(v), _) => length = Some(v),
+                }
+            }
+        }
+        if let (Some(l), Framing::Close) = (length, &framing) {
+            framing = Framing::Length(l);
+        }
+        if bad {
+            tracing::warn!(pool = %pool.name, backend = %backend.name, status = code, "Backend answered an unusable response head.");
+            backend.failures.fetch_add(1, Relaxed);
+            return self
+                .routed_answer(
+                    client,
+                    head,
+                    pool,
+                    Some(backend),
+                    StatusCode::BAD_GATEWAY,
+                    "backend_error",
+                    "backend error\n",
+                )
+                .await
+                && head.body_left == 0;
+        }
+        let client_keep = !matches!(framing, Framing::Close);
+        if matches!(framing, Framing::Close) {
+            backend_keep = false;
+        }
+        pool.metrics
+            .record(code, head.start.elapsed().as_secs_f64());
+        if shared.access_log {
+            let rid = &head.out[head.rid.clone()];
+            tracing::info!(target: "atlantis_router::access", port = self.info.port, peer = %self.info.peer,
+                pool = pool.name.as_str(), backend = backend.name.as_str(), status = code,
+                ms = head.start.elapsed().as_secs_f64() * 1000.0,
+                request_id = std::str::from_utf8(rid).unwrap_or(""), "Request routed.");
+        }
+        // The head for the client.
+        let out = &mut self.out;
+        out.clear();
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(&[
+            b'0' + (code / 100 % 10) as u8,
+            b'0' + (code / 10 % 10) as u8,
+            b'0' + (code % 10) as u8,
+            b' ',
+        ]);
+        out.extend_from_slice(resp.reason.unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for h in resp.headers.iter() {
+            let n = h.name;
+            if HOP_BY_HOP.iter().any(|x| n.eq_ignore_ascii_case(x))
+                || n.eq_ignore_ascii_case("x-request-id")
+                || conn_tokens.iter().any(|t| n.eq_ignore_ascii_case(t))
+                || (matches!(framing, Framing::Chunked) && n.eq_ignore_ascii_case("content-length"))
+            {
+                continue;
+            }
+            out.extend_from_slice(n.as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(h.value);
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b"x-request-id: ");
+        out.extend_from_slice(&head.out[head.rid.clone()]);
+        out.extend_from_slice(match framing {
+            Framing::Chunked => b"\r\ntransfer-encoding: chunked\r\n\r\n".as_slice(),
+            Framing::Close => b"\r\nconnection: close\r\n\r\n",
+            _ => b"\r\n\r\n",
+        });
+        self.rbuf.advance(resp_len);
+        // Body bytes already read go out with the head.
+        let mut chunks = Chunked::default();
+        let mut left = match framing {
+            Framing::Empty => 0,
+            Framing::Length(n) => n,
+            Framing::Chunked | Framing::Close => u64::MAX,
+        };
+        let done = copy_some(&framing, &mut chunks, &mut left, &mut self.rbuf, out);
+        // From here on, no progress for the body idle timeout either way closes both connections.
+        let mut bound = IdleBound::new(Duration::from_millis(self.limits.body_idle_timeout_ms));
+        if let Err(e) = io::write_all(client, out, &mut self.timer, &mut bound).await {
+            tracing::debug!(pool = %pool.name, error = %e, "Client write failed.");
+            return false;
+        }
+        let mut finished = done;
+        let mut body_ok = true;
+        while !finished {
+            self.rbuf.clear();
+            self.rbuf.reserve(CHUNK);
+            match io::read_buf(&up, &mut self.rbuf, &mut self.timer, &mut bound).await {
+                Ok(0) if matches!(framing, Framing::Close) => break,
+                Ok(0) => {
+                    body_ok = false;
+                    break;
+                }
+                Err(e) => {
+                    tracing::warn!(pool = %pool.name, backend = %backend.name, error = %e, "Backend response body failed.");
+                    body_ok = false;
+                    break;
+                }
+                Ok(_) => {}
+            }
+            out.clear();
+            finished = copy_some(&framing, &mut chunks, &mut left, &mut self.rbuf, out);
+            if let Err(e) = io::write_all(client, out, &mut self.timer, &mut bound).await {
+                tracing::debug!(pool = %pool.name, error = %e, "Client write failed.");
+                return false;
+            }
+        }
+        if !body_ok {
+            return false;
+        }
+        // Extra bytes after the response: the backend connection is not in a known state.
+        if backend_keep && finished && self.rbuf.is_empty() {
+            backend.checkin_raw(up, shared.max_idle, keepalive_ms);
+        }
+        client_keep
+    }
+}
+
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Moves body bytes from `src` to `out` as the framing allows; true when the body is complete. Bytes
+/// past the body's end stay in `src`.
+fn copy_some(
+    framing: &Framing,
+    chunks: &mut Chunked,
+    left: &mut u64,
+    src: &mut BytesMut,
+    out: &mut Vec<u8>,
+) -> bool {
+    match framing {
+        Framing::Empty => true,
+        Framing::Close => {
+            out.extend_from_slice(src);
+            src.clear();
+            false
+        }
+        Framing::Length(_) => {
+            let n = (src.len() as u64).min(*left) as usize;
+            out.extend_from_slice(&src[..n]);
+            src.advance(n);
+            *left -= n as u64;
+            *left == 0
+        }
+        Framing::Chunked => {
+            let (n, done) = chunks.feed(src);
+            out.extend_from_slice(&src[..n]);
+            src.advance(n);
+            done
+        }
+    }
+}
