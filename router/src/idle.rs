@@ -7,15 +7,23 @@
 //! timeout while armed; two windows in a row without progress end the copy, so a copy fails after between
 //! one and one and a half timeouts without progress.
 //!
+//! Writes need one more step: the kernel reports a socket writable again only once about a third of its
+//! send buffer is free, which a slow but steady reader may take longer than the timeout to free. So when
+//! the timer fires on a blocked write, the write is tried once directly on the socket ([`probe_write`]):
+//! any room in the buffer counts as progress, and only a client that reads nothing at all is cut off.
+//!
 //! [`StallIo`] applies the bound to writes to a client served by hyper; the fast path and the streamed
 //! response body ([`crate::body`]) use [`IdleBound`] with a timer of their own.
 
 use std::future::Future;
+use std::io::Write as _;
+use std::os::fd::AsFd;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
 /// No-progress accounting of one copy (see the module documentation).
@@ -54,6 +62,20 @@ impl IdleBound {
         }
     }
 
+    /// A window ended (the timer fired): true when the bound is exceeded, else the timer is re-armed.
+    pub(crate) fn next_window(&mut self, timer: Pin<&mut Sleep>) -> bool {
+        if std::mem::take(&mut self.progress) {
+            self.quiet = 0;
+        } else {
+            self.quiet += 1;
+            if self.quiet >= 2 {
+                return true;
+            }
+        }
+        timer.reset(Instant::now() + self.half);
+        false
+    }
+
     /// Polls the armed timer: ready once the bound is exceeded; re-arms it while there is progress.
     pub(crate) fn poll_expired(
         &mut self,
@@ -64,15 +86,9 @@ impl IdleBound {
             if timer.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            if std::mem::take(&mut self.progress) {
-                self.quiet = 0;
-            } else {
-                self.quiet += 1;
-                if self.quiet >= 2 {
-                    return Poll::Ready(());
-                }
+            if self.next_window(timer.as_mut()) {
+                return Poll::Ready(());
             }
-            timer.as_mut().reset(Instant::now() + self.half);
         }
     }
 
@@ -81,12 +97,8 @@ impl IdleBound {
         std::future::poll_fn(|cx| self.poll_expired(timer.as_mut(), cx)).await
     }
 
-    /// Arms a lazily allocated timer and polls it: ready once the bound is exceeded.
-    pub(crate) fn poll_stalled(
-        &mut self,
-        timer: &mut Option<Pin<Box<Sleep>>>,
-        cx: &mut Context<'_>,
-    ) -> Poll<()> {
+    /// Arms a timer allocated on first use and returns it.
+    fn armed<'t>(&mut self, timer: &'t mut Option<Pin<Box<Sleep>>>) -> Pin<&'t mut Sleep> {
         let t = timer.get_or_insert_with(|| {
             self.armed = true;
             self.progress = false;
@@ -94,7 +106,17 @@ impl IdleBound {
             Box::pin(tokio::time::sleep(self.half))
         });
         self.arm(t.as_mut());
-        self.poll_expired(t.as_mut(), cx)
+        t.as_mut()
+    }
+
+    /// Arms a timer allocated on first use and polls it: ready once the bound is exceeded.
+    pub(crate) fn poll_stalled(
+        &mut self,
+        timer: &mut Option<Pin<Box<Sleep>>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<()> {
+        let t = self.armed(timer);
+        self.poll_expired(t, cx)
     }
 }
 
@@ -103,17 +125,26 @@ pub(crate) fn stalled(what: &'static str) -> std::io::Error {
     std::io::Error::new(std::io::ErrorKind::TimedOut, what)
 }
 
-/// A client stream whose writes fail after the idle bound without progress (a client that stops
-/// reading). Reads pass through: an idle keep-alive connection is the header-read timeout's business.
-pub(crate) struct StallIo<S> {
-    inner: S,
+/// Tries a write directly on the socket, past the reactor's readiness (which the kernel signals only once
+/// a third of the send buffer is free). Three system calls: only for a write blocked for half the timeout.
+pub(crate) fn probe_write(s: &TcpStream, buf: &[u8]) -> std::io::Result<usize> {
+    // A duplicate of the descriptor shares the socket and its non-blocking mode.
+    let mut dup = std::net::TcpStream::from(s.as_fd().try_clone_to_owned()?);
+    dup.write(buf)
+}
+
+/// A client socket whose writes fail after the idle bound without progress (a client that stops reading).
+/// Reads pass through: an idle keep-alive connection is the header-read timeout's business. It sits under
+/// TLS, so progress is measured on the socket itself.
+pub(crate) struct StallIo {
+    inner: TcpStream,
     bound: IdleBound,
     timer: Option<Pin<Box<Sleep>>>,
 }
 
-impl<S> StallIo<S> {
+impl StallIo {
     /// Wraps `inner`.
-    pub(crate) fn new(inner: S, timeout: Duration) -> StallIo<S> {
+    pub(crate) fn new(inner: TcpStream, timeout: Duration) -> StallIo {
         StallIo {
             inner,
             bound: IdleBound::new(timeout),
@@ -121,16 +152,27 @@ impl<S> StallIo<S> {
         }
     }
 
-    /// A write would block: pending, or the error once the bound is exceeded.
-    fn blocked<T>(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<T>> {
-        match self.bound.poll_stalled(&mut self.timer, cx) {
-            Poll::Ready(()) => Poll::Ready(Err(stalled("client stopped reading"))),
-            Poll::Pending => Poll::Pending,
+    /// A write of `buf` would block: pending, bytes written by a probe, or the error once the bound is
+    /// exceeded.
+    fn blocked(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let mut t = self.bound.armed(&mut self.timer);
+        loop {
+            if t.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if let Ok(n @ 1..) = probe_write(&self.inner, buf) {
+                self.bound.progress();
+                self.bound.next_window(t.as_mut());
+                return Poll::Ready(Ok(n));
+            }
+            if self.bound.next_window(t.as_mut()) {
+                return Poll::Ready(Err(stalled("client stopped reading")));
+            }
         }
     }
 }
 
-impl<S: AsyncRead + Unpin> AsyncRead for StallIo<S> {
+impl AsyncRead for StallIo {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -140,14 +182,14 @@ impl<S: AsyncRead + Unpin> AsyncRead for StallIo<S> {
     }
 }
 
-impl<S: AsyncWrite + Unpin> AsyncWrite for StallIo<S> {
+impl AsyncWrite for StallIo {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write(cx, buf) {
-            Poll::Pending => self.blocked(cx),
+            Poll::Pending => self.blocked(cx, buf),
             r => {
                 self.bound.progress();
                 r
@@ -155,16 +197,10 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallIo<S> {
         }
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_flush(cx) {
-            Poll::Pending => self.blocked(cx),
-            r => r,
-        }
+        Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match Pin::new(&mut self.inner).poll_shutdown(cx) {
-            Poll::Pending => self.blocked(cx),
-            r => r,
-        }
+        Pin::new(&mut self.inner).poll_shutdown(cx)
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,
@@ -172,7 +208,13 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for StallIo<S> {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         match Pin::new(&mut self.inner).poll_write_vectored(cx, bufs) {
-            Poll::Pending => self.blocked(cx),
+            Poll::Pending => {
+                let first = bufs
+                    .iter()
+                    .find(|b| !b.is_empty())
+                    .map_or(&[][..], |b| &b[..]);
+                self.blocked(cx, first)
+            }
             r => {
                 self.bound.progress();
                 r

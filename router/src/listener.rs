@@ -231,6 +231,9 @@ async fn accept_loop(
                 None => crate::fast::serve(stream, info, builder, shared, cancel, &limits).await,
                 Some(acc) => {
                     let hs = Duration::from_millis(limits.tls_handshake_timeout_ms);
+                    // Writes to a client that stops reading fail after the body idle timeout.
+                    let stream =
+                        StallIo::new(stream, Duration::from_millis(limits.body_idle_timeout_ms));
                     match tokio::time::timeout(hs, acc.accept(stream)).await {
                         Ok(Ok(s)) => {
                             let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
@@ -267,8 +270,6 @@ pub(crate) async fn serve<I>(
 {
     let svc = service_fn(move |req| proxy::handle(shared.clone(), info, req));
     let drain = Duration::from_millis(limits.drain_timeout_ms);
-    // Writes to a client that stops reading fail after the body idle timeout.
-    let io = StallIo::new(io, Duration::from_millis(limits.body_idle_timeout_ms));
     let result = if h2 {
         let conn = builder.h2.serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);

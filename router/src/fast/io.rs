@@ -2,7 +2,8 @@
 //!
 //! Each call first tries the socket directly (`try_read`/`try_write`: the same system call a plain read or
 //! write makes, and none when the socket is known not to be ready). Only an operation that would block
-//! arms the timer and waits for readiness, so a request whose sockets keep up costs no timer work.
+//! arms the timer and waits for readiness, so a request whose sockets keep up costs no timer work. A
+//! blocked write is tried once more directly when the timer fires (see [`crate::idle`]).
 
 use std::io::ErrorKind;
 use std::pin::Pin;
@@ -11,7 +12,7 @@ use bytes::BytesMut;
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 
-use crate::idle::{IdleBound, stalled};
+use crate::idle::{IdleBound, probe_write, stalled};
 
 /// Writes all of `buf`, failing after the bound without progress.
 pub(super) async fn write_all(
@@ -32,7 +33,16 @@ pub(super) async fn write_all(
                 tokio::select! {
                     biased;
                     r = s.writable() => r?,
-                    _ = bound.expired(timer.as_mut()) => return Err(stalled("client stopped reading")),
+                    _ = timer.as_mut() => {
+                        // A slow reader may leave room the reactor does not report yet.
+                        if let Ok(n @ 1..) = probe_write(s, buf) {
+                            buf = &buf[n..];
+                            bound.progress();
+                        }
+                        if bound.next_window(timer.as_mut()) {
+                            return Err(stalled("client stopped reading"));
+                        }
+                    }
                 }
             }
             Err(e) if e.kind() == ErrorKind::Interrupted => {}

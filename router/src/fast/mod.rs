@@ -27,6 +27,7 @@ use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
+use crate::idle::StallIo;
 use crate::listener::{self, Protocols};
 use crate::proxy::{ConnInfo, Shared};
 use crate::table::Route;
@@ -76,7 +77,12 @@ pub(crate) async fn serve(
             Next::Close => return,
             Next::Hyper { h2 } => {
                 let pre = std::mem::take(&mut c.buf).freeze();
-                let io = Rewind { pre, inner: client };
+                // Writes to a client that stops reading fail after the body idle timeout.
+                let idle = Duration::from_millis(limits.body_idle_timeout_ms);
+                let io = Rewind {
+                    pre,
+                    inner: StallIo::new(client, idle),
+                };
                 listener::serve(io, h2, info, builder, shared.clone(), cancel, limits).await;
                 return;
             }

@@ -25,14 +25,18 @@ async fn setup(test: &str) -> (Conf, Backend, u16, Router) {
 }
 
 /// One response read from a raw stream: status, lower-cased head, body (de-chunked).
-struct Resp {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
+pub(crate) struct Resp {
+    pub(crate) status: u16,
+    pub(crate) head: String,
+    pub(crate) body: Vec<u8>,
 }
 
 /// Reads one response; `buf` keeps bytes read past it. `head_request`: no body follows.
-async fn read_resp<R: AsyncRead + Unpin>(s: &mut R, buf: &mut Vec<u8>, head_request: bool) -> Resp {
+pub(crate) async fn read_resp<R: AsyncRead + Unpin>(
+    s: &mut R,
+    buf: &mut Vec<u8>,
+    head_request: bool,
+) -> Resp {
     async fn fill<R: AsyncRead + Unpin>(s: &mut R, buf: &mut Vec<u8>) {
         let mut tmp = vec![0u8; 65536];
         let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut tmp))

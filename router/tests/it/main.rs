@@ -4,6 +4,7 @@
 
 mod bad_input;
 mod balancing;
+mod body_idle;
 mod fast_path;
 mod live;
 mod matchers;

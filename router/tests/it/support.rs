@@ -397,3 +397,56 @@ pub async fn one_pool(test: &str, rule_type: &str, value: &str) -> (Conf, Backen
     conf.port("web", port, "root").await;
     (conf, b, port)
 }
+
+/// A raw TCP backend on loopback: `serve` handles each accepted connection (until the test ends).
+pub async fn raw_backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve(s));
+        }
+    });
+    addr
+}
+
+/// Reads one request (head, lower-cased, and its `Content-Length` body) from a raw connection; bytes
+/// after it stay in `buf`. `None` when the connection ends first.
+pub async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    let end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let mut tmp = [0u8; 4096];
+        match s.read(&mut tmp).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..end]).to_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    while buf.len() < end + len {
+        let mut tmp = [0u8; 4096];
+        match s.read(&mut tmp).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&tmp[..n]),
+        }
+    }
+    buf.drain(..end + len);
+    Some(head)
+}
+
+/// The `in_flight` count of the first backend of pool `pool`, from `/statusz.json`.
+pub async fn in_flight(router: &Router, pool: &str) -> u64 {
+    router.status_json().await["pools"][pool]["backends"][0]["in_flight"]
+        .as_u64()
+        .unwrap()
+}
