@@ -5,6 +5,10 @@
 //! lowest `(in flight + 1) / weight`, where a backend's weight ramps from 1/32 to 1 during the pool's slow
 //! start after it becomes usable. Ties rotate. MAINTENANCE and UNKNOWN (not yet checked) get no traffic.
 //! Pool state outlives table swaps: a new table refers to the same `PoolState` while the pool exists.
+//!
+//! Idle connections are kept per backend and worker for the pool's `keepalive_ms` ([`Reuse`]): a request
+//! that must not be sent twice takes only one idle for less than half of it, since the backend may be
+//! closing an older one just as the request arrives.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
