@@ -163,6 +163,8 @@ impl Conn<'_> {
         let mut finished = done;
         let mut body_ok = true;
         while !finished {
+            // `try_read`/`try_write` spend no scheduler budget: a body that never blocks yields here.
+            tokio::task::coop::consume_budget().await;
             self.rbuf.clear();
             self.rbuf.reserve(CHUNK);
             match io::read_buf(&up, &mut self.rbuf, &mut self.timer, &mut bound).await {
