@@ -96,6 +96,7 @@ pub(crate) async fn serve(
     }
 }
 
+/// Who serves what comes next on a connection.
 enum Next {
     Close,
     Hyper { h2: bool },
@@ -117,6 +118,8 @@ struct Head {
     rid: std::ops::Range<usize>,
 }
 
+/// One client connection on the fast path: its buffers and its timer (header read, request deadline,
+/// then the body idle bound), reused from request to request.
 struct Conn<'a> {
     /// Client bytes read and not yet used.
     buf: BytesMut,

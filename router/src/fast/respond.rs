@@ -16,6 +16,7 @@ use crate::idle::IdleBound;
 use crate::pool::{BackendState, PoolState};
 use crate::proxy::Shared;
 
+/// How the answer's body ends.
 enum Framing {
     Empty,
     Length(u64),
