@@ -1,16 +1,22 @@
 //! Response bodies that stop moving: a backend that stalls mid-body and a client that stops reading are
 //! cut off after `limits.body_idle_timeout_ms` on the fast path and on the hyper path (reached with a
 //! `Connection` header), while a slow but steady reader is not; and the router's own answers carry a
-//! `Date` header.
+//! `Date` header. A TLS client that stops reading is cut off too.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use atlantis_common::zk::Section;
+use atlantis_router::config::CertConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 
 use crate::fast_path::read_resp;
+use crate::protocols::{make_ca, make_leaf};
 use crate::support::{
     Conf, Router, client, in_flight, one_pool, raw_backend, read_request, wait_route,
 };
@@ -60,7 +66,11 @@ async fn stalling_backend() -> (SocketAddr, mpsc::UnboundedReceiver<&'static str
     (addr, rx)
 }
 
-async fn setup(test: &str) -> (Conf, u16, Router, mpsc::UnboundedReceiver<&'static str>) {
+/// The stalling backend behind a port, TLS with the certificate in `tls` (name, cert, key).
+async fn setup_with(
+    test: &str,
+    tls: Option<CertConfig>,
+) -> (Conf, u16, Router, mpsc::UnboundedReceiver<&'static str>) {
     let zk = atlantis_testkit::ZooKeeper::shared();
     let conf = Conf::new(&zk.connect_string(), test).await;
     let (addr, closed) = stalling_backend().await;
@@ -70,8 +80,23 @@ async fn setup(test: &str) -> (Conf, u16, Router, mpsc::UnboundedReceiver<&'stat
     conf.rule("all", "static", "true", "p").await;
     conf.trie("root", &["all"]).await;
     let port = atlantis_testkit::ports::free_port();
-    conf.port("web", port, "root").await;
-    let router = Router::start_with(&conf, |c| c.limits.body_idle_timeout_ms = IDLE_MS).await;
+    let is_tls = tls.is_some();
+    conf.put(
+        Section::Ports,
+        "web",
+        serde_json::json!({"port": port, "trie": "root", "tls": is_tls}),
+    )
+    .await;
+    let router = Router::start_with(&conf, |c| {
+        c.limits.body_idle_timeout_ms = IDLE_MS;
+        c.tls.certs = tls.into_iter().collect();
+    })
+    .await;
+    (conf, port, router, closed)
+}
+
+async fn setup(test: &str) -> (Conf, u16, Router, mpsc::UnboundedReceiver<&'static str>) {
+    let (conf, port, router, closed) = setup_with(test, None).await;
     wait_route(
         &client(),
         &format!("http://127.0.0.1:{port}/ok"),
@@ -192,6 +217,60 @@ async fn a_slow_but_steady_reader_is_not_cut_off() {
         }
         assert_eq!(in_flight(&router, "p").await, 1, "{path}");
     }
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_client_that_stops_reading_frees_the_backend() {
+    atlantis_testkit::require_bin("openssl", "openssl");
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_ca(d);
+    make_leaf(d, "a.example", "idle");
+    let cert = CertConfig {
+        names: vec!["a.example".into()],
+        cert: d.join("a.example.pem"),
+        key: d.join("a.example.key"),
+    };
+    let (_conf, port, router, mut closed) = setup_with("bodytls", Some(cert)).await;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(d.join("ca.pem")).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(
+        rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    ));
+    let name = ServerName::try_from("a.example").unwrap();
+    // Once the TLS port serves, ask for the endless body and read nothing.
+    let mut s = atlantis_testkit::eventually(Duration::from_secs(15), "TLS port to serve", || {
+        let (tls, name) = (tls.clone(), name.clone());
+        async move {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.set_recv_buffer_size(4096).unwrap();
+            let tcp = sock.connect(([127, 0, 0, 1], port).into()).await.ok()?;
+            let mut s = tls.connect(name, tcp).await.ok()?;
+            s.write_all(b"GET /ok HTTP/1.1\r\nHost: x.test\r\n\r\n")
+                .await
+                .ok()?;
+            let mut buf = Vec::new();
+            (read_resp(&mut s, &mut buf, false).await.status == 200).then_some(s)
+        }
+    })
+    .await;
+    let sent = Instant::now();
+    s.write_all(b"GET /endless HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await
+        .unwrap();
+    s.flush().await.unwrap();
+    backend_closed(&mut closed, "endless").await;
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(IDLE_MS - 50),
+        "cut off after {took:?}"
+    );
+    wait_idle_backend(&router).await;
     router.stop().await;
 }
 

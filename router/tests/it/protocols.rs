@@ -191,7 +191,7 @@ async fn bodies_stream_both_ways() {
     router.stop().await;
 }
 
-fn openssl(dir: &Path, args: &[&str]) {
+pub(crate) fn openssl(dir: &Path, args: &[&str]) {
     let out = Command::new("openssl")
         .current_dir(dir)
         .args(args)
@@ -204,8 +204,32 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
-/// A CA and a leaf for `name` signed by it, as `<name>.pem` / `<name>.key`; the subject's O is `org`.
-fn make_leaf(dir: &Path, name: &str, org: &str) {
+/// A test CA, as `ca.pem` / `ca.key`.
+pub(crate) fn make_ca(dir: &Path) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=Test CA",
+        ],
+    );
+}
+
+/// A leaf for `name` signed by the CA, as `<name>.pem` / `<name>.key`; the subject's O is `org`.
+pub(crate) fn make_leaf(dir: &Path, name: &str, org: &str) {
     let ext = dir.join(format!("{name}.ext"));
     std::fs::write(
         &ext,
@@ -300,26 +324,7 @@ async fn tls_certificates_by_sni_and_reload() {
     require_bin("curl", "curl");
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    openssl(
-        d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=Test CA",
-        ],
-    );
+    make_ca(d);
     make_leaf(d, "a.example", "first");
     make_leaf(d, "b.example", "first");
     let zk = ZooKeeper::shared();
