@@ -289,7 +289,14 @@ async fn zookeeper_outage_keeps_serving_and_edits_made_meanwhile_apply() {
     let c = client();
     let url = format!("http://127.0.0.1:{port}/");
     wait_route(&c, &url, "x.test", 200, "b1").await;
-    wait_route(&c, &format!("http://127.0.0.2:{port}/"), "x.test", 200, "b1").await;
+    wait_route(
+        &c,
+        &format!("http://127.0.0.2:{port}/"),
+        "x.test",
+        200,
+        "b1",
+    )
+    .await;
     assert_eq!(healthz(&router).await, "OK");
     let registration = writer.coord.layout().router(
         writer.kind,
@@ -314,8 +321,22 @@ async fn zookeeper_outage_keeps_serving_and_edits_made_meanwhile_apply() {
     let port2 = free_port();
     writer.port("web2", port2, "root").await;
     // The edits are in ZooKeeper and reach a connected router...
-    wait_route(&c, &format!("http://127.0.0.2:{port}/"), "x.test", 200, "b2").await;
-    wait_route(&c, &format!("http://127.0.0.2:{port2}/"), "x.test", 200, "b2").await;
+    wait_route(
+        &c,
+        &format!("http://127.0.0.2:{port}/"),
+        "x.test",
+        200,
+        "b2",
+    )
+    .await;
+    wait_route(
+        &c,
+        &format!("http://127.0.0.2:{port2}/"),
+        "x.test",
+        200,
+        "b2",
+    )
+    .await;
     // ...and the cut-off router's session is over: ZooKeeper expired it and dropped its registration.
     eventually(
         Duration::from_secs(20),
