@@ -3,9 +3,16 @@
 # the same wrk settings: first one worker thread each, then all cores. Then our router with 10 vs 10,000
 # rules, and the time from a rule change written to ZooKeeper to the first request routed by it.
 #
-# Usage: bench/router.sh   (env: BENCH_SECONDS=10, BENCH_ROUNDS=3, BENCH_CONNS=64, SKIP_BUILD=1, CHANGES=100)
+# Usage: bench/router.sh   (env: BENCH_SECONDS=10, BENCH_ROUNDS=3, BENCH_CONNS=64, SKIP_BUILD=1, CHANGES=100,
+#                           BENCH_CAP=0.5)
 # Targets are measured in interleaved rounds and the median is reported, so a load spike on a shared
 # machine hits every target alike.
+#
+# On a small machine wrk, the backend and the proxy share the cores, so the proxy is only part of the CPU
+# each request costs and rps moves much less than the proxy's own cost. A third phase ("capped") therefore
+# gives each proxy the same CPU budget (BENCH_CAP of one core, a cgroup CPU quota) and one worker thread:
+# the proxy is then the bottleneck, and rps says how much each proxy serves with the same CPU. Needs root
+# and the cgroup cpu controller (v1 or v2); skipped with a note otherwise.
 # Needs: zookeeper, nginx, haproxy, wrk, curl, python3 (Debian packages), and cargo unless SKIP_BUILD=1.
 # Prints rps, p50, p99 and CPU time per request (the proxy's own user+system time / requests) per target,
 # and our ratio to each; performance is reported, never asserted.
@@ -35,7 +42,7 @@ cleanup() {
   for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
   rm -rf "$W"
 }
-trap cleanup EXIT
+trap 'cleanup; uncap_all' EXIT
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_http() { # url [host]
@@ -153,6 +160,29 @@ cpu_ticks() { # pid
   echo "$t"
 }
 TICK=$(getconf CLK_TCK)
+
+# The CPU budget of the capped phase: a cgroup (v2 if its cpu controller is on, else v1) per proxy.
+CAP=${BENCH_CAP:-0.5}
+CGROOT=""
+if [ -w /sys/fs/cgroup/cgroup.subtree_control ] && grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+  CGROOT=/sys/fs/cgroup CGV=2
+elif [ -w /sys/fs/cgroup/cpu/cgroup.procs ] && [ -e /sys/fs/cgroup/cpu/cpu.cfs_quota_us ]; then
+  CGROOT=/sys/fs/cgroup/cpu CGV=1
+fi
+CGROUPS=()
+cap_cpu() { # pid: moves the process and its children (all threads) into a group capped at $CAP cores
+  local g=$CGROOT/atlantis-bench-$$-$1 period=10000 p
+  mkdir "$g"; CGROUPS+=("$g")
+  local quota; quota=$(python3 -c "import sys; print(int(float(sys.argv[1])*$period))" "$CAP")
+  if [ "$CGV" = 2 ]; then echo "$quota $period" >"$g/cpu.max"
+  else echo "$period" >"$g/cpu.cfs_period_us"; echo "$quota" >"$g/cpu.cfs_quota_us"; fi
+  for p in $1 $(ps -o pid= --ppid "$1" 2>/dev/null); do echo "$p" >"$g/cgroup.procs"; done
+}
+uncap_all() { # the processes are stopped first; an empty group can be removed
+  local g
+  for g in "${CGROUPS[@]}"; do rmdir "$g" 2>/dev/null || true; done
+  CGROUPS=()
+}
 # One wrk run; appends "rps p50_ms p99_ms cpu_us_per_request" to $W/results/<label>. CPU per request is the
 # proxy's own CPU time divided by the requests served: on a shared machine it moves much less than rps.
 mkdir -p "$W/results"
@@ -182,17 +212,27 @@ print(*(statistics.median(c) for c in zip(*rows)))' "$W/results/$1")
 ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2]):.2f}')" "$1" "$2"; }
 
 echo "machine: $CORES cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg); wrk ${SECS}s x $ROUNDS interleaved rounds, $CONNS connections per thread-set"
-for phase in single all; do
-  if [ $phase = single ]; then T=1; C=$CONNS; RW=1; else T=$CORES; C=$((CONNS * 2)); RW=0; fi
-  echo "== $phase: $T worker thread(s) per proxy, wrk -t$T -c$C =="
+PHASES="single all"
+if [ -n "$CGROOT" ]; then PHASES="$PHASES capped"; else echo "note: no writable cgroup cpu controller: the capped phase is skipped"; fi
+for phase in $PHASES; do
+  case $phase in
+    single|capped) T=1; C=$CONNS; RW=1 ;;
+    all) T=$CORES; C=$((CONNS * 2)); RW=0 ;;
+  esac
+  if [ $phase = capped ]; then
+    echo "== capped: 1 worker thread per proxy, each limited to $CAP of a core (cgroup v$CGV quota), wrk -t$T -c$C =="
+  else
+    echo "== $phase: $T worker thread(s) per proxy, wrk -t$T -c$C =="
+  fi
   start_router atl /bench "$RP" "$RW"; start_haproxy "$T"; start_nginx "$T"
+  if [ $phase = capped ]; then cap_cpu "$PID_atl"; cap_cpu "$PID_haproxy"; cap_cpu "$PID_nginxproxy"; fi
   for _ in $(seq "$ROUNDS"); do
     run_wrk "backend-$phase" "$BP" "$T" "$C" x "$PID_backend"
     run_wrk "atlantis-$phase" "$RP" "$T" "$C" app9.bench "$PID_atl"
     run_wrk "haproxy-$phase" "$HP" "$T" "$C" x "$PID_haproxy"
     run_wrk "nginx-$phase" "$NP" "$T" "$C" x "$PID_nginxproxy"
   done
-  stop atl; stop haproxy; stop nginxproxy
+  stop atl; stop haproxy; stop nginxproxy; uncap_all
   for t in backend atlantis haproxy nginx; do median "$t-$phase"; done
   a=atlantis_$phase; h=haproxy_$phase; n=nginx_$phase
   ar=RPS_$a ap=P99_$a ac=CPU_$a hr=RPS_$h hp=P99_$h hc=CPU_$h nr=RPS_$n np=P99_$n nc=CPU_$n

@@ -179,6 +179,13 @@ impl BackendState {
         }
     }
 
+    /// Milliseconds left in this backend's slow start (0 once over, or when `slow_start_ms` is 0), counted
+    /// from when it last became usable.
+    pub fn slow_start_left_ms(&self, slow_start_ms: u64) -> u64 {
+        let age = now_ms().saturating_sub(self.usable_since.load(Relaxed));
+        slow_start_ms.saturating_sub(age)
+    }
+
     /// The socket address to dial (names are resolved on every connect).
     pub async fn socket_addr(&self) -> std::io::Result<SocketAddr> {
         if let Some(a) = self.resolved {

@@ -3,7 +3,7 @@
 //! - `/healthz`: 200 with `Server-Status: OK`, or `DEGRADED` while the configuration source is unreachable
 //!   (the router keeps serving its last table meanwhile).
 //! - `/statusz.json`: the table generation, listeners, invalid nodes, and per backend its health, in-flight
-//!   and served counts. `/statusz` is the same as text.
+//!   and served counts, and the time left in its slow start. `/statusz` is the same as text.
 //! - `/metrics`: Prometheus text.
 //! - `/trace?port=P&host=H&path=/p&query=q&header=Name:value`: how that request walks the rules.
 
@@ -111,6 +111,7 @@ fn status_json(state: &StatusState) -> serde_json::Value {
         .pools
         .iter()
         .map(|(name, p)| {
+            let slow_start_ms = p.config().slow_start_ms;
             let backends: Vec<_> = p
                 .backends()
                 .iter()
@@ -118,6 +119,7 @@ fn status_json(state: &StatusState) -> serde_json::Value {
                     json!({
                         "backend": b.name, "health": b.health().as_str(), "in_flight": b.in_flight.load(Relaxed),
                         "served": b.served.load(Relaxed), "failures": b.failures.load(Relaxed), "idle_connections": b.idle_count(),
+                        "slow_start_left_ms": b.slow_start_left_ms(slow_start_ms),
                     })
                 })
                 .collect();

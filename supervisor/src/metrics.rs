@@ -17,6 +17,7 @@ pub struct SupervisorMetrics {
     deploys: Family<Vec<(String, String)>, Counter>,
     deploy_seconds: Histogram,
     transitions: Family<Vec<(String, String)>, Counter>,
+    reconcile_passes: Counter,
     containers: Gauge,
     free_slots: Gauge,
 }
@@ -36,6 +37,7 @@ impl SupervisorMetrics {
             deploys: Family::default(),
             deploy_seconds: Histogram::new([0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]),
             transitions: Family::default(),
+            reconcile_passes: Counter::default(),
             containers: Gauge::default(),
             free_slots: Gauge::default(),
         };
@@ -50,6 +52,11 @@ impl SupervisorMetrics {
                 "transitions",
                 "Container lifecycle transitions by target state",
                 m.transitions.clone(),
+            );
+            r.register(
+                "reconcile_passes",
+                "Reconcile passes completed",
+                m.reconcile_passes.clone(),
             );
             r.register("containers", "Containers held", m.containers.clone());
             r.register("free_slots", "Free container slots", m.free_slots.clone());
@@ -72,6 +79,10 @@ impl SupervisorMetrics {
         self.transitions
             .get_or_create(&vec![("to".to_owned(), name)])
             .inc();
+    }
+
+    pub(crate) fn reconcile_pass(&self) {
+        self.reconcile_passes.inc();
     }
 
     pub(crate) fn set_free(&self, free: &Resources, containers: usize) {

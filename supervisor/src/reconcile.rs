@@ -249,6 +249,7 @@ impl Supervisor {
             tracing::error!(error = %e, "Cannot restore firewall rules.");
         }
         self.refresh_registration().await;
+        self.metrics.reconcile_pass();
     }
 
     /// Retries removals that failed earlier (entries left in `stopping` with no operation running).

@@ -75,7 +75,7 @@ impl ZooKeeper {
         let data = self.dir.path().join("data");
         let cfg = format!(
             "tickTime={}\ndataDir={}\nclientPort={}\nclientPortAddress=127.0.0.1\nadmin.enableServer=false\n\
-             4lw.commands.whitelist=ruok,srvr,stat,mntr,conf\nmaxSessionTimeout=60000\n",
+             4lw.commands.whitelist=ruok,srvr,stat,mntr,conf,wchp\nmaxSessionTimeout=60000\n",
             self.tick_ms,
             data.display(),
             self.port
@@ -172,6 +172,37 @@ impl ZooKeeper {
     pub fn is_running(&self) -> bool {
         self.proc.as_ref().is_some_and(Guarded::is_running)
     }
+
+    /// The sessions holding a data or child watch on `path` (four-letter command `wchp`), e.g. to see that
+    /// a client is waiting on a node; empty when none does or the server does not answer.
+    pub fn watchers(&self, path: &str) -> Vec<i64> {
+        four_letter(self.addr(), "wchp")
+            .map(|out| parse_wchp(&out, path))
+            .unwrap_or_default()
+    }
+}
+
+/// The session IDs listed under `path` in a `wchp` answer (a path line, then one tab-indented `0x...`
+/// session per line).
+fn parse_wchp(out: &str, path: &str) -> Vec<i64> {
+    let mut current = false;
+    let mut sessions = Vec::new();
+    for line in out.lines() {
+        match line.strip_prefix('\t') {
+            Some(id) if current => {
+                if let Some(v) = id
+                    .trim()
+                    .strip_prefix("0x")
+                    .and_then(|h| u64::from_str_radix(h, 16).ok())
+                {
+                    sessions.push(v as i64);
+                }
+            }
+            Some(_) => {}
+            None => current = line.trim() == path,
+        }
+    }
+    sessions
 }
 
 impl Drop for ZooKeeper {
@@ -188,4 +219,21 @@ pub fn four_letter(addr: SocketAddr, cmd: &str) -> Option<String> {
     let mut out = String::new();
     s.read_to_string(&mut out).ok()?;
     Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_wchp;
+
+    #[test]
+    fn wchp_lists_the_sessions_of_one_path() {
+        let out = "/a/leader\n\t0x1000b2c3d4e0001\n\t0x1000b2c3d4e0002\n/a/leader2\n\t0x1000b2c3d4e0003\n";
+        assert_eq!(
+            parse_wchp(out, "/a/leader"),
+            vec![0x1000b2c3d4e0001, 0x1000b2c3d4e0002]
+        );
+        assert_eq!(parse_wchp(out, "/a/leader2"), vec![0x1000b2c3d4e0003]);
+        assert!(parse_wchp(out, "/a").is_empty());
+        assert!(parse_wchp("", "/a/leader").is_empty());
+    }
 }

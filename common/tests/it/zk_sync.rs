@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use atlantis_common::zk::{LockError, LockHolder, LockKey};
-use atlantis_testkit::ZooKeeper;
+use atlantis_testkit::{ZooKeeper, eventually};
 
 use crate::zk::client;
 
@@ -139,8 +139,18 @@ async fn leader_election_fails_over() {
         let path = path.clone();
         tokio::spawn(async move { b.campaign(&path, "manager-b").await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // b's campaign is queued behind a: its session watches the leader node a holds. From then on only a
+    // change of that node can let b through.
+    let b_session = b.session_id().unwrap();
+    eventually(
+        Duration::from_secs(10),
+        "b's campaign to watch the leader node",
+        || async { zk.watchers(&path).contains(&b_session).then_some(()) },
+    )
+    .await;
     assert!(!candidate.is_finished(), "b must not lead while a does");
+    assert!(la.is_leader().await);
+    assert_eq!(b.leader(&path).await.unwrap().as_deref(), Some("manager-a"));
     // a's session expires: a learns it lost, b takes over.
     a.expire_session().await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), la.lost())

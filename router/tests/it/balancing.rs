@@ -38,6 +38,20 @@ async fn wait_health(router: &Router, pool: &str, backend: &str, health: &str) {
     .await;
 }
 
+/// The backend's `slow_start_left_ms` in `/statusz.json` (None while it is not listed).
+async fn slow_start_left(router: &Router, pool: &str, backend: &str) -> Option<u64> {
+    router.backend_status(pool, backend).await?["slow_start_left_ms"].as_u64()
+}
+
+async fn wait_slow_start_over(router: &Router, pool: &str, backend: &str) {
+    eventually(
+        Duration::from_secs(15),
+        &format!("the slow start of {backend} in {pool} to be over"),
+        || async { (slow_start_left(router, pool, backend).await? == 0).then_some(()) },
+    )
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn best_health_tier_wins_and_plain_200_is_ok() {
     let zk = ZooKeeper::shared();
@@ -114,7 +128,7 @@ async fn slow_start_ramps_a_new_backend() {
     let router = Router::start(&conf).await;
     wait_health(&router, "p", &old.node(), "OK").await;
     // Let the old backend finish its own slow start.
-    tokio::time::sleep(Duration::from_millis(4100)).await;
+    wait_slow_start_over(&router, "p", &old.node()).await;
     conf.backend("p", &new.node()).await;
     wait_health(&router, "p", &new.node(), "OK").await;
     let url = format!("http://127.0.0.1:{port}/slow?ms=20");
@@ -141,11 +155,17 @@ async fn slow_start_ramps_a_new_backend() {
     let (o0, n0) = (old.served.load(SeqCst), new.served.load(SeqCst));
     load(10).await;
     let (o1, n1) = (old.served.load(SeqCst) - o0, new.served.load(SeqCst) - n0);
+    // The whole load ran inside the new backend's slow start.
+    let left = slow_start_left(&router, "p", &new.node()).await;
+    assert!(
+        left.is_some_and(|ms| ms > 0),
+        "the load outlasted the slow start (left: {left:?} ms)"
+    );
     assert!(
         n1 * 3 < o1,
         "during slow start the new backend got {n1}, the old one {o1}"
     );
-    tokio::time::sleep(Duration::from_millis(4000)).await;
+    wait_slow_start_over(&router, "p", &new.node()).await;
     load(10).await;
     let (o2, n2) = (
         old.served.load(SeqCst) - o0 - o1,

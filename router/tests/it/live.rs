@@ -1,7 +1,7 @@
 //! Live configuration: changes under load drop nothing, ports open and close, and a ZooKeeper outage
 //! (a partition, then a full stop) leaves the router serving its last table and applying what changed.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::time::Duration;
@@ -144,6 +144,7 @@ async fn ports_open_and_close_gracefully() {
     )
     .await;
     // A slow request in flight on port two survives the port's deletion.
+    let served_before = b.served.load(SeqCst);
     let slow = {
         let c = c.clone();
         tokio::spawn(async move {
@@ -158,11 +159,13 @@ async fn ports_open_and_close_gracefully() {
     };
     eventually(
         Duration::from_secs(5),
-        "the slow request to be in flight",
-        || async { (b.served.load(SeqCst) >= 2).then_some(()) },
+        "the slow request to be in flight at the backend and at the router",
+        || async {
+            let at_router = router.backend_status("p", &b.node()).await?["in_flight"].as_u64()?;
+            (b.served.load(SeqCst) > served_before && at_router >= 1).then_some(())
+        },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     conf.delete(Section::Ports, "two").await;
     eventually(Duration::from_secs(10), "port two to close", || async {
         tokio::net::TcpStream::connect(("127.0.0.1", port2))
@@ -277,10 +280,30 @@ async fn zookeeper_outage_keeps_serving_and_edits_made_meanwhile_apply() {
     via_relay.zk.session_timeout = Duration::from_secs(3);
     let router = Router::start(&via_relay).await;
     drop(via_relay);
+    // A control router reaches ZooKeeper directly and listens on 127.0.0.2: it shows when the edits
+    // made during the partition have reached a router watching the tree.
+    let control = Router::start_as(&writer, "control-router", |c| {
+        c.listen_ip = Ipv4Addr::new(127, 0, 0, 2).into();
+    })
+    .await;
     let c = client();
     let url = format!("http://127.0.0.1:{port}/");
     wait_route(&c, &url, "x.test", 200, "b1").await;
+    wait_route(
+        &c,
+        &format!("http://127.0.0.2:{port}/"),
+        "x.test",
+        200,
+        "b1",
+    )
+    .await;
     assert_eq!(healthz(&router).await, "OK");
+    let registration = writer.coord.layout().router(
+        writer.kind,
+        &"z1".parse().unwrap(),
+        &"test-router".parse().unwrap(),
+    );
+    assert!(writer.coord.get_raw(&registration).await.unwrap().is_some());
 
     // Partition: the router loses ZooKeeper (long enough for its session to expire), keeps serving, and
     // reports DEGRADED; meanwhile the rule is edited and a port is added.
@@ -293,16 +316,57 @@ async fn zookeeper_outage_keeps_serving_and_edits_made_meanwhile_apply() {
         let (s, b, _) = get(&c, &url, "x.test", &[]).await;
         assert_eq!((s, b.as_str()), (200, "b1"));
     }
+    let generation = router.handle.generation();
     writer.rule("all", "static", "true", "p2").await;
     let port2 = free_port();
     writer.port("web2", port2, "root").await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
+    // The edits are in ZooKeeper and reach a connected router...
+    wait_route(
+        &c,
+        &format!("http://127.0.0.2:{port}/"),
+        "x.test",
+        200,
+        "b2",
+    )
+    .await;
+    wait_route(
+        &c,
+        &format!("http://127.0.0.2:{port2}/"),
+        "x.test",
+        200,
+        "b2",
+    )
+    .await;
+    // ...and the cut-off router's session is over: ZooKeeper expired it and dropped its registration.
+    eventually(
+        Duration::from_secs(20),
+        "the cut-off router's session to expire",
+        || async {
+            writer
+                .coord
+                .get_raw(&registration)
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        },
+    )
+    .await;
+    // The cut-off router saw none of it: same table, same ports, same answers, still DEGRADED.
+    assert_eq!(healthz(&router).await, "DEGRADED");
+    assert_eq!(
+        router.handle.generation(),
+        generation,
+        "the router changed its table without ZooKeeper"
+    );
+    assert_eq!(router.handle.ports(), vec![port]);
     let (s, b, _) = get(&c, &url, "x.test", &[]).await;
     assert_eq!(
         (s, b.as_str()),
         (200, "b1"),
         "the router changed without ZooKeeper"
     );
+    control.stop().await;
     relay.restore();
     wait_route(&c, &url, "x.test", 200, "b2").await;
     wait_route(

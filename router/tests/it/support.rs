@@ -280,6 +280,11 @@ impl Router {
 
     /// Starts a router with a tweaked config.
     pub async fn start_with(conf: &Conf, tweak: impl FnOnce(&mut Config)) -> Router {
+        Self::start_as(conf, "test-router", tweak).await
+    }
+
+    /// Starts a router registered as `host` (a second router beside the usual `test-router`).
+    pub async fn start_as(conf: &Conf, host: &str, tweak: impl FnOnce(&mut Config)) -> Router {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let mut cfg = Config::for_tests();
         cfg.access_log = true;
@@ -288,7 +293,7 @@ impl Router {
             conf.zk.clone(),
             conf.kind,
             "z1".parse().unwrap(),
-            "test-router".parse().unwrap(),
+            host.parse().unwrap(),
             serde_json::json!({"version": 1}),
         ));
         let app = App::build(cfg, source).await.unwrap();
@@ -308,6 +313,16 @@ impl Router {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
+    }
+
+    /// A backend's entry in `/statusz.json` (None while the pool or the backend is not listed).
+    pub async fn backend_status(&self, pool: &str, backend: &str) -> Option<serde_json::Value> {
+        let s = self.status_json().await;
+        s["pools"][pool]["backends"]
+            .as_array()?
+            .iter()
+            .find(|b| b["backend"] == backend)
+            .cloned()
     }
 
     pub async fn status_json(&self) -> serde_json::Value {
