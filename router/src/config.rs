@@ -70,6 +70,8 @@ pub struct Limits {
     /// Time a response may go without progress once its head is sent (a backend that stops sending
     /// mid-body, a client that stops reading) before both connections are closed.
     pub body_idle_timeout_ms: u64,
+    /// Time an upgraded connection (WebSocket) may go without a byte either way before it is closed.
+    pub tunnel_idle_timeout_ms: u64,
 }
 
 impl Default for Limits {
@@ -83,6 +85,7 @@ impl Default for Limits {
             h2_max_streams: 256,
             max_connections: 50_000,
             body_idle_timeout_ms: 60_000,
+            tunnel_idle_timeout_ms: 3_600_000,
         }
     }
 }
@@ -179,6 +182,7 @@ impl Config {
         if l.header_read_timeout_ms == 0
             || l.tls_handshake_timeout_ms == 0
             || l.body_idle_timeout_ms == 0
+            || l.tunnel_idle_timeout_ms == 0
             || l.max_connections == 0
         {
             return Err(ConfigError::Invalid(

@@ -21,6 +21,7 @@ pub mod source;
 pub mod status;
 pub mod table;
 pub mod tls;
+pub mod tunnel;
 pub mod upstream;
 pub mod workers;
 
@@ -126,6 +127,7 @@ impl App {
             not_found,
             cfg.limits.max_idle_per_backend,
             Duration::from_millis(cfg.limits.body_idle_timeout_ms),
+            Duration::from_millis(cfg.limits.tunnel_idle_timeout_ms),
         ));
         let (generation, _) = watch::channel(0);
         Ok(App {

@@ -41,6 +41,8 @@ pub struct Shared {
     pub max_idle: usize,
     /// How long a response body may go without progress.
     pub body_idle: Duration,
+    /// How long an upgraded connection may go without a byte either way.
+    pub tunnel_idle: Duration,
     pub(crate) ids: RequestIds,
 }
 
@@ -52,6 +54,7 @@ impl Shared {
         not_found: StatusCode,
         max_idle: usize,
         body_idle: Duration,
+        tunnel_idle: Duration,
     ) -> Shared {
         Shared {
             table: ArcSwap::from_pointee(Table::default()),
@@ -62,6 +65,7 @@ impl Shared {
             not_found,
             max_idle,
             body_idle,
+            tunnel_idle,
             ids: RequestIds::new(),
         }
     }
@@ -506,15 +510,16 @@ async fn forward(
             && let Some(client_upgrade) = client_upgrade
         {
             let backend_upgrade = hyper::upgrade::on(&mut resp);
+            let idle = shared.tunnel_idle;
             tokio::spawn(async move {
                 let _lease = lease;
                 match tokio::try_join!(client_upgrade, backend_upgrade) {
                     Ok((c, b)) => {
-                        let _ = tokio::io::copy_bidirectional(
-                            &mut TokioIo::new(c),
-                            &mut TokioIo::new(b),
-                        )
-                        .await;
+                        if let Err(e) =
+                            crate::tunnel::run(TokioIo::new(c), TokioIo::new(b), idle).await
+                        {
+                            tracing::debug!(error = %e, "Tunnel ended.");
+                        }
                     }
                     Err(e) => tracing::debug!(error = %e, "Upgrade failed."),
                 }

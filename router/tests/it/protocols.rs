@@ -17,18 +17,8 @@ async fn simple_setup(test: &str) -> (Conf, Backend, u16) {
     (conf, b, port)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_upgrade_echoes() {
-    let (conf, _b, port) = simple_setup("ws").await;
-    let router = Router::start(&conf).await;
-    wait_route(
-        &client(),
-        &format!("http://127.0.0.1:{port}/"),
-        "x.test",
-        200,
-        "b",
-    )
-    .await;
+/// Opens a WebSocket through the router (the test backend echoes after its 101).
+async fn ws_open(port: u16) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -52,7 +42,11 @@ async fn websocket_upgrade_echoes() {
     let head = String::from_utf8_lossy(&head).to_lowercase();
     assert!(head.starts_with("http/1.1 101"), "{head}");
     assert!(head.contains("upgrade: websocket"), "{head}");
-    // A masked text frame "hello" goes through the tunnel and comes back byte for byte.
+    s
+}
+
+/// A masked text frame "hello" goes through the tunnel and comes back byte for byte.
+async fn ws_echo(s: &mut tokio::net::TcpStream) {
     let frame = [
         0x81u8,
         0x85,
@@ -66,15 +60,72 @@ async fn websocket_upgrade_echoes() {
         b'l' ^ 4,
         b'o' ^ 1,
     ];
+    s.write_all(&frame).await.unwrap();
+    let mut back = [0u8; 11];
+    tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
+        .await
+        .expect("echo within 5 s")
+        .unwrap();
+    assert_eq!(back, frame);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_upgrade_echoes() {
+    let (conf, _b, port) = simple_setup("ws").await;
+    let router = Router::start(&conf).await;
+    wait_route(
+        &client(),
+        &format!("http://127.0.0.1:{port}/"),
+        "x.test",
+        200,
+        "b",
+    )
+    .await;
+    let mut s = ws_open(port).await;
     for _ in 0..3 {
-        s.write_all(&frame).await.unwrap();
-        let mut back = [0u8; 11];
-        tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut back))
-            .await
-            .unwrap()
-            .unwrap();
-        assert_eq!(back, frame);
+        ws_echo(&mut s).await;
     }
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_idle_tunnel_is_closed() {
+    let (conf, _b, port) = simple_setup("wsidle").await;
+    let idle = Duration::from_millis(400);
+    let router = Router::start_with(&conf, |c| {
+        c.limits.tunnel_idle_timeout_ms = idle.as_millis() as u64
+    })
+    .await;
+    wait_route(
+        &client(),
+        &format!("http://127.0.0.1:{port}/"),
+        "x.test",
+        200,
+        "b",
+    )
+    .await;
+    let mut s = ws_open(port).await;
+    // An active tunnel outlives the idle timeout many times over.
+    let active = std::time::Instant::now();
+    while active.elapsed() < idle * 4 {
+        tokio::time::sleep(idle / 4).await;
+        ws_echo(&mut s).await;
+    }
+    // A quiet one is closed by the router: the read ends (EOF or reset) after the timeout, not before.
+    let quiet = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let r = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the router closes an idle tunnel");
+    assert!(
+        matches!(r, Ok(0) | Err(_)),
+        "unexpected bytes on an idle tunnel: {r:?}"
+    );
+    assert!(
+        quiet.elapsed() >= idle - Duration::from_millis(50),
+        "closed after {:?}, before the idle timeout",
+        quiet.elapsed()
+    );
     router.stop().await;
 }
 
