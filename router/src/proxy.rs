@@ -14,14 +14,15 @@ use arc_swap::ArcSwap;
 use atlantis_common::routing::RequestView;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
-use hyper::body::Incoming;
+use http_body_util::{Either, Empty};
+use hyper::body::{Body as _, Incoming};
 use hyper_util::rt::TokioIo;
 
 use crate::body::{Lease, ProxyBody};
 use crate::metrics::{PoolMetrics, RouterMetrics};
 use crate::pool::{BackendState, PoolState, Reuse};
 use crate::table::{Route, Table};
-use crate::upstream::Upstream;
+use crate::upstream::{UpBody, Upstream};
 
 /// State shared by every connection.
 pub struct Shared {
@@ -405,6 +406,7 @@ async fn forward(
         None
     };
     let request_id = prepare(&mut req, conn, &shared.ids, upgrade);
+    let mut req = req.map(Either::Left);
     // A request that must not be sent twice avoids connections idle long enough to be closing.
     let idempotent = matches!(
         *req.method(),
@@ -474,6 +476,10 @@ async fn forward(
                 }
             }
         };
+        // A bodiless idempotent request on a reused connection is kept, to be sent again should the
+        // backend close that connection without answering (it was closing as the request arrived).
+        let again = (reused && idempotent && stale_retries < 3 && req.body().is_end_stream())
+            .then(|| bodiless_copy(&req));
         let sent = tokio::time::timeout_at(deadline, up.send(req)).await;
         let mut resp = match sent {
             Err(_) => {
@@ -496,6 +502,14 @@ async fn forward(
                 }
                 _ => {
                     let err = e.into_error();
+                    if let Some(copy) = again
+                        && closed_unanswered(&err)
+                    {
+                        tracing::debug!(pool = %pool.name, backend = %backend.name, error = %err, "Reused connection closed unanswered; sending again.");
+                        stale_retries += 1;
+                        req = copy;
+                        continue;
+                    }
                     tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "Backend request failed.");
                     backend.failures.fetch_add(1, Relaxed);
                     return (
@@ -539,6 +553,35 @@ async fn forward(
             Some(backend),
         );
     }
+}
+
+/// A copy of a request without a body (method, target, version, headers).
+fn bodiless_copy(req: &Request<UpBody>) -> Request<UpBody> {
+    let mut r = Request::new(Either::Right(Empty::new()));
+    *r.method_mut() = req.method().clone();
+    *r.uri_mut() = req.uri().clone();
+    *r.version_mut() = req.version();
+    *r.headers_mut() = req.headers().clone();
+    r
+}
+
+/// Whether a backend error means the connection ended before any answer: closed (EOF) mid-exchange,
+/// reset, or a broken pipe.
+fn closed_unanswered(err: &hyper::Error) -> bool {
+    if err.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Takes an idle connection of this worker, within `reuse`'s limits, that is still open and ready for a

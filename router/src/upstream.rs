@@ -11,6 +11,8 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
+use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::TrySendError;
 use hyper::client::conn::http1::{self, SendRequest};
@@ -18,11 +20,14 @@ use hyper_util::rt::TokioIo;
 
 use crate::pool::BackendState;
 
-type ClientConn = http1::Connection<TokioIo<tokio::net::TcpStream>, Incoming>;
+/// A request body sent to a backend: the client's, or none (a bodiless request sent again).
+pub type UpBody = Either<Incoming, Empty<Bytes>>;
+
+type ClientConn = http1::Connection<TokioIo<tokio::net::TcpStream>, UpBody>;
 
 /// One HTTP/1.1 connection to a backend.
 pub struct Upstream {
-    sr: SendRequest<Incoming>,
+    sr: SendRequest<UpBody>,
     /// `None` once the connection ended, or when a spawned task drives it (upgrades).
     conn: Option<Pin<Box<ClientConn>>>,
     spawned: bool,
@@ -90,8 +95,8 @@ impl Upstream {
     /// Sends a request and waits for the response head, driving the connection meanwhile.
     pub async fn send(
         &mut self,
-        req: http::Request<Incoming>,
-    ) -> Result<http::Response<Incoming>, TrySendError<http::Request<Incoming>>> {
+        req: http::Request<UpBody>,
+    ) -> Result<http::Response<Incoming>, TrySendError<http::Request<UpBody>>> {
         let mut fut = std::pin::pin!(self.sr.try_send_request(req));
         let (conn, spawned) = (&mut self.conn, self.spawned);
         poll_fn(|cx| {
