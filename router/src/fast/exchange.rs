@@ -150,7 +150,7 @@ impl Conn<'_> {
                     _ = self.timer.as_mut() => None,
                 }
             };
-            let resp_len = match sent {
+            match sent {
                 None => {
                     return self
                         .routed_answer(
@@ -165,7 +165,7 @@ impl Conn<'_> {
                         .await
                         && head.body_left == 0;
                 }
-                Some(Ok(n)) => n,
+                Some(Ok(())) => {}
                 Some(Err(SendError::Stale)) if reused && retryable && stale < 3 => {
                     stale += 1;
                     continue;
@@ -188,7 +188,6 @@ impl Conn<'_> {
                     return keep && head.body_left == 0 && !matches!(e, SendError::Client);
                 }
             };
-            backend.served.fetch_add(1, Relaxed);
             return self
                 .respond(
                     client,
@@ -196,7 +195,6 @@ impl Conn<'_> {
                     &head,
                     &pool,
                     &backend,
-                    resp_len,
                     &shared,
                     cfg.keepalive_ms,
                 )
@@ -228,14 +226,15 @@ enum SendError {
     Malformed,
 }
 
-/// Sends the request to the backend and reads the response head into `rbuf`; returns the head length.
+/// Sends the request to the backend and reads until `rbuf` holds the response head (or what ends one:
+/// [`head_ended`]); the head is parsed once, by the caller.
 async fn send_and_read_head(
     mut client: Option<&mut TcpStream>,
     up: &mut TcpStream,
     head: &Head,
     cbuf: &mut BytesMut,
     rbuf: &mut BytesMut,
-) -> Result<usize, SendError> {
+) -> Result<(), SendError> {
     if up.write_all(&head.out).await.is_err() {
         return Err(SendError::Stale);
     }
@@ -268,14 +267,33 @@ async fn send_and_read_head(
             Err(e) => return Err(SendError::Backend(e)),
             Ok(_) => {}
         }
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut headers);
-        match resp.parse(rbuf) {
-            Ok(httparse::Status::Complete(n)) => return Ok(n),
-            Ok(httparse::Status::Partial) if rbuf.len() < MAX_RESPONSE_HEAD => {}
-            _ => return Err(SendError::Malformed),
+        if head_ended(rbuf) {
+            return Ok(());
+        }
+        if rbuf.len() >= MAX_RESPONSE_HEAD {
+            return Err(SendError::Malformed);
         }
     }
+}
+
+/// Whether `b` holds a whole response head, or bytes the parser refuses (the caller's parse then
+/// judges). The common head, CRLF line ends and a blank line, is found with a vectorised search
+/// instead of a second full parse; only heads without `\r\n\r\n` (partial, bare-LF line ends or
+/// garbage) are given to the parser here.
+pub(super) fn head_ended(b: &[u8]) -> bool {
+    // Empty lines before the status line are skipped by the parser; skip them here too.
+    let start = b
+        .iter()
+        .position(|c| !matches!(c, b'\r' | b'\n'))
+        .unwrap_or(b.len());
+    if memchr::memmem::find(&b[start..], b"\r\n\r\n").is_some() {
+        return true;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    !matches!(
+        httparse::Response::new(&mut headers).parse(b),
+        Ok(httparse::Status::Partial)
+    )
 }
 
 /// Counts a request in the backend's in-flight load while it lives.
@@ -291,5 +309,29 @@ impl<'a> InFlight<'a> {
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
         self.0.in_flight.fetch_sub(1, Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::head_ended;
+
+    #[test]
+    fn response_head_end_is_found_without_a_full_parse() {
+        assert!(head_ended(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+        ));
+        assert!(head_ended(b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert!(!head_ended(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"));
+        assert!(!head_ended(b"HTTP/1.1 200 OK\r\nContent-Le"));
+        assert!(!head_ended(b""));
+        // Empty lines before the status line do not end the head.
+        assert!(!head_ended(b"\r\n\r\nHTTP/1.1 200 OK\r\nA: b\r\n"));
+        assert!(head_ended(b"\r\n\r\nHTTP/1.1 200 OK\r\nA: b\r\n\r\n"));
+        // Bare LF line ends are the parser's to judge.
+        assert!(head_ended(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok"));
+        assert!(!head_ended(b"HTTP/1.1 200 OK\nContent-Length: 2\n"));
+        // Garbage is handed on at once, for the caller's parse to refuse.
+        assert!(head_ended(b"SMTP ready\r\n"));
     }
 }

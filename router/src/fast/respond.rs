@@ -35,13 +35,17 @@ impl Conn<'_> {
         head: &Head,
         pool: &PoolState,
         backend: &Arc<BackendState>,
-        resp_len: usize,
         shared: &Shared,
         keepalive_ms: u64,
     ) -> bool {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
-        let _ = resp.parse(&self.rbuf[..resp_len]);
+        // The head is complete or refused (see `head_ended`): parsed here, once.
+        let parsed = resp.parse(&self.rbuf);
+        let resp_len = match parsed {
+            Ok(httparse::Status::Complete(n)) => n,
+            _ => 0,
+        };
         let code = resp.code.unwrap_or(502);
         let mut framing = if head.head_request || code == 204 || code == 304 {
             Framing::Empty
@@ -50,7 +54,7 @@ impl Conn<'_> {
         };
         let mut backend_keep = resp.version == Some(1);
         let mut length: Option<u64> = None;
-        let mut bad = (100..200).contains(&code);
+        let mut bad = resp_len == 0 || (100..200).contains(&code);
         let mut conn_tokens: Vec<&str> = Vec::new();
         for h in resp.headers.iter() {
             if h.name.eq_ignore_ascii_case("connection") {
@@ -58,8 +62,10 @@ impl Conn<'_> {
                 for t in v.split(',').map(str::trim).filter(|t| !t.is_empty()) {
                     if t.eq_ignore_ascii_case("close") {
                         backend_keep = false;
+                    } else if !HOP_BY_HOP.iter().any(|x| t.eq_ignore_ascii_case(x)) {
+                        // Hop-by-hop names (`keep-alive`) are dropped anyway: no list, no allocation.
+                        conn_tokens.push(t);
                     }
-                    conn_tokens.push(t);
                 }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
@@ -100,6 +106,7 @@ impl Conn<'_> {
                 .await
                 && head.body_left == 0;
         }
+        backend.served.fetch_add(1, Relaxed);
         let client_keep = !matches!(framing, Framing::Close);
         if matches!(framing, Framing::Close) {
             backend_keep = false;
