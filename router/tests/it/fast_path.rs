@@ -315,3 +315,76 @@ async fn a_client_leaving_frees_its_backend_slot() {
     assert!(b.served.load(SeqCst) >= 1);
     router.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_heads_odd_or_broken_are_read_or_refused() {
+    // The backend answers by path: a head split over two writes, bare-LF line ends, empty lines before
+    // the status line, garbage, and conflicting lengths.
+    let addr = crate::support::raw_backend(|mut s| async move {
+        let mut buf = Vec::new();
+        while let Some(head) = crate::support::read_request(&mut s, &mut buf).await {
+            let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+            let parts: &[&[u8]] = match path.as_str() {
+                "/split" => &[b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 5\r\n\r\nsplit"],
+                "/lf" => &[b"HTTP/1.1 200 OK\nContent-Length: 2\n\nlf"],
+                "/lead" => &[
+                    b"\r\n\r\nHTTP/1.1 200 OK\r\n",
+                    b"Content-Length: 4\r\n\r\nlead",
+                ],
+                "/garbage" => &[b"SMTP ready\r\n\r\n"],
+                _ => &[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc"],
+            };
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    // Let the first part arrive on its own.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if s.write_all(p).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let zk = atlantis_testkit::ZooKeeper::shared();
+    let conf = Conf::new(&zk.connect_string(), "oddheads").await;
+    conf.pool("p", serde_json::json!({"healthz_every_ms": 0}))
+        .await;
+    conf.backend("p", &addr.to_string()).await;
+    conf.rule("all", "static", "true", "p").await;
+    conf.trie("root", &["all"]).await;
+    let port = atlantis_testkit::ports::free_port();
+    conf.port("web", port, "root").await;
+    let router = Router::start(&conf).await;
+    wait_route(
+        &client(),
+        &format!("http://127.0.0.1:{port}/lf"),
+        "x.test",
+        200,
+        "",
+    )
+    .await;
+    for (path, status, body) in [
+        ("/split", 200, "split"),
+        ("/lf", 200, "lf"),
+        ("/lead", 200, "lead"),
+        ("/garbage", 502, "backend error\n"),
+        ("/lengths", 502, "backend error\n"),
+    ] {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x.test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let r = tokio::time::timeout(Duration::from_secs(10), read_resp(&mut s, &mut buf, false))
+            .await
+            .unwrap_or_else(|_| panic!("{path}: no answer"));
+        assert_eq!(
+            (r.status, String::from_utf8_lossy(&r.body).as_ref()),
+            (status, body),
+            "{path}: {}",
+            r.head
+        );
+    }
+    router.stop().await;
+}
