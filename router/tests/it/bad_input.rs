@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Backend, Conf, Router, client, get, one_pool, wait_route};
+use crate::support::{Backend, Conf, Router, client, get, one_pool, wait_ok};
 
 async fn setup(test: &str) -> (Conf, Backend, u16, Router) {
     let (conf, b, port) = one_pool(test, "static", "true").await;
@@ -14,14 +14,7 @@ async fn setup(test: &str) -> (Conf, Backend, u16, Router) {
         c.limits.max_header_bytes = 16 * 1024;
     })
     .await;
-    wait_route(
-        &client(),
-        &format!("http://127.0.0.1:{port}/"),
-        "x.test",
-        200,
-        "b",
-    )
-    .await;
+    wait_ok(port, "/", "b").await;
     (conf, b, port, router)
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::fast_path::read_resp;
 use crate::protocols::{make_ca, make_leaf};
 use crate::support::{
-    Conf, Router, client, in_flight, one_pool, raw_backend, read_request, wait_route,
+    Conf, Router, client, in_flight, one_pool, raw_backend, read_request, wait_ok, wait_route,
 };
 
 const IDLE_MS: u64 = 600;
@@ -97,14 +97,7 @@ async fn setup_with(
 
 async fn setup(test: &str) -> (Conf, u16, Router, mpsc::UnboundedReceiver<&'static str>) {
     let (conf, port, router, closed) = setup_with(test, None).await;
-    wait_route(
-        &client(),
-        &format!("http://127.0.0.1:{port}/ok"),
-        "x.test",
-        200,
-        "",
-    )
-    .await;
+    wait_ok(port, "/ok", "").await;
     (conf, port, router, closed)
 }
 

@@ -8,19 +8,12 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::support::{Backend, Conf, Router, client, one_pool, wait_route};
+use crate::support::{Backend, Conf, Router, one_pool, wait_ok};
 
 async fn setup(test: &str) -> (Conf, Backend, u16, Router) {
     let (conf, b, port) = one_pool(test, "host", "x.test").await;
     let router = Router::start(&conf).await;
-    wait_route(
-        &client(),
-        &format!("http://127.0.0.1:{port}/"),
-        "x.test",
-        200,
-        "b",
-    )
-    .await;
+    wait_ok(port, "/", "b").await;
     (conf, b, port, router)
 }
 
@@ -346,24 +339,11 @@ async fn backend_heads_odd_or_broken_are_read_or_refused() {
         }
     })
     .await;
-    let zk = atlantis_testkit::ZooKeeper::shared();
-    let conf = Conf::new(&zk.connect_string(), "oddheads").await;
-    conf.pool("p", serde_json::json!({"healthz_every_ms": 0}))
-        .await;
-    conf.backend("p", &addr.to_string()).await;
-    conf.rule("all", "static", "true", "p").await;
-    conf.trie("root", &["all"]).await;
-    let port = atlantis_testkit::ports::free_port();
-    conf.port("web", port, "root").await;
+    let (conf, port) =
+        crate::support::raw_pool("oddheads", addr, serde_json::json!({"healthz_every_ms": 0}))
+            .await;
     let router = Router::start(&conf).await;
-    wait_route(
-        &client(),
-        &format!("http://127.0.0.1:{port}/lf"),
-        "x.test",
-        200,
-        "",
-    )
-    .await;
+    wait_ok(port, "/lf", "").await;
     for (path, status, body) in [
         ("/split", 200, "split"),
         ("/lf", 200, "lf"),

@@ -12,7 +12,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::fast_path::read_resp;
-use crate::support::{Conf, Router, client, raw_backend, read_request, wait_route};
+use crate::support::{Conf, Router, raw_backend, raw_pool, read_request, wait_ok};
 
 /// The backend's keep-alive timeout.
 const BACKEND_IDLE_MS: u64 = 300;
@@ -60,28 +60,15 @@ async fn closing_backend() -> (SocketAddr, Arc<Counts>) {
 }
 
 async fn setup(test: &str, keepalive_ms: u64) -> (Conf, u16, Router, Arc<Counts>) {
-    let zk = atlantis_testkit::ZooKeeper::shared();
-    let conf = Conf::new(&zk.connect_string(), test).await;
     let (addr, counts) = closing_backend().await;
-    conf.pool(
-        "p",
+    let (conf, port) = raw_pool(
+        test,
+        addr,
         serde_json::json!({"healthz_every_ms": 0, "keepalive_ms": keepalive_ms}),
     )
     .await;
-    conf.backend("p", &addr.to_string()).await;
-    conf.rule("all", "static", "true", "p").await;
-    conf.trie("root", &["all"]).await;
-    let port = atlantis_testkit::ports::free_port();
-    conf.port("web", port, "root").await;
     let router = Router::start(&conf).await;
-    wait_route(
-        &client(),
-        &format!("http://127.0.0.1:{port}/"),
-        "x.test",
-        200,
-        "",
-    )
-    .await;
+    wait_ok(port, "/", "").await;
     (conf, port, router, counts)
 }
 

@@ -10,7 +10,7 @@ use atlantis_testkit::{ZooKeeper, eventually, ports::free_port, require_bin};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::{Backend, Conf, Router, client, one_pool, wait_route};
+use crate::support::{Backend, Conf, Router, client, one_pool, wait_ok, wait_route};
 
 async fn simple_setup(test: &str) -> (Conf, Backend, u16) {
     let (conf, b, port) = one_pool(test, "static", "true").await;
@@ -73,14 +73,7 @@ async fn ws_echo(s: &mut tokio::net::TcpStream) {
 async fn websocket_upgrade_echoes() {
     let (conf, _b, port) = simple_setup("ws").await;
     let router = Router::start(&conf).await;
-    wait_route(
-        &client(),
-        &format!("http://127.0.0.1:{port}/"),
-        "x.test",
-        200,
-        "b",
-    )
-    .await;
+    wait_ok(port, "/", "b").await;
     let mut s = ws_open(port).await;
     for _ in 0..3 {
         ws_echo(&mut s).await;
@@ -96,14 +89,7 @@ async fn websocket_idle_tunnel_is_closed() {
         c.limits.tunnel_idle_timeout_ms = idle.as_millis() as u64
     })
     .await;
-    wait_route(
-        &client(),
-        &format!("http://127.0.0.1:{port}/"),
-        "x.test",
-        200,
-        "b",
-    )
-    .await;
+    wait_ok(port, "/", "b").await;
     let mut s = ws_open(port).await;
     // An active tunnel outlives the idle timeout many times over.
     let active = std::time::Instant::now();

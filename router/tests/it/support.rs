@@ -397,6 +397,27 @@ pub async fn wait_route(
     .await;
 }
 
+/// Polls until `GET http://127.0.0.1:{port}{path}` (host `x.test`) answers 200 from `backend` (empty:
+/// any).
+pub async fn wait_ok(port: u16, path: &str, backend: &str) {
+    let url = format!("http://127.0.0.1:{port}{path}");
+    wait_route(&client(), &url, "x.test", 200, backend).await;
+}
+
+/// A config with pool `p` (settings `cfg`) holding the one backend at `addr`, rule `all` (static true)
+/// from trie `root`, and port `web` on a free port.
+pub async fn raw_pool(test: &str, addr: SocketAddr, cfg: serde_json::Value) -> (Conf, u16) {
+    let zk = atlantis_testkit::ZooKeeper::shared();
+    let conf = Conf::new(&zk.connect_string(), test).await;
+    conf.pool("p", cfg).await;
+    conf.backend("p", &addr.to_string()).await;
+    conf.rule("all", "static", "true", "p").await;
+    conf.trie("root", &["all"]).await;
+    let port = atlantis_testkit::ports::free_port();
+    conf.port("web", port, "root").await;
+    (conf, port)
+}
+
 /// A config with one pool `p` holding one backend `b`, one rule `all` of `rule_type`/`value` sending to
 /// it from trie `root`, and port `web` on a free port: the setup most tests start from.
 pub async fn one_pool(test: &str, rule_type: &str, value: &str) -> (Conf, Backend, u16) {
