@@ -387,6 +387,24 @@ impl PoolState {
             b.set_health(Health::Critical);
         }
     }
+
+    /// Runs `connect` for backend `b` within `limit`; a failure or timeout is logged, counted against the
+    /// backend (see [`PoolState::connect_failed`]) and given back as `None`, so the caller tries another.
+    pub async fn connect_within<T>(
+        &self,
+        b: &BackendState,
+        limit: std::time::Duration,
+        connect: impl std::future::Future<Output = std::io::Result<T>>,
+    ) -> Option<T> {
+        let why = match tokio::time::timeout(limit, connect).await {
+            Ok(Ok(c)) => return Some(c),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => "connect timeout".into(),
+        };
+        tracing::warn!(pool = %self.name, backend = %b.name, error = %why, "Backend connection failed, trying another.");
+        self.connect_failed(b);
+        None
+    }
 }
 
 /// Checks one backend until it is removed.

@@ -449,17 +449,13 @@ async fn forward(
         let (mut up, reused) = match idle {
             Some(up) => (up, true),
             None => {
-                match tokio::time::timeout(connect_timeout, Upstream::connect(&backend, upgrade))
+                let connect = Upstream::connect(&backend, upgrade);
+                match pool
+                    .connect_within(&backend, connect_timeout, connect)
                     .await
                 {
-                    Ok(Ok(up)) => (up, false),
-                    r => {
-                        let why = match r {
-                            Ok(Err(e)) => e.to_string(),
-                            _ => "connect timeout".into(),
-                        };
-                        tracing::warn!(pool = %pool.name, backend = %backend.name, error = %why, "Backend connection failed, trying another.");
-                        pool.connect_failed(&backend);
+                    Some(up) => (up, false),
+                    None => {
                         tried.push(Arc::as_ptr(&backend) as usize);
                         if tried.len() > cfg.retries as usize {
                             return (

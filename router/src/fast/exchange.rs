@@ -90,15 +90,12 @@ impl Conn<'_> {
                         s.set_nodelay(true)?;
                         Ok::<_, std::io::Error>(s)
                     };
-                    match tokio::time::timeout(connect_timeout, connect).await {
-                        Ok(Ok(s)) => s,
-                        r => {
-                            let why = match r {
-                                Ok(Err(e)) => e.to_string(),
-                                _ => "connect timeout".into(),
-                            };
-                            tracing::warn!(pool = %pool.name, backend = %backend.name, error = %why, "Backend connection failed, trying another.");
-                            pool.connect_failed(&backend);
+                    match pool
+                        .connect_within(&backend, connect_timeout, connect)
+                        .await
+                    {
+                        Some(s) => s,
+                        None => {
                             tried.push(Arc::as_ptr(&backend) as usize);
                             if tried.len() > cfg.retries as usize {
                                 return self
