@@ -1,5 +1,6 @@
-//! Live configuration: changes under load drop nothing, ports open and close, and a ZooKeeper outage
-//! (a partition, then a full stop) leaves the router serving its last table and applying what changed.
+//! Live configuration: changes under load drop nothing, a release switch lets in-flight requests to the
+//! old backend finish, ports open and close, and a ZooKeeper outage (a partition, then a full stop) leaves
+//! the router serving its last table and applying what changed.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use atlantis_testkit::{ZooKeeper, eventually, ports::free_port};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Backend, Conf, Router, client, get, wait_route};
+use crate::support::{Backend, Conf, Router, client, get, in_flight, wait_ok, wait_route};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rule_changes_under_load_drop_no_request() {
@@ -93,6 +94,72 @@ async fn rule_changes_under_load_drop_no_request() {
         "the rule changes were not seen"
     );
     drop(b3);
+    router.stop().await;
+}
+
+/// What a deploy does to the router: the rule moves to the new release's pool, then the old backend and
+/// its pool are deleted, while slow requests to the old backend are in flight on both paths. Those
+/// finish with their whole answer from the old backend; new requests go to the new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_switch_lets_in_flight_requests_finish() {
+    let zk = ZooKeeper::shared();
+    let conf = Conf::new(&zk.connect_string(), "drain").await;
+    let (old, new) = (Backend::start("old").await, Backend::start("new").await);
+    for (p, b) in [("v1", &old), ("v2", &new)] {
+        conf.pool(p, json!({"healthz_every_ms": 0})).await;
+        conf.backend(p, &b.node()).await;
+    }
+    conf.rule("all", "static", "true", "v1").await;
+    conf.trie("root", &["all"]).await;
+    let port = free_port();
+    conf.port("web", port, "root").await;
+    let router = Router::start(&conf).await;
+    wait_ok(port, "/x", "old").await;
+    // Two requests on the fast path, two on hyper's (a Connection header sends them there).
+    let url = format!("http://127.0.0.1:{port}/slow?ms=1500");
+    let slow: Vec<_> = [None, None, Some("keep-alive"), Some("keep-alive")]
+        .into_iter()
+        .map(|connection| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let headers: Vec<(&str, &str)> =
+                    connection.map(|v| ("connection", v)).into_iter().collect();
+                get(&client(), &url, "x.test", &headers).await
+            })
+        })
+        .collect();
+    eventually(
+        Duration::from_secs(10),
+        "4 requests in flight to v1",
+        || async { (in_flight(&router, "v1").await == 4).then_some(()) },
+    )
+    .await;
+    conf.rule("all", "static", "true", "v2").await;
+    conf.remove_backend("v1", &old.node()).await;
+    conf.delete(Section::Pools, "v1").await;
+    wait_ok(port, "/x", "new").await;
+    for (i, t) in slow.into_iter().enumerate() {
+        let (status, backend, body) = t.await.unwrap();
+        assert_eq!(
+            (status, backend.as_str()),
+            (200, "old"),
+            "slow request {i}: {body}"
+        );
+        assert!(
+            body.contains(r#""path":"/slow""#),
+            "slow request {i}: {body}"
+        );
+    }
+    for _ in 0..20 {
+        let (status, backend, _) = get(
+            &client(),
+            &format!("http://127.0.0.1:{port}/x"),
+            "x.test",
+            &[],
+        )
+        .await;
+        assert_eq!((status, backend.as_str()), (200, "new"));
+    }
     router.stop().await;
 }
 
