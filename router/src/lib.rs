@@ -12,6 +12,7 @@
 pub mod body;
 pub mod config;
 mod fast;
+pub mod h2c;
 mod idle;
 pub mod listener;
 pub mod metrics;

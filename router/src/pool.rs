@@ -16,10 +16,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use atlantis_common::routing::{Backend, Health, Pool};
+use atlantis_common::routing::{Backend, Health, Pool, Protocol};
 use bytes::Bytes;
 use http_body_util::Empty;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
@@ -116,6 +116,8 @@ pub struct BackendState {
     /// Idle connections, one list per worker (a connection is driven by the worker that opened it).
     idle: Box<[IdleList]>,
     raw_idle: Box<[RawIdleList]>,
+    /// The shared HTTP/2 connection of each worker (`protocol: h2c` pools).
+    h2: crate::h2c::Slots,
     resolved: Option<SocketAddr>,
     cancel: CancellationToken,
     gauge: Gauge,
@@ -140,6 +142,7 @@ impl BackendState {
             raw_idle: (0..crate::workers::slots())
                 .map(|_| parking_lot::Mutex::new(Vec::new()))
                 .collect(),
+            h2: crate::h2c::slots(),
             resolved,
             cancel: CancellationToken::new(),
             gauge,
@@ -215,6 +218,16 @@ impl BackendState {
         }
     }
 
+    /// This worker's shared HTTP/2 connection slot (`protocol: h2c` pools).
+    pub fn h2_slot(&self) -> &tokio::sync::Mutex<crate::h2c::Slot> {
+        &self.h2[crate::workers::current() % self.h2.len()]
+    }
+
+    /// Whether the backend left its pool.
+    pub fn removed(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
     /// Takes the most recently used idle raw connection of this worker within `reuse` (the fast path
     /// retries a request whose reused connection turns out closed, when it may be sent twice).
     pub fn checkout_raw(&self, reuse: Reuse) -> Option<tokio::net::TcpStream> {
@@ -260,6 +273,8 @@ impl BackendState {
         for l in self.raw_idle.iter() {
             l.lock().clear();
         }
+        // A shared HTTP/2 connection closes once its last request is done.
+        crate::h2c::clear(&self.h2);
     }
 
     /// Number of idle connections.
@@ -295,6 +310,11 @@ impl PoolState {
     /// The pool settings.
     pub fn config(&self) -> Arc<Pool> {
         self.cfg.load_full()
+    }
+
+    /// Whether the backends speak HTTP/2 (`protocol: h2c`); the fast path leaves such requests to hyper.
+    pub fn h2c(&self) -> bool {
+        self.cfg.load().protocol == Protocol::H2c
     }
 
     /// The backends.
@@ -422,6 +442,7 @@ async fn health_loop(pool: std::sync::Weak<PoolState>, b: Arc<BackendState>) {
                 &b,
                 &cfg.healthz_path,
                 Duration::from_millis(cfg.healthz_timeout_ms),
+                cfg.protocol,
             )
             .await;
             b.set_health(h);
@@ -434,24 +455,43 @@ async fn health_loop(pool: std::sync::Weak<PoolState>, b: Arc<BackendState>) {
     }
 }
 
-/// One `GET <path>` on a fresh connection: the `Server-Status` header decides; a plain 200 is OK, any other
-/// answer or a network error is CRITICAL.
-pub async fn check_once(b: &BackendState, path: &str, timeout: Duration) -> Health {
+/// One `GET <path>` on a fresh connection (HTTP/1.1, or HTTP/2 for `h2c` pools): the `Server-Status`
+/// header decides; a plain 200 is OK, any other answer or a network error is CRITICAL.
+pub async fn check_once(
+    b: &BackendState,
+    path: &str,
+    timeout: Duration,
+    proto: Protocol,
+) -> Health {
     let attempt = async {
         let addr = b.socket_addr().await.ok()?;
-        let stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let (mut sr, conn) =
-            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+        let stream = TokioIo::new(tokio::net::TcpStream::connect(addr).await.ok()?);
+        let resp = if proto == Protocol::H2c {
+            let (mut sr, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
+                TokioExecutor::new(),
+                stream,
+            )
+            .await
+            .ok()?;
+            tokio::spawn(conn);
+            let req = http::Request::get(format!("http://{}{path}", b.name))
+                .header(http::header::USER_AGENT, "atlantis-router-healthz")
+                .body(Empty::new())
+                .ok()?;
+            sr.send_request(req).await.ok()?
+        } else {
+            let (mut sr, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(stream)
                 .await
                 .ok()?;
-        tokio::spawn(conn);
-        let req = http::Request::get(path)
-            .header(http::header::HOST, b.name.as_str())
-            .header(http::header::USER_AGENT, "atlantis-router-healthz")
-            .header(http::header::CONNECTION, "close")
-            .body(Empty::new())
-            .ok()?;
-        let resp = sr.send_request(req).await.ok()?;
+            tokio::spawn(conn);
+            let req = http::Request::get(path)
+                .header(http::header::HOST, b.name.as_str())
+                .header(http::header::USER_AGENT, "atlantis-router-healthz")
+                .header(http::header::CONNECTION, "close")
+                .body(Empty::new())
+                .ok()?;
+            sr.send_request(req).await.ok()?
+        };
         let header = resp
             .headers()
             .get("server-status")

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use atlantis_common::routing::RequestView;
+use atlantis_common::routing::{Protocol, RequestView};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Version};
 use http_body_util::{Either, Empty};
@@ -405,6 +405,9 @@ async fn forward(
     } else {
         None
     };
+    // HTTP/2 to the backend, except for upgrades (HTTP/1.1 only).
+    let h2c = cfg.protocol == Protocol::H2c && !upgrade;
+    let trailers = h2c && crate::h2c::wants_trailers(&req);
     let request_id = prepare(&mut req, conn, &shared.ids, upgrade);
     let mut req = req.map(Either::Left);
     // A request that must not be sent twice avoids connections idle long enough to be closing.
@@ -440,7 +443,31 @@ async fn forward(
                 )
             };
         };
-        let mut lease = Lease::new(backend.clone(), shared.max_idle, cfg.keepalive_ms);
+        let lease = Lease::new(backend.clone(), shared.max_idle, cfg.keepalive_ms);
+        if h2c {
+            if req.version() != Version::HTTP_2 {
+                crate::h2c::to_h2(&mut req, trailers, &backend.name);
+            }
+            let outcome =
+                crate::h2c::exchange(pool, &backend, req, deadline, connect_timeout).await;
+            let resp = match outcome {
+                crate::h2c::Outcome::Answer(resp) => resp,
+                crate::h2c::Outcome::Refused(back) => {
+                    req = back;
+                    tried.push(Arc::as_ptr(&backend) as usize);
+                    if tried.len() > cfg.retries as usize {
+                        return (refused(), Some(backend));
+                    }
+                    continue;
+                }
+                crate::h2c::Outcome::Timeout => return (timed_out(), Some(backend)),
+                crate::h2c::Outcome::Failed(err) => {
+                    return (failed(pool, &backend, &err), Some(backend));
+                }
+            };
+            return (respond(shared, resp, lease, request_id), Some(backend));
+        }
+        let mut lease = lease;
         let idle = if upgrade {
             None
         } else {
@@ -458,14 +485,7 @@ async fn forward(
                     None => {
                         tried.push(Arc::as_ptr(&backend) as usize);
                         if tried.len() > cfg.retries as usize {
-                            return (
-                                answer(
-                                    StatusCode::BAD_GATEWAY,
-                                    "backend_refused",
-                                    "backend refused the connection\n",
-                                ),
-                                Some(backend),
-                            );
+                            return (refused(), Some(backend));
                         }
                         continue;
                     }
@@ -478,16 +498,7 @@ async fn forward(
             .then(|| bodiless_copy(&req));
         let sent = tokio::time::timeout_at(deadline, up.send(req)).await;
         let mut resp = match sent {
-            Err(_) => {
-                return (
-                    answer(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "backend_timeout",
-                        "backend timeout\n",
-                    ),
-                    Some(backend),
-                );
-            }
+            Err(_) => return (timed_out(), Some(backend)),
             Ok(Ok(resp)) => resp,
             Ok(Err(mut e)) => match e.take_message() {
                 // The request never left: a reused connection the backend had closed. Try again.
@@ -506,19 +517,14 @@ async fn forward(
                         req = copy;
                         continue;
                     }
-                    tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "Backend request failed.");
-                    backend.failures.fetch_add(1, Relaxed);
-                    return (
-                        answer(StatusCode::BAD_GATEWAY, "backend_error", "backend error\n"),
-                        Some(backend),
-                    );
+                    return (failed(pool, &backend, &err), Some(backend));
                 }
             },
         };
-        backend.served.fetch_add(1, Relaxed);
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade
         {
+            backend.served.fetch_add(1, Relaxed);
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             let idle = shared.tunnel_idle;
             tokio::spawn(async move {
@@ -541,14 +547,45 @@ async fn forward(
             );
         }
         lease.set_conn(up);
-        let (mut parts, body) = resp.into_parts();
-        strip_hop_by_hop(&mut parts.headers);
-        parts.headers.insert(&X_REQUEST_ID, request_id);
-        return (
-            Response::from_parts(parts, ProxyBody::streamed(body, lease, shared.body_idle)),
-            Some(backend),
-        );
+        return (respond(shared, resp, lease, request_id), Some(backend));
     }
+}
+
+/// The backend's answer on its way to the client: hop-by-hop headers dropped, the request id set, the
+/// body streamed under `lease`.
+fn respond(
+    shared: &Shared,
+    resp: Response<Incoming>,
+    lease: Lease,
+    request_id: HeaderValue,
+) -> Response<ProxyBody> {
+    lease.backend().served.fetch_add(1, Relaxed);
+    let (mut parts, body) = resp.into_parts();
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.insert(&X_REQUEST_ID, request_id);
+    Response::from_parts(parts, ProxyBody::streamed(body, lease, shared.body_idle))
+}
+
+fn refused() -> Response<ProxyBody> {
+    answer(
+        StatusCode::BAD_GATEWAY,
+        "backend_refused",
+        "backend refused the connection\n",
+    )
+}
+
+fn timed_out() -> Response<ProxyBody> {
+    answer(
+        StatusCode::GATEWAY_TIMEOUT,
+        "backend_timeout",
+        "backend timeout\n",
+    )
+}
+
+fn failed(pool: &PoolState, backend: &BackendState, err: &hyper::Error) -> Response<ProxyBody> {
+    tracing::warn!(pool = %pool.name, backend = %backend.name, error = %err, "Backend request failed.");
+    backend.failures.fetch_add(1, Relaxed);
+    answer(StatusCode::BAD_GATEWAY, "backend_error", "backend error\n")
 }
 
 /// A copy of a request without a body (method, target, version, headers).

@@ -179,6 +179,18 @@ fn d_keepalive() -> u64 {
     4_000
 }
 
+/// How the router speaks to a pool's backends.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// HTTP/1.1 with pooled keep-alive connections.
+    #[default]
+    Http1,
+    /// HTTP/2 over cleartext TCP with prior knowledge (gRPC servers): one multiplexed connection per
+    /// backend, trailers passed through. Upgrade requests (WebSocket) still use HTTP/1.1.
+    H2c,
+}
+
 /// Balancing and health settings of a pool. Backends are the pool node's children.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -215,6 +227,9 @@ pub struct Pool {
     /// only connections idle for less than half of it.
     #[serde(default = "d_keepalive")]
     pub keepalive_ms: u64,
+    /// The protocol spoken to the backends (health checks included).
+    #[serde(default)]
+    pub protocol: Protocol,
 }
 
 impl Default for Pool {
@@ -230,6 +245,7 @@ impl Default for Pool {
             slow_start_ms: d_slow_start(),
             retries: d_retries(),
             keepalive_ms: d_keepalive(),
+            protocol: Protocol::Http1,
         }
     }
 }

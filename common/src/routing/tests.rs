@@ -213,6 +213,15 @@ fn documents_parse_and_validate() {
         0
     );
     assert_eq!(Pool::default().keepalive_ms, 4_000);
+    assert_eq!(Pool::default().protocol, Protocol::Http1);
+    assert_eq!(
+        parse_pool("p", br#"{"protocol":"h2c"}"#).unwrap().protocol,
+        Protocol::H2c
+    );
+    let e = parse_pool("p", br#"{"protocol":"h3"}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("protocol"), "{e}");
     let e = parse_pool("p", br#"{"keepalive_ms":3600001}"#)
         .unwrap_err()
         .to_string();

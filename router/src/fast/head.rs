@@ -111,6 +111,12 @@ impl Conn<'_> {
             let view = View::raw(strip_port(host_hdr), path, query, req.headers);
             table.route(self.info.port, &view, None)
         };
+        if let Route::Pool(p) = &route
+            && p.h2c()
+        {
+            // HTTP/2 backends are hyper's to speak to.
+            return Err(());
+        }
         // The head for the backend: the request line and headers as they came, minus the forwarding
         // headers, which are set here.
         let mut out = Vec::with_capacity(len + 160);

@@ -1,0 +1,229 @@
+//! Pools with `protocol: h2c`: the router speaks HTTP/2 to backends that speak nothing else (as gRPC
+//! servers do), checks their health over HTTP/2, shares one connection per worker among requests, passes
+//! `TE: trailers` and response trailers through (a gRPC exchange), and replaces a connection the backend
+//! shut down.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::{Conf, Router, client, get, wait_ok};
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// An HTTP/2-only backend. `/echo` streams the request body back, then trailers (`grpc-status: 0`);
+/// every answer tells in headers what the backend saw (version, scheme, authority, `te`).
+struct H2Backend {
+    addr: std::net::SocketAddr,
+    /// Connections that carried a request other than a health check.
+    app_conns: Arc<AtomicUsize>,
+    /// Shuts every open connection down (GOAWAY), as a restarting server does.
+    shut: Arc<parking_lot::Mutex<CancellationToken>>,
+    stop: CancellationToken,
+}
+
+impl Drop for H2Backend {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl H2Backend {
+    async fn start() -> H2Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let app_conns = Arc::new(AtomicUsize::new(0));
+        let shut = Arc::new(parking_lot::Mutex::new(CancellationToken::new()));
+        let stop = CancellationToken::new();
+        let (conns, shut2, stop2) = (app_conns.clone(), shut.clone(), stop.clone());
+        tokio::spawn(async move {
+            loop {
+                let s = tokio::select! {
+                    r = listener.accept() => r.unwrap().0,
+                    _ = stop2.cancelled() => return,
+                };
+                let (conns, shut) = (conns.clone(), shut2.lock().clone());
+                tokio::spawn(async move {
+                    let counted = Arc::new(std::sync::atomic::AtomicBool::new(false));
+                    let svc = hyper::service::service_fn(move |req| {
+                        if req.uri().path() != "/healthz" && !counted.swap(true, SeqCst) {
+                            conns.fetch_add(1, SeqCst);
+                        }
+                        answer(req)
+                    });
+                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(s), svc);
+                    tokio::pin!(conn);
+                    tokio::select! {
+                        _ = conn.as_mut() => {}
+                        _ = shut.cancelled() => {
+                            conn.as_mut().graceful_shutdown();
+                            let _ = conn.await;
+                        }
+                    }
+                });
+            }
+        });
+        H2Backend {
+            addr,
+            app_conns,
+            shut,
+            stop,
+        }
+    }
+
+    fn shut_down_connections(&self) {
+        let mut t = self.shut.lock();
+        t.cancel();
+        *t = CancellationToken::new();
+    }
+}
+
+async fn answer(req: Request<Incoming>) -> Result<Response<Body>, hyper::Error> {
+    let mut seen = HeaderMap::new();
+    seen.insert("x-version", format!("{:?}", req.version()).parse().unwrap());
+    let uri = req.uri().clone();
+    let scheme = uri.scheme_str().unwrap_or("").to_owned();
+    let authority = uri.authority().map(|a| a.to_string()).unwrap_or_default();
+    seen.insert("x-scheme", scheme.parse().unwrap());
+    seen.insert("x-authority", authority.parse().unwrap());
+    if let Some(te) = req.headers().get("te") {
+        seen.insert("x-te", te.clone());
+    }
+    let body: Body = match uri.path() {
+        "/healthz" => {
+            seen.insert("server-status", "OK".parse().unwrap());
+            Full::new(Bytes::from_static(b"ok"))
+                .map_err(|e| match e {})
+                .boxed()
+        }
+        "/echo" => {
+            // The request's data frames, then trailers.
+            let mut trailers = HeaderMap::new();
+            trailers.insert("grpc-status", "0".parse().unwrap());
+            let data = req.into_body().into_data_stream();
+            let frames = futures::StreamExt::chain(
+                futures::StreamExt::map(data, |r| r.map(Frame::data)),
+                futures::stream::iter([Ok(Frame::trailers(trailers))]),
+            );
+            StreamBody::new(frames).boxed()
+        }
+        _ => Full::new(Bytes::from_static(b"hello over h2"))
+            .map_err(|e| match e {})
+            .boxed(),
+    };
+    let mut r = Response::new(body);
+    *r.headers_mut() = seen;
+    Ok(r)
+}
+
+async fn setup(test: &str, b: &H2Backend) -> (Conf, u16, Router) {
+    let (conf, port) = crate::support::raw_pool(
+        test,
+        b.addr,
+        json!({"protocol": "h2c", "healthz_every_ms": 100, "slow_start_ms": 0}),
+    )
+    .await;
+    let router = Router::start(&conf).await;
+    wait_ok(port, "/hello", "").await;
+    (conf, port, router)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http2_only_backend_is_checked_and_served_over_http2() {
+    let b = H2Backend::start().await;
+    let (_conf, port, router) = setup("h2back", &b).await;
+    // Health checks speak HTTP/2 too: an HTTP/1.1 check of this backend would fail.
+    let health = router
+        .backend_status("p", &b.addr.to_string())
+        .await
+        .unwrap();
+    assert_eq!(health["health"], "OK", "{health}");
+    // An HTTP/1.1 client (the fast path hands over) and an h2c client both reach it over HTTP/2.
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for c in [client(), h2] {
+        let r = c
+            .get(format!("http://127.0.0.1:{port}/hello?x=1"))
+            .header("host", "x.test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK);
+        let h = r.headers().clone();
+        assert_eq!(h["x-version"], "HTTP/2.0");
+        assert_eq!(h["x-scheme"], "http");
+        assert_eq!(h["x-authority"], "x.test");
+        assert!(h.contains_key("x-request-id"));
+        assert_eq!(r.text().await.unwrap(), "hello over h2");
+    }
+    // Fifty concurrent requests share the workers' connections instead of opening fifty.
+    let tasks: Vec<_> = (0..50)
+        .map(|_| {
+            let url = format!("http://127.0.0.1:{port}/hello");
+            tokio::spawn(async move { get(&client(), &url, "x.test", &[]).await.0 })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 200);
+    }
+    let conns = b.app_conns.load(SeqCst);
+    assert!(
+        (1..=4).contains(&conns),
+        "{conns} backend connections for 52 requests"
+    );
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_style_exchange_passes_te_and_trailers() {
+    let b = H2Backend::start().await;
+    let (_conf, port, router) = setup("h2grpc", &b).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut sr, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = Request::post(format!("http://x.test:{port}/echo"))
+        .header("te", "trailers")
+        .header("content-type", "application/grpc")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\x04ping")))
+        .unwrap();
+    let resp = sr.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::OK);
+    assert_eq!(resp.headers()["x-te"], "trailers");
+    let collected = resp.into_body().collect().await.unwrap();
+    let trailers = collected.trailers().cloned().expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(&collected.to_bytes()[..], b"\0\0\0\0\x04ping");
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_the_backend_shuts_is_replaced() {
+    let b = H2Backend::start().await;
+    let (_conf, port, router) = setup("h2shut", &b).await;
+    let url = format!("http://127.0.0.1:{port}/hello");
+    for round in 0..5 {
+        b.shut_down_connections();
+        for i in 0..10 {
+            let (status, _, body) = get(&client(), &url, "x.test", &[]).await;
+            assert_eq!(status, 200, "round {round}, request {i}: {body}");
+        }
+    }
+    assert!(b.app_conns.load(SeqCst) >= 5);
+    router.stop().await;
+}
