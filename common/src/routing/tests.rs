@@ -221,7 +221,7 @@ fn documents_parse_and_validate() {
     let e = parse_pool("p", br#"{"protocol":"h3"}"#)
         .unwrap_err()
         .to_string();
-    assert!(e.contains("protocol"), "{e}");
+    assert!(e.contains("expected `http1` or `h2c`"), "{e}");
     let e = parse_pool("p", br#"{"keepalive_ms":3600001}"#)
         .unwrap_err()
         .to_string();
