@@ -11,7 +11,9 @@
 //! closing an older one just as the request arrives.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{
+    AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
+};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -289,6 +291,8 @@ pub struct PoolState {
     /// Pool name.
     pub name: String,
     cfg: ArcSwap<Pool>,
+    /// `cfg.protocol == H2c`, read by the fast path without loading `cfg`.
+    h2c: AtomicBool,
     backends: ArcSwap<Vec<Arc<BackendState>>>,
     rr: AtomicUsize,
     /// Hot-path metric handles.
@@ -300,6 +304,7 @@ impl PoolState {
     pub fn new(name: &str, cfg: Pool, metrics: &RouterMetrics) -> PoolState {
         PoolState {
             name: name.into(),
+            h2c: AtomicBool::new(cfg.protocol == Protocol::H2c),
             cfg: ArcSwap::from_pointee(cfg),
             backends: ArcSwap::from_pointee(Vec::new()),
             rr: AtomicUsize::new(0),
@@ -314,7 +319,7 @@ impl PoolState {
 
     /// Whether the backends speak HTTP/2 (`protocol: h2c`); the fast path leaves such requests to hyper.
     pub fn h2c(&self) -> bool {
-        self.cfg.load().protocol == Protocol::H2c
+        self.h2c.load(Relaxed)
     }
 
     /// The backends.
@@ -325,6 +330,7 @@ impl PoolState {
     /// Replaces the settings.
     pub fn set_config(&self, cfg: Pool) {
         if *self.cfg.load().as_ref() != cfg {
+            self.h2c.store(cfg.protocol == Protocol::H2c, Relaxed);
             self.cfg.store(Arc::new(cfg));
         }
     }

@@ -1,7 +1,7 @@
 //! Pools with `protocol: h2c`: the router speaks HTTP/2 to backends that speak nothing else (as gRPC
 //! servers do), checks their health over HTTP/2, shares one connection per worker among requests, passes
-//! `TE: trailers` and response trailers through (a gRPC exchange), and replaces a connection the backend
-//! shut down.
+//! `TE: trailers` and response trailers through (a gRPC exchange), replaces a connection the backend
+//! shut down, and follows a pool's protocol changed live.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
@@ -225,5 +225,22 @@ async fn a_connection_the_backend_shuts_is_replaced() {
         }
     }
     assert!(b.app_conns.load(SeqCst) >= 5);
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_protocol_changes_live() {
+    let b = H2Backend::start().await;
+    let (conf, port) =
+        crate::support::raw_pool("h2live", b.addr, json!({"healthz_every_ms": 0})).await;
+    let router = Router::start(&conf).await;
+    // Spoken to in HTTP/1.1, an HTTP/2-only backend cannot answer.
+    let url = format!("http://127.0.0.1:{port}/hello");
+    crate::support::wait_route(&client(), &url, "x.test", 502, "").await;
+    conf.pool("p", json!({"healthz_every_ms": 0, "protocol": "h2c"}))
+        .await;
+    wait_ok(port, "/hello", "").await;
+    let (status, _, body) = get(&client(), &url, "x.test", &[]).await;
+    assert_eq!((status, body.as_str()), (200, "hello over h2"));
     router.stop().await;
 }
