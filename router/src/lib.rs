@@ -13,6 +13,7 @@ pub mod body;
 pub mod config;
 mod fast;
 pub mod h2c;
+pub mod health;
 mod idle;
 pub mod listener;
 pub mod metrics;

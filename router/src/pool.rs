@@ -1,5 +1,5 @@
-//! Pools at run time: backends with their health, load and idle connections, the balancing choice, and
-//! the active health checks.
+//! Pools at run time: backends with their health, load and idle connections, and the balancing choice
+//! (the health checks that feed it are in [`crate::health`]).
 //!
 //! Choice: the best health tier the pool accepts (OK, then DEGRADED, then CRITICAL if allowed), then the
 //! lowest `(in flight + 1) / weight`, where a backend's weight ramps from 1/32 to 1 during the pool's slow
@@ -15,13 +15,10 @@ use std::sync::atomic::{
     AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering::Relaxed,
 };
 use std::sync::{Arc, OnceLock};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use atlantis_common::routing::{Backend, Health, Pool, Protocol};
-use bytes::Bytes;
-use http_body_util::Empty;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus_client::metrics::gauge::Gauge;
 use tokio_util::sync::CancellationToken;
 
@@ -230,6 +227,11 @@ impl BackendState {
         self.cancel.is_cancelled()
     }
 
+    /// Resolves when the backend leaves its pool.
+    pub fn removed_signal(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
+        self.cancel.cancelled()
+    }
+
     /// Takes the most recently used idle raw connection of this worker within `reuse` (the fast path
     /// retries a request whose reused connection turns out closed, when it may be sent twice).
     pub fn checkout_raw(&self, reuse: Reuse) -> Option<tokio::net::TcpStream> {
@@ -353,7 +355,7 @@ impl PoolState {
                         checks,
                         metrics.backend_health(&self.name, &w.to_string()),
                     ));
-                    tokio::spawn(health_loop(Arc::downgrade(self), b.clone()));
+                    tokio::spawn(crate::health::run(Arc::downgrade(self), b.clone()));
                     next.push(b);
                 }
             }
@@ -431,87 +433,4 @@ impl PoolState {
         self.connect_failed(b);
         None
     }
-}
-
-/// Checks one backend until it is removed.
-async fn health_loop(pool: std::sync::Weak<PoolState>, b: Arc<BackendState>) {
-    loop {
-        let Some(cfg) = pool.upgrade().map(|p| p.config()) else {
-            return;
-        };
-        b.expire_idle(cfg.keepalive_ms);
-        let wait = if cfg.healthz_every_ms == 0 {
-            b.set_health(Health::Ok);
-            Duration::from_secs(1)
-        } else {
-            let h = check_once(
-                &b,
-                &cfg.healthz_path,
-                Duration::from_millis(cfg.healthz_timeout_ms),
-                cfg.protocol,
-            )
-            .await;
-            b.set_health(h);
-            Duration::from_millis(cfg.healthz_every_ms)
-        };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = b.cancel.cancelled() => return,
-        }
-    }
-}
-
-/// One `GET <path>` on a fresh connection (HTTP/1.1, or HTTP/2 for `h2c` pools): the `Server-Status`
-/// header decides; a plain 200 is OK, any other answer or a network error is CRITICAL.
-pub async fn check_once(
-    b: &BackendState,
-    path: &str,
-    timeout: Duration,
-    proto: Protocol,
-) -> Health {
-    let attempt = async {
-        let addr = b.socket_addr().await.ok()?;
-        let stream = TokioIo::new(tokio::net::TcpStream::connect(addr).await.ok()?);
-        let resp = if proto == Protocol::H2c {
-            let (mut sr, conn) = hyper::client::conn::http2::handshake::<_, _, Empty<Bytes>>(
-                TokioExecutor::new(),
-                stream,
-            )
-            .await
-            .ok()?;
-            tokio::spawn(conn);
-            let req = http::Request::get(format!("http://{}{path}", b.name))
-                .header(http::header::USER_AGENT, "atlantis-router-healthz")
-                .body(Empty::new())
-                .ok()?;
-            sr.send_request(req).await.ok()?
-        } else {
-            let (mut sr, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(stream)
-                .await
-                .ok()?;
-            tokio::spawn(conn);
-            let req = http::Request::get(path)
-                .header(http::header::HOST, b.name.as_str())
-                .header(http::header::USER_AGENT, "atlantis-router-healthz")
-                .header(http::header::CONNECTION, "close")
-                .body(Empty::new())
-                .ok()?;
-            sr.send_request(req).await.ok()?
-        };
-        let header = resp
-            .headers()
-            .get("server-status")
-            .and_then(|v| v.to_str().ok())
-            .and_then(Health::from_header);
-        Some(match (resp.status().as_u16(), header) {
-            (_, Some(h)) => h,
-            (200, None) => Health::Ok,
-            _ => Health::Critical,
-        })
-    };
-    tokio::time::timeout(timeout, attempt)
-        .await
-        .ok()
-        .flatten()
-        .unwrap_or(Health::Critical)
 }

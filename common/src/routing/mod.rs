@@ -207,6 +207,10 @@ pub struct Pool {
     /// Health check path.
     #[serde(default = "d_healthz_path")]
     pub healthz_path: String,
+    /// Check health with the gRPC health protocol (`grpc.health.v1.Health/Check` for the whole server)
+    /// instead of `GET healthz_path`; needs `protocol: h2c`.
+    #[serde(default)]
+    pub healthz_grpc: bool,
     /// Time allowed for a backend to answer with response headers, in milliseconds (then 504).
     #[serde(default = "d_request_timeout")]
     pub request_timeout_ms: u64,
@@ -239,6 +243,7 @@ impl Default for Pool {
             healthz_every_ms: d_every(),
             healthz_timeout_ms: d_hc_timeout(),
             healthz_path: d_healthz_path(),
+            healthz_grpc: false,
             request_timeout_ms: d_request_timeout(),
             connect_timeout_ms: d_connect_timeout(),
             accept: d_accept(),
@@ -479,6 +484,13 @@ pub fn validate_pool(name: &str, p: &Pool) -> Result<(), ConfigError> {
             "pool",
             name,
             "keepalive_ms must be between 0 and 3600000",
+        ));
+    }
+    if p.healthz_grpc && p.protocol != Protocol::H2c {
+        return Err(invalid(
+            "pool",
+            name,
+            "healthz_grpc needs protocol h2c (gRPC is HTTP/2)",
         ));
     }
     if p.healthz_every_ms != 0 && p.healthz_every_ms < 100 {

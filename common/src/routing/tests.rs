@@ -222,6 +222,15 @@ fn documents_parse_and_validate() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("expected `http1` or `h2c`"), "{e}");
+    assert!(
+        parse_pool("p", br#"{"protocol":"h2c","healthz_grpc":true}"#)
+            .unwrap()
+            .healthz_grpc
+    );
+    let e = parse_pool("p", br#"{"healthz_grpc":true}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("healthz_grpc needs protocol h2c"), "{e}");
     let e = parse_pool("p", br#"{"keepalive_ms":3600001}"#)
         .unwrap_err()
         .to_string();

@@ -13,6 +13,7 @@ pub mod ensemble;
 pub mod ports;
 pub mod process;
 pub mod s3;
+pub mod venv;
 pub mod zookeeper;
 
 pub use ensemble::Ensemble;

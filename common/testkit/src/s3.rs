@@ -24,17 +24,10 @@ fn find_moto() -> PathBuf {
     if let Some(p) = std::env::var_os("ATLANTIS_MOTO_SERVER") {
         return PathBuf::from(p);
     }
-    if let Some(venv) = std::env::var_os("ATLANTIS_VENV") {
-        let p = PathBuf::from(venv).join("bin/moto_server");
-        if p.is_file() {
-            return p;
-        }
-    }
-    if let Some(home) = std::env::var_os("HOME") {
-        let p = PathBuf::from(home).join(".cache/atlantis-venv/bin/moto_server");
-        if p.is_file() {
-            return p;
-        }
+    if let Some(p) = crate::venv::dir().map(|d| d.join("bin/moto_server"))
+        && p.is_file()
+    {
+        return p;
     }
     let on_path = std::env::var_os("PATH")
         .map(|p| {

@@ -7,7 +7,7 @@ use std::time::Duration;
 use atlantis_testkit::{ZooKeeper, eventually, ports::free_port};
 use serde_json::json;
 
-use crate::support::{Backend, Conf, Router, client, get, wait_route};
+use crate::support::{Backend, Conf, Router, client, get, wait_health, wait_route};
 
 async fn spread(c: &reqwest::Client, url: &str, n: usize) -> HashMap<String, usize> {
     let mut out = HashMap::new();
@@ -21,21 +21,6 @@ async fn spread(c: &reqwest::Client, url: &str, n: usize) -> HashMap<String, usi
         *out.entry(key).or_insert(0) += 1;
     }
     out
-}
-
-async fn wait_health(router: &Router, pool: &str, backend: &str, health: &str) {
-    eventually(
-        Duration::from_secs(10),
-        &format!("{backend} in {pool} to be {health}"),
-        || async {
-            let s = router.status_json().await;
-            let bs = s["pools"][pool]["backends"].as_array()?.clone();
-            bs.iter()
-                .any(|b| b["backend"] == backend && b["health"] == health)
-                .then_some(())
-        },
-    )
-    .await;
 }
 
 /// The backend's `slow_start_left_ms` in `/statusz.json` (None while it is not listed).

@@ -1,10 +1,12 @@
 //! Pools with `protocol: h2c`: the router speaks HTTP/2 to backends that speak nothing else (as gRPC
 //! servers do), checks their health over HTTP/2, shares one connection per worker among requests, passes
 //! `TE: trailers` and response trailers through (a gRPC exchange), replaces a connection the backend
-//! shut down, and follows a pool's protocol changed live.
+//! shut down, and follows a pool's protocol changed live. A real gRPC server (Python grpcio) is served
+//! through the router for every call shape, and checked with the gRPC health protocol.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering::SeqCst};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -14,7 +16,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::{Conf, Router, client, get, wait_ok};
+use crate::support::{Conf, Router, client, get, wait_health, wait_ok};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -242,5 +244,95 @@ async fn the_protocol_changes_live() {
     wait_ok(port, "/hello", "").await;
     let (status, _, body) = get(&client(), &url, "x.test", &[]).await;
     assert_eq!((status, body.as_str()), (200, "hello over h2"));
+    router.stop().await;
+}
+
+/// A real gRPC server (Python grpcio, `tests/grpc/echo.py`), stopped when dropped.
+struct GrpcServer {
+    port: u16,
+    python: std::path::PathBuf,
+    script: std::path::PathBuf,
+    _proc: atlantis_testkit::process::Guarded,
+    _dir: tempfile::TempDir,
+}
+
+impl GrpcServer {
+    fn start() -> GrpcServer {
+        let python = atlantis_testkit::venv::python(
+            &["grpc", "grpc_health.v1"],
+            "grpcio grpcio-health-checking",
+        );
+        let manifest =
+            std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or(env!("CARGO_MANIFEST_DIR").into());
+        let script = std::path::Path::new(&manifest).join("tests/grpc/echo.py");
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("grpc.log");
+        let args = [script.to_string_lossy().into_owned(), "server".into()];
+        let proc = atlantis_testkit::process::Guarded::spawn("grpc", &python, &args, &log, None);
+        let port =
+            atlantis_testkit::wait_until(Duration::from_secs(30), "the gRPC server's port", || {
+                std::fs::read_to_string(&log)
+                    .ok()?
+                    .lines()
+                    .next()?
+                    .trim()
+                    .parse()
+                    .ok()
+            });
+        GrpcServer {
+            port,
+            python,
+            script,
+            _proc: proc,
+            _dir: dir,
+        }
+    }
+
+    /// Runs `echo.py ARGS...` and returns its stdout, failing the test on a non-zero exit.
+    async fn run(&self, args: &[String]) -> String {
+        let mut cmd = std::process::Command::new(&self.python);
+        cmd.arg(&self.script).args(args);
+        let out = tokio::task::spawn_blocking(move || cmd.output().unwrap())
+            .await
+            .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "echo.py {args:?}: {stdout}{stderr}");
+        stdout.into_owned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_grpc_server_is_served_and_health_checked() {
+    let server = GrpcServer::start();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], server.port).into();
+    let cfg = json!({"protocol": "h2c", "healthz_grpc": true, "healthz_every_ms": 100, "slow_start_ms": 0});
+    let (conf, port) = crate::support::raw_pool("grpcreal", addr, cfg).await;
+    let router = Router::start(&conf).await;
+    let node = addr.to_string();
+    wait_health(&router, "p", &node, "OK").await;
+    // Unary, server streaming, client streaming, an error status and an unknown method, through the router.
+    let out = server
+        .run(&["client".into(), format!("127.0.0.1:{port}")])
+        .await;
+    let got: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(got["say"]["got"], "ping", "{got}");
+    assert_eq!(got["say"]["x-forwarded-for"], "127.0.0.1", "{got}");
+    assert!(got["say"]["x-request-id"].is_string(), "{got}");
+    assert_eq!(got["trailer"], "yes", "{got}");
+    assert_eq!(got["count"], 1000, "{got}");
+    assert_eq!(got["collect"], 190, "{got}");
+    assert_eq!(got["Fail"], "PERMISSION_DENIED", "{got}");
+    assert_eq!(got["Nope"], "UNIMPLEMENTED", "{got}");
+    // The gRPC health status drives the router's: NOT_SERVING is CRITICAL, SERVING is OK again.
+    let direct = format!("127.0.0.1:{}", server.port);
+    server
+        .run(&["serving".into(), direct.clone(), "no".into()])
+        .await;
+    wait_health(&router, "p", &node, "CRITICAL").await;
+    server.run(&["serving".into(), direct, "yes".into()]).await;
+    wait_health(&router, "p", &node, "OK").await;
     router.stop().await;
 }

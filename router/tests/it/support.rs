@@ -486,3 +486,19 @@ pub async fn in_flight(router: &Router, pool: &str) -> u64 {
         .as_u64()
         .unwrap()
 }
+
+/// Polls `/statusz.json` until `backend` of `pool` has `health`.
+pub async fn wait_health(router: &Router, pool: &str, backend: &str, health: &str) {
+    atlantis_testkit::eventually(
+        Duration::from_secs(10),
+        &format!("{backend} in {pool} to be {health}"),
+        || async {
+            let s = router.status_json().await;
+            let bs = s["pools"][pool]["backends"].as_array()?.clone();
+            bs.iter()
+                .any(|b| b["backend"] == backend && b["health"] == health)
+                .then_some(())
+        },
+    )
+    .await;
+}
