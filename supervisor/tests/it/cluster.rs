@@ -139,19 +139,36 @@ async fn two_zones_register_and_survive_session_loss() {
     // ZooKeeper away: the supervisors keep serving and remove nothing (intent unknown is not "unwanted").
     zk.stop();
     let client_a = Client::for_app(&app_a);
-    let deadline = std::time::Instant::now() + Duration::from_millis(2500);
-    while std::time::Instant::now() < deadline {
-        let (s, _) = client_a
-            .send(reqwest::Method::GET, "/v1/health", None)
-            .await;
-        assert_eq!(s, 200);
-        assert_eq!(
-            client_a.list().await.len(),
-            1,
-            "no container removed while ZooKeeper is away"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let mut status = app_a.coord().unwrap().status();
+    tokio::time::timeout(Duration::from_secs(30), status.wait_for(|s| !s.connected))
+        .await
+        .expect("the supervisor noticed ZooKeeper is away")
+        .unwrap();
+    // As many reconcile passes as would remove an orphan (see lifecycle.rs), all while disconnected.
+    let cfg = a.config(None);
+    let passes = cfg.orphan_grace_ms.div_ceil(cfg.reconcile_interval_ms) + 3;
+    let before = client_a.reconcile_passes().await;
+    eventually(
+        Duration::from_secs(30),
+        &format!("{passes} reconcile passes while ZooKeeper is away"),
+        || async {
+            let (s, _) = client_a
+                .send(reqwest::Method::GET, "/v1/health", None)
+                .await;
+            assert_eq!(s, 200);
+            assert_eq!(
+                client_a.list().await.len(),
+                1,
+                "no container removed while ZooKeeper is away"
+            );
+            (client_a.reconcile_passes().await >= before + passes).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        !status.borrow().connected,
+        "ZooKeeper stayed away meanwhile"
+    );
     assert_eq!(a.container_names().len(), 1);
     zk.restart();
     eventually(

@@ -51,20 +51,6 @@ async fn state_of(client: &Client, id: &atlantis_common::ContainerId) -> Option<
         .map(|i| i.state)
 }
 
-/// Reconcile passes completed so far (`atlantis_supervisor_reconcile_passes_total`).
-async fn reconcile_passes(client: &Client) -> u64 {
-    let m = reqwest::get(format!("{}/metrics", client.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    m.lines()
-        .find_map(|l| l.strip_prefix("atlantis_supervisor_reconcile_passes_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no reconcile pass counter in the metrics:\n{m}"))
-}
-
 fn chain_lines(rules: &str, chain: &str) -> Vec<String> {
     rules
         .lines()
@@ -342,11 +328,11 @@ async fn deploy_isolate_restart_orphans_teardown() {
     // pass at least `orphan_grace_ms` later (passes are at least `reconcile_interval_ms` apart).
     let cfg = host.config(None);
     let passes = cfg.orphan_grace_ms.div_ceil(cfg.reconcile_interval_ms) + 3;
-    let before = reconcile_passes(&client).await;
+    let before = client.reconcile_passes().await;
     eventually(
         Duration::from_secs(30),
         &format!("{passes} reconcile passes"),
-        || async { (reconcile_passes(&client).await >= before + passes).then_some(()) },
+        || async { (client.reconcile_passes().await >= before + passes).then_some(()) },
     )
     .await;
     assert!(

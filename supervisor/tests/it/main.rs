@@ -187,6 +187,20 @@ impl Client {
         Client::new(app.addr)
     }
 
+    /// Reconcile passes completed so far (`atlantis_supervisor_reconcile_passes_total`).
+    pub async fn reconcile_passes(&self) -> u64 {
+        let m = reqwest::get(format!("{}/metrics", self.base))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("atlantis_supervisor_reconcile_passes_total "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no reconcile pass counter in the metrics:\n{m}"))
+    }
+
     /// Sends a request with the token; returns status and body text.
     pub async fn send(
         &self,
