@@ -255,6 +255,7 @@ async fn send_and_read_head(
     }
     loop {
         rbuf.reserve(4096);
+        let before = rbuf.len();
         match up.read_buf(rbuf).await {
             Ok(0) if rbuf.is_empty() => return Err(SendError::Stale),
             Err(e) if rbuf.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => {
@@ -264,8 +265,16 @@ async fn send_and_read_head(
             Err(e) => return Err(SendError::Backend(e)),
             Ok(_) => {}
         }
-        if head_ended(rbuf) {
-            return Ok(());
+        // Interim answers (100 Continue, 103 Early Hints) are dropped, as hyper's client does.
+        let mut from = before;
+        while head_ended(rbuf, from) {
+            match interim_len(rbuf) {
+                None => return Ok(()),
+                Some(n) => {
+                    rbuf.advance(n);
+                    from = 0;
+                }
+            }
         }
         if rbuf.len() >= MAX_RESPONSE_HEAD {
             return Err(SendError::Malformed);
@@ -274,23 +283,42 @@ async fn send_and_read_head(
 }
 
 /// Whether `b` holds a whole response head, or bytes the parser refuses (the caller's parse then
-/// judges). The common head, CRLF line ends and a blank line, is found with a vectorised search
-/// instead of a second full parse; only heads without `\r\n\r\n` (partial, bare-LF line ends or
-/// garbage) are given to the parser here.
-pub(super) fn head_ended(b: &[u8]) -> bool {
+/// judges); `from` bytes were looked at before. The common head, CRLF line ends and a blank line, is
+/// found with a vectorised search over the new bytes (a backend sending its head byte by byte costs no
+/// rescans); the parser sees only heads without `\r\n\r\n` (partial, bare-LF line ends or garbage), and
+/// only when a line ended or on the first look.
+pub(super) fn head_ended(b: &[u8], from: usize) -> bool {
     // Empty lines before the status line are skipped by the parser; skip them here too.
     let start = b
         .iter()
         .position(|c| !matches!(c, b'\r' | b'\n'))
         .unwrap_or(b.len());
-    if memchr::memmem::find(&b[start..], b"\r\n\r\n").is_some() {
+    let search = start.max(from.saturating_sub(3));
+    if memchr::memmem::find(&b[search..], b"\r\n\r\n").is_some() {
         return true;
+    }
+    if from > 0 && memchr::memchr(b'\n', &b[from.min(b.len())..]).is_none() {
+        return false;
     }
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     !matches!(
         httparse::Response::new(&mut headers).parse(b),
         Ok(httparse::Status::Partial)
     )
+}
+
+/// The length of a complete interim (1xx, not 101) response head at the start of `b`.
+fn interim_len(b: &[u8]) -> Option<usize> {
+    let start = b.iter().position(|c| !matches!(c, b'\r' | b'\n'))?;
+    let line = b.get(start..start + 12)?;
+    if !line.starts_with(b"HTTP/1.") || line[9] != b'1' || &line[9..12] == b"101" {
+        return None;
+    }
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    match httparse::Response::new(&mut headers).parse(b) {
+        Ok(httparse::Status::Complete(n)) => Some(n),
+        _ => None,
+    }
 }
 
 /// Counts a request in the backend's in-flight load while it lives.
@@ -311,24 +339,45 @@ impl Drop for InFlight<'_> {
 
 #[cfg(test)]
 mod tests {
-    use super::head_ended;
+    use super::{head_ended, interim_len};
 
     #[test]
     fn response_head_end_is_found_without_a_full_parse() {
-        assert!(head_ended(
-            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-        ));
-        assert!(head_ended(b"HTTP/1.1 204 No Content\r\n\r\n"));
-        assert!(!head_ended(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"));
-        assert!(!head_ended(b"HTTP/1.1 200 OK\r\nContent-Le"));
-        assert!(!head_ended(b""));
+        let ended = |b: &[u8]| head_ended(b, 0);
+        assert!(ended(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"));
+        assert!(ended(b"HTTP/1.1 204 No Content\r\n\r\n"));
+        assert!(!ended(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n"));
+        assert!(!ended(b"HTTP/1.1 200 OK\r\nContent-Le"));
+        assert!(!ended(b""));
         // Empty lines before the status line do not end the head.
-        assert!(!head_ended(b"\r\n\r\nHTTP/1.1 200 OK\r\nA: b\r\n"));
-        assert!(head_ended(b"\r\n\r\nHTTP/1.1 200 OK\r\nA: b\r\n\r\n"));
+        assert!(!ended(b"\r\n\r\nHTTP/1.1 200 OK\r\nA: b\r\n"));
+        assert!(ended(b"\r\n\r\nHTTP/1.1 200 OK\r\nA: b\r\n\r\n"));
         // Bare LF line ends are the parser's to judge.
-        assert!(head_ended(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok"));
-        assert!(!head_ended(b"HTTP/1.1 200 OK\nContent-Length: 2\n"));
+        assert!(ended(b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok"));
+        assert!(!ended(b"HTTP/1.1 200 OK\nContent-Length: 2\n"));
         // Garbage is handed on at once, for the caller's parse to refuse.
-        assert!(head_ended(b"SMTP ready\r\n"));
+        assert!(ended(b"SMTP ready\r\n"));
+    }
+
+    #[test]
+    fn a_head_arriving_in_pieces_is_found_across_them() {
+        let head = b"HTTP/1.1 200 OK\r\nA: b\r\n\r\n";
+        for split in 1..head.len() {
+            // The end straddling the split is found when only the new bytes are searched.
+            assert!(!head_ended(&head[..split], 0) || split == head.len());
+            assert!(head_ended(head, split), "split {split}");
+        }
+        let lf = b"HTTP/1.1 200 OK\nA: b\n\n";
+        assert!(head_ended(lf, lf.len() - 1));
+    }
+
+    #[test]
+    fn interim_heads_are_measured() {
+        let b = b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\nHTTP/1.1 200 OK\r\n\r\n";
+        assert_eq!(interim_len(b), Some(44));
+        assert_eq!(interim_len(b"HTTP/1.1 100 Continue\r\n\r\n"), Some(25));
+        assert_eq!(interim_len(b"HTTP/1.1 101 Switching\r\n\r\n"), None);
+        assert_eq!(interim_len(b"HTTP/1.1 200 OK\r\n\r\n"), None);
+        assert_eq!(interim_len(b"HTTP/1.1 100 Continue\r\n"), None);
     }
 }

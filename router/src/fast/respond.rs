@@ -10,7 +10,7 @@ use bytes::{Buf, BytesMut};
 use http::StatusCode;
 use tokio::net::TcpStream;
 
-use super::wire::Chunked;
+use super::wire::{BadChunk, Chunked};
 use super::{CHUNK, Conn, Head, MAX_HEADERS, io};
 use crate::idle::IdleBound;
 use crate::pool::{BackendState, PoolState};
@@ -56,6 +56,8 @@ impl Conn<'_> {
         let mut length: Option<u64> = None;
         let mut bad = resp_len == 0 || (100..200).contains(&code);
         let mut conn_tokens: Vec<&str> = Vec::new();
+        let mut te: &[u8] = b"chunked";
+        let mut chunked_seen = false;
         for h in resp.headers.iter() {
             if h.name.eq_ignore_ascii_case("connection") {
                 let v = std::str::from_utf8(h.value).unwrap_or("");
@@ -69,7 +71,10 @@ impl Conn<'_> {
                 }
             } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
                 let last = h.value.rsplit(|b| *b == b',').next().unwrap_or(b"");
-                if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                if last.trim_ascii().eq_ignore_ascii_case(b"chunked") && !chunked_seen {
+                    // Other codings before `chunked` (gzip) stay in the header the client gets.
+                    chunked_seen = true;
+                    te = h.value;
                     if !matches!(framing, Framing::Empty) {
                         framing = Framing::Chunked;
                     }
@@ -77,9 +82,11 @@ impl Conn<'_> {
                     bad = true;
                 }
             } else if h.name.eq_ignore_ascii_case("content-length") {
-                let v = std::str::from_utf8(h.value)
-                    .ok()
-                    .and_then(|v| v.trim().parse::<u64>().ok());
+                // Digits only (no sign, no list); the client gets it rewritten in canonical form.
+                let v = h.value.trim_ascii();
+                let v = (!v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit))
+                    .then(|| std::str::from_utf8(v).ok()?.parse::<u64>().ok())
+                    .flatten();
                 match (v, length) {
                     (None, _) => bad = true,
                     (Some(v), Some(l)) if v != l => bad = true,
@@ -134,10 +141,12 @@ impl Conn<'_> {
         out.extend_from_slice(b"\r\n");
         for h in resp.headers.iter() {
             let n = h.name;
+            // Framing headers are written below, never copied: a `Connection` token naming one
+            // cannot take it away from the client.
             if HOP_BY_HOP.iter().any(|x| n.eq_ignore_ascii_case(x))
                 || n.eq_ignore_ascii_case("x-request-id")
+                || n.eq_ignore_ascii_case("content-length")
                 || conn_tokens.iter().any(|t| n.eq_ignore_ascii_case(t))
-                || (matches!(framing, Framing::Chunked) && n.eq_ignore_ascii_case("content-length"))
             {
                 continue;
             }
@@ -146,11 +155,24 @@ impl Conn<'_> {
             out.extend_from_slice(h.value);
             out.extend_from_slice(b"\r\n");
         }
+        match (&framing, length) {
+            (Framing::Chunked, _) => {
+                out.extend_from_slice(b"transfer-encoding: ");
+                out.extend_from_slice(te);
+                out.extend_from_slice(b"\r\n");
+            }
+            // A HEAD answer (or 304) tells the length the body would have.
+            (Framing::Length(_) | Framing::Empty, Some(l)) => {
+                out.extend_from_slice(b"content-length: ");
+                out.extend_from_slice(itoa_u64(l, &mut [0u8; 20]));
+                out.extend_from_slice(b"\r\n");
+            }
+            _ => {}
+        }
         out.extend_from_slice(b"x-request-id: ");
         out.extend_from_slice(&head.out[head.rid.clone()]);
         out.extend_from_slice(match framing {
-            Framing::Chunked => b"\r\ntransfer-encoding: chunked\r\n\r\n".as_slice(),
-            Framing::Close => b"\r\nconnection: close\r\n\r\n",
+            Framing::Close => b"\r\nconnection: close\r\n\r\n".as_slice(),
             _ => b"\r\n\r\n",
         });
         self.rbuf.advance(resp_len);
@@ -162,6 +184,8 @@ impl Conn<'_> {
             Framing::Chunked | Framing::Close => u64::MAX,
         };
         let done = copy_some(&framing, &mut chunks, &mut left, &mut self.rbuf, out);
+        let mut body_ok = done.is_ok();
+        let done = done.unwrap_or(false);
         // From here on, no progress for the body idle timeout either way closes both connections.
         let mut bound = IdleBound::new(Duration::from_millis(self.limits.body_idle_timeout_ms));
         if let Err(e) = io::write_all(client, out, &mut self.timer, &mut bound).await {
@@ -169,8 +193,7 @@ impl Conn<'_> {
             return false;
         }
         let mut finished = done;
-        let mut body_ok = true;
-        while !finished {
+        while !finished && body_ok {
             // `try_read`/`try_write` spend no scheduler budget: a body that never blocks yields here.
             tokio::task::coop::consume_budget().await;
             self.rbuf.clear();
@@ -189,7 +212,13 @@ impl Conn<'_> {
                 Ok(_) => {}
             }
             out.clear();
-            finished = copy_some(&framing, &mut chunks, &mut left, &mut self.rbuf, out);
+            match copy_some(&framing, &mut chunks, &mut left, &mut self.rbuf, out) {
+                Ok(f) => finished = f,
+                Err(BadChunk) => {
+                    tracing::warn!(pool = %pool.name, backend = %backend.name, "Backend sent a malformed chunked body; closing.");
+                    body_ok = false;
+                }
+            }
             if let Err(e) = io::write_all(client, out, &mut self.timer, &mut bound).await {
                 tracing::debug!(pool = %pool.name, error = %e, "Client write failed.");
                 return false;
@@ -217,15 +246,15 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 /// Moves body bytes from `src` to `out` as the framing allows; true when the body is complete. Bytes
-/// past the body's end stay in `src`.
+/// past the body's end stay in `src`. A malformed chunked body is an error (nothing more is copied).
 fn copy_some(
     framing: &Framing,
     chunks: &mut Chunked,
     left: &mut u64,
     src: &mut BytesMut,
     out: &mut Vec<u8>,
-) -> bool {
-    match framing {
+) -> Result<bool, BadChunk> {
+    Ok(match framing {
         Framing::Empty => true,
         Framing::Close => {
             out.extend_from_slice(src);
@@ -240,10 +269,23 @@ fn copy_some(
             *left == 0
         }
         Framing::Chunked => {
-            let (n, done) = chunks.feed(src);
+            let (n, done) = chunks.feed(src)?;
             out.extend_from_slice(&src[..n]);
             src.advance(n);
             done
+        }
+    })
+}
+
+/// `v` in decimal, written into `buf`.
+fn itoa_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            return &buf[i..];
         }
     }
 }

@@ -7,26 +7,43 @@ use std::task::{Context, Poll};
 use bytes::Buf;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Finds the end of a chunked body in a byte stream (the bytes are forwarded as they are).
+/// Finds the end of a chunked body in a byte stream (the bytes are forwarded as they are), checking the
+/// framing strictly (RFC 9112 section 7.1): hex sizes of at most 16 digits, extensions without control
+/// bytes, CRLF line ends everywhere, trailer lines that start with a field-name character, at most
+/// [`MAX_TRAILER_BYTES`] of trailers. Anything else is an error, after which the body is abandoned (both
+/// connections closed), so that no client can read the framing differently from the router.
 #[derive(Default)]
 pub(crate) struct Chunked {
     state: ChunkState,
     size: u64,
+    digits: u8,
+    trailer_bytes: usize,
 }
+
+/// The most trailer bytes accepted after the last chunk.
+pub(crate) const MAX_TRAILER_BYTES: usize = 16 * 1024;
+
+/// A chunked body that breaks the framing rules.
+#[derive(Debug, PartialEq)]
+pub(crate) struct BadChunk;
 
 #[derive(Default, Clone, Copy, PartialEq, Debug)]
 enum ChunkState {
     #[default]
     Size,
-    /// After the size digits: extensions up to LF.
+    /// After the size digits: extensions up to CR.
     Ext,
+    /// CR of the size line seen.
+    SizeLf,
     Data,
-    /// The CRLF after a chunk's data, up to LF.
-    DataEnd,
+    /// The CRLF after a chunk's data.
+    DataCr,
+    DataLf,
     /// Trailer lines after the last chunk: at the start of a line.
     TrailerStart,
-    /// Inside a trailer line, up to LF.
+    /// Inside a trailer line, up to CR.
     TrailerLine,
+    TrailerLf,
     /// CR of the final empty line seen.
     EndLf,
     Done,
@@ -34,67 +51,61 @@ enum ChunkState {
 
 impl Chunked {
     /// Consumes bytes of `b`; returns how many belong to the body and whether it ended.
-    pub(crate) fn feed(&mut self, b: &[u8]) -> (usize, bool) {
+    pub(crate) fn feed(&mut self, b: &[u8]) -> Result<(usize, bool), BadChunk> {
+        use ChunkState::*;
         let mut i = 0;
-        while i < b.len() && self.state != ChunkState::Done {
+        while i < b.len() && self.state != Done {
             let c = b[i];
-            match self.state {
-                ChunkState::Size => match (c as char).to_digit(16) {
-                    Some(d) if self.size >> 56 == 0 => self.size = self.size * 16 + d as u64,
-                    _ if c == b'\n' => self.after_size(),
-                    _ => self.state = ChunkState::Ext,
-                },
-                ChunkState::Ext => {
-                    if c == b'\n' {
-                        self.after_size();
+            let text = c == b'\t' || (c >= b' ' && c != 0x7f);
+            self.state = match self.state {
+                Size => match (c as char).to_digit(16) {
+                    Some(d) if self.digits < 16 => {
+                        self.size = self.size << 4 | u64::from(d);
+                        self.digits += 1;
+                        Size
                     }
+                    Some(_) => return Err(BadChunk),
+                    None if self.digits == 0 => return Err(BadChunk),
+                    None if c == b'\r' => SizeLf,
+                    None if matches!(c, b';' | b' ' | b'\t') => Ext,
+                    None => return Err(BadChunk),
+                },
+                Ext if c == b'\r' => SizeLf,
+                Ext if text => Ext,
+                SizeLf if c == b'\n' => {
+                    self.digits = 0;
+                    if self.size == 0 { TrailerStart } else { Data }
                 }
-                ChunkState::Data => {
+                Data => {
                     let n = ((b.len() - i) as u64).min(self.size) as usize;
                     self.size -= n as u64;
                     i += n;
                     if self.size == 0 {
-                        self.state = ChunkState::DataEnd;
+                        self.state = DataCr;
                     }
                     continue;
                 }
-                ChunkState::DataEnd => {
-                    if c == b'\n' {
-                        self.state = ChunkState::Size;
-                    }
+                DataCr if c == b'\r' => DataLf,
+                DataLf if c == b'\n' => Size,
+                TrailerStart if c == b'\r' => EndLf,
+                TrailerStart if c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c) => {
+                    TrailerLine
                 }
-                ChunkState::TrailerStart => {
-                    self.state = match c {
-                        b'\r' => ChunkState::EndLf,
-                        b'\n' => ChunkState::Done,
-                        _ => ChunkState::TrailerLine,
-                    }
+                TrailerLine if c == b'\r' => TrailerLf,
+                TrailerLine if text => TrailerLine,
+                TrailerLf if c == b'\n' => TrailerStart,
+                EndLf if c == b'\n' => Done,
+                _ => return Err(BadChunk),
+            };
+            if matches!(self.state, TrailerStart | TrailerLine | TrailerLf | EndLf) {
+                self.trailer_bytes += 1;
+                if self.trailer_bytes > MAX_TRAILER_BYTES {
+                    return Err(BadChunk);
                 }
-                ChunkState::TrailerLine => {
-                    if c == b'\n' {
-                        self.state = ChunkState::TrailerStart;
-                    }
-                }
-                ChunkState::EndLf => {
-                    self.state = if c == b'\n' {
-                        ChunkState::Done
-                    } else {
-                        ChunkState::TrailerLine
-                    }
-                }
-                ChunkState::Done => {}
             }
             i += 1;
         }
-        (i, self.state == ChunkState::Done)
-    }
-
-    fn after_size(&mut self) {
-        self.state = if self.size == 0 {
-            ChunkState::TrailerStart
-        } else {
-            ChunkState::Data
-        };
+        Ok((i, self.state == Done))
     }
 }
 
@@ -156,17 +167,50 @@ mod tests {
         let end = body.len() - 4;
         for split in 0..body.len() {
             let mut c = Chunked::default();
-            let (a, done_a) = c.feed(&body[..split]);
+            let (a, done_a) = c.feed(&body[..split]).unwrap();
             if split >= end {
                 assert_eq!((a, done_a), (end, true), "split {split}");
                 continue;
             }
             assert_eq!((a, done_a), (split, false), "split {split}");
-            let (b, done) = c.feed(&body[split..]);
+            let (b, done) = c.feed(&body[split..]).unwrap();
             assert!(done, "split {split}");
             assert_eq!(split + b, end, "split {split}");
         }
         let mut c = Chunked::default();
-        assert_eq!(c.feed(b"0\r\n\r\n"), (5, true));
+        assert_eq!(c.feed(b"0\r\n\r\n"), Ok((5, true)));
+        let mut c = Chunked::default();
+        assert_eq!(c.feed(b"000\r\n\r\n"), Ok((7, true)));
+        let mut c = Chunked::default();
+        assert_eq!(
+            c.feed(b"A; name=\"v\"\r\n0123456789\r\n0\r\n\r\n"),
+            Ok((30, true))
+        );
+    }
+
+    #[test]
+    fn chunked_framing_is_checked_strictly() {
+        let bad: &[&[u8]] = &[
+            b"\r\n\r\n",                       // no size
+            b" 5\r\nhello\r\n0\r\n\r\n",       // space before the size
+            b"5\nhello\r\n0\r\n\r\n",          // bare LF after the size
+            b"5\r\nhelloJUNK\n0\r\n\r\n",      // bytes after the data
+            b"5\r\nhello\n0\r\n\r\n",          // bare LF after the data
+            b"10000000000000000\r\n",          // 17 digits
+            b"5;a\x01b\r\nhello\r\n0\r\n\r\n", // control byte in an extension
+            b"0\r\n x: folded\r\n\r\n",        // trailer line starting with a space
+            b"0\r\nx: 1\n\r\n",                // bare LF in the trailers
+            b"0\r\n\rX",                       // CR not followed by LF at the end
+            b"g\r\n",                          // not hex
+        ];
+        for b in bad {
+            let mut c = Chunked::default();
+            assert_eq!(c.feed(b), Err(BadChunk), "{:?}", String::from_utf8_lossy(b));
+        }
+        let mut big = b"0\r\n".to_vec();
+        for _ in 0..MAX_TRAILER_BYTES / 8 + 1 {
+            big.extend_from_slice(b"x: 123\r\n");
+        }
+        assert_eq!(Chunked::default().feed(&big), Err(BadChunk));
     }
 }

@@ -368,3 +368,122 @@ async fn backend_heads_odd_or_broken_are_read_or_refused() {
     }
     router.stop().await;
 }
+
+/// Reads until the router closes the connection (`None` if it is still open after 5 s).
+async fn read_to_close(s: &mut TcpStream) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut tmp = vec![0u8; 65536];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut tmp)).await {
+            Err(_) => return None,
+            Ok(Ok(0)) | Ok(Err(_)) => return Some(got),
+            Ok(Ok(n)) => got.extend_from_slice(&tmp[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_framing_reaches_the_client_unambiguous() {
+    // A backend naming its Content-Length in Connection, a signed length, interim 103 answers, a
+    // transfer coding before chunked, and a malformed chunked body.
+    let addr = crate::support::raw_backend(|mut s| async move {
+        let mut buf = Vec::new();
+        while let Some(head) = crate::support::read_request(&mut s, &mut buf).await {
+            let path = head.split(' ').nth(1).unwrap_or("").to_owned();
+            let parts: &[&[u8]] = match path.as_str() {
+                "/conncl" => &[b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello"],
+                "/victim" => &[b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nVICTIM"],
+                "/plus" => &[b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello"],
+                "/hints" => &[
+                    b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n",
+                    b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhints",
+                ],
+                "/hints1" => &[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhints"],
+                "/gzip" => &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
+                _ => &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloJUNK\n0\r\n\r\n"],
+            };
+            for (i, p) in parts.iter().enumerate() {
+                if i > 0 {
+                    // Let the first part arrive on its own.
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if s.write_all(p).await.is_err() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    let (conf, port) =
+        crate::support::raw_pool("framing", addr, serde_json::json!({"healthz_every_ms": 0})).await;
+    let router = Router::start(&conf).await;
+    wait_ok(port, "/victim", "").await;
+    let connect = || TcpStream::connect(("127.0.0.1", port));
+    // Pipelined: the first answer keeps its length, so the second is read as an answer of its own.
+    let mut s = connect().await.unwrap();
+    s.write_all(
+        b"GET /conncl HTTP/1.1\r\nHost: x.test\r\n\r\nGET /victim HTTP/1.1\r\nHost: x.test\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let first = read_resp(&mut s, &mut buf, false).await;
+    assert!(
+        first.head.contains("content-length: 5\r\n"),
+        "{}",
+        first.head
+    );
+    assert_eq!((first.status, &first.body[..]), (200, &b"hello"[..]));
+    let second = read_resp(&mut s, &mut buf, false).await;
+    assert_eq!((second.status, &second.body[..]), (200, &b"VICTIM"[..]));
+    for (path, status, body) in [
+        ("/plus", 502, "backend error\n"),
+        ("/hints", 200, "hints"),
+        ("/hints1", 200, "hints"),
+    ] {
+        let mut s = connect().await.unwrap();
+        s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x.test\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let r = read_resp(&mut s, &mut Vec::new(), false).await;
+        assert_eq!(
+            (r.status, String::from_utf8_lossy(&r.body).as_ref()),
+            (status, body),
+            "{path}: {}",
+            r.head
+        );
+    }
+    // The coding before chunked is kept; the body goes through as sent.
+    let mut s = connect().await.unwrap();
+    s.write_all(b"GET /gzip HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    let mut tmp = [0u8; 4096];
+    while !got.ends_with(b"0\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut tmp))
+            .await
+            .expect("gzip answer")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&tmp[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_lowercase();
+    assert!(
+        text.contains("transfer-encoding: gzip, chunked\r\n"),
+        "{text}"
+    );
+    assert!(text.ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"), "{text}");
+    // A malformed chunked body: the client connection is closed before any end the client could trust.
+    let mut s = connect().await.unwrap();
+    s.write_all(b"GET /badchunk HTTP/1.1\r\nHost: x.test\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_to_close(&mut s)
+        .await
+        .expect("the router kept the connection after a malformed chunked body");
+    let text = String::from_utf8_lossy(&got);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(!text.contains("0\r\n\r\n"), "{text}");
+    router.stop().await;
+}
