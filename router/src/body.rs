@@ -46,6 +46,8 @@ struct Streamed {
 pub struct Lease {
     backend: Arc<BackendState>,
     conn: Option<Upstream>,
+    /// The stream claimed on a shared HTTP/2 connection, released with the lease.
+    stream: Option<crate::h2c::Stream>,
     max_idle: usize,
     keepalive_ms: u64,
     complete: bool,
@@ -59,6 +61,7 @@ impl Lease {
         Lease {
             backend,
             conn: None,
+            stream: None,
             max_idle,
             keepalive_ms,
             complete: false,
@@ -68,6 +71,11 @@ impl Lease {
     /// The backend.
     pub fn backend(&self) -> &Arc<BackendState> {
         &self.backend
+    }
+
+    /// Holds a stream of a shared HTTP/2 connection until the response body ends.
+    pub fn set_stream(&mut self, s: crate::h2c::Stream) {
+        self.stream = Some(s);
     }
 
     /// Hands over the connection to return to the idle list when the response body ends.

@@ -1,13 +1,16 @@
 //! HTTP/2 over cleartext TCP (prior knowledge) to the backends of `protocol: h2c` pools, such as gRPC
 //! servers.
 //!
-//! Each worker keeps one multiplexed connection per backend, driven by a task of its own on that worker;
-//! the worker's requests to that backend share it. A connection that ended, or that the backend shut
+//! Each worker keeps multiplexed connections per backend, each driven by a task of its own on that
+//! worker; the worker's requests to that backend share them, a new one opening beside when every one
+//! carries [`STREAMS_PER_CONN`] streams. A connection that ended, or that the backend shut
 //! with GOAWAY, is replaced on the next request; a request the old connection gave back unsent goes on a
 //! new one. Requests get an absolute URI (scheme `http`, authority from the `Host` header) so that the
 //! backend sees `:scheme` and `:authority`, and `TE: trailers` is kept when the client sent it (gRPC
 //! requires it). Response trailers pass through as body frames.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, Version, header};
@@ -28,9 +31,10 @@ pub async fn connect(b: &BackendState) -> std::io::Result<Sender> {
     stream.set_nodelay(true)?;
     let (sr, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        // Pings find a backend that vanished without closing the connection.
+        // Pings find a backend that vanished without closing the connection, idle or not.
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(10))
+        .keep_alive_while_idle(true)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;
@@ -75,11 +79,16 @@ pub fn to_h2(req: &mut Request<UpBody>, trailers: bool, fallback_authority: &str
         .authority(authority.as_str())
         .path_and_query(path)
         .build();
-    if let Ok(uri) = built {
+    // A Host the URI refuses (`a b`) is not the backend's fault: its own name stands in.
+    let uri = built.or_else(|_| {
+        http::Uri::builder()
+            .scheme("http")
+            .authority(fallback_authority)
+            .path_and_query(path)
+            .build()
+    });
+    if let Ok(uri) = uri {
         *req.uri_mut() = uri;
-    } else if let Ok(v) = HeaderValue::try_from(authority) {
-        // An authority the URI refuses stays a Host header.
-        req.headers_mut().insert(header::HOST, v);
     }
     *req.version_mut() = Version::HTTP_2;
     if trailers {
@@ -90,8 +99,8 @@ pub fn to_h2(req: &mut Request<UpBody>, trailers: bool, fallback_authority: &str
 
 /// How an exchange with one backend ended.
 pub enum Outcome {
-    /// The response head arrived.
-    Answer(Response<Incoming>),
+    /// The response head arrived; the stream claim goes with the body.
+    Answer(Response<Incoming>, Stream),
     /// No connection could be opened; the request comes back for another backend.
     Refused(Request<UpBody>),
     /// The backend failed the request.
@@ -100,13 +109,36 @@ pub enum Outcome {
     Timeout,
 }
 
-/// A worker's shared connection to one backend. Requests that find none wait on the lock while one of
-/// them connects; when that fails, they are refused at once (for another backend) rather than trying
-/// again one after another.
+/// Streams a connection carries before the next request opens another connection beside it: below
+/// common server limits (Go 250, nginx 128), so that long-lived streams (gRPC) do not queue others
+/// behind the backend's `MAX_CONCURRENT_STREAMS`.
+pub const STREAMS_PER_CONN: usize = 100;
+/// The most connections per backend and worker.
+pub const MAX_CONNS: usize = 8;
+
+/// A worker's shared connections to one backend. Requests that find none (or only busy ones) wait on
+/// the lock while one of them connects; when that fails, they are refused at once (for another
+/// backend) rather than trying again one after another.
 #[derive(Default)]
 pub struct Slot {
-    sender: Option<Sender>,
+    conns: Vec<Conn>,
+    next_id: u64,
     failed_at: Option<tokio::time::Instant>,
+}
+
+struct Conn {
+    id: u64,
+    sender: Sender,
+    streams: Arc<AtomicUsize>,
+}
+
+/// A request's claim on a stream of a shared connection, held until its response ends.
+pub struct Stream(Arc<AtomicUsize>);
+
+impl Drop for Stream {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Relaxed);
+    }
 }
 
 /// One slot per worker.
@@ -123,39 +155,72 @@ pub fn slots() -> Slots {
 pub fn clear(slots: &Slots) {
     for s in slots.iter() {
         if let Ok(mut g) = s.try_lock() {
-            g.sender = None;
+            g.conns.clear();
         }
     }
 }
 
-/// This worker's open connection to `b`, opened if needed.
-async fn sender(pool: &PoolState, b: &BackendState, connect_timeout: Duration) -> Option<Sender> {
+/// The least busy open connection of this worker to `b`, or a new one when all carry
+/// [`STREAMS_PER_CONN`] streams (up to [`MAX_CONNS`]); with its id and the request's stream claim.
+async fn sender(
+    pool: &PoolState,
+    b: &BackendState,
+    connect_timeout: Duration,
+) -> Option<(u64, Sender, Stream)> {
     let mut slot = b.h2_slot().lock().await;
-    if let Some(s) = slot.sender.as_ref().filter(|s| !s.is_closed()) {
-        return Some(s.clone());
+    slot.conns.retain(|c| !c.sender.is_closed());
+    let least = slot
+        .conns
+        .iter()
+        .min_by_key(|c| c.streams.load(Relaxed))
+        .filter(|c| c.streams.load(Relaxed) < STREAMS_PER_CONN || slot.conns.len() >= MAX_CONNS);
+    let claim = |c: &Conn| {
+        c.streams.fetch_add(1, Relaxed);
+        Some((c.id, c.sender.clone(), Stream(c.streams.clone())))
+    };
+    if let Some(c) = least {
+        return claim(c);
     }
-    if slot
+    let failed_recently = slot
         .failed_at
-        .is_some_and(|t| t.elapsed() < connect_timeout.min(Duration::from_secs(1)))
-    {
-        return None;
+        .is_some_and(|t| t.elapsed() < connect_timeout.min(Duration::from_secs(1)));
+    let opened = if failed_recently {
+        None
+    } else {
+        pool.connect_within(b, connect_timeout, connect(b)).await
+    };
+    let Some(sender) = opened else {
+        if !failed_recently {
+            slot.failed_at = Some(tokio::time::Instant::now());
+        }
+        // All connections busy and no new one: queue on the least busy rather than fail.
+        return slot
+            .conns
+            .iter()
+            .min_by_key(|c| c.streams.load(Relaxed))
+            .and_then(claim);
+    };
+    slot.next_id += 1;
+    let conn = Conn {
+        id: slot.next_id,
+        sender,
+        streams: Arc::new(AtomicUsize::new(0)),
+    };
+    let got = claim(&conn);
+    if !b.removed() {
+        slot.conns.push(conn);
     }
-    let opened = pool.connect_within(b, connect_timeout, connect(b)).await;
-    match &opened {
-        Some(s) if !b.removed() => slot.sender = Some(s.clone()),
-        Some(_) => {}
-        None => slot.failed_at = Some(tokio::time::Instant::now()),
-    }
-    opened
+    got
 }
 
-/// Forgets this worker's connection to `b` (it failed a request); requests on it finish.
-async fn forget(b: &BackendState) {
-    b.h2_slot().lock().await.sender = None;
+/// Forgets connection `id` of this worker to `b` (it failed a request); its requests finish.
+async fn forget(b: &BackendState, id: u64) {
+    b.h2_slot().lock().await.conns.retain(|c| c.id != id);
 }
 
-/// Sends `req` to `b` on this worker's shared connection (opened if needed, within `connect_timeout`)
-/// and waits, until `deadline`, for the response head.
+/// Sends `req` to `b` on one of this worker's shared connections (opened if needed, within
+/// `connect_timeout`) and waits, until `deadline`, for the response head. The stream claim of an answer
+/// is to be held until the response body ends.
 pub async fn exchange(
     pool: &PoolState,
     b: &BackendState,
@@ -165,7 +230,7 @@ pub async fn exchange(
 ) -> Outcome {
     // A cached connection can turn out closed; its unsent request then goes on a new one.
     for _ in 0..3 {
-        let Some(mut sr) = sender(pool, b, connect_timeout).await else {
+        let Some((id, mut sr, stream)) = sender(pool, b, connect_timeout).await else {
             return Outcome::Refused(req);
         };
         match tokio::time::timeout_at(deadline, sr.ready()).await {
@@ -173,15 +238,15 @@ pub async fn exchange(
             Ok(Ok(())) => {}
             Ok(Err(_)) => {
                 // The connection is gone; the request was not handed over.
-                forget(b).await;
+                forget(b, id).await;
                 continue;
             }
         }
         match tokio::time::timeout_at(deadline, sr.try_send_request(req)).await {
             Err(_) => return Outcome::Timeout,
-            Ok(Ok(resp)) => return Outcome::Answer(resp),
+            Ok(Ok(resp)) => return Outcome::Answer(resp, stream),
             Ok(Err(mut e)) => {
-                forget(b).await;
+                forget(b, id).await;
                 match e.take_message() {
                     Some(back) => req = back,
                     None => return Outcome::Failed(e.into_error()),

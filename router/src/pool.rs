@@ -331,7 +331,14 @@ impl PoolState {
 
     /// Replaces the settings.
     pub fn set_config(&self, cfg: Pool) {
-        if *self.cfg.load().as_ref() != cfg {
+        let old = self.cfg.load();
+        if **old != cfg {
+            if old.protocol != cfg.protocol {
+                // Connections of the other protocol are not used again.
+                for b in self.backends.load().iter() {
+                    b.clear_idle();
+                }
+            }
             self.h2c.store(cfg.protocol == Protocol::H2c, Relaxed);
             self.cfg.store(Arc::new(cfg));
         }

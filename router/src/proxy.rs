@@ -363,9 +363,9 @@ fn prepare(
         h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         h.insert(header::UPGRADE, up);
     }
-    if !h.contains_key(header::HOST)
-        && let Some(v) = host.and_then(|a| HeaderValue::try_from(a).ok())
-    {
+    // The authority the request was routed by is the one the backend sees (RFC 9112 section 3.2.2,
+    // RFC 9113 section 8.3.1): a `Host` header that disagrees with it is replaced.
+    if let Some(v) = host.and_then(|a| HeaderValue::try_from(a).ok()) {
         h.insert(header::HOST, v);
     }
     let ip = conn.peer.ip().to_string();
@@ -450,8 +450,12 @@ async fn forward(
             }
             let outcome =
                 crate::h2c::exchange(pool, &backend, req, deadline, connect_timeout).await;
+            let mut lease = lease;
             let resp = match outcome {
-                crate::h2c::Outcome::Answer(resp) => resp,
+                crate::h2c::Outcome::Answer(resp, stream) => {
+                    lease.set_stream(stream);
+                    resp
+                }
                 crate::h2c::Outcome::Refused(back) => {
                     req = back;
                     tried.push(Arc::as_ptr(&backend) as usize);

@@ -37,31 +37,46 @@ impl Drop for H2Backend {
     }
 }
 
+/// Requests held by `/hold?n=N` until N are held at once.
+#[derive(Default)]
+struct Hold {
+    held: AtomicUsize,
+    all_in: tokio::sync::Notify,
+}
+
 impl H2Backend {
     async fn start() -> H2Backend {
+        Self::start_with(None).await
+    }
+
+    /// With `max_streams`, the backend announces that `MAX_CONCURRENT_STREAMS`.
+    async fn start_with(max_streams: Option<u32>) -> H2Backend {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let app_conns = Arc::new(AtomicUsize::new(0));
         let shut = Arc::new(parking_lot::Mutex::new(CancellationToken::new()));
         let stop = CancellationToken::new();
         let (conns, shut2, stop2) = (app_conns.clone(), shut.clone(), stop.clone());
+        let hold = Arc::new(Hold::default());
         tokio::spawn(async move {
             loop {
                 let s = tokio::select! {
                     r = listener.accept() => r.unwrap().0,
                     _ = stop2.cancelled() => return,
                 };
-                let (conns, shut) = (conns.clone(), shut2.lock().clone());
+                let (conns, shut, hold) = (conns.clone(), shut2.lock().clone(), hold.clone());
                 tokio::spawn(async move {
                     let counted = Arc::new(std::sync::atomic::AtomicBool::new(false));
                     let svc = hyper::service::service_fn(move |req| {
                         if req.uri().path() != "/healthz" && !counted.swap(true, SeqCst) {
                             conns.fetch_add(1, SeqCst);
                         }
-                        answer(req)
+                        answer(req, hold.clone())
                     });
-                    let conn = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(s), svc);
+                    let mut builder =
+                        hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    builder.max_concurrent_streams(max_streams);
+                    let conn = builder.serve_connection(TokioIo::new(s), svc);
                     tokio::pin!(conn);
                     tokio::select! {
                         _ = conn.as_mut() => {}
@@ -88,7 +103,7 @@ impl H2Backend {
     }
 }
 
-async fn answer(req: Request<Incoming>) -> Result<Response<Body>, hyper::Error> {
+async fn answer(req: Request<Incoming>, hold: Arc<Hold>) -> Result<Response<Body>, hyper::Error> {
     let mut seen = HeaderMap::new();
     seen.insert("x-version", format!("{:?}", req.version()).parse().unwrap());
     let uri = req.uri().clone();
@@ -116,6 +131,28 @@ async fn answer(req: Request<Incoming>) -> Result<Response<Body>, hyper::Error> 
                 futures::stream::iter([Ok(Frame::trailers(trailers))]),
             );
             StreamBody::new(frames).boxed()
+        }
+        "/hold" => {
+            let n: usize = uri
+                .query()
+                .and_then(|q| q.strip_prefix("n="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(1);
+            let all_in = hold.all_in.notified();
+            let text = if hold.held.fetch_add(1, SeqCst) + 1 >= n {
+                hold.all_in.notify_waiters();
+                "released"
+            } else if tokio::time::timeout(Duration::from_secs(10), all_in)
+                .await
+                .is_ok()
+            {
+                "released"
+            } else {
+                "timeout"
+            };
+            Full::new(Bytes::from_static(text.as_bytes()))
+                .map_err(|e| match e {})
+                .boxed()
         }
         _ => Full::new(Bytes::from_static(b"hello over h2"))
             .map_err(|e| match e {})
@@ -154,7 +191,9 @@ async fn an_http2_only_backend_is_checked_and_served_over_http2() {
         .http2_prior_knowledge()
         .build()
         .unwrap();
-    for c in [client(), h2] {
+    // The authority is the client's Host, or for HTTP/2 its `:authority` (an extra Host header loses).
+    let h2_authority = format!("127.0.0.1:{port}");
+    for (c, authority) in [(client(), "x.test"), (h2, h2_authority.as_str())] {
         let r = c
             .get(format!("http://127.0.0.1:{port}/hello?x=1"))
             .header("host", "x.test")
@@ -165,7 +204,7 @@ async fn an_http2_only_backend_is_checked_and_served_over_http2() {
         let h = r.headers().clone();
         assert_eq!(h["x-version"], "HTTP/2.0");
         assert_eq!(h["x-scheme"], "http");
-        assert_eq!(h["x-authority"], "x.test");
+        assert_eq!(h["x-authority"], authority);
         assert!(h.contains_key("x-request-id"));
         assert_eq!(r.text().await.unwrap(), "hello over h2");
     }
@@ -334,5 +373,41 @@ async fn a_real_grpc_server_is_served_and_health_checked() {
     wait_health(&router, "p", &node, "CRITICAL").await;
     server.run(&["serving".into(), direct, "yes".into()]).await;
     wait_health(&router, "p", &node, "OK").await;
+    router.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_a_backends_limit_open_another_connection() {
+    // The backend takes 100 streams per connection; 150 requests must all be there at once to be
+    // answered, so a router queueing behind the limit would see them time out.
+    let b = H2Backend::start_with(Some(100)).await;
+    let (_conf, port, router) = setup("h2limit", &b).await;
+    // One client connection: all its streams are served by one router worker.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (sr, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let tasks: Vec<_> = (0..150)
+        .map(|_| {
+            let mut sr = sr.clone();
+            tokio::spawn(async move {
+                let req = Request::get(format!("http://x.test:{port}/hold?n=150"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let resp = sr.send_request(req).await.unwrap();
+                let status = resp.status();
+                let body = resp.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), (StatusCode::OK, "released".to_owned()));
+    }
+    let conns = b.app_conns.load(SeqCst);
+    assert!(conns >= 2, "{conns} backend connections for 150 streams");
     router.stop().await;
 }

@@ -127,10 +127,12 @@ async fn http2_cleartext_and_forwarding_headers() {
         .http2_prior_knowledge()
         .build()
         .unwrap();
+    // A Host header that disagrees with the authority does not reach the backend.
     let r = h2
         .get(&url)
         .header("x-request-id", "abc-123")
         .header("x-forwarded-for", "10.1.2.3")
+        .header("host", "internal.test")
         .send()
         .await
         .unwrap();
@@ -149,6 +151,11 @@ async fn http2_cleartext_and_forwarding_headers() {
         "{seen}"
     );
     assert_eq!(seen["headers"]["x-request-id"], "abc-123", "{seen}");
+    assert_eq!(
+        seen["headers"]["host"],
+        format!("127.0.0.1:{port}"),
+        "{seen}"
+    );
     assert_eq!(seen["path"], "/hello");
     assert_eq!(seen["query"], "x=1");
     // ...and from curl.
@@ -189,6 +196,26 @@ async fn http2_cleartext_and_forwarding_headers() {
     assert!(seen["headers"].get("keep-alive").is_none(), "{seen}");
     assert_eq!(seen["headers"]["x-request-id"], rid.as_str(), "{seen}");
     assert_eq!(rid.len(), 20);
+    // HTTP/1.1 absolute form: the target's authority is the Host the backend sees.
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(
+        b"GET http://public.test/abs HTTP/1.1\r\nHost: internal.test\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&got);
+    let body = &text[text.find("\r\n\r\n").unwrap() + 4..];
+    let seen: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {text}"));
+    assert_eq!(seen["headers"]["host"], "public.test", "{seen}");
+    assert_eq!(seen["headers"]["x-forwarded-host"], "public.test", "{seen}");
     router.stop().await;
 }
 
