@@ -230,7 +230,12 @@ pub async fn exchange(
 ) -> Outcome {
     // A cached connection can turn out closed; its unsent request then goes on a new one.
     for _ in 0..3 {
-        let Some((id, mut sr, stream)) = sender(pool, b, connect_timeout).await else {
+        // Waiting for another request's connect counts against this request's deadline too.
+        let got = tokio::time::timeout_at(deadline, sender(pool, b, connect_timeout)).await;
+        let Ok(got) = got else {
+            return Outcome::Timeout;
+        };
+        let Some((id, mut sr, stream)) = got else {
             return Outcome::Refused(req);
         };
         match tokio::time::timeout_at(deadline, sr.ready()).await {
