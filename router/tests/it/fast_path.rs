@@ -309,27 +309,15 @@ async fn a_client_leaving_frees_its_backend_slot() {
     router.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn backend_heads_odd_or_broken_are_read_or_refused() {
-    // The backend answers by path: a head split over two writes, bare-LF line ends, empty lines before
-    // the status line, garbage, and conflicting lengths.
-    let addr = crate::support::raw_backend(|mut s| async move {
+/// A raw backend answering each request with the byte parts `answer` gives for its path, written
+/// 50 ms apart so that each arrives on its own.
+async fn scripted_backend(answer: fn(&str) -> &'static [&'static [u8]]) -> std::net::SocketAddr {
+    crate::support::raw_backend(move |mut s| async move {
         let mut buf = Vec::new();
         while let Some(head) = crate::support::read_request(&mut s, &mut buf).await {
             let path = head.split(' ').nth(1).unwrap_or("").to_owned();
-            let parts: &[&[u8]] = match path.as_str() {
-                "/split" => &[b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 5\r\n\r\nsplit"],
-                "/lf" => &[b"HTTP/1.1 200 OK\nContent-Length: 2\n\nlf"],
-                "/lead" => &[
-                    b"\r\n\r\nHTTP/1.1 200 OK\r\n",
-                    b"Content-Length: 4\r\n\r\nlead",
-                ],
-                "/garbage" => &[b"SMTP ready\r\n\r\n"],
-                _ => &[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc"],
-            };
-            for (i, p) in parts.iter().enumerate() {
+            for (i, p) in answer(&path).iter().enumerate() {
                 if i > 0 {
-                    // Let the first part arrive on its own.
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 if s.write_all(p).await.is_err() {
@@ -337,6 +325,23 @@ async fn backend_heads_odd_or_broken_are_read_or_refused() {
                 }
             }
         }
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_heads_odd_or_broken_are_read_or_refused() {
+    // The backend answers by path: a head split over two writes, bare-LF line ends, empty lines before
+    // the status line, garbage, and conflicting lengths.
+    let addr = scripted_backend(|path| match path {
+        "/split" => &[b"HTTP/1.1 200 OK\r\nContent-Le", b"ngth: 5\r\n\r\nsplit"],
+        "/lf" => &[b"HTTP/1.1 200 OK\nContent-Length: 2\n\nlf"],
+        "/lead" => &[
+            b"\r\n\r\nHTTP/1.1 200 OK\r\n",
+            b"Content-Length: 4\r\n\r\nlead",
+        ],
+        "/garbage" => &[b"SMTP ready\r\n\r\n"],
+        _ => &[b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nabc"],
     })
     .await;
     let (conf, port) =
@@ -386,11 +391,7 @@ async fn read_to_close(s: &mut TcpStream) -> Option<Vec<u8>> {
 async fn backend_framing_reaches_the_client_unambiguous() {
     // A backend naming its Content-Length in Connection, a signed length, interim 103 answers, a
     // transfer coding before chunked, and a malformed chunked body.
-    let addr = crate::support::raw_backend(|mut s| async move {
-        let mut buf = Vec::new();
-        while let Some(head) = crate::support::read_request(&mut s, &mut buf).await {
-            let path = head.split(' ').nth(1).unwrap_or("").to_owned();
-            let parts: &[&[u8]] = match path.as_str() {
+    let addr = scripted_backend(|path| match path {
                 "/conncl" => &[b"HTTP/1.1 200 OK\r\nConnection: content-length\r\nContent-Length: 5\r\n\r\nhello"],
                 "/victim" => &[b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nVICTIM"],
                 "/plus" => &[b"HTTP/1.1 200 OK\r\nContent-Length: +5\r\n\r\nhello"],
@@ -401,17 +402,6 @@ async fn backend_framing_reaches_the_client_unambiguous() {
                 "/hints1" => &[b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhints"],
                 "/gzip" => &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"],
                 _ => &[b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloJUNK\n0\r\n\r\n"],
-            };
-            for (i, p) in parts.iter().enumerate() {
-                if i > 0 {
-                    // Let the first part arrive on its own.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                if s.write_all(p).await.is_err() {
-                    return;
-                }
-            }
-        }
     })
     .await;
     let (conf, port) =
