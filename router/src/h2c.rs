@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::time::Duration;
 
 use http::{HeaderValue, Request, Response, Version, header};
+use hyper::body::Body as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -228,7 +229,17 @@ pub async fn exchange(
     deadline: tokio::time::Instant,
     connect_timeout: Duration,
 ) -> Outcome {
-    // A cached connection can turn out closed; its unsent request then goes on a new one.
+    // A cached connection can turn out closed; its unsent request then goes on a new one. So does a
+    // bodiless request whose stream the backend refused (REFUSED_STREAM, or above a GOAWAY's last
+    // stream): HTTP/2 guarantees it was not processed.
+    let idempotent = matches!(
+        *req.method(),
+        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+    );
+    let mut again = req
+        .body()
+        .is_end_stream()
+        .then(|| crate::proxy::bodiless_copy(&req));
     for _ in 0..3 {
         // Waiting for another request's connect counts against this request's deadline too.
         let got = tokio::time::timeout_at(deadline, sender(pool, b, connect_timeout)).await;
@@ -252,12 +263,35 @@ pub async fn exchange(
             Ok(Ok(resp)) => return Outcome::Answer(resp, stream),
             Ok(Err(mut e)) => {
                 forget(b, id).await;
-                match e.take_message() {
-                    Some(back) => req = back,
-                    None => return Outcome::Failed(e.into_error()),
+                match (e.take_message(), again.take()) {
+                    (Some(back), copy) => {
+                        req = back;
+                        again = copy;
+                    }
+                    (None, Some(copy)) if unprocessed(e.error(), idempotent) => {
+                        tracing::debug!(backend = %b.name, "Stream refused by the backend; sending again.");
+                        again = Some(crate::proxy::bodiless_copy(&copy));
+                        req = copy;
+                    }
+                    (None, _) => return Outcome::Failed(e.into_error()),
                 }
             }
         }
     }
     Outcome::Refused(req)
+}
+
+/// Whether the backend left the stream unprocessed: refused it (REFUSED_STREAM, RFC 9113 section
+/// 8.7), or, for a request that may be sent twice, dropped it with a GOAWAY (streams above the GOAWAY's
+/// last stream id were not processed, but the error does not tell those from others cut by the close).
+fn unprocessed(err: &hyper::Error, idempotent: bool) -> bool {
+    let mut source = std::error::Error::source(err);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                || (idempotent && h2.is_go_away() && h2.is_remote());
+        }
+        source = e.source();
+    }
+    false
 }

@@ -593,7 +593,7 @@ fn failed(pool: &PoolState, backend: &BackendState, err: &hyper::Error) -> Respo
 }
 
 /// A copy of a request without a body (method, target, version, headers).
-fn bodiless_copy(req: &Request<UpBody>) -> Request<UpBody> {
+pub(crate) fn bodiless_copy(req: &Request<UpBody>) -> Request<UpBody> {
     let mut r = Request::new(Either::Right(Empty::new()));
     *r.method_mut() = req.method().clone();
     *r.uri_mut() = req.uri().clone();

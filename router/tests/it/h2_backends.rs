@@ -1,7 +1,7 @@
 //! Pools with `protocol: h2c`: the router speaks HTTP/2 to backends that speak nothing else (as gRPC
 //! servers do), checks their health over HTTP/2, shares one connection per worker among requests, passes
 //! `TE: trailers` and response trailers through (a gRPC exchange), replaces a connection the backend
-//! shut down, and follows a pool's protocol changed live. A real gRPC server (Python grpcio) is served
+//! shut down, sends refused bodiless streams again, and follows a pool's protocol changed live. A real gRPC server (Python grpcio) is served
 //! through the router for every call shape, and checked with the gRPC health protocol.
 
 use std::sync::Arc;
@@ -409,5 +409,84 @@ async fn streams_past_a_backends_limit_open_another_connection() {
     }
     let conns = b.app_conns.load(SeqCst);
     assert!(conns >= 2, "{conns} backend connections for 150 streams");
+    router.stop().await;
+}
+
+/// An HTTP/2 backend (the `h2` crate, so that it can refuse streams) that answers `REFUSED_STREAM` to
+/// every other stream, starting with the first, and `200 ok` to the rest. Counts the streams it saw.
+async fn refusing_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = counter.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((req, mut respond))) = conn.accept().await {
+                    if req.uri().path() == "/healthz" {
+                        let _ = respond.send_response(Response::new(()), true);
+                    } else if seen.fetch_add(1, SeqCst).is_multiple_of(2) {
+                        respond.send_reset(h2::Reason::REFUSED_STREAM);
+                    } else if let Ok(mut body) = respond.send_response(Response::new(()), false) {
+                        let _ = body.send_data(Bytes::from_static(b"ok"), true);
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_streams_are_sent_again_unless_they_carried_a_body() {
+    let (addr, seen) = refusing_backend().await;
+    let (conf, port) = crate::support::raw_pool(
+        "h2refused",
+        addr,
+        json!({"protocol": "h2c", "healthz_every_ms": 0}),
+    )
+    .await;
+    let router = Router::start(&conf).await;
+    let url = format!("http://127.0.0.1:{port}/x");
+    crate::support::wait_route(&client(), &url, "x.test", 200, "").await;
+    // Every request meets a refusal first, then goes through: bodiless ones of any method.
+    for method in [
+        reqwest::Method::GET,
+        reqwest::Method::DELETE,
+        reqwest::Method::GET,
+    ] {
+        let before = seen.load(SeqCst);
+        let expect_refusal = before.is_multiple_of(2);
+        let r = client()
+            .request(method.clone(), &url)
+            .header("host", "x.test")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{method}");
+        assert_eq!(r.text().await.unwrap(), "ok");
+        let streams = seen.load(SeqCst) - before;
+        assert_eq!(streams, if expect_refusal { 2 } else { 1 }, "{method}");
+    }
+    // A request with a body is not sent again: its body went with the refused stream.
+    while !seen.load(SeqCst).is_multiple_of(2) {
+        get(&client(), &url, "x.test", &[]).await;
+    }
+    let r = client()
+        .post(&url)
+        .header("host", "x.test")
+        .body("payload")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_GATEWAY);
+    assert_eq!(r.headers()["x-atlantis-error"], "backend_error");
     router.stop().await;
 }
