@@ -207,7 +207,7 @@ impl BackendState {
 
     /// Returns a connection whose exchange is complete to the idle list (unless the pool's
     /// `keepalive_ms` is 0: no reuse).
-    pub fn checkin(&self, up: Upstream, max_idle: usize, keepalive_ms: u64) {
+    pub fn checkin(&self, mut up: Upstream, max_idle: usize, keepalive_ms: u64) {
         if keepalive_ms == 0 || !up.reusable() || self.cancel.is_cancelled() {
             return;
         }

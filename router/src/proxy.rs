@@ -247,18 +247,34 @@ static HOP_BY_HOP: [HeaderName; 7] = [
 ];
 
 /// Removes hop-by-hop headers, including those named by `Connection`.
+/// Every `Connection` header counts; names the router sets or frames by (`Host`, `Content-Length`, the
+/// forwarding headers) are never taken away this way.
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    if let Some(conn) = h.get(header::CONNECTION).cloned()
-        && let Ok(conn) = conn.to_str()
-    {
-        for name in conn.split(',') {
-            let name = name.trim();
-            if !name.is_empty()
-                && !name.eq_ignore_ascii_case("keep-alive")
-                && !name.eq_ignore_ascii_case("close")
-            {
-                h.remove(name);
-            }
+    let named: Vec<String> = h
+        .get_all(header::CONNECTION)
+        .iter()
+        .flat_map(|v| {
+            String::from_utf8_lossy(v.as_bytes())
+                .split(',')
+                .map(|t| t.trim().to_ascii_lowercase())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for name in &named {
+        if !name.is_empty()
+            && !matches!(
+                name.as_str(),
+                "keep-alive"
+                    | "close"
+                    | "host"
+                    | "content-length"
+                    | "x-forwarded-for"
+                    | "x-forwarded-proto"
+                    | "x-forwarded-host"
+                    | "x-request-id"
+            )
+        {
+            h.remove(name.as_str());
         }
     }
     for n in &HOP_BY_HOP {
@@ -266,8 +282,11 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
-fn is_upgrade<B>(req: &Request<B>) -> bool {
+/// An upgrade request: HTTP/1.1, `Connection: upgrade` and `Upgrade`, and no body (a body announced
+/// before the switch would hold the client's side of the tunnel until it arrived).
+fn is_upgrade<B: hyper::body::Body>(req: &Request<B>) -> bool {
     req.version() == Version::HTTP_11
+        && req.body().is_end_stream()
         && req.headers().contains_key(header::UPGRADE)
         && req.headers().get_all(header::CONNECTION).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
@@ -284,6 +303,14 @@ pub async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
+    if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
+        // RFC 9112 section 3.2: the router and the backend could each pick a different one.
+        return Ok(answer(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "more than one Host header\n",
+        ));
+    }
     let route = {
         let table = shared.table.load();
         table.route(conn.port, &View::of(&req), None)
@@ -533,7 +560,15 @@ async fn forward(
             let idle = shared.tunnel_idle;
             tokio::spawn(async move {
                 let _lease = lease;
-                match tokio::try_join!(client_upgrade, backend_upgrade) {
+                // Both sides switch at once normally; a client that never completes its side is dropped.
+                let both = tokio::time::timeout(idle.min(Duration::from_secs(30)), async {
+                    tokio::try_join!(client_upgrade, backend_upgrade)
+                });
+                let Ok(both) = both.await else {
+                    tracing::debug!("Upgrade not completed in time.");
+                    return;
+                };
+                match both {
                     Ok((c, b)) => {
                         if let Err(e) =
                             crate::tunnel::run(TokioIo::new(c), TokioIo::new(b), idle).await

@@ -116,8 +116,14 @@ impl Upstream {
         .await
     }
 
-    /// Whether the connection can carry another request once this exchange completes.
-    pub fn reusable(&self) -> bool {
-        !self.spawned && self.conn.is_some() && !self.sr.is_closed()
+    /// Whether the connection can carry another request now: open, and idle (a request body still
+    /// being uploaded after the backend answered keeps it busy, and it must not wait in an idle list).
+    pub fn reusable(&mut self) -> bool {
+        if self.spawned || self.conn.is_none() || self.sr.is_closed() {
+            return false;
+        }
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        self.poll_conn(&mut cx);
+        matches!(self.sr.poll_ready(&mut cx), Poll::Ready(Ok(())))
     }
 }

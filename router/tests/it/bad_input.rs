@@ -152,3 +152,28 @@ async fn slow_and_idle_clients_are_cut_off() {
     );
     router.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_and_connection_tricks_are_refused_or_neutralised() {
+    let (_conf, _b, port, router) = setup("hosttricks").await;
+    // Two Host headers: the router and the backend could pick different ones.
+    let got = exchange(
+        port,
+        b"GET / HTTP/1.1\r\nHost: x.test\r\nHost: evil.test\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(got.starts_with("HTTP/1.1 400"), "{got}");
+    // `Connection` may not take Host away; every Connection header counts.
+    let got = exchange(
+        port,
+        b"GET / HTTP/1.1\r\nHost: x.test\r\nConnection: host, close\r\nConnection: x-secret\r\nX-Secret: 1\r\n\r\n",
+    )
+    .await;
+    let body = &got[got.find("\r\n\r\n").expect("an answer") + 4..];
+    let seen: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {got}"));
+    assert_eq!(seen["headers"]["host"], "x.test", "{seen}");
+    assert_eq!(seen["headers"]["x-forwarded-host"], "x.test", "{seen}");
+    assert!(seen["headers"].get("x-secret").is_none(), "{seen}");
+    router.stop().await;
+}
