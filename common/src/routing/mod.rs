@@ -303,10 +303,16 @@ impl FromStr for Backend {
         if port == 0 {
             return Err(bad("port must be a number 1-65535"));
         }
-        Ok(Backend {
+        let b = Backend {
             host: host.to_ascii_lowercase(),
             port,
-        })
+        };
+        // One spelling per address (no `+80`, `080` or upper case), so two nodes cannot name the same
+        // backend.
+        if b.to_string() != s {
+            return Err(bad(&format!("write it as {b}")));
+        }
+        Ok(b)
     }
 }
 

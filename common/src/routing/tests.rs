@@ -250,8 +250,13 @@ fn backends_parse() {
         (b.host.as_str(), b.to_string().as_str()),
         ("::1", "[::1]:80")
     );
-    let b: Backend = "Host-1.example:1".parse().unwrap();
+    let b: Backend = "host-1.example:1".parse().unwrap();
     assert_eq!(b.host, "host-1.example");
+    // One spelling per address: two nodes cannot name the same backend.
+    for other in ["Host-1.example:1", "host-1.example:+1", "host-1.example:01"] {
+        let e = other.parse::<Backend>().unwrap_err().to_string();
+        assert!(e.contains("write it as host-1.example:1"), "{other}: {e}");
+    }
     for bad in [
         "",
         "host",
