@@ -21,8 +21,10 @@ use serde::{Deserialize, Serialize};
 
 /// Longest rule value.
 pub const MAX_VALUE_LEN: usize = 4096;
-/// Compiled size limit of a rule regex.
-pub const MAX_REGEX_BYTES: usize = 1 << 20;
+/// Compiled size limit of a rule regex: 256 KiB, so that thousands of regex rules stay within memory
+/// (Unicode classes are large: `\w{0,20}` needs about 1 MiB; `(?-u:\w){0,20}` or `[a-z0-9_]{0,20}` far
+/// less).
+pub const MAX_REGEX_BYTES: usize = 256 << 10;
 
 /// The matcher type of a rule.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
