@@ -194,6 +194,9 @@ pub enum Route {
     TooDeep,
 }
 
+/// The most rule evaluations a trace records.
+pub const MAX_TRACE_STEPS: usize = 1000;
+
 /// One rule evaluation, for the trace endpoint.
 #[derive(Debug, Serialize)]
 pub struct Step {
@@ -232,13 +235,17 @@ impl Table {
                     let mut hit = None;
                     for e in &trie.rules {
                         let matched = e.rule.matcher.matches(req);
-                        steps.push(Step {
-                            trie: trie.name.clone(),
-                            rule: e.rule.name.clone(),
-                            kind: e.rule.kind.as_str(),
-                            value: e.rule.value.clone(),
-                            matched,
-                        });
+                        // A looping configuration of long rules would otherwise cost memory without
+                        // bound; past the cap the walk goes on untraced.
+                        if steps.len() < MAX_TRACE_STEPS {
+                            steps.push(Step {
+                                trie: trie.name.clone(),
+                                rule: e.rule.name.clone(),
+                                kind: e.rule.kind.as_str(),
+                                value: e.rule.value.clone(),
+                                matched,
+                            });
+                        }
                         if matched {
                             hit = Some(e);
                             break;
