@@ -220,7 +220,8 @@ async fn forget(b: &BackendState, id: u64) {
 }
 
 /// Sends `req` to `b` on one of this worker's shared connections (opened if needed, within
-/// `connect_timeout`) and waits, until `deadline`, for the response head. The stream claim of an answer
+/// `connect_timeout`) and waits, until `deadline`, for the response head; `idempotent`: the request may be
+/// sent twice. The stream claim of an answer
 /// is to be held until the response body ends.
 pub async fn exchange(
     pool: &PoolState,
@@ -228,14 +229,11 @@ pub async fn exchange(
     mut req: Request<UpBody>,
     deadline: tokio::time::Instant,
     connect_timeout: Duration,
+    idempotent: bool,
 ) -> Outcome {
     // A cached connection can turn out closed; its unsent request then goes on a new one. So does a
     // bodiless request whose stream the backend refused (REFUSED_STREAM, or above a GOAWAY's last
     // stream): HTTP/2 guarantees it was not processed.
-    let idempotent = matches!(
-        *req.method(),
-        http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
-    );
     let mut again = req
         .body()
         .is_end_stream()

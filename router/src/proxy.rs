@@ -476,7 +476,8 @@ async fn forward(
                 crate::h2c::to_h2(&mut req, trailers, &backend.name);
             }
             let outcome =
-                crate::h2c::exchange(pool, &backend, req, deadline, connect_timeout).await;
+                crate::h2c::exchange(pool, &backend, req, deadline, connect_timeout, idempotent)
+                    .await;
             let mut lease = lease;
             let resp = match outcome {
                 crate::h2c::Outcome::Answer(resp, stream) => {
