@@ -270,8 +270,15 @@ impl Drop for TestRegistry {
     }
 }
 
+/// A client that keeps no idle connections: the registry answers some refused uploads before reading
+/// their bodies and closes the connection, and a pooled client could meet that close on its next
+/// request (a BrokenPipe on the body write) instead of a fresh connection.
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
 }
 
 /// A response header as text ("" when absent or not text).
