@@ -1,4 +1,4 @@
-//! Validated names: every identifier of DESIGN.md section 2 as a newtype.
+//! Validated names: every identifier of docs/design.md §2 as a newtype.
 //!
 //! A value of these types is valid by construction: the only ways in are `FromStr`, `TryFrom<String>` and
 //! serde, and all three run the same check. Invalid input is rejected with a message that says what was

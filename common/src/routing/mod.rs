@@ -1,4 +1,4 @@
-//! Router configuration wire types (DESIGN.md section 6), shared by the router and the manager.
+//! Router configuration wire types (docs/design.md §6), shared by the router and the manager.
 //!
 //! The ZooKeeper tree `router/<internal|external>/{ports,tries,rules,pools}/<name>` holds one JSON document
 //! per node, each with a schema `version` field:

@@ -20,7 +20,14 @@ pub async fn get(
     reference: &str,
     head: bool,
 ) -> Result<Response, RegistryError> {
-    let reference = Reference::parse(reference)?;
+    // A reference that is neither a tag nor a digest names nothing that could exist: reading it answers
+    // "unknown", as the conformance suite expects; only writes refuse it as invalid.
+    let reference = Reference::parse(reference).map_err(|_| {
+        RegistryError::ManifestUnknown(format!(
+            "{repo}:{} (not a valid tag or digest)",
+            reference.chars().take(200).collect::<String>()
+        ))
+    })?;
     let m = st.registry.get_manifest(repo, &reference).await?;
     let b = Response::builder()
         .status(StatusCode::OK)

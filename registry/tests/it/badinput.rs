@@ -180,6 +180,14 @@ async fn bad_input_gets_spec_errors_and_stores_nothing() {
             "SIZE_INVALID",
         ),
         (r.get("/v2/apps/t/manifests/nope"), 404, "MANIFEST_UNKNOWN"),
+        // Reading a reference that is neither a tag nor a digest: unknown, not invalid.
+        (r.get("/v2/apps/t/manifests/.hidden"), 404, "MANIFEST_UNKNOWN"),
+        (r.get("/v2/apps/t/manifests/sha256:1234"), 404, "MANIFEST_UNKNOWN"),
+        (
+            r.get(format!("/v2/apps/t/manifests/{}", "x".repeat(200))),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
         // Uploads: unknown sessions and ids that are not UUIDs.
         (
             r.patch("/v2/apps/t/blobs/uploads/00000000-0000-4000-8000-000000000000")
@@ -202,6 +210,11 @@ async fn bad_input_gets_spec_errors_and_stores_nothing() {
     ];
     for (i, (req, status, code)) in cases.into_iter().enumerate() {
         assert_eq!(req.error().await, (status, code), "case {i}");
+    }
+    // HEAD has no body to carry a code: the status alone says unknown.
+    for reference in [".hidden", "sha256:1234"] {
+        let head = r.head(format!("/v2/apps/t/manifests/{reference}")).send();
+        assert_eq!(head.await.unwrap().status(), 404, "HEAD {reference}");
     }
 
     // Traversal that an HTTP client library would normalise away is sent raw.
