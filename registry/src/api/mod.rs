@@ -1,4 +1,5 @@
-//! The HTTP API: the OCI Distribution v1.1 endpoints under `/v2/`, plus `/metrics` and `/healthz`.
+//! The HTTP API: the OCI Distribution v1.1 endpoints under `/v2/`, plus `/metrics` (a known user only, when
+//! auth is on) and `/healthz` (open: it says nothing but "ok").
 //!
 //! One axum fallback handler parses the path ([`route`]), authenticates and authorises the caller
 //! ([`crate::auth`]), then dispatches to the blob/upload ([`blobs`]) or manifest/listing ([`manifests`])
@@ -47,7 +48,13 @@ pub fn router(state: AppState) -> axum::Router {
         .with_state(state)
 }
 
-async fn metrics(State(st): State<AppState>) -> Response {
+/// Metrics are for operators: with auth configured, only a known user (any of them) may read them.
+async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
+    match principal(&st, &headers) {
+        Ok(Principal::User(_)) => {}
+        Ok(Principal::Anonymous) => return RegistryError::Unauthorized.into_response(),
+        Err(e) => return e.into_response(),
+    }
     (
         [(
             header::CONTENT_TYPE,

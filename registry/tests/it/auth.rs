@@ -119,6 +119,13 @@ async fn auth_and_permissions() {
         serde_json::json!(["apps/ci", "apps/new", "apps/web", "public/x"])
     );
     assert_eq!(r.get("/v2/_catalog").status().await, 401);
+
+    // Metrics are for known users only; liveness stays open and says nothing else.
+    assert_eq!(r.get("/metrics").status().await, 401);
+    assert_eq!(as_user(r.get("/metrics"), "reader", "nope").status().await, 401);
+    let text = as_user(r.get("/metrics"), "reader", "r-pass").text_body().await;
+    assert!(text.contains("atlantis_registry_"), "{text}");
+    assert_eq!(r.get("/healthz").text_body().await, "ok\n");
     r.stop().await;
 }
 
