@@ -181,6 +181,29 @@ impl Policy {
     }
 }
 
+/// The nameservers of a `resolv.conf` the policy would keep containers from: the engine forwards the
+/// lookups of containers to the host's nameservers from inside each container (loopback ones excepted:
+/// the engine replaces those), so a private resolver needs an entry in `firewall.allow`.
+pub fn refused_resolvers(policy: &Policy, resolv_conf: &str) -> Vec<Ipv4Addr> {
+    resolv_conf
+        .lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            (w.next() == Some("nameserver")).then(|| w.next()?.parse::<Ipv4Addr>().ok())?
+        })
+        .filter(|ns| {
+            let lookup = Flow {
+                proto: "udp".into(),
+                src: Ipv4Addr::UNSPECIFIED,
+                dst: *ns,
+                ports: Some((0, 53)),
+                dnat: false,
+            };
+            !ns.is_loopback() && policy.refuses(&[], &lookup, &[])
+        })
+        .collect()
+}
+
 fn in_net(a: Ipv4Addr, (net, len): (Ipv4Addr, u8)) -> bool {
     u32::from(a) & crate::config::prefix_mask(len) == u32::from(net)
 }
@@ -598,9 +621,10 @@ impl Iptables {
                     "The rules had changed behind our back; cut the connections opened meanwhile that they refuse."
                 ),
                 Err(e) => {
-                    // Try again at the next repair.
+                    // The rules are in place and refuse such connections at their next packet; the
+                    // cut is tried again at the next repair.
                     known.snapshot = None;
-                    return Err(e);
+                    tracing::error!(error = %e, "Cannot cut the connections the rules refuse (is the conntrack program installed?); retrying at the next repair.");
                 }
             }
         }
@@ -804,6 +828,16 @@ mod tests {
             &flow("tcp", [10, 0, 0, 9], Some(5432), false),
             &local
         ));
+    }
+
+    #[test]
+    fn private_resolvers_are_reported() {
+        let conf = "# generated\nnameserver 127.0.0.53\nnameserver 10.0.0.2\nnameserver 10.0.0.3\nnameserver 1.1.1.1\nnameserver fe80::1\nsearch example\n";
+        let p = Policy::new(&[], false, vec!["10.0.0.3:53/udp".parse().unwrap()]);
+        assert_eq!(
+            refused_resolvers(&p, conf),
+            vec![Ipv4Addr::new(10, 0, 0, 2)]
+        );
     }
 
     #[test]

@@ -144,7 +144,15 @@ impl App {
             None => runtime,
         };
         let firewall: Arc<dyn Firewall> = if cfg.firewall.enabled {
-            Arc::new(Iptables::new(iptables_options(&cfg)))
+            let opts = iptables_options(&cfg);
+            let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            for ns in firewall::refused_resolvers(&opts.policy, &resolv) {
+                tracing::warn!(
+                    %ns,
+                    "Containers' DNS lookups through this nameserver of the host will be refused: add \"{ns}:53/udp\" and \"{ns}:53/tcp\" to firewall.allow."
+                );
+            }
+            Arc::new(Iptables::new(opts))
         } else {
             tracing::warn!("Firewall disabled: containers are NOT isolated.");
             Arc::new(NoFirewall)

@@ -581,10 +581,17 @@ impl Supervisor {
     }
 }
 
-/// The kernel settings of a container: no group may open unprivileged ICMP echo ("ping") sockets (the
-/// empty range "1 0"; the engine's default opens them to every group) unless the spec asks.
+/// The kernel settings of a container: no IPv6 (the container network and the firewall are IPv4; a
+/// link-local IPv6 address would reach the host around the rules), and no group may open unprivileged
+/// ICMP echo ("ping") sockets (the empty range "1 0"; the engine's default opens them to every group)
+/// unless the spec asks.
 pub fn container_sysctls(spec: &ContainerSpec) -> std::collections::HashMap<String, String> {
     let mut s = std::collections::HashMap::new();
+    s.insert("net.ipv6.conf.all.disable_ipv6".to_owned(), "1".to_owned());
+    s.insert(
+        "net.ipv6.conf.default.disable_ipv6".to_owned(),
+        "1".to_owned(),
+    );
     if !spec.allow_ping {
         s.insert("net.ipv4.ping_group_range".to_owned(), "1 0".to_owned());
     }

@@ -8,10 +8,12 @@
 //! listener this test runs in one of these namespaces, and each is first shown reachable from the host
 //! itself, so a refusal seen from the container is the firewall's doing.
 //!
-//! From the container: the declared dependencies answer; everything else is refused at once (a TCP
-//! reset): another port of a dependency, services on the host, the supervisor API through every address
-//! of the host, another app's published port through every host address and its bridge address,
-//! ZooKeeper here and elsewhere, metadata, private addresses; public egress stays open. A connection
+//! From the container: the declared dependencies answer (one of them another app's published port);
+//! everything else is refused at once (a TCP reset): another port of a dependency, services on the host,
+//! the supervisor API through every address of the host, the other app's published port through every
+//! other host address and its bridge address, a port the engine DNATs to a container outside Atlantis
+//! (through every host address), ZooKeeper here and elsewhere, metadata, private addresses; public
+//! egress stays open. The container has no IPv6 address. A connection
 //! opened while the supervisor was down and the container's chain flushed by hand is cut when the
 //! restarted supervisor repairs the rules, while a long-lived connection to a dependency survives.
 //! Unprivileged ping sockets are closed unless the spec asks.
@@ -45,6 +47,8 @@ const PUBLIC_REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 const PUBLIC_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// The supervisor API port on the host.
 const API_PORT: u16 = 7070;
+/// The published port of a container the engine runs outside Atlantis.
+const FOREIGN_PORT: u16 = 18090;
 
 fn run_ok(program: &str, args: &[&str]) {
     let out = Command::new(program).args(args).output().unwrap();
@@ -351,18 +355,19 @@ async fn escape_matrix_from_inside_a_container_with_the_default_config() {
     let sup = start_supervisor(&host, "supervisor-1.log");
     let client = Client::new(SocketAddr::from((ns_ip, API_PORT)));
 
+    let mut other = spec("other", "prod");
+    other.allow_ping = true;
+    let other_info = client.deploy_ok(&other).await;
+    let other_port = other_info.ports[0].host_port;
     let mut web = spec("web", "prod");
     web.dependencies = vec![
         dep("on-host", ns_ip, 18081),
         dep("elsewhere", OTHER_HOST, 5432),
         dep("stream", OTHER_HOST, 9001),
+        dep("other-app", ns_ip, other_port),
     ];
     let web_info = client.deploy_ok(&web).await;
-    let mut other = spec("other", "prod");
-    other.allow_ping = true;
-    let other_info = client.deploy_ok(&other).await;
     let cid = web.container_id.to_string();
-    let other_port = other_info.ports[0].host_port;
 
     // Router -> container still works (published port, from outside the host).
     assert_eq!(
@@ -383,63 +388,57 @@ async fn escape_matrix_from_inside_a_container_with_the_default_config() {
             "{want} is an address of the host: {addrs:?}"
         );
     }
-    let mut matrix: Vec<(String, Ipv4Addr, u16, bool)> = vec![
-        (
-            "declared dependency on this host".into(),
+    // (what, address, port, reachable)
+    let reach = |what: &str, ip: Ipv4Addr, port: u16| (what.to_owned(), ip, port, true);
+    let refuse = |what: &str, ip: Ipv4Addr, port: u16| (what.to_owned(), ip, port, false);
+    let mut matrix = vec![
+        reach("declared dependency on this host", ns_ip, 18081),
+        reach("declared dependency on another host", OTHER_HOST, 5432),
+        reach(
+            "declared dependency on another app's host port",
             ns_ip,
-            18081,
-            true,
-        ),
-        (
-            "declared dependency on another host".into(),
-            OTHER_HOST,
-            5432,
-            true,
-        ),
-        (
-            "the internet (egress open by default)".into(),
-            PUBLIC_REMOTE,
-            80,
-            true,
-        ),
-        (
-            "other port of the dependency on this host".into(),
-            ns_ip,
-            18082,
-            false,
-        ),
-        (
-            "other port of the dependency elsewhere".into(),
-            OTHER_HOST,
-            5433,
-            false,
-        ),
-        ("ZooKeeper on this host".into(), ns_ip, 2181, false),
-        ("ZooKeeper on another host".into(), OTHER_HOST, 2181, false),
-        ("cloud metadata".into(), METADATA, 80, false),
-        ("192.168/16 outside the config".into(), LINK_PEER, 80, false),
-        (
-            "172.16/12 outside the config".into(),
-            PRIVATE_172,
-            80,
-            false,
-        ),
-        ("100.64/10 outside the config".into(), SHARED, 80, false),
-        (
-            "another app's bridge address".into(),
-            other_info.ip,
-            8080,
-            false,
-        ),
-    ];
-    for a in &addrs {
-        matrix.push((format!("supervisor API via {a}"), *a, API_PORT, false));
-        matrix.push((
-            format!("another app's host port via {a}"),
-            *a,
             other_port,
-            false,
+        ),
+        reach("the internet (egress open by default)", PUBLIC_REMOTE, 80),
+        refuse("other port of the dependency on this host", ns_ip, 18082),
+        refuse("other port of the dependency elsewhere", OTHER_HOST, 5433),
+        refuse("ZooKeeper on this host", ns_ip, 2181),
+        refuse("ZooKeeper on another host", OTHER_HOST, 2181),
+        refuse("cloud metadata", METADATA, 80),
+        refuse("192.168/16 outside the config", LINK_PEER, 80),
+        refuse("172.16/12 outside the config", PRIVATE_172, 80),
+        refuse("100.64/10 outside the config", SHARED, 80),
+        refuse("another app's bridge address", other_info.ip, 8080),
+    ];
+    // A container the engine runs outside Atlantis, on its default bridge: its published port is DNAT'd
+    // (the packets cross FORWARD, not INPUT).
+    host.docker.docker_ok(&[
+        "run",
+        "-d",
+        "--name",
+        "foreign",
+        "-p",
+        &format!("0.0.0.0:{FOREIGN_PORT}:8080"),
+        crate::IMAGE,
+    ]);
+    atlantis_testkit::wait_until(Duration::from_secs(10), "foreign container", || {
+        answers_from_host(&host, ns_ip, FOREIGN_PORT).then_some(())
+    });
+    for a in &addrs {
+        matrix.push(refuse(&format!("supervisor API via {a}"), *a, API_PORT));
+        matrix.push(refuse(
+            &format!("a DNAT'd published port via {a}"),
+            *a,
+            FOREIGN_PORT,
         ));
+        // Declared through one address, the app's port stays closed through every other.
+        if *a != ns_ip {
+            matrix.push(refuse(
+                &format!("another app's host port via {a}"),
+                *a,
+                other_port,
+            ));
+        }
     }
     let mut failures = Vec::new();
     let mut table = String::new();
@@ -467,6 +466,12 @@ async fn escape_matrix_from_inside_a_container_with_the_default_config() {
     }
     eprintln!("escape matrix:\n{table}");
     assert!(failures.is_empty(), "escapes: {failures:?}\n{table}");
+
+    // No IPv6 in the container: a link-local address would reach the host around the IPv4 rules.
+    let v6 = host
+        .docker
+        .docker_ok(&["exec", &cid, "cat", "/proc/net/if_inet6"]);
+    assert!(v6.is_empty(), "IPv6 addresses in the container: {v6}");
 
     // Unprivileged ping sockets: closed by default, open when the spec asks.
     let range = |c: &str| {
