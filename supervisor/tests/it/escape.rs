@@ -15,7 +15,8 @@
 //! (through every host address), ZooKeeper here and elsewhere, metadata, private addresses; public
 //! egress stays open. The container has no IPv6 address. A connection
 //! opened while the supervisor was down and the container's chain flushed by hand is cut when the
-//! restarted supervisor repairs the rules, while a long-lived connection to a dependency survives.
+//! restarted supervisor repairs the rules, while a long-lived connection to a dependency survives. With
+//! `firewall.egress = "deny"` (the restarted supervisor's only change) the internet is refused too.
 //! Unprivileged ping sockets are closed unless the spec asks.
 
 use std::net::{Ipv4Addr, SocketAddr};
@@ -279,14 +280,16 @@ fn stream_state(host: &Host, cid: &str, file: &str) -> (u64, bool) {
 }
 
 /// Starts the supervisor binary inside the host's namespace with the default config (only the engine's
-/// socket, the identity, the files and a short reconcile period are set) and waits until it listens.
-fn start_supervisor(host: &Host, log: &str) -> Guarded {
+/// socket, the identity, the files and a short reconcile period are set, plus `firewall` lines when
+/// given) and waits until it listens.
+fn start_supervisor(host: &Host, log: &str, firewall: &str) -> Guarded {
     let cfg = host.dir.path().join("escape.toml");
     std::fs::write(
         &cfg,
         format!(
             "listen = \"0.0.0.0:{API_PORT}\"\nhost = \"host-e\"\nzone = \"zone-e\"\nregion = \"test\"\n\
-             token_file = \"{}\"\ndata_dir = \"{}\"\nreconcile_interval_ms = 300\n[docker]\nsocket = \"{}\"\n",
+             token_file = \"{}\"\ndata_dir = \"{}\"\nreconcile_interval_ms = 300\n[docker]\nsocket = \"{}\"\n\
+             [firewall]\n{firewall}\n",
             host.dir.path().join("token").display(),
             host.dir.path().join("data").display(),
             host.docker.socket().display(),
@@ -352,7 +355,7 @@ async fn escape_matrix_from_inside_a_container_with_the_default_config() {
         echo_server(&ons, &dir, 9000),
         echo_server(&ons, &dir, 9001),
     ];
-    let sup = start_supervisor(&host, "supervisor-1.log");
+    let sup = start_supervisor(&host, "supervisor-1.log", "");
     let client = Client::new(SocketAddr::from((ns_ip, API_PORT)));
 
     let mut other = spec("other", "prod");
@@ -526,9 +529,10 @@ async fn escape_matrix_from_inside_a_container_with_the_default_config() {
     });
     let flowing = stream_state(&host, &cid, "/tmp/gap-stream").0;
 
-    // The supervisor comes back and repairs the rules: the gap connection is cut, the dependency's is not.
+    // The supervisor comes back (now with public egress denied) and repairs the rules: the gap connection
+    // is cut, the dependency's is not.
     let t = Instant::now();
-    let _sup = start_supervisor(&host, "supervisor-2.log");
+    let _sup = start_supervisor(&host, "supervisor-2.log", "egress = \"deny\"");
     let (cut_at, _) =
         atlantis_testkit::wait_until(Duration::from_secs(15), "gap connection cut", || {
             let (size, ended) = stream_state(&host, &cid, "/tmp/gap-stream");
@@ -563,6 +567,21 @@ async fn escape_matrix_from_inside_a_container_with_the_default_config() {
     );
     let log = std::fs::read_to_string(dir.join("supervisor-2.log")).unwrap();
     assert!(log.contains("Cut a connection the rules refuse."), "{log}");
+
+    // With egress = "deny", the internet is refused too; declared dependencies still answer.
+    assert!(answers_from_host(&host, PUBLIC_REMOTE, 80));
+    let public = probe(&host, &cid, PUBLIC_REMOTE, 80);
+    assert!(
+        public.as_ref().is_err_and(|e| e.contains("refused")),
+        "public egress denied: {public:?}"
+    );
+    for (ip, port) in [(ns_ip, 18081), (OTHER_HOST, 5432), (ns_ip, other_port)] {
+        let r = probe(&host, &cid, ip, port);
+        assert!(
+            r.is_ok(),
+            "dependency {ip}:{port} with egress denied: {r:?}"
+        );
+    }
 
     for id in [&web.container_id, &other.container_id] {
         let (s, body) = client
