@@ -609,7 +609,13 @@ impl Iptables {
             }
             known.hooked = true;
         }
-        let after = self.table().await?;
+        let after = match self.table().await {
+            Ok(t) => t,
+            Err(e) => {
+                *known = Known::default();
+                return Err(e);
+            }
+        };
         let hooked = self.hooked_chains(&after);
         let hooked: Vec<&str> = hooked.iter().map(String::as_str).collect();
         known.snapshot = Some(fingerprint(&after, &hooked));
@@ -618,7 +624,7 @@ impl Iptables {
                 Ok(0) => {}
                 Ok(n) => tracing::warn!(
                     connections = n,
-                    "The rules had changed behind our back; cut the connections opened meanwhile that they refuse."
+                    "Cut the connections containers opened that the rules refuse (opened while the rules were missing or different)."
                 ),
                 Err(e) => {
                     // The rules are in place and refuse such connections at their next packet; the
