@@ -1,4 +1,5 @@
-//! The HTTP/JSON API (axum). Only managers call it; every `/v1` route needs the cluster token.
+//! The HTTP/JSON API (axum). Only managers (and operators) call it; every `/v1` route and `/metrics` need
+//! the cluster token.
 //!
 //! | method | path | what |
 //! |---|---|---|
@@ -9,7 +10,8 @@
 //! | POST | `/v1/teardown` | teardown by IDs, or of an app (and env) |
 //! | GET | `/v1/containers/{id}/logs?follow=true&tail=100` | output, streamed while it runs with `follow` |
 //! | GET | `/v1/health` | capacity, free, version |
-//! | GET | `/healthz`, `/metrics`, `/openapi.json` | liveness, Prometheus metrics, this API's OpenAPI 3 document; no token |
+//! | GET | `/metrics` | Prometheus metrics; needs the token too (they tell what runs here and how much is free) |
+//! | GET | `/healthz`, `/openapi.json` | liveness (`ok`, nothing else), this API's OpenAPI 3 document; no token |
 //!
 //! Deploys and teardowns run in their own task: a client that hangs up does not cancel them halfway.
 
@@ -58,7 +60,10 @@ pub fn router(state: ApiState) -> Router {
     Router::new()
         .nest("/v1", v1)
         .route("/healthz", get(|| async { "ok\n" }))
-        .route("/metrics", get(metrics))
+        .route(
+            "/metrics",
+            get(metrics).route_layer(axum::middleware::from_fn_with_state(state.clone(), auth)),
+        )
         .route(
             "/openapi.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),

@@ -180,19 +180,32 @@ impl PortsConfig {
     }
 }
 
-/// Egress isolation with iptables (DESIGN.md section 7).
+/// Egress isolation with iptables (docs/supervisor.md, "Isolation model").
+///
+/// Whatever is set here, a container is refused every address of the host itself, the RFC 1918
+/// networks, 100.64.0.0/10, 169.254.0.0/16, the container network and any published port, unless a
+/// declared dependency (or an entry of `allow`) opens an address and port.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct FirewallConfig {
     /// Turn isolation off (development only).
     pub enabled: bool,
-    /// Cluster address groups (CIDRs such as `10.0.0.0/8`) containers may not reach unless a dependency
-    /// allows an address and port. The container network itself is always included.
+    /// More address groups (CIDRs such as `203.0.113.0/24`) refused as well: public addresses of other
+    /// hosts and infrastructure (ZooKeeper, managers, registries). Private ones are refused anyway.
     pub cluster_networks: Vec<String>,
+    /// Public egress: `open` (default) or `deny` (containers reach only what they declared).
+    pub egress: Egress,
+    /// Addresses and ports every container may reach, as `ADDRESS:PORT/tcp` or `ADDRESS:PORT/udp`: for
+    /// example the DNS resolver the engine forwards containers' lookups to when it is a private address.
+    pub allow: Vec<String>,
     /// The `iptables-restore` program (Debian's default is the nft backend).
     pub iptables_restore: PathBuf,
     /// The `iptables` program.
     pub iptables: PathBuf,
+    /// The `conntrack` program (Debian package `conntrack`): cuts connections the rules refuse.
+    pub conntrack: PathBuf,
+    /// The `ip` program (lists the host's addresses for the connection cut).
+    pub ip: PathBuf,
     /// Run iptables in this network namespace (`/run/netns/NAME`) instead of our own: for an engine that
     /// lives in a namespace of its own (tests, nested setups).
     pub netns: Option<PathBuf>,
@@ -200,13 +213,28 @@ pub struct FirewallConfig {
     pub forward_chain: String,
 }
 
+/// Public egress of containers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Egress {
+    /// Public addresses are reachable.
+    #[default]
+    Open,
+    /// Only declared dependencies and `allow` entries are reachable.
+    Deny,
+}
+
 impl Default for FirewallConfig {
     fn default() -> Self {
         FirewallConfig {
             enabled: true,
             cluster_networks: vec![],
+            egress: Egress::Open,
+            allow: vec![],
             iptables_restore: PathBuf::from("iptables-restore"),
             iptables: PathBuf::from("iptables"),
+            conntrack: PathBuf::from("conntrack"),
+            ip: PathBuf::from("ip"),
             netns: None,
             forward_chain: "DOCKER-USER".into(),
         }
@@ -314,6 +342,11 @@ impl Config {
                 return err("firewall.cluster_networks", m);
             }
         }
+        for g in &self.firewall.allow {
+            if let Err(m) = g.parse::<crate::firewall::Grant>() {
+                return err("firewall.allow", m);
+            }
+        }
         if !["no", "always", "unless-stopped", "on-failure"]
             .contains(&self.limits.restart_policy.as_str())
         {
@@ -399,6 +432,10 @@ mod tests {
         c.check().unwrap();
         assert_eq!(c.ports.health_ip(), Ipv4Addr::LOCALHOST);
         assert_eq!(c.limits.restart_policy, "unless-stopped");
+        // Safe by default: isolation on, public egress open, nothing granted.
+        assert!(c.firewall.enabled);
+        assert_eq!(c.firewall.egress, Egress::Open);
+        assert!(c.firewall.allow.is_empty());
     }
 
     #[test]
@@ -420,6 +457,14 @@ mod tests {
         let mut c = base();
         c.docker.subnet = Ipv4Addr::new(172, 30, 0, 5);
         assert!(c.check().is_err());
+        let mut c = base();
+        c.firewall.allow = vec!["10.0.0.2:53".into()];
+        assert!(
+            c.check()
+                .unwrap_err()
+                .to_string()
+                .contains("firewall.allow")
+        );
     }
 
     #[test]
@@ -435,6 +480,8 @@ mod tests {
             "zk1:2181,zk2:2181,zk3:2181"
         );
         assert!(c.docker.registry_auth.is_none());
+        assert!(c.firewall.enabled);
+        assert_eq!(c.firewall.egress, Egress::Open);
     }
 
     #[test]

@@ -1,8 +1,8 @@
 //! Container health checks: `GET <path>` on a published port.
 //!
 //! A check passes on HTTP 200, or on any answer carrying `Server-Status: OK` or `Server-Status: DEGRADED`
-//! (DESIGN.md section 5). Anything else (refused, timeout, other status) fails. Proxies from the
-//! environment are ignored: checks go straight to the host's own ports.
+//! (the health contract in docs/supervisor.md). Anything else (refused, timeout, other status) fails.
+//! Proxies from the environment are ignored: checks go straight to the host's own ports.
 
 use std::net::Ipv4Addr;
 use std::time::Duration;

@@ -15,6 +15,7 @@ pub mod api;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod conntrack;
 pub mod error;
 pub mod firewall;
 pub mod health;
@@ -36,7 +37,7 @@ pub use config::Config;
 pub use service::Supervisor;
 
 use crate::cluster::{Cluster, Standalone, ZkCluster};
-use crate::firewall::{Firewall, Iptables, NoFirewall};
+use crate::firewall::{Firewall, Grant, Iptables, IptablesOptions, NoFirewall, Policy};
 use crate::runtime::ContainerRuntime;
 use crate::runtime::docker::DockerRuntime;
 
@@ -93,6 +94,32 @@ pub fn read_token(path: &std::path::Path) -> Result<String, BuildError> {
     Ok(token)
 }
 
+/// The firewall settings of a (checked) configuration: the policy refuses the always-refused networks,
+/// the configured cluster networks and the container network.
+pub fn iptables_options(cfg: &Config) -> IptablesOptions {
+    let f = &cfg.firewall;
+    let mut nets: Vec<_> = f
+        .cluster_networks
+        .iter()
+        .map(|n| config::parse_cidr(n).expect("checked"))
+        .collect();
+    nets.push((cfg.docker.subnet, cfg.docker.prefix_len));
+    let grants: Vec<Grant> = f
+        .allow
+        .iter()
+        .map(|g| g.parse().expect("checked"))
+        .collect();
+    IptablesOptions {
+        iptables: f.iptables.clone(),
+        restore: f.iptables_restore.clone(),
+        conntrack: f.conntrack.clone(),
+        ip: f.ip.clone(),
+        netns: f.netns.clone(),
+        forward_chain: f.forward_chain.clone(),
+        policy: Policy::new(&nets, f.egress == config::Egress::Deny, grants),
+    }
+}
+
 impl App {
     /// Connects to Docker (and ZooKeeper when configured), rebuilds state, binds the API and starts the
     /// background loops.
@@ -116,26 +143,16 @@ impl App {
             }
             None => runtime,
         };
-        if cfg.firewall.enabled && cfg.firewall.cluster_networks.is_empty() {
-            tracing::warn!(
-                "firewall.cluster_networks is empty: containers are only kept from each other and this host's container network, not from other hosts."
-            );
-        }
         let firewall: Arc<dyn Firewall> = if cfg.firewall.enabled {
-            let mut nets: Vec<_> = cfg
-                .firewall
-                .cluster_networks
-                .iter()
-                .map(|n| config::parse_cidr(n).expect("checked"))
-                .collect();
-            nets.push((cfg.docker.subnet, cfg.docker.prefix_len));
-            Arc::new(Iptables::new(
-                cfg.firewall.iptables.clone(),
-                cfg.firewall.iptables_restore.clone(),
-                cfg.firewall.netns.clone(),
-                cfg.firewall.forward_chain.clone(),
-                nets,
-            ))
+            let opts = iptables_options(&cfg);
+            let resolv = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+            for ns in firewall::refused_resolvers(&opts.policy, &resolv) {
+                tracing::warn!(
+                    %ns,
+                    "Containers' DNS lookups through this nameserver of the host will be refused: add \"{ns}:53/udp\" and \"{ns}:53/tcp\" to firewall.allow."
+                );
+            }
+            Arc::new(Iptables::new(opts))
         } else {
             tracing::warn!("Firewall disabled: containers are NOT isolated.");
             Arc::new(NoFirewall)

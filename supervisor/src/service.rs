@@ -306,6 +306,7 @@ impl Supervisor {
             cap_add: cfg.limits.cap_add.clone(),
             restart_policy: cfg.limits.restart_policy.clone(),
             stop_timeout: Duration::from_millis(cfg.limits.stop_timeout_ms),
+            sysctls: container_sysctls(spec),
         }
     }
 
@@ -578,6 +579,23 @@ impl Supervisor {
             .get(id)
             .map(|e| e.docker_id.clone().unwrap_or_else(|| id.to_string()))
     }
+}
+
+/// The kernel settings of a container: no IPv6 (the container network and the firewall are IPv4; a
+/// link-local IPv6 address would reach the host around the rules), and no group may open unprivileged
+/// ICMP echo ("ping") sockets (the empty range "1 0"; the engine's default opens them to every group)
+/// unless the spec asks.
+pub fn container_sysctls(spec: &ContainerSpec) -> std::collections::HashMap<String, String> {
+    let mut s = std::collections::HashMap::new();
+    s.insert("net.ipv6.conf.all.disable_ipv6".to_owned(), "1".to_owned());
+    s.insert(
+        "net.ipv6.conf.default.disable_ipv6".to_owned(),
+        "1".to_owned(),
+    );
+    if !spec.allow_ping {
+        s.insert("net.ipv4.ping_group_range".to_owned(), "1 0".to_owned());
+    }
+    s
 }
 
 /// Writes the config file read-only (0444), atomically.

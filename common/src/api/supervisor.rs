@@ -68,6 +68,10 @@ pub struct ContainerSpec {
     /// Mount the root filesystem read-only (a tmpfs is mounted at `/tmp`).
     #[serde(default)]
     pub read_only_rootfs: bool,
+    /// Let processes open unprivileged ICMP echo ("ping") sockets; closed by default. Left out of the
+    /// JSON when false, so a spec that does not ask reads the same to an older supervisor.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_ping: bool,
 }
 
 /// A dependency resolved to an address: traffic to `address:port` (TCP) is allowed.
@@ -551,6 +555,7 @@ mod tests {
             health: HealthCheck::default(),
             command: None,
             read_only_rootfs: false,
+            allow_ping: false,
         }
     }
 

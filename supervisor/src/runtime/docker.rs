@@ -277,6 +277,7 @@ impl ContainerRuntime for DockerRuntime {
             network_mode: Some(spec.network.clone()),
             privileged: Some(false),
             init: Some(false),
+            sysctls: (!spec.sysctls.is_empty()).then(|| spec.sysctls.clone()),
             ..Default::default()
         };
         let endpoint = EndpointSettings {

@@ -68,6 +68,8 @@ pub struct CreateSpec {
     pub restart_policy: String,
     /// SIGTERM to SIGKILL grace on stop.
     pub stop_timeout: Duration,
+    /// Namespaced kernel settings of the container (`net.ipv4.ping_group_range`...).
+    pub sysctls: HashMap<String, String>,
 }
 
 /// A container as the engine reports it.

@@ -223,10 +223,27 @@ async fn openapi_matches_the_router(client: &Client) {
             }
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let body = (method == "post").then(|| "{}".to_string());
-            let (s, text) = client.send(m, &path, body).await;
+            let (s, text) = client.send(m.clone(), &path, body).await;
             assert!(
                 s != 405 && !text.contains("no such route"),
                 "{method} {path}: {s} {text}"
+            );
+            // Without the token: refused unless the document says the route needs none.
+            let open = item[method]["security"]
+                .as_array()
+                .is_some_and(|a| a.is_empty());
+            let anon = client
+                .http
+                .request(m, format!("{}{path}", client.base))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16();
+            assert_eq!(
+                anon == 401,
+                !open,
+                "{method} {path} without the token: {anon}"
             );
         }
     }

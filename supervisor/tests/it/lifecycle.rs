@@ -389,12 +389,8 @@ async fn deploy_isolate_restart_orphans_teardown() {
         .send(Method::DELETE, &format!("/v1/containers/{cid}"), None)
         .await;
     assert_eq!(s, 404, "a second teardown finds nothing");
-    let metrics = reqwest::get(format!("{}/metrics", client.base))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let (s, metrics) = client.send(Method::GET, "/metrics", None).await;
+    assert_eq!(s, 200, "{metrics}");
     // (This supervisor process has deployed nothing itself: it adopted, removed an orphan, tore down.)
     assert!(
         metrics.contains("atlantis_supervisor_containers 0"),

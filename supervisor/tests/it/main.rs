@@ -8,6 +8,7 @@
 
 mod bad_input;
 mod cluster;
+mod escape;
 mod firewall;
 mod lifecycle;
 
@@ -189,12 +190,8 @@ impl Client {
 
     /// Reconcile passes completed so far (`atlantis_supervisor_reconcile_passes_total`).
     pub async fn reconcile_passes(&self) -> u64 {
-        let m = reqwest::get(format!("{}/metrics", self.base))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let (status, m) = self.send(reqwest::Method::GET, "/metrics", None).await;
+        assert_eq!(status, 200, "{m}");
         m.lines()
             .find_map(|l| l.strip_prefix("atlantis_supervisor_reconcile_passes_total "))
             .and_then(|v| v.trim().parse().ok())
@@ -283,6 +280,7 @@ pub fn spec(app: &str, env: &str) -> ContainerSpec {
         },
         command: None,
         read_only_rootfs: false,
+        allow_ping: false,
     }
 }
 
