@@ -48,7 +48,7 @@ pub struct Lease {
     conn: Option<Upstream>,
     /// The stream claimed on a shared HTTP/2 connection, released with the lease.
     stream: Option<crate::h2c::Stream>,
-    max_idle: usize,
+    max_idle: crate::pool::IdleLimits,
     keepalive_ms: u64,
     complete: bool,
 }
@@ -56,7 +56,11 @@ pub struct Lease {
 impl Lease {
     /// Takes an in-flight slot on `backend`; the connection is kept (at most `max_idle` per worker) for
     /// reuse within `keepalive_ms`.
-    pub fn new(backend: Arc<BackendState>, max_idle: usize, keepalive_ms: u64) -> Lease {
+    pub fn new(
+        backend: Arc<BackendState>,
+        max_idle: crate::pool::IdleLimits,
+        keepalive_ms: u64,
+    ) -> Lease {
         backend.in_flight.fetch_add(1, Relaxed);
         Lease {
             backend,

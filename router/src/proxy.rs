@@ -38,14 +38,22 @@ pub struct Shared {
     pub access_log: bool,
     /// Answer when nothing matches.
     pub not_found: StatusCode,
-    /// Idle connections kept per backend.
-    pub max_idle: usize,
+    /// Bounds of the idle backend connection pools.
+    pub max_idle: crate::pool::IdleLimits,
     /// How long a response body may go without progress.
     pub body_idle: Duration,
     /// How long an upgraded connection may go without a byte either way.
     pub tunnel_idle: Duration,
     pub(crate) ids: RequestIds,
+    origin: std::sync::atomic::AtomicU8,
 }
+
+/// No table yet: `/healthz` answers 503.
+pub const ORIGIN_NONE: u8 = 0;
+/// The table comes from the local snapshot (the source has not answered yet).
+pub const ORIGIN_SNAPSHOT: u8 = 1;
+/// The table comes from the configuration source.
+pub const ORIGIN_SOURCE: u8 = 2;
 
 impl Shared {
     /// Shared state with an empty table.
@@ -53,7 +61,7 @@ impl Shared {
         metrics: RouterMetrics,
         access_log: bool,
         not_found: StatusCode,
-        max_idle: usize,
+        max_idle: crate::pool::IdleLimits,
         body_idle: Duration,
         tunnel_idle: Duration,
     ) -> Shared {
@@ -68,6 +76,21 @@ impl Shared {
             body_idle,
             tunnel_idle,
             ids: RequestIds::new(),
+            origin: std::sync::atomic::AtomicU8::new(ORIGIN_NONE),
+        }
+    }
+
+    /// Records where the table in use came from ([`ORIGIN_SNAPSHOT`], [`ORIGIN_SOURCE`]).
+    pub fn set_origin(&self, origin: u8) {
+        self.origin.store(origin, Relaxed);
+    }
+
+    /// Where the table in use came from: `none`, `snapshot` or `source`.
+    pub fn origin(&self) -> &'static str {
+        match self.origin.load(Relaxed) {
+            ORIGIN_NONE => "none",
+            ORIGIN_SNAPSHOT => "snapshot",
+            _ => "source",
         }
     }
 }
