@@ -27,6 +27,8 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// The router's response body.
 pub struct ProxyBody {
     inner: Inner,
+    /// The HTTP/2 stream this body answers, counted open until the body is done or dropped.
+    _open: Option<crate::listener::OpenStream>,
 }
 
 enum Inner {
@@ -104,6 +106,7 @@ impl ProxyBody {
     pub fn full(b: impl Into<Bytes>) -> ProxyBody {
         ProxyBody {
             inner: Inner::Full(Some(b.into())),
+            _open: None,
         }
     }
 
@@ -111,6 +114,7 @@ impl ProxyBody {
     pub fn empty() -> ProxyBody {
         ProxyBody {
             inner: Inner::Full(None),
+            _open: None,
         }
     }
 
@@ -126,7 +130,14 @@ impl ProxyBody {
                 bound: IdleBound::new(idle),
                 timer: None,
             })),
+            _open: None,
         }
+    }
+
+    /// This body, counting `open` as an open stream of its connection while it lives.
+    pub(crate) fn tracked(mut self, open: crate::listener::OpenStream) -> ProxyBody {
+        self._open = Some(open);
+        self
     }
 }
 

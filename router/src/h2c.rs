@@ -188,7 +188,9 @@ async fn sender(
     let opened = if failed_recently {
         None
     } else {
-        pool.connect_within(b, connect_timeout, connect(b)).await
+        pool.connect_within(b, connect_timeout, connect(b))
+            .await
+            .ok()
     };
     let Some(sender) = opened else {
         if !failed_recently {

@@ -237,6 +237,7 @@ impl App {
             // Each refusal is logged once, when it first appears (not on every rebuild).
             let now: HashSet<table::Invalid> = table.errors.iter().cloned().collect();
             for e in table.errors.iter().filter(|e| !logged.contains(*e)) {
+                shared.metrics.invalid_logged.inc();
                 tracing::warn!(node = %e.node, version = e.version, error = %e.error,
                     serving_version = ?e.serving_version, "Invalid router configuration node refused: {e}");
             }

@@ -84,6 +84,15 @@ impl Reuse {
     }
 }
 
+/// Why a backend connection could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailed {
+    /// Refused, reset or unreachable: answered 502 when no backend is left.
+    Refused,
+    /// No answer within the pool's `connect_timeout_ms`: answered 504 when no backend is left.
+    Timeout,
+}
+
 /// Bounds of the idle connection pools.
 #[derive(Debug, Clone, Copy)]
 pub struct IdleLimits {
@@ -472,20 +481,21 @@ impl PoolState {
     }
 
     /// Runs `connect` for backend `b` within `limit`; a failure or timeout is logged, counted against the
-    /// backend (see [`PoolState::connect_failed`]) and given back as `None`, so the caller tries another.
+    /// backend (see [`PoolState::connect_failed`]) and given back as the error, so the caller tries
+    /// another (and answers 504 rather than 502 when the last one timed out).
     pub async fn connect_within<T>(
         &self,
         b: &BackendState,
         limit: std::time::Duration,
         connect: impl std::future::Future<Output = std::io::Result<T>>,
-    ) -> Option<T> {
-        let why = match tokio::time::timeout(limit, connect).await {
-            Ok(Ok(c)) => return Some(c),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "connect timeout".into(),
+    ) -> Result<T, ConnectFailed> {
+        let (why, failed) = match tokio::time::timeout(limit, connect).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e)) => (e.to_string(), ConnectFailed::Refused),
+            Err(_) => ("connect timeout".into(), ConnectFailed::Timeout),
         };
         tracing::warn!(pool = %self.name, backend = %b.name, error = %why, "Backend connection failed, trying another.");
         self.connect_failed(b);
-        None
+        Err(failed)
     }
 }
