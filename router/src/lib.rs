@@ -216,7 +216,7 @@ impl App {
         ));
         let snapshot = cfg
             .snapshot_file()
-            .map(|path| (path, snapshot_origin(&cfg)));
+            .map(|path| (path, source.origin()));
         let mut compiler = Compiler::new(shared.metrics.clone());
         let mut logged: HashSet<table::Invalid> = HashSet::new();
         let mut install = |compiler: &mut Compiler, listeners: &mut Listeners| {
@@ -328,14 +328,6 @@ impl App {
         listeners.shutdown().await;
         workers.stop().await;
         tracing::info!("Router stopped.");
-    }
-}
-
-/// What a snapshot was written for: the configuration tree (ZooKeeper root and router kind).
-fn snapshot_origin(cfg: &Config) -> String {
-    match (&cfg.zookeeper, cfg.router_kind()) {
-        (Some(zk), Ok(kind)) => zk.layout().router_config(kind),
-        _ => format!("static/{}", cfg.kind),
     }
 }
 

@@ -40,6 +40,12 @@ pub enum SourceEvent {
 pub trait RouteSource: Send + Sync + 'static {
     /// Starts delivering events; the first should be a `Reset` once the source can read.
     fn start(&self, shutdown: CancellationToken) -> mpsc::UnboundedReceiver<SourceEvent>;
+
+    /// Names the configuration this source delivers (a snapshot is used only by a source of the same
+    /// origin).
+    fn origin(&self) -> String {
+        "static".into()
+    }
 }
 
 impl From<TreeEvent> for SourceEvent {
@@ -126,6 +132,10 @@ impl ZkSource {
 }
 
 impl RouteSource for ZkSource {
+    fn origin(&self) -> String {
+        format!("zookeeper:{}", self.cfg.layout().router_config(self.kind))
+    }
+
     fn start(&self, shutdown: CancellationToken) -> mpsc::UnboundedReceiver<SourceEvent> {
         let (tx, rx) = mpsc::unbounded_channel();
         let cfg = self.cfg.clone();
