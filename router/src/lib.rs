@@ -214,9 +214,7 @@ impl App {
             status_state,
             shutdown.clone(),
         ));
-        let snapshot = cfg
-            .snapshot_file()
-            .map(|path| (path, source.origin()));
+        let snapshot = cfg.snapshot_file().map(|path| (path, source.origin()));
         let mut compiler = Compiler::new(shared.metrics.clone());
         let mut logged: HashSet<table::Invalid> = HashSet::new();
         let mut install = |compiler: &mut Compiler, listeners: &mut Listeners| {

@@ -32,11 +32,18 @@ async fn load(port: u16, clients: usize, per_client: usize, extra: &'static str)
                 start.wait().await;
                 let mut buf = Vec::new();
                 for _ in 0..per_client {
-                    s.write_all(format!("GET /x HTTP/1.1\r\nHost: x.test\r\n{extra}\r\n").as_bytes())
-                        .await
-                        .unwrap();
+                    s.write_all(
+                        format!("GET /x HTTP/1.1\r\nHost: x.test\r\n{extra}\r\n").as_bytes(),
+                    )
+                    .await
+                    .unwrap();
                     let r = read_resp(&mut s, &mut buf, false).await;
-                    assert_eq!((r.status, r.body.as_slice()), (200, &b"ok"[..]), "{}", r.head);
+                    assert_eq!(
+                        (r.status, r.body.as_slice()),
+                        (200, &b"ok"[..]),
+                        "{}",
+                        r.head
+                    );
                 }
             })
         })
@@ -86,8 +93,8 @@ async fn idle_pools_follow_demand_so_256_clients_do_not_churn_connections() {
     router.stop().await;
 }
 
-/// A backend that answers `/one` with `first`, then sends a forged second answer in a later segment;
-/// everything else gets `clean`. Counts the forged answers sent.
+/// A backend that answers `/one` (GET: `first`; HEAD: its head) and `/nocontent` (204), then sends a
+/// forged second answer in a later segment; everything else gets `clean`. Counts the forged answers.
 async fn desync_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
     let forged = Arc::new(AtomicUsize::new(0));
     let f = forged.clone();
@@ -96,26 +103,30 @@ async fn desync_backend() -> (std::net::SocketAddr, Arc<AtomicUsize>) {
         async move {
             let mut buf = Vec::new();
             while let Some(head) = read_request(&mut s, &mut buf).await {
-                if head.starts_with("get /one") {
-                    let _ = s
-                        .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst")
-                        .await;
-                    // The next segment, once the router has the answer.
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nx-forged: 1\r\n\r\nforged")
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                    f.fetch_add(1, SeqCst);
-                } else if s
-                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nclean")
+                let answer: &[u8] = if head.starts_with("get /one") {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirst"
+                } else if head.starts_with("head /one") {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\n"
+                } else if head.starts_with("get /nocontent") {
+                    b"HTTP/1.1 204 No Content\r\n\r\n"
+                } else {
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nclean"
+                };
+                if s.write_all(answer).await.is_err() {
+                    return;
+                }
+                if answer.ends_with(b"clean") {
+                    continue;
+                }
+                // The next segment, once the router has the answer.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\nx-forged: 1\r\n\r\nforged")
                     .await
                     .is_err()
                 {
                     return;
                 }
+                f.fetch_add(1, SeqCst);
             }
         }
     })
@@ -133,12 +144,23 @@ async fn bytes_a_backend_sends_after_its_answer_never_reach_the_next_request() {
     for (path, extra) in [("fast", ""), ("hyper", "Connection: keep-alive\r\n")] {
         let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
         let mut buf = Vec::new();
-        for round in 0..5 {
-            s.write_all(format!("GET /one HTTP/1.1\r\nHost: x.test\r\n{extra}\r\n").as_bytes())
-                .await
-                .unwrap();
-            let r = read_resp(&mut s, &mut buf, false).await;
-            assert_eq!(r.body, b"first", "{path} path, round {round}: {}", r.head);
+        for (method, target, status, body) in [
+            ("GET", "/one", 200, &b"first"[..]),
+            ("HEAD", "/one", 200, b""),
+            ("GET", "/nocontent", 204, b""),
+        ] {
+            s.write_all(
+                format!("{method} {target} HTTP/1.1\r\nHost: x.test\r\n{extra}\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+            let r = read_resp(&mut s, &mut buf, method == "HEAD" || status == 204).await;
+            assert_eq!(
+                (r.status, r.body.as_slice()),
+                (status, body),
+                "{path} path, {method} {target}: {}",
+                r.head
+            );
             let sent = forged.load(SeqCst);
             eventually(Duration::from_secs(5), "the forged answer", || async {
                 (forged.load(SeqCst) > sent).then_some(())
@@ -151,7 +173,7 @@ async fn bytes_a_backend_sends_after_its_answer_never_reach_the_next_request() {
             assert_eq!(
                 (r.status, r.body.as_slice()),
                 (200, &b"clean"[..]),
-                "{path} path, round {round}: the backend's extra bytes answered the next request: {}",
+                "{path} path, after {method} {target}: the backend's extra bytes answered the next request: {}",
                 r.head
             );
         }

@@ -65,8 +65,18 @@ async fn a_bad_document_over_a_live_node_keeps_its_last_valid_version() {
     for (section, dir, name, doc) in [
         (Section::Rules, "rules", "api", "{not json"),
         (Section::Tries, "tries", "root", r#"{"rules": "api"}"#),
-        (Section::Pools, "pools", "api", r#"{"healthz_every_ms": "often"}"#),
-        (Section::Ports, "ports", "web", r#"{"port": 0, "trie": "root"}"#),
+        (
+            Section::Pools,
+            "pools",
+            "api",
+            r#"{"healthz_every_ms": "often"}"#,
+        ),
+        (
+            Section::Ports,
+            "ports",
+            "web",
+            r#"{"port": 0, "trie": "root"}"#,
+        ),
     ] {
         let path = conf.coord.layout().router_item(conf.kind, section, name);
         let (_, stat) = conf.coord.get_raw(&path).await.unwrap().unwrap();
@@ -272,14 +282,15 @@ async fn a_router_started_while_zookeeper_is_down_serves_its_snapshot_and_catche
     // Every router is registered again.
     let writer = Conf::new(&zk.connect_string(), "snapshot").await;
     for host in ["test-router", "router-b", "router-c"] {
-        let reg = conf.coord.layout().router(
-            conf.kind,
-            &"z1".parse().unwrap(),
-            &host.parse().unwrap(),
-        );
-        eventually(Duration::from_secs(10), &format!("{host} registered"), || async {
-            writer.coord.get_raw(&reg).await.ok()?.map(|_| ())
-        })
+        let reg =
+            conf.coord
+                .layout()
+                .router(conf.kind, &"z1".parse().unwrap(), &host.parse().unwrap());
+        eventually(
+            Duration::from_secs(10),
+            &format!("{host} registered"),
+            || async { writer.coord.get_raw(&reg).await.ok()?.map(|_| ()) },
+        )
         .await;
     }
     for r in [a, b, c] {
