@@ -1,4 +1,4 @@
-//! Atlantis router: the live, ZooKeeper-configured HTTP router (DESIGN.md section 6).
+//! Atlantis router: the live, ZooKeeper-configured HTTP router (routing model: `docs/router.md`).
 //!
 //! Data flow: a [`source::RouteSource`] delivers configuration nodes; the [`table::Compiler`] turns them
 //! into an immutable [`table::Table`] that is swapped in atomically (arc-swap), and the
@@ -7,7 +7,9 @@
 //! listener ([`status`]) reports health, per-backend state, metrics and rule traces.
 //!
 //! Architecture invariant: the request path takes no lock except a backend's idle-connection list, and
-//! never waits on the configuration source; while the source is away the last table keeps serving.
+//! never waits on the configuration source; while the source is away the last table keeps serving (at
+//! start, the local [`snapshot`] of the last good configuration), and an invalid node never replaces a
+//! valid one.
 
 pub mod body;
 pub mod config;

@@ -4,6 +4,12 @@
 //! `pools/<pool>/<host:port>`) as [`SourceEvent`]s, with paths relative to the subtree root, plus its
 //! connection state. [`ZkSource`] mirrors ZooKeeper through common's `TreeCache` (a full `Reset` after every
 //! reconnect, so edits made during an outage are applied); [`StaticSource`] is driven by hand in tests.
+//!
+//! Reconnecting: the ZooKeeper client library backs off without bound between attempts, so after an
+//! outage of a few seconds it may reconnect seconds after the server is back. While disconnected (and
+//! before the first session) [`ZkSource`] probes the servers itself (`srvr`, every 100 ms doubling to
+//! 400 ms) and, once one answers while the session is still down, closes it and opens a new one. The
+//! registration is retried with bounded backoff until it succeeds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

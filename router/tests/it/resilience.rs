@@ -80,7 +80,6 @@ async fn a_bad_document_over_a_live_node_keeps_its_last_valid_version() {
     ] {
         let path = conf.coord.layout().router_item(conf.kind, section, name);
         let (_, stat) = conf.coord.get_raw(&path).await.unwrap().unwrap();
-        let generation = router.handle.generation();
         let version = conf
             .coord
             .set_raw(&path, doc.as_bytes(), None)
@@ -97,7 +96,6 @@ async fn a_bad_document_over_a_live_node_keeps_its_last_valid_version() {
                 .cloned()
         })
         .await;
-        assert!(router.handle.generation() > generation);
         assert_eq!(invalid["version"], version, "{invalid}");
         assert_eq!(invalid["serving_version"], stat.version, "{invalid}");
         assert!(!invalid["error"].as_str().unwrap().is_empty());
