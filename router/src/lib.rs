@@ -337,10 +337,18 @@ fn spawn_save(
     origin: String,
     nodes: BTreeMap<String, atlantis_common::zk::Node>,
 ) -> tokio::task::JoinHandle<()> {
+    // A failure is a warning the first time, then quiet until a save succeeds again.
+    static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
     tokio::task::spawn_blocking(move || match snapshot::save(&path, &origin, &nodes) {
         Ok(bytes) => {
+            if FAILING.swap(false, Relaxed) {
+                tracing::info!(path = %path.display(), "Configuration snapshot saved again.");
+            }
             tracing::debug!(path = %path.display(), nodes = nodes.len(), bytes, "Configuration snapshot saved.")
         }
-        Err(e) => tracing::warn!(error = %e, "Cannot save the configuration snapshot."),
+        Err(e) if !FAILING.swap(true, Relaxed) => {
+            tracing::warn!(error = %e, "Cannot save the configuration snapshot.")
+        }
+        Err(e) => tracing::debug!(error = %e, "Cannot save the configuration snapshot."),
     })
 }
