@@ -466,7 +466,8 @@ impl Compiler {
         let mut errors: Vec<Invalid> = Vec::new();
         let mut ports: Vec<(String, routing::Port)> = Vec::new();
         let mut tries: Vec<(String, Arc<routing::Trie>)> = Vec::new();
-        let mut compiled: HashMap<&str, Arc<CompiledRule>> = HashMap::new();
+        let mut compiled: HashMap<&str, Arc<CompiledRule>> =
+            HashMap::with_capacity(self.rules.len());
         let mut pool_cfgs: BTreeMap<String, (routing::Pool, Vec<Backend>)> = BTreeMap::new();
         let mut backends: Vec<(&str, Backend)> = Vec::new();
         let mut live: [std::collections::HashSet<&str>; 4] = Default::default();
