@@ -58,8 +58,8 @@ pub struct Config {
 pub struct Limits {
     /// Largest request head (request line plus headers), HTTP/1 read buffer and HTTP/2 header list.
     pub max_header_bytes: usize,
-    /// Time allowed to send a complete request head, and the idle time allowed between requests on a
-    /// keep-alive connection.
+    /// Time allowed to send a complete request head, the idle time allowed between requests on a
+    /// keep-alive connection, and the time an HTTP/2 connection may stay with no stream open.
     pub header_read_timeout_ms: u64,
     /// Time allowed for a TLS handshake.
     pub tls_handshake_timeout_ms: u64,
@@ -72,7 +72,8 @@ pub struct Limits {
     pub max_idle_connections: usize,
     /// Concurrent HTTP/2 streams per client connection.
     pub h2_max_streams: u32,
-    /// Open client connections per listener; beyond it new connections wait to be accepted.
+    /// Open client connections per listener and worker (WebSocket tunnels included); beyond it new
+    /// connections wait to be accepted.
     pub max_connections: usize,
     /// Time a response may go without progress once its head is sent (a backend that stops sending
     /// mid-body, a client that stops reading) before both connections are closed.

@@ -262,17 +262,19 @@ impl App {
             }
         }
         let mut events = source.start(shutdown.clone());
-        let mut retry = tokio::time::interval(Duration::from_secs(1));
-        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Wakes the loop once a second: a snapshot write that had to wait, ports to open again.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen_reset = false;
         // The source's configuration changed since the snapshot was last written.
         let mut unsaved = false;
         let mut saving: Option<tokio::task::JoinHandle<()>> = None;
         let mut saved_at: Option<std::time::Instant> = None;
+        let mut relisten_at = std::time::Instant::now();
         loop {
             let first = tokio::select! {
                 ev = events.recv() => match ev { Some(ev) => Some(ev), None => { shutdown.cancelled().await; break } },
-                _ = retry.tick() => None,
+                _ = tick.tick() => None,
                 _ = shutdown.cancelled() => break,
             };
             let mut changed = false;
@@ -300,7 +302,11 @@ impl App {
                 install(&mut compiler, &mut listeners);
                 shared.set_origin(proxy::ORIGIN_SOURCE);
                 unsaved |= seen_reset;
-            } else if !listeners.failed.lock().is_empty() {
+            } else if !listeners.failed.lock().is_empty()
+                && relisten_at.elapsed() >= Duration::from_secs(5)
+            {
+                // Ports that could not be opened are tried again every 5 s.
+                relisten_at = std::time::Instant::now();
                 listeners.reconcile(&shared.table.load());
                 *ports.lock() = listeners.ports();
             }
