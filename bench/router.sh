@@ -6,7 +6,7 @@
 # rules, and the time from a rule change written to ZooKeeper to the first request routed by it.
 #
 # Usage: bench/router.sh   (env: BENCH_SECONDS=10, BENCH_ROUNDS=3, BENCH_CONNS=64, SKIP_BUILD=1, CHANGES=100,
-#                           BENCH_CAP=0.5)
+#                           BENCH_CAP=0.5, BENCH_PHASES="single all capped c256")
 # Targets are measured in interleaved rounds and the median is reported, so a load spike on a shared
 # machine hits every target alike.
 #
@@ -228,6 +228,9 @@ echo "machine: $CORES cores, load average before: $(cut -d' ' -f1-3 /proc/loadav
 PHASES="single all"
 if [ -n "$CGROOT" ]; then PHASES="$PHASES capped"; else echo "note: no writable cgroup cpu controller: the capped phase is skipped"; fi
 PHASES="$PHASES c256"
+# BENCH_PHASES="single c256" runs only those phases (and skips the rules and change-latency parts).
+ONLY=${BENCH_PHASES:-}
+if [ -n "$ONLY" ]; then PHASES=$ONLY; fi
 for phase in $PHASES; do
   case $phase in
     single|capped) T=1; C=$CONNS; RW=1 ;;
@@ -259,6 +262,7 @@ for phase in $PHASES; do
   echo "ratio atlantis/nginx   ($phase): rps x$(ratio "${!ar}" "${!nr}"), p99 x$(ratio "${!ap}" "${!np}"), cpu/request x$(ratio "${!ac}" "${!nc}") (p99, cpu: lower is better)"
 done
 
+if [ -n "$ONLY" ]; then echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"; exit 0; fi
 echo "== rules: 10 vs 10,000 host rules (1 worker thread each), request for the last host rule =="
 "$TOOL" seed "127.0.0.1:$ZKP" /bench10k "$RP10K" "127.0.0.1:$BP" 10000 >/dev/null
 start_router atl10 /bench "$RP" 1
