@@ -513,11 +513,17 @@ async fn forward(
                     lease.set_stream(stream);
                     resp
                 }
-                crate::h2c::Outcome::Refused(back) => {
+                crate::h2c::Outcome::Refused(back, why) => {
                     req = back;
                     tried.push(Arc::as_ptr(&backend) as usize);
+                    timed_out = why == crate::pool::ConnectFailed::Timeout;
                     if tried.len() > cfg.retries as usize {
-                        return (refused(), Some(backend));
+                        let resp = if timed_out {
+                            timed_out_answer()
+                        } else {
+                            refused()
+                        };
+                        return (resp, Some(backend));
                     }
                     continue;
                 }

@@ -296,6 +296,19 @@ async fn a_backend_that_does_not_answer_the_connection_gets_504() {
         assert_eq!(r.status(), 504);
         assert_eq!(r.headers()["x-atlantis-error"], "backend_timeout");
     }
+    // The same over HTTP/2 to the backend.
+    conf.pool(
+        "p",
+        json!({"healthz_every_ms": 0, "connect_timeout_ms": 300, "protocol": "h2c"}),
+    )
+    .await;
+    eventually(Duration::from_secs(15), "the pool to speak h2c", || async {
+        (router.status_json().await["pools"]["p"]["config"]["protocol"] == "h2c").then_some(())
+    })
+    .await;
+    let r = c.get(&url).header("host", "x.test").send().await.unwrap();
+    assert_eq!(r.status(), 504, "h2c pool");
+    assert_eq!(r.headers()["x-atlantis-error"], "backend_timeout");
     drop(listener);
     router.stop().await;
 }
