@@ -213,12 +213,17 @@ async fn connect_when_up(cfg: &ZkConfig) -> Coord {
     let mut warned = false;
     loop {
         if zookeeper_answers(&cfg.servers).await {
-            match tokio::time::timeout(CONNECT_TIMEOUT, Coord::connect(cfg.clone())).await {
-                Ok(Ok(c)) => return c,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "ZooKeeper answers but the session failed, retrying.")
-                }
-                Err(_) => tracing::warn!("ZooKeeper answers but the session timed out, retrying."),
+            let error =
+                match tokio::time::timeout(CONNECT_TIMEOUT, Coord::connect(cfg.clone())).await {
+                    Ok(Ok(c)) => return c,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_owned(),
+                };
+            // Warned once; then quiet (it is retried every 400 ms at most).
+            if std::mem::replace(&mut warned, true) {
+                tracing::debug!(error, "ZooKeeper answers but the session failed, retrying.");
+            } else {
+                tracing::warn!(error, "ZooKeeper answers but the session failed, retrying.");
             }
         } else if !warned {
             warned = true;
