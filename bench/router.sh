@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Router benchmark: one nginx backend, then atlantis-router, HAProxy and nginx in front of it, measured with
-# the same wrk settings: first one worker thread each, then all cores. Then our router with 10 vs 10,000
+# the same wrk settings: first one worker thread each, then all cores, then (phase "c256") all cores with
+# 256 connections to the one backend (idle backend connection pools must follow demand, not churn). Then
+# our router with 10 vs 10,000
 # rules, and the time from a rule change written to ZooKeeper to the first request routed by it.
 #
 # Usage: bench/router.sh   (env: BENCH_SECONDS=10, BENCH_ROUNDS=3, BENCH_CONNS=64, SKIP_BUILD=1, CHANGES=100,
-#                           BENCH_CAP=0.5)
+#                           BENCH_CAP=0.5, BENCH_PHASES="single all capped c256")
 # Targets are measured in interleaved rounds and the median is reported, so a load spike on a shared
 # machine hits every target alike.
 #
@@ -82,7 +84,8 @@ cat >"$W/backend.conf" <<EOF
 worker_processes $CORES; daemon off; pid $W/backend.pid; error_log $W/backend.err;
 events { worker_connections 8192; }
 http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BP; location = /healthz { return 200 "ok\n"; } location / { root $W/www; } } }
+  server { listen 127.0.0.1:$BP; location = /healthz { return 200 "ok\n"; }
+    location = /nginx_status { stub_status; } location / { root $W/www; } } }
 EOF
 start backend nginx -c "$W/backend.conf"
 wait_http "http://127.0.0.1:$BP/"
@@ -104,6 +107,8 @@ servers = "127.0.0.1:$ZKP"
 region = "bench"
 root = "$2"
 EOF
+  # A snapshot file of its own (a top-level key, so it goes before the [zookeeper] table).
+  sed -i "1i snapshot_path = \"$W/$1.snapshot.json\"" "$W/$1.toml"
   RUST_LOG=warn start "$1" "$ROUTER" --config "$W/$1.toml"
   wait_http "http://127.0.0.1:$3/" app9.bench
 }
@@ -198,6 +203,14 @@ run_wrk() { # label port threads conns host pid
   echo "$(echo "$out" | awk '/^Requests\/sec/ {print $2}') $(to_ms "$(echo "$out" | awk '$1=="50%" {print $2}')") $(to_ms "$(echo "$out" | awk '$1=="99%" {print $2}')") $(python3 -c "import sys; print(round((int(sys.argv[2])-int(sys.argv[1]))/int(sys.argv[3])*1e6/int(sys.argv[4]),2))" "$c0" "$c1" "$TICK" "$reqs")" >>"$W/results/$label"
 }
 # Median over the rounds of each column; prints a line and sets RPS_, P99_ and CPU_<label>.
+# Connections the backend accepted (nginx stub_status).
+backend_accepts() { curl -s "http://127.0.0.1:$BP/nginx_status" | awk 'NR==3 {print $1}'; }
+counted() { # label port threads conns host pid: run_wrk, and record the backend connections it opened
+  local before; before=$(backend_accepts)
+  run_wrk "$@"
+  echo $(( $(backend_accepts) - before )) >>"$W/results/$1.accepts"
+}
+
 median() { # label
   local rps p50 p99 cpu key=${1//-/_}
   read -r rps p50 p99 cpu < <(python3 -c '
@@ -214,32 +227,42 @@ ratio() { python3 -c "import sys; print(f'{float(sys.argv[1])/float(sys.argv[2])
 echo "machine: $CORES cores, load average before: $(cut -d' ' -f1-3 /proc/loadavg); wrk ${SECS}s x $ROUNDS interleaved rounds, $CONNS connections per thread-set"
 PHASES="single all"
 if [ -n "$CGROOT" ]; then PHASES="$PHASES capped"; else echo "note: no writable cgroup cpu controller: the capped phase is skipped"; fi
+PHASES="$PHASES c256"
+# BENCH_PHASES="single c256" runs only those phases (and skips the rules and change-latency parts).
+ONLY=${BENCH_PHASES:-}
+if [ -n "$ONLY" ]; then PHASES=$ONLY; fi
 for phase in $PHASES; do
   case $phase in
     single|capped) T=1; C=$CONNS; RW=1 ;;
     all) T=$CORES; C=$((CONNS * 2)); RW=0 ;;
+    c256) T=$CORES; C=256; RW=0 ;;
   esac
   if [ $phase = capped ]; then
     echo "== capped: 1 worker thread per proxy, each limited to $CAP of a core (cgroup v$CGV quota), wrk -t$T -c$C =="
+  elif [ $phase = c256 ]; then
+    echo "== c256: $T worker thread(s) per proxy, 256 connections to the one backend, wrk -t$T -c$C =="
   else
     echo "== $phase: $T worker thread(s) per proxy, wrk -t$T -c$C =="
   fi
   start_router atl /bench "$RP" "$RW"; start_haproxy "$T"; start_nginx "$T"
   if [ $phase = capped ]; then cap_cpu "$PID_atl"; cap_cpu "$PID_haproxy"; cap_cpu "$PID_nginxproxy"; fi
   for _ in $(seq "$ROUNDS"); do
-    run_wrk "backend-$phase" "$BP" "$T" "$C" x "$PID_backend"
-    run_wrk "atlantis-$phase" "$RP" "$T" "$C" app9.bench "$PID_atl"
-    run_wrk "haproxy-$phase" "$HP" "$T" "$C" x "$PID_haproxy"
-    run_wrk "nginx-$phase" "$NP" "$T" "$C" x "$PID_nginxproxy"
+    counted backend-$phase "$BP" "$T" "$C" x "$PID_backend"
+    counted atlantis-$phase "$RP" "$T" "$C" app9.bench "$PID_atl"
+    counted haproxy-$phase "$HP" "$T" "$C" x "$PID_haproxy"
+    counted nginx-$phase "$NP" "$T" "$C" x "$PID_nginxproxy"
   done
   stop atl; stop haproxy; stop nginxproxy; uncap_all
   for t in backend atlantis haproxy nginx; do median "$t-$phase"; done
+  echo "backend connections opened per run (median; the backend's own row is wrk's): $(for t in backend atlantis haproxy nginx; do
+    printf '%s %s  ' "$t" "$(python3 -c 'import statistics,sys; print(int(statistics.median(int(l) for l in open(sys.argv[1]) if l.strip())))' "$W/results/$t-$phase.accepts")"; done)"
   a=atlantis_$phase; h=haproxy_$phase; n=nginx_$phase
   ar=RPS_$a ap=P99_$a ac=CPU_$a hr=RPS_$h hp=P99_$h hc=CPU_$h nr=RPS_$n np=P99_$n nc=CPU_$n
   echo "ratio atlantis/haproxy ($phase): rps x$(ratio "${!ar}" "${!hr}"), p99 x$(ratio "${!ap}" "${!hp}"), cpu/request x$(ratio "${!ac}" "${!hc}") (p99, cpu: lower is better)"
   echo "ratio atlantis/nginx   ($phase): rps x$(ratio "${!ar}" "${!nr}"), p99 x$(ratio "${!ap}" "${!np}"), cpu/request x$(ratio "${!ac}" "${!nc}") (p99, cpu: lower is better)"
 done
 
+if [ -n "$ONLY" ]; then echo "load average after: $(cut -d' ' -f1-3 /proc/loadavg)"; exit 0; fi
 echo "== rules: 10 vs 10,000 host rules (1 worker thread each), request for the last host rule =="
 "$TOOL" seed "127.0.0.1:$ZKP" /bench10k "$RP10K" "127.0.0.1:$BP" 10000 >/dev/null
 start_router atl10 /bench "$RP" 1

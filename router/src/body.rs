@@ -27,6 +27,8 @@ pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 /// The router's response body.
 pub struct ProxyBody {
     inner: Inner,
+    /// The HTTP/2 stream this body answers, counted open until the body is done or dropped.
+    _open: Option<crate::listener::OpenStream>,
 }
 
 enum Inner {
@@ -48,7 +50,7 @@ pub struct Lease {
     conn: Option<Upstream>,
     /// The stream claimed on a shared HTTP/2 connection, released with the lease.
     stream: Option<crate::h2c::Stream>,
-    max_idle: usize,
+    max_idle: crate::pool::IdleLimits,
     keepalive_ms: u64,
     complete: bool,
 }
@@ -56,7 +58,11 @@ pub struct Lease {
 impl Lease {
     /// Takes an in-flight slot on `backend`; the connection is kept (at most `max_idle` per worker) for
     /// reuse within `keepalive_ms`.
-    pub fn new(backend: Arc<BackendState>, max_idle: usize, keepalive_ms: u64) -> Lease {
+    pub fn new(
+        backend: Arc<BackendState>,
+        max_idle: crate::pool::IdleLimits,
+        keepalive_ms: u64,
+    ) -> Lease {
         backend.in_flight.fetch_add(1, Relaxed);
         Lease {
             backend,
@@ -100,6 +106,7 @@ impl ProxyBody {
     pub fn full(b: impl Into<Bytes>) -> ProxyBody {
         ProxyBody {
             inner: Inner::Full(Some(b.into())),
+            _open: None,
         }
     }
 
@@ -107,6 +114,7 @@ impl ProxyBody {
     pub fn empty() -> ProxyBody {
         ProxyBody {
             inner: Inner::Full(None),
+            _open: None,
         }
     }
 
@@ -122,7 +130,14 @@ impl ProxyBody {
                 bound: IdleBound::new(idle),
                 timer: None,
             })),
+            _open: None,
         }
+    }
+
+    /// This body, counting `open` as an open stream of its connection while it lives.
+    pub(crate) fn tracked(mut self, open: crate::listener::OpenStream) -> ProxyBody {
+        self._open = Some(open);
+        self
     }
 }
 

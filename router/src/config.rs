@@ -46,6 +46,10 @@ pub struct Config {
     /// Certificates for TLS ports.
     #[serde(default)]
     pub tls: TlsConfig,
+    /// Where the last good configuration is saved, to be served at start while ZooKeeper is away
+    /// (default `/var/lib/atlantis/router-<kind>.snapshot.json`; an empty path turns snapshots off).
+    #[serde(default)]
+    pub snapshot_path: Option<PathBuf>,
 }
 
 /// Bounds that keep a slow or hostile client from pinning the router.
@@ -54,18 +58,22 @@ pub struct Config {
 pub struct Limits {
     /// Largest request head (request line plus headers), HTTP/1 read buffer and HTTP/2 header list.
     pub max_header_bytes: usize,
-    /// Time allowed to send a complete request head, and the idle time allowed between requests on a
-    /// keep-alive connection.
+    /// Time allowed to send a complete request head, the idle time allowed between requests on a
+    /// keep-alive connection, and the time an HTTP/2 connection may stay with no stream open.
     pub header_read_timeout_ms: u64,
     /// Time allowed for a TLS handshake.
     pub tls_handshake_timeout_ms: u64,
     /// How long a closing listener (or a stopping router) waits for open connections.
     pub drain_timeout_ms: u64,
-    /// Idle connections kept per backend.
+    /// Idle connections kept per backend and worker; 0 (the default): as many as the peak concurrency
+    /// used, within `max_idle_connections`.
     pub max_idle_per_backend: usize,
+    /// Idle backend connections kept by the whole router (the memory bound of the idle pools).
+    pub max_idle_connections: usize,
     /// Concurrent HTTP/2 streams per client connection.
     pub h2_max_streams: u32,
-    /// Open client connections per listener; beyond it new connections wait to be accepted.
+    /// Open client connections per listener and worker (WebSocket tunnels included); beyond it new
+    /// connections wait to be accepted.
     pub max_connections: usize,
     /// Time a response may go without progress once its head is sent (a backend that stops sending
     /// mid-body, a client that stops reading) before both connections are closed.
@@ -81,7 +89,8 @@ impl Default for Limits {
             header_read_timeout_ms: 15_000,
             tls_handshake_timeout_ms: 10_000,
             drain_timeout_ms: 15_000,
-            max_idle_per_backend: 64,
+            max_idle_per_backend: 0,
+            max_idle_connections: 32_768,
             h2_max_streams: 256,
             max_connections: 50_000,
             body_idle_timeout_ms: 60_000,
@@ -159,6 +168,19 @@ impl Config {
             zookeeper: None,
             limits: Limits::default(),
             tls: TlsConfig::default(),
+            snapshot_path: Some(PathBuf::new()),
+        }
+    }
+
+    /// The snapshot file, `None` when snapshots are off.
+    pub fn snapshot_file(&self) -> Option<PathBuf> {
+        match &self.snapshot_path {
+            None => Some(PathBuf::from(format!(
+                "/var/lib/atlantis/router-{}.snapshot.json",
+                self.kind
+            ))),
+            Some(p) if p.as_os_str().is_empty() => None,
+            Some(p) => Some(p.clone()),
         }
     }
 

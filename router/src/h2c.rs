@@ -19,7 +19,7 @@ use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
-use crate::pool::{BackendState, PoolState};
+use crate::pool::{BackendState, ConnectFailed, PoolState};
 use crate::upstream::UpBody;
 
 /// The sending half of a backend HTTP/2 connection (cheap to clone).
@@ -102,8 +102,9 @@ pub fn to_h2(req: &mut Request<UpBody>, trailers: bool, fallback_authority: &str
 pub enum Outcome {
     /// The response head arrived; the stream claim goes with the body.
     Answer(Response<Incoming>, Stream),
-    /// No connection could be opened; the request comes back for another backend.
-    Refused(Request<UpBody>),
+    /// No connection could be opened (refused, or not answered in time); the request comes back for
+    /// another backend.
+    Refused(Request<UpBody>, ConnectFailed),
     /// The backend failed the request.
     Failed(hyper::Error),
     /// The deadline passed before the response head.
@@ -124,7 +125,7 @@ pub const MAX_CONNS: usize = 8;
 pub struct Slot {
     conns: Vec<Conn>,
     next_id: u64,
-    failed_at: Option<tokio::time::Instant>,
+    failed_at: Option<(tokio::time::Instant, ConnectFailed)>,
 }
 
 struct Conn {
@@ -167,7 +168,7 @@ async fn sender(
     pool: &PoolState,
     b: &BackendState,
     connect_timeout: Duration,
-) -> Option<(u64, Sender, Stream)> {
+) -> Result<(u64, Sender, Stream), ConnectFailed> {
     let mut slot = b.h2_slot().lock().await;
     slot.conns.retain(|c| !c.sender.is_closed());
     let least = slot
@@ -180,26 +181,30 @@ async fn sender(
         Some((c.id, c.sender.clone(), Stream(c.streams.clone())))
     };
     if let Some(c) = least {
-        return claim(c);
+        return claim(c).ok_or(ConnectFailed::Refused);
     }
     let failed_recently = slot
         .failed_at
-        .is_some_and(|t| t.elapsed() < connect_timeout.min(Duration::from_secs(1)));
-    let opened = if failed_recently {
-        None
-    } else {
-        pool.connect_within(b, connect_timeout, connect(b)).await
+        .filter(|(t, _)| t.elapsed() < connect_timeout.min(Duration::from_secs(1)))
+        .map(|(_, why)| why);
+    let opened = match failed_recently {
+        Some(why) => Err(why),
+        None => pool.connect_within(b, connect_timeout, connect(b)).await,
     };
-    let Some(sender) = opened else {
-        if !failed_recently {
-            slot.failed_at = Some(tokio::time::Instant::now());
+    let sender = match opened {
+        Ok(s) => s,
+        Err(why) => {
+            if failed_recently.is_none() {
+                slot.failed_at = Some((tokio::time::Instant::now(), why));
+            }
+            // All connections busy and no new one: queue on the least busy rather than fail.
+            return slot
+                .conns
+                .iter()
+                .min_by_key(|c| c.streams.load(Relaxed))
+                .and_then(claim)
+                .ok_or(why);
         }
-        // All connections busy and no new one: queue on the least busy rather than fail.
-        return slot
-            .conns
-            .iter()
-            .min_by_key(|c| c.streams.load(Relaxed))
-            .and_then(claim);
     };
     slot.next_id += 1;
     let conn = Conn {
@@ -211,7 +216,7 @@ async fn sender(
     if !b.removed() {
         slot.conns.push(conn);
     }
-    got
+    got.ok_or(ConnectFailed::Refused)
 }
 
 /// Forgets connection `id` of this worker to `b` (it failed a request); its requests finish.
@@ -244,8 +249,9 @@ pub async fn exchange(
         let Ok(got) = got else {
             return Outcome::Timeout;
         };
-        let Some((id, mut sr, stream)) = got else {
-            return Outcome::Refused(req);
+        let (id, mut sr, stream) = match got {
+            Ok(v) => v,
+            Err(why) => return Outcome::Refused(req, why),
         };
         match tokio::time::timeout_at(deadline, sr.ready()).await {
             Err(_) => return Outcome::Timeout,
@@ -276,7 +282,7 @@ pub async fn exchange(
             }
         }
     }
-    Outcome::Refused(req)
+    Outcome::Refused(req, ConnectFailed::Refused)
 }
 
 /// Whether the backend left the stream unprocessed: refused it (REFUSED_STREAM, RFC 9113 section

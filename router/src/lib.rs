@@ -1,4 +1,4 @@
-//! Atlantis router: the live, ZooKeeper-configured HTTP router (DESIGN.md section 6).
+//! Atlantis router: the live, ZooKeeper-configured HTTP router (routing model: `docs/router.md`).
 //!
 //! Data flow: a [`source::RouteSource`] delivers configuration nodes; the [`table::Compiler`] turns them
 //! into an immutable [`table::Table`] that is swapped in atomically (arc-swap), and the
@@ -7,7 +7,9 @@
 //! listener ([`status`]) reports health, per-backend state, metrics and rule traces.
 //!
 //! Architecture invariant: the request path takes no lock except a backend's idle-connection list, and
-//! never waits on the configuration source; while the source is away the last table keeps serving.
+//! never waits on the configuration source; while the source is away the last table keeps serving (at
+//! start, the local [`snapshot`] of the last good configuration), and an invalid node never replaces a
+//! valid one.
 
 pub mod body;
 pub mod config;
@@ -19,6 +21,7 @@ pub mod listener;
 pub mod metrics;
 pub mod pool;
 pub mod proxy;
+pub mod snapshot;
 pub mod source;
 pub mod status;
 pub mod table;
@@ -27,7 +30,9 @@ pub mod tunnel;
 pub mod upstream;
 pub mod workers;
 
+use std::collections::{BTreeMap, HashSet};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
 use std::time::Duration;
@@ -102,6 +107,11 @@ impl Handle {
     pub fn connected(&self) -> bool {
         self.shared.connected.load(Relaxed)
     }
+
+    /// Where the table in use came from: `none` (nothing yet), `snapshot` or `source`.
+    pub fn config_origin(&self) -> &'static str {
+        self.shared.origin()
+    }
 }
 
 impl App {
@@ -127,7 +137,10 @@ impl App {
             RouterMetrics::new(),
             cfg.access_log,
             not_found,
-            cfg.limits.max_idle_per_backend,
+            pool::IdleLimits {
+                per_backend: cfg.limits.max_idle_per_backend,
+                total: cfg.limits.max_idle_connections,
+            },
             Duration::from_millis(cfg.limits.body_idle_timeout_ms),
             Duration::from_millis(cfg.limits.tunnel_idle_timeout_ms),
         ));
@@ -203,15 +216,65 @@ impl App {
             status_state,
             shutdown.clone(),
         ));
-        let mut events = source.start(shutdown.clone());
+        let snapshot = cfg.snapshot_file().map(|path| (path, source.origin()));
         let mut compiler = Compiler::new(shared.metrics.clone());
-        let mut retry = tokio::time::interval(Duration::from_secs(5));
-        retry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut logged: HashSet<table::Invalid> = HashSet::new();
+        let mut install = |compiler: &mut Compiler, listeners: &mut Listeners| {
+            let started = std::time::Instant::now();
+            let mut table = compiler.compile();
+            let g = table.generation;
+            let took = started.elapsed();
+            table.compile_ms = took.as_secs_f64() * 1000.0;
+            let table = Arc::new(table);
+            shared.table.store(table.clone());
+            listeners.reconcile(&table);
+            tracing::debug!(
+                generation = g,
+                rules = table.rule_count,
+                ms = took.as_secs_f64() * 1000.0,
+                "Routing table swapped."
+            );
+            // Each refusal is logged once, when it first appears (not on every rebuild).
+            let now: HashSet<table::Invalid> = table.errors.iter().cloned().collect();
+            for e in table.errors.iter().filter(|e| !logged.contains(*e)) {
+                shared.metrics.invalid_logged.inc();
+                tracing::warn!(node = %e.node, version = e.version, error = %e.error,
+                    serving_version = ?e.serving_version, "Invalid router configuration node refused: {e}");
+            }
+            logged = now;
+            *ports.lock() = listeners.ports();
+            let _ = generation.send(g);
+        };
+        // Until the source answers, serve the last good configuration saved locally.
+        if let Some((path, origin)) = &snapshot {
+            match snapshot::load(path, origin) {
+                Ok(loaded) => {
+                    tracing::info!(path = %path.display(), nodes = loaded.nodes.len(), saved_unix_ms = loaded.saved_unix_ms,
+                        "Serving the configuration snapshot until ZooKeeper answers.");
+                    compiler.apply(SourceEvent::Reset(loaded.nodes));
+                    install(&mut compiler, &mut listeners);
+                    shared.set_origin(proxy::ORIGIN_SNAPSHOT);
+                }
+                Err(snapshot::SnapshotError::Missing(_)) => {
+                    tracing::info!(path = %path.display(), "No configuration snapshot yet.");
+                }
+                Err(e) => tracing::warn!(error = %e, "Configuration snapshot not used."),
+            }
+        }
+        let mut events = source.start(shutdown.clone());
+        // Wakes the loop once a second: a snapshot write that had to wait, ports to open again.
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut seen_reset = false;
+        // The source's configuration changed since the snapshot was last written.
+        let mut unsaved = false;
+        let mut saving: Option<tokio::task::JoinHandle<()>> = None;
+        let mut saved_at: Option<std::time::Instant> = None;
+        let mut relisten_at = std::time::Instant::now();
         loop {
             let first = tokio::select! {
                 ev = events.recv() => match ev { Some(ev) => Some(ev), None => { shutdown.cancelled().await; break } },
-                _ = retry.tick() => None,
+                _ = tick.tick() => None,
                 _ = shutdown.cancelled() => break,
             };
             let mut changed = false;
@@ -219,42 +282,79 @@ impl App {
             while let Ok(ev) = events.try_recv() {
                 batch.push(ev);
             }
+            let mut reset = false;
             for ev in batch {
                 match ev {
                     SourceEvent::Connected(c) => shared.connected.store(c, Relaxed),
                     ev => {
-                        seen_reset |= matches!(ev, SourceEvent::Reset(_));
+                        reset |= matches!(ev, SourceEvent::Reset(_));
                         changed |= compiler.apply(ev);
                     }
                 }
             }
+            if reset && !seen_reset {
+                seen_reset = true;
+                // The source's view replaces the snapshot's, even when they are the same.
+                shared.set_origin(proxy::ORIGIN_SOURCE);
+                unsaved = true;
+            }
             if changed || (seen_reset && *generation.borrow() == 0) {
-                let started = std::time::Instant::now();
-                let mut table = compiler.compile();
-                let g = table.generation;
-                let took = started.elapsed();
-                table.compile_ms = took.as_secs_f64() * 1000.0;
-                let table = Arc::new(table);
-                shared.table.store(table.clone());
-                listeners.reconcile(&table);
-                tracing::debug!(
-                    generation = g,
-                    rules = table.rule_count,
-                    ms = took.as_secs_f64() * 1000.0,
-                    "Routing table swapped."
-                );
-                for e in &table.errors {
-                    tracing::warn!(error = %e, "Invalid router configuration node ignored.");
-                }
-                *ports.lock() = listeners.ports();
-                let _ = generation.send(g);
-            } else if !listeners.failed.lock().is_empty() {
+                install(&mut compiler, &mut listeners);
+                shared.set_origin(proxy::ORIGIN_SOURCE);
+                unsaved |= seen_reset;
+            } else if !listeners.failed.lock().is_empty()
+                && relisten_at.elapsed() >= Duration::from_secs(5)
+            {
+                // Ports that could not be opened are tried again every 5 s.
+                relisten_at = std::time::Instant::now();
                 listeners.reconcile(&shared.table.load());
                 *ports.lock() = listeners.ports();
             }
+            // At most one snapshot write at a time, and one a second while changes keep coming.
+            if unsaved
+                && saving.as_ref().is_none_or(|t| t.is_finished())
+                && saved_at.is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+                && let Some((path, origin)) = &snapshot
+            {
+                unsaved = false;
+                saved_at = Some(std::time::Instant::now());
+                saving = Some(spawn_save(
+                    path.clone(),
+                    origin.clone(),
+                    compiler.effective(),
+                ));
+            }
+        }
+        if let Some(t) = saving.take() {
+            let _ = t.await;
+        }
+        if unsaved && let Some((path, origin)) = &snapshot {
+            let _ = spawn_save(path.clone(), origin.clone(), compiler.effective()).await;
         }
         listeners.shutdown().await;
         workers.stop().await;
         tracing::info!("Router stopped.");
     }
+}
+
+/// Writes the snapshot off the control thread; a failure is logged and the router goes on serving.
+fn spawn_save(
+    path: PathBuf,
+    origin: String,
+    nodes: BTreeMap<String, atlantis_common::zk::Node>,
+) -> tokio::task::JoinHandle<()> {
+    // A failure is a warning the first time, then quiet until a save succeeds again.
+    static FAILING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    tokio::task::spawn_blocking(move || match snapshot::save(&path, &origin, &nodes) {
+        Ok(bytes) => {
+            if FAILING.swap(false, Relaxed) {
+                tracing::info!(path = %path.display(), "Configuration snapshot saved again.");
+            }
+            tracing::debug!(path = %path.display(), nodes = nodes.len(), bytes, "Configuration snapshot saved.")
+        }
+        Err(e) if !FAILING.swap(true, Relaxed) => {
+            tracing::warn!(error = %e, "Cannot save the configuration snapshot.")
+        }
+        Err(e) => tracing::debug!(error = %e, "Cannot save the configuration snapshot."),
+    })
 }

@@ -226,9 +226,15 @@ async fn accept_loop(
             acceptor.clone(),
         );
         tracker.spawn(async move {
-            let _permit = permit;
+            // The connection's slot is held as long as the connection, or a tunnel it became, lives.
+            let hold = Arc::new(ConnHold {
+                _permit: permit,
+                port: cancel.clone(),
+            });
             match acceptor {
-                None => crate::fast::serve(stream, info, builder, shared, cancel, &limits).await,
+                None => {
+                    crate::fast::serve(stream, info, builder, shared, cancel, hold, &limits).await
+                }
                 Some(acc) => {
                     let hs = Duration::from_millis(limits.tls_handshake_timeout_ms);
                     // Writes to a client that stops reading fail after the body idle timeout.
@@ -237,7 +243,7 @@ async fn accept_loop(
                     match tokio::time::timeout(hs, acc.accept(stream)).await {
                         Ok(Ok(s)) => {
                             let h2 = s.get_ref().1.alpn_protocol() == Some(b"h2");
-                            serve(s, h2, info, builder, shared, cancel, &limits).await
+                            serve(s, h2, info, builder, shared, cancel, hold, &limits).await
                         }
                         Ok(Err(e)) => {
                             tracing::debug!(port, %peer, error = %e, "TLS handshake failed.")
@@ -256,7 +262,17 @@ pub struct Protocols {
     h2: http2::Builder<TokioExecutor>,
 }
 
+/// What a client connection holds while it lives: its slot among the listener's `max_connections`, and
+/// the port's closing signal. A WebSocket tunnel made from the connection keeps both: it counts as a
+/// connection, and ends when its port closes.
+pub struct ConnHold {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    /// Cancelled when the port closes (or the router stops).
+    pub port: CancellationToken,
+}
+
 /// Serves a connection with hyper (HTTP/2 when `h2`, else HTTP/1.1 with upgrades).
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve<I>(
     io: I,
     h2: bool,
@@ -264,23 +280,52 @@ pub(crate) async fn serve<I>(
     builder: Arc<Protocols>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
+    hold: Arc<ConnHold>,
     limits: &Limits,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let svc = service_fn(move |req| proxy::handle(shared.clone(), info, req));
     let drain = Duration::from_millis(limits.drain_timeout_ms);
     let result = if h2 {
+        // An HTTP/2 connection with no stream open for the header read timeout is closed (GOAWAY), as
+        // an idle HTTP/1.1 keep-alive connection is.
+        let streams = Arc::new(Streams::default());
+        let svc = {
+            let streams = streams.clone();
+            service_fn(move |req| {
+                let open = OpenStream::new(streams.clone());
+                let fut = proxy::handle(shared.clone(), info, req, hold.clone());
+                async move {
+                    let resp = fut.await?;
+                    Ok::<_, std::convert::Infallible>(resp.map(|b| b.tracked(open)))
+                }
+            })
+        };
+        let idle = Duration::from_millis(limits.header_read_timeout_ms);
         let conn = builder.h2.serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
-        tokio::select! {
-            r = conn.as_mut() => r,
-            _ = cancel.cancelled() => {
-                conn.as_mut().graceful_shutdown();
-                tokio::time::timeout(drain, conn).await.unwrap_or(Ok(()))
+        let check = tokio::time::sleep(idle);
+        tokio::pin!(check);
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => break r,
+                _ = cancel.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    break tokio::time::timeout(drain, conn).await.unwrap_or(Ok(()));
+                }
+                _ = check.as_mut() => match streams.idle_for() {
+                    Some(quiet) if quiet >= idle => {
+                        tracing::debug!(port = info.port, peer = %info.peer, "Idle HTTP/2 connection closed.");
+                        conn.as_mut().graceful_shutdown();
+                        break tokio::time::timeout(drain, conn).await.unwrap_or(Ok(()));
+                    }
+                    Some(quiet) => check.as_mut().reset(tokio::time::Instant::now() + (idle - quiet)),
+                    None => check.as_mut().reset(tokio::time::Instant::now() + idle),
+                },
             }
         }
     } else {
+        let svc = service_fn(move |req| proxy::handle(shared.clone(), info, req, hold.clone()));
         let conn = builder
             .h1
             .serve_connection(TokioIo::new(io), svc)
@@ -296,6 +341,53 @@ pub(crate) async fn serve<I>(
     };
     if let Err(e) = result {
         tracing::debug!(port = info.port, peer = %info.peer, error = %e, "Connection ended with an error.");
+    }
+}
+
+/// The open streams of an HTTP/2 connection, and since when none is open.
+pub(crate) struct Streams {
+    open: std::sync::atomic::AtomicUsize,
+    quiet_since: parking_lot::Mutex<std::time::Instant>,
+}
+
+impl Default for Streams {
+    fn default() -> Self {
+        Streams {
+            open: std::sync::atomic::AtomicUsize::new(0),
+            quiet_since: parking_lot::Mutex::new(std::time::Instant::now()),
+        }
+    }
+}
+
+impl Streams {
+    /// How long no stream has been open; `None` while one is.
+    fn idle_for(&self) -> Option<Duration> {
+        let since = self.quiet_since.lock();
+        (self.open.load(std::sync::atomic::Ordering::Acquire) == 0).then(|| since.elapsed())
+    }
+}
+
+/// One open stream; it ends when its response body is done (or dropped).
+pub(crate) struct OpenStream(Arc<Streams>);
+
+impl OpenStream {
+    fn new(s: Arc<Streams>) -> OpenStream {
+        s.open.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        OpenStream(s)
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        let mut since = self.0.quiet_since.lock();
+        if self
+            .0
+            .open
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel)
+            == 1
+        {
+            *since = std::time::Instant::now();
+        }
     }
 }
 

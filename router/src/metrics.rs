@@ -49,6 +49,8 @@ pub struct RouterMetrics {
     pub rules_compiled: Counter,
     /// Configuration nodes refused as invalid.
     pub invalid_nodes: Gauge,
+    /// Refusals logged: one per invalid version of a node (not one per table rebuild).
+    pub invalid_logged: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -69,6 +71,7 @@ impl RouterMetrics {
             compiles: Counter::default(),
             rules_compiled: Counter::default(),
             invalid_nodes: Gauge::default(),
+            invalid_logged: Counter::default(),
         };
         registry.register(|r| {
             r.register(
@@ -100,6 +103,11 @@ impl RouterMetrics {
                 "invalid_config_nodes",
                 "Configuration nodes refused as invalid",
                 m.invalid_nodes.clone(),
+            );
+            r.register(
+                "invalid_config_refusals",
+                "Invalid configuration node versions refused (each logged once)",
+                m.invalid_logged.clone(),
             );
         });
         m

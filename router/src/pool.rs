@@ -68,9 +68,9 @@ impl Reuse {
 
     /// Takes the most recently returned connection of `list` if it is young enough; when it is too old
     /// to be reused at all, so is every other (they were returned earlier), and they are closed.
-    fn take<T>(self, list: &parking_lot::Mutex<Vec<(T, u64)>>) -> Option<T> {
+    fn take<T>(self, list: &parking_lot::Mutex<Vec<Parked<T>>>) -> Option<T> {
         let mut l = list.lock();
-        let age = self.now.saturating_sub(l.last()?.1);
+        let age = self.now.saturating_sub(l.last()?.since);
         if age >= self.keepalive {
             let old = std::mem::take(&mut *l);
             drop(l);
@@ -80,15 +80,78 @@ impl Reuse {
         if age > self.max_age {
             return None;
         }
-        l.pop().map(|(c, _)| c)
+        l.pop().map(|p| p.conn)
     }
 }
 
-/// One worker's idle connections to a backend, with the time each was returned (`now_ms`).
-type IdleList = parking_lot::Mutex<Vec<(Upstream, u64)>>;
+/// Why a backend connection could not be opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectFailed {
+    /// Refused, reset or unreachable: answered 502 when no backend is left.
+    Refused,
+    /// No answer within the pool's `connect_timeout_ms`: answered 504 when no backend is left.
+    Timeout,
+}
 
-/// One worker's idle raw connections (the HTTP/1.1 fast path's), with the time each was returned.
-type RawIdleList = parking_lot::Mutex<Vec<(tokio::net::TcpStream, u64)>>;
+/// Bounds of the idle connection pools.
+#[derive(Debug, Clone, Copy)]
+pub struct IdleLimits {
+    /// Idle connections per backend and worker; 0: no bound but `total`, so a backend keeps as many as
+    /// its peak concurrency opened (a connection is opened only when none is idle, so the idle list
+    /// never holds more than were in use at once) until they expire after the pool's `keepalive_ms`.
+    pub per_backend: usize,
+    /// Idle connections in the whole process (the memory bound).
+    pub total: usize,
+}
+
+/// Idle connections held in the whole process.
+static IDLE_TOTAL: AtomicUsize = AtomicUsize::new(0);
+
+/// One idle connection's share of [`IdleLimits::total`], given back when dropped.
+struct IdleSlot(());
+
+impl IdleSlot {
+    fn take(total: usize) -> Option<IdleSlot> {
+        IDLE_TOTAL
+            .fetch_update(Relaxed, Relaxed, |n| (n < total).then_some(n + 1))
+            .ok()
+            .map(|_| IdleSlot(()))
+    }
+}
+
+impl Drop for IdleSlot {
+    fn drop(&mut self) {
+        IDLE_TOTAL.fetch_sub(1, Relaxed);
+    }
+}
+
+/// An idle connection and the time it was returned (`now_ms`).
+struct Parked<T> {
+    conn: T,
+    since: u64,
+    _slot: IdleSlot,
+}
+
+/// Adds `conn` to `list` within `limits`; dropped (closed) beyond them.
+fn park<T>(list: &parking_lot::Mutex<Vec<Parked<T>>>, conn: T, limits: IdleLimits) {
+    let mut l = list.lock();
+    if limits.per_backend > 0 && l.len() >= limits.per_backend {
+        return;
+    }
+    if let Some(slot) = IdleSlot::take(limits.total) {
+        l.push(Parked {
+            conn,
+            since: now_ms(),
+            _slot: slot,
+        });
+    }
+}
+
+/// One worker's idle connections to a backend.
+type IdleList = parking_lot::Mutex<Vec<Parked<Upstream>>>;
+
+/// One worker's idle raw connections (the HTTP/1.1 fast path's).
+type RawIdleList = parking_lot::Mutex<Vec<Parked<tokio::net::TcpStream>>>;
 
 const HEALTHS: [Health; 5] = [
     Health::Ok,
@@ -207,14 +270,11 @@ impl BackendState {
 
     /// Returns a connection whose exchange is complete to the idle list (unless the pool's
     /// `keepalive_ms` is 0: no reuse).
-    pub fn checkin(&self, mut up: Upstream, max_idle: usize, keepalive_ms: u64) {
+    pub fn checkin(&self, mut up: Upstream, limits: IdleLimits, keepalive_ms: u64) {
         if keepalive_ms == 0 || !up.reusable() || self.cancel.is_cancelled() {
             return;
         }
-        let mut idle = self.idle_here().lock();
-        if idle.len() < max_idle {
-            idle.push((up, now_ms()));
-        }
+        park(self.idle_here(), up, limits);
     }
 
     /// This worker's shared HTTP/2 connection slot (`protocol: h2c` pools).
@@ -241,15 +301,12 @@ impl BackendState {
 
     /// Returns a raw connection whose exchange is complete to the idle list (unless the pool's
     /// `keepalive_ms` is 0: no reuse).
-    pub fn checkin_raw(&self, s: tokio::net::TcpStream, max_idle: usize, keepalive_ms: u64) {
+    pub fn checkin_raw(&self, s: tokio::net::TcpStream, limits: IdleLimits, keepalive_ms: u64) {
         if keepalive_ms == 0 || self.cancel.is_cancelled() {
             return;
         }
         let i = crate::workers::current() % self.raw_idle.len();
-        let mut idle = self.raw_idle[i].lock();
-        if idle.len() < max_idle {
-            idle.push((s, now_ms()));
-        }
+        park(&self.raw_idle[i], s, limits);
     }
 
     /// Closes idle connections unused for the pool's `keepalive_ms` (no request would reuse them, and an
@@ -258,11 +315,11 @@ impl BackendState {
         let now = now_ms();
         for l in self.idle.iter() {
             l.lock()
-                .retain(|(_, since)| now.saturating_sub(*since) < keepalive_ms);
+                .retain(|p| now.saturating_sub(p.since) < keepalive_ms);
         }
         for l in self.raw_idle.iter() {
             l.lock()
-                .retain(|(_, since)| now.saturating_sub(*since) < keepalive_ms);
+                .retain(|p| now.saturating_sub(p.since) < keepalive_ms);
         }
     }
 
@@ -424,20 +481,21 @@ impl PoolState {
     }
 
     /// Runs `connect` for backend `b` within `limit`; a failure or timeout is logged, counted against the
-    /// backend (see [`PoolState::connect_failed`]) and given back as `None`, so the caller tries another.
+    /// backend (see [`PoolState::connect_failed`]) and given back as the error, so the caller tries
+    /// another (and answers 504 rather than 502 when the last one timed out).
     pub async fn connect_within<T>(
         &self,
         b: &BackendState,
         limit: std::time::Duration,
         connect: impl std::future::Future<Output = std::io::Result<T>>,
-    ) -> Option<T> {
-        let why = match tokio::time::timeout(limit, connect).await {
-            Ok(Ok(c)) => return Some(c),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => "connect timeout".into(),
+    ) -> Result<T, ConnectFailed> {
+        let (why, failed) = match tokio::time::timeout(limit, connect).await {
+            Ok(Ok(c)) => return Ok(c),
+            Ok(Err(e)) => (e.to_string(), ConnectFailed::Refused),
+            Err(_) => ("connect timeout".into(), ConnectFailed::Timeout),
         };
         tracing::warn!(pool = %self.name, backend = %b.name, error = %why, "Backend connection failed, trying another.");
         self.connect_failed(b);
-        None
+        Err(failed)
     }
 }

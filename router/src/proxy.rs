@@ -38,14 +38,22 @@ pub struct Shared {
     pub access_log: bool,
     /// Answer when nothing matches.
     pub not_found: StatusCode,
-    /// Idle connections kept per backend.
-    pub max_idle: usize,
+    /// Bounds of the idle backend connection pools.
+    pub max_idle: crate::pool::IdleLimits,
     /// How long a response body may go without progress.
     pub body_idle: Duration,
     /// How long an upgraded connection may go without a byte either way.
     pub tunnel_idle: Duration,
     pub(crate) ids: RequestIds,
+    origin: std::sync::atomic::AtomicU8,
 }
+
+/// No table yet: `/healthz` answers 503.
+pub const ORIGIN_NONE: u8 = 0;
+/// The table comes from the local snapshot (the source has not answered yet).
+pub const ORIGIN_SNAPSHOT: u8 = 1;
+/// The table comes from the configuration source.
+pub const ORIGIN_SOURCE: u8 = 2;
 
 impl Shared {
     /// Shared state with an empty table.
@@ -53,7 +61,7 @@ impl Shared {
         metrics: RouterMetrics,
         access_log: bool,
         not_found: StatusCode,
-        max_idle: usize,
+        max_idle: crate::pool::IdleLimits,
         body_idle: Duration,
         tunnel_idle: Duration,
     ) -> Shared {
@@ -68,6 +76,21 @@ impl Shared {
             body_idle,
             tunnel_idle,
             ids: RequestIds::new(),
+            origin: std::sync::atomic::AtomicU8::new(ORIGIN_NONE),
+        }
+    }
+
+    /// Records where the table in use came from ([`ORIGIN_SNAPSHOT`], [`ORIGIN_SOURCE`]).
+    pub fn set_origin(&self, origin: u8) {
+        self.origin.store(origin, Relaxed);
+    }
+
+    /// Where the table in use came from: `none`, `snapshot` or `source`.
+    pub fn origin(&self) -> &'static str {
+        match self.origin.load(Relaxed) {
+            ORIGIN_NONE => "none",
+            ORIGIN_SNAPSHOT => "snapshot",
+            _ => "source",
         }
     }
 }
@@ -301,6 +324,7 @@ pub async fn handle(
     shared: Arc<Shared>,
     conn: ConnInfo,
     req: Request<Incoming>,
+    hold: Arc<crate::listener::ConnHold>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     if req.headers().get_all(header::HOST).iter().nth(1).is_some() {
@@ -317,7 +341,7 @@ pub async fn handle(
     };
     let (pool, resp, backend) = match route {
         Route::Pool(pool) => {
-            let (resp, backend) = Box::pin(forward(&shared, &pool, conn, req, start)).await;
+            let (resp, backend) = Box::pin(forward(&shared, &pool, conn, req, start, hold)).await;
             pool.metrics
                 .record(resp.status().as_u16(), start.elapsed().as_secs_f64());
             (Some(pool), resp, backend)
@@ -424,6 +448,7 @@ async fn forward(
     conn: ConnInfo,
     mut req: Request<Incoming>,
     start: Instant,
+    hold: Arc<crate::listener::ConnHold>,
 ) -> (Response<ProxyBody>, Option<Arc<BackendState>>) {
     let cfg = pool.config();
     let upgrade = is_upgrade(&req);
@@ -448,9 +473,13 @@ async fn forward(
     let connect_timeout = Duration::from_millis(cfg.connect_timeout_ms);
     let mut tried: Vec<usize> = Vec::new();
     let mut stale_retries = 0;
+    // The last connection attempt timed out: giving up answers 504, not 502.
+    let mut timed_out = false;
     loop {
         let Some(backend) = pool.choose(&tried) else {
-            return if tried.is_empty() {
+            return if timed_out && !tried.is_empty() {
+                (timed_out_answer(), None)
+            } else if tried.is_empty() {
                 (
                     answer(
                         StatusCode::SERVICE_UNAVAILABLE,
@@ -484,15 +513,21 @@ async fn forward(
                     lease.set_stream(stream);
                     resp
                 }
-                crate::h2c::Outcome::Refused(back) => {
+                crate::h2c::Outcome::Refused(back, why) => {
                     req = back;
                     tried.push(Arc::as_ptr(&backend) as usize);
+                    timed_out = why == crate::pool::ConnectFailed::Timeout;
                     if tried.len() > cfg.retries as usize {
-                        return (refused(), Some(backend));
+                        let resp = if timed_out {
+                            timed_out_answer()
+                        } else {
+                            refused()
+                        };
+                        return (resp, Some(backend));
                     }
                     continue;
                 }
-                crate::h2c::Outcome::Timeout => return (timed_out(), Some(backend)),
+                crate::h2c::Outcome::Timeout => return (timed_out_answer(), Some(backend)),
                 crate::h2c::Outcome::Failed(err) => {
                     return (failed(pool, &backend, &err), Some(backend));
                 }
@@ -513,11 +548,17 @@ async fn forward(
                     .connect_within(&backend, connect_timeout, connect)
                     .await
                 {
-                    Some(up) => (up, false),
-                    None => {
+                    Ok(up) => (up, false),
+                    Err(failed) => {
                         tried.push(Arc::as_ptr(&backend) as usize);
+                        timed_out = failed == crate::pool::ConnectFailed::Timeout;
                         if tried.len() > cfg.retries as usize {
-                            return (refused(), Some(backend));
+                            let resp = if timed_out {
+                                timed_out_answer()
+                            } else {
+                                refused()
+                            };
+                            return (resp, Some(backend));
                         }
                         continue;
                     }
@@ -530,7 +571,7 @@ async fn forward(
             .then(|| bodiless_copy(&req));
         let sent = tokio::time::timeout_at(deadline, up.send(req)).await;
         let mut resp = match sent {
-            Err(_) => return (timed_out(), Some(backend)),
+            Err(_) => return (timed_out_answer(), Some(backend)),
             Ok(Ok(resp)) => resp,
             Ok(Err(mut e)) => match e.take_message() {
                 // The request never left: a reused connection the backend had closed. Try again.
@@ -561,6 +602,9 @@ async fn forward(
             let idle = shared.tunnel_idle;
             tokio::spawn(async move {
                 let _lease = lease;
+                // The tunnel keeps the client connection's slot, and ends when its port closes.
+                let port = hold.port.clone();
+                let _hold = hold;
                 // Both sides switch at once normally; a client that never completes its side is dropped.
                 let both = tokio::time::timeout(idle.min(Duration::from_secs(30)), async {
                     tokio::try_join!(client_upgrade, backend_upgrade)
@@ -571,10 +615,12 @@ async fn forward(
                 };
                 match both {
                     Ok((c, b)) => {
-                        if let Err(e) =
-                            crate::tunnel::run(TokioIo::new(c), TokioIo::new(b), idle).await
-                        {
-                            tracing::debug!(error = %e, "Tunnel ended.");
+                        let tunnel = crate::tunnel::run(TokioIo::new(c), TokioIo::new(b), idle);
+                        tokio::select! {
+                            r = tunnel => if let Err(e) = r {
+                                tracing::debug!(error = %e, "Tunnel ended.");
+                            },
+                            _ = port.cancelled() => tracing::debug!("Tunnel closed with its port."),
                         }
                     }
                     Err(e) => tracing::debug!(error = %e, "Upgrade failed."),
@@ -614,7 +660,7 @@ fn refused() -> Response<ProxyBody> {
     )
 }
 
-fn timed_out() -> Response<ProxyBody> {
+fn timed_out_answer() -> Response<ProxyBody> {
     answer(
         StatusCode::GATEWAY_TIMEOUT,
         "backend_timeout",

@@ -4,6 +4,12 @@
 //! `pools/<pool>/<host:port>`) as [`SourceEvent`]s, with paths relative to the subtree root, plus its
 //! connection state. [`ZkSource`] mirrors ZooKeeper through common's `TreeCache` (a full `Reset` after every
 //! reconnect, so edits made during an outage are applied); [`StaticSource`] is driven by hand in tests.
+//!
+//! Reconnecting: the ZooKeeper client library backs off without bound between attempts, so after an
+//! outage of a few seconds it may reconnect seconds after the server is back. While disconnected (and
+//! before the first session) [`ZkSource`] probes the servers itself (`srvr`, every 100 ms doubling to
+//! 400 ms) and, once one answers while the session is still down, closes it and opens a new one. The
+//! registration is retried with bounded backoff until it succeeds.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -40,6 +46,12 @@ pub enum SourceEvent {
 pub trait RouteSource: Send + Sync + 'static {
     /// Starts delivering events; the first should be a `Reset` once the source can read.
     fn start(&self, shutdown: CancellationToken) -> mpsc::UnboundedReceiver<SourceEvent>;
+
+    /// Names the configuration this source delivers (a snapshot is used only by a source of the same
+    /// origin).
+    fn origin(&self) -> String {
+        "static".into()
+    }
 }
 
 impl From<TreeEvent> for SourceEvent {
@@ -126,6 +138,10 @@ impl ZkSource {
 }
 
 impl RouteSource for ZkSource {
+    fn origin(&self) -> String {
+        format!("zookeeper:{}", self.cfg.layout().router_config(self.kind))
+    }
+
     fn start(&self, shutdown: CancellationToken) -> mpsc::UnboundedReceiver<SourceEvent> {
         let (tx, rx) = mpsc::unbounded_channel();
         let cfg = self.cfg.clone();
@@ -145,6 +161,78 @@ impl RouteSource for ZkSource {
     }
 }
 
+/// The first wait between probes of an unreachable ZooKeeper; it doubles up to [`PROBE_MAX`].
+const PROBE_FIRST: Duration = Duration::from_millis(100);
+/// The longest wait between probes, so the router notices ZooKeeper's return within this much.
+const PROBE_MAX: Duration = Duration::from_millis(400);
+/// How long one probe of one server may take.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(300);
+/// How long a new session may take to open once a server answers.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Doubling waits, bounded.
+struct Backoff(Duration);
+
+impl Backoff {
+    fn new() -> Backoff {
+        Backoff(PROBE_FIRST)
+    }
+    fn next(&mut self) -> Duration {
+        let d = self.0;
+        self.0 = (self.0 * 2).min(PROBE_MAX);
+        d
+    }
+}
+
+/// Whether a server of `servers` (a connect string, `host:port,...[/chroot]`) is up and serving: it
+/// answers the `srvr` command. A server that refuses the command (not in its whitelist) is up too; one
+/// that says it is not serving (no quorum), closes at once or does not answer is not.
+pub async fn zookeeper_answers(servers: &str) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let hosts = servers.split('/').next().unwrap_or("");
+    for hp in hosts.split(',').map(str::trim).filter(|h| !h.is_empty()) {
+        let probe = async {
+            let mut s = tokio::net::TcpStream::connect(hp).await.ok()?;
+            s.write_all(b"srvr").await.ok()?;
+            let mut buf = Vec::with_capacity(512);
+            let _ = (&mut s).take(4096).read_to_end(&mut buf).await;
+            let text = String::from_utf8_lossy(&buf);
+            (!buf.is_empty() && !text.contains("not currently serving")).then_some(())
+        };
+        if let Ok(Some(())) = tokio::time::timeout(PROBE_TIMEOUT, probe).await {
+            return true;
+        }
+    }
+    false
+}
+
+/// Opens a session as soon as ZooKeeper answers: probes with bounded backoff (the client library's own
+/// reconnect backs off without bound, up to seconds after the server is back), then connects.
+async fn connect_when_up(cfg: &ZkConfig) -> Coord {
+    let mut backoff = Backoff::new();
+    let mut warned = false;
+    loop {
+        if zookeeper_answers(&cfg.servers).await {
+            let error =
+                match tokio::time::timeout(CONNECT_TIMEOUT, Coord::connect(cfg.clone())).await {
+                    Ok(Ok(c)) => return c,
+                    Ok(Err(e)) => e.to_string(),
+                    Err(_) => "timed out".to_owned(),
+                };
+            // Warned once; then quiet (it is retried every 400 ms at most).
+            if std::mem::replace(&mut warned, true) {
+                tracing::debug!(error, "ZooKeeper answers but the session failed, retrying.");
+            } else {
+                tracing::warn!(error, "ZooKeeper answers but the session failed, retrying.");
+            }
+        } else if !warned {
+            warned = true;
+            tracing::warn!(servers = %cfg.servers, "Cannot reach ZooKeeper yet, retrying.");
+        }
+        tokio::time::sleep(backoff.next()).await;
+    }
+}
+
 async fn run_zk(
     cfg: ZkConfig,
     kind: RouterKind,
@@ -153,47 +241,95 @@ async fn run_zk(
     reg: serde_json::Value,
     tx: mpsc::UnboundedSender<SourceEvent>,
 ) {
-    // Connect, retrying: the router serves (nothing, or a table it is told about) while ZooKeeper is away.
-    let coord = loop {
-        match Coord::connect(cfg.clone()).await {
-            Ok(c) => break c,
-            Err(e) => {
-                tracing::warn!(error = %e, "Cannot reach ZooKeeper yet, retrying.");
-                let _ = tx.send(SourceEvent::Connected(false));
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
+    let _ = tx.send(SourceEvent::Connected(false));
+    loop {
+        // Connect, retrying: the router serves its snapshot (or nothing) while ZooKeeper is away.
+        let coord = connect_when_up(&cfg).await;
+        let outcome = follow(&coord, &cfg.servers, kind, &zone, &host, &reg, &tx).await;
+        // Closing stops this session's tree cache and keeps it from re-registering later.
+        coord.close();
+        if outcome.is_none() {
+            return;
         }
-    };
+        tracing::info!(
+            "ZooKeeper answers again but the session has not reconnected; opening a new one."
+        );
+    }
+}
+
+/// Mirrors the tree and keeps the registration on one `Coord` until the receiver is gone (`None`), or
+/// until ZooKeeper answers while this session is still disconnected (`Some`: the caller opens another).
+async fn follow(
+    coord: &Coord,
+    servers: &str,
+    kind: RouterKind,
+    zone: &ZoneName,
+    host: &HostName,
+    reg: &serde_json::Value,
+    tx: &mpsc::UnboundedSender<SourceEvent>,
+) -> Option<()> {
     let root = coord.layout().router_config(kind);
-    let reg_path = coord.layout().router(kind, &zone, &host);
-    let _registration: Option<Registration> = match coord.register_ephemeral(&reg_path, &reg).await
-    {
-        Ok(r) => Some(r),
-        Err(e) => {
-            tracing::error!(path = reg_path, error = %e, "Cannot register the router.");
-            None
-        }
-    };
+    let reg_path = coord.layout().router(kind, zone, host);
     let mut status = coord.status();
     let mut events = TreeCache::start(coord.clone(), &root);
     let mut connected = status.borrow().connected;
-    let _ = tx.send(SourceEvent::Connected(connected));
+    tx.send(SourceEvent::Connected(connected)).ok()?;
+    // Registration is retried (bounded backoff) until it succeeds; it does not hold up the tree.
+    let mut registration: Option<Registration> = None;
+    let mut reg_backoff = Backoff::new();
+    let reg_retry = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(reg_retry);
+    let mut reg_failures = 0u32;
+    let mut probe_backoff = Backoff::new();
+    let probe = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(probe);
     loop {
         tokio::select! {
-            ev = events.recv() => match ev {
-                Some(ev) => {
-                    if tx.send(ev.into()).is_err() { return; }
-                }
-                None => return,
-            },
+            ev = events.recv() => {
+                tx.send(ev?.into()).ok()?;
+            }
             r = status.changed() => {
-                if r.is_err() { return; }
+                r.ok()?;
                 let now = status.borrow().connected;
                 if now != connected {
                     connected = now;
-                    if now { tracing::info!("ZooKeeper connection is back."); } else { tracing::warn!("ZooKeeper connection lost; serving the last table."); }
-                    if tx.send(SourceEvent::Connected(now)).is_err() { return; }
+                    if now {
+                        tracing::info!("ZooKeeper connection is back.");
+                    } else {
+                        tracing::warn!("ZooKeeper connection lost; serving the last table.");
+                        probe_backoff = Backoff::new();
+                        probe.as_mut().reset(tokio::time::Instant::now() + probe_backoff.next());
+                    }
+                    tx.send(SourceEvent::Connected(now)).ok()?;
                 }
+            }
+            _ = &mut reg_retry, if registration.is_none() => {
+                match tokio::time::timeout(CONNECT_TIMEOUT, coord.register_ephemeral(&reg_path, reg)).await {
+                    Ok(Ok(r)) => {
+                        if reg_failures > 0 {
+                            tracing::info!(path = reg_path, "Router registered.");
+                        }
+                        registration = Some(r);
+                    }
+                    failed => {
+                        let error = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "timed out".into(),
+                        };
+                        if reg_failures == 0 {
+                            tracing::warn!(path = reg_path, error, "Cannot register the router yet, retrying.");
+                        }
+                        reg_failures += 1;
+                        let wait = if connected { reg_backoff.next() } else { PROBE_MAX };
+                        reg_retry.as_mut().reset(tokio::time::Instant::now() + wait);
+                    }
+                }
+            }
+            _ = &mut probe, if !connected => {
+                if zookeeper_answers(servers).await && !status.borrow().connected {
+                    return Some(());
+                }
+                probe.as_mut().reset(tokio::time::Instant::now() + probe_backoff.next());
             }
         }
     }

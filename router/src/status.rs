@@ -1,7 +1,8 @@
 //! The status listener: `/healthz`, `/statusz.json`, `/statusz`, `/metrics` and `/trace`.
 //!
 //! - `/healthz`: 200 with `Server-Status: OK`, or `DEGRADED` while the configuration source is unreachable
-//!   (the router keeps serving its last table meanwhile).
+//!   (the router keeps serving its last table, or its local snapshot, meanwhile); 503 `CRITICAL` while
+//!   it has no configuration at all (nothing read from the source, no usable snapshot).
 //! - `/statusz.json`: the table generation, listeners, invalid nodes, and per backend its health, in-flight
 //!   and served counts, and the time left in its slow start. `/statusz` is the same as text.
 //! - `/metrics`: Prometheus text.
@@ -71,16 +72,26 @@ fn handle(state: &StatusState, req: Request<Incoming>) -> Response<Full<Bytes>> 
     match req.uri().path() {
         "/healthz" => {
             let ok = shared.connected.load(Relaxed);
-            let s = if ok { "OK" } else { "DEGRADED" };
-            let mut r = reply(
-                StatusCode::OK,
-                "text/plain",
-                if ok {
-                    "OK\n"
-                } else {
-                    "DEGRADED: configuration source unreachable, serving the last table\n"
-                },
-            );
+            let (status, s, text) = match (shared.origin(), ok) {
+                // Nothing to serve: no configuration was read, from the source or a snapshot.
+                ("none", _) => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "CRITICAL",
+                    "CRITICAL: no configuration yet (configuration source unreachable, no snapshot)\n",
+                ),
+                (_, true) => (StatusCode::OK, "OK", "OK\n"),
+                ("snapshot", false) => (
+                    StatusCode::OK,
+                    "DEGRADED",
+                    "DEGRADED: configuration source unreachable, serving the local snapshot\n",
+                ),
+                (_, false) => (
+                    StatusCode::OK,
+                    "DEGRADED",
+                    "DEGRADED: configuration source unreachable, serving the last table\n",
+                ),
+            };
+            let mut r = reply(status, "text/plain", text);
             r.headers_mut()
                 .insert("server-status", HeaderValue::from_static(s));
             r
@@ -136,6 +147,7 @@ fn status_json(state: &StatusState) -> serde_json::Value {
         .collect();
     json!({
         "connected": state.shared.connected.load(Relaxed),
+        "config_origin": state.shared.origin(),
         "generation": table.generation,
         "rules": table.rule_count,
         "compile_ms": table.compile_ms,
@@ -156,6 +168,7 @@ fn status_text(state: &StatusState) -> String {
         "config source connected: {}",
         state.shared.connected.load(Relaxed)
     );
+    let _ = writeln!(s, "configuration from: {}", state.shared.origin());
     let _ = writeln!(
         s,
         "table generation {}: {} ports, {} tries, {} rules",

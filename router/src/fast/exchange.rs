@@ -12,7 +12,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::{CHUNK, Conn, Head, MAX_HEADERS, MAX_RESPONSE_HEAD};
-use crate::pool::{BackendState, Reuse};
+use crate::pool::{BackendState, ConnectFailed, Reuse};
+
+/// The answer when the backend did not answer the connection in time.
+const TIMEOUT: (StatusCode, &str, &str) = (
+    StatusCode::GATEWAY_TIMEOUT,
+    "backend_timeout",
+    "backend timeout\n",
+);
 use crate::table::Route;
 
 impl Conn<'_> {
@@ -55,6 +62,8 @@ impl Conn<'_> {
         let reuse = Reuse::new(head.start, cfg.keepalive_ms, head.idempotent);
         let mut tried: Vec<usize> = Vec::new();
         let mut stale = 0;
+        // The last connection attempt timed out: giving up answers 504, not 502.
+        let mut timed_out = false;
         loop {
             let Some(backend) = pool.choose(&tried) else {
                 let (status, code, text) = if tried.is_empty() {
@@ -63,6 +72,8 @@ impl Conn<'_> {
                         "no_backend",
                         "no healthy backend\n",
                     )
+                } else if timed_out {
+                    TIMEOUT
                 } else {
                     (
                         StatusCode::BAD_GATEWAY,
@@ -94,19 +105,29 @@ impl Conn<'_> {
                         .connect_within(&backend, connect_timeout, connect)
                         .await
                     {
-                        Some(s) => s,
-                        None => {
+                        Ok(s) => s,
+                        Err(failed) => {
                             tried.push(Arc::as_ptr(&backend) as usize);
+                            timed_out = failed == ConnectFailed::Timeout;
                             if tried.len() > cfg.retries as usize {
+                                let (status, code, text) = if timed_out {
+                                    TIMEOUT
+                                } else {
+                                    (
+                                        StatusCode::BAD_GATEWAY,
+                                        "backend_refused",
+                                        "backend refused the connection\n",
+                                    )
+                                };
                                 return self
                                     .routed_answer(
                                         client,
                                         &head,
                                         &pool,
                                         Some(&backend),
-                                        StatusCode::BAD_GATEWAY,
-                                        "backend_refused",
-                                        "backend refused the connection\n",
+                                        status,
+                                        code,
+                                        text,
                                     )
                                     .await;
                             }

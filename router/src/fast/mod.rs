@@ -57,6 +57,7 @@ pub(crate) async fn serve(
     builder: Arc<Protocols>,
     shared: Arc<Shared>,
     cancel: CancellationToken,
+    hold: Arc<listener::ConnHold>,
     limits: &Limits,
 ) {
     let mut c = Conn {
@@ -83,7 +84,7 @@ pub(crate) async fn serve(
                     pre,
                     inner: StallIo::new(client, idle),
                 };
-                listener::serve(io, h2, info, builder, shared.clone(), cancel, limits).await;
+                listener::serve(io, h2, info, builder, shared.clone(), cancel, hold, limits).await;
                 return;
             }
             Next::Request(req) => {

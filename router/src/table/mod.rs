@@ -173,7 +173,7 @@ pub struct Table {
     /// Pools by name.
     pub pools: BTreeMap<String, Arc<PoolState>>,
     /// Nodes refused as invalid, with the reason (shown on `/statusz.json`).
-    pub errors: Vec<String>,
+    pub errors: Vec<Invalid>,
     /// Number of rules.
     pub rule_count: usize,
     /// How long the compilation took, in milliseconds.
@@ -269,12 +269,6 @@ impl Table {
     }
 }
 
-struct CachedTrie {
-    version: i32,
-    data: Vec<u8>,
-    trie: Result<Arc<routing::Trie>, String>,
-}
-
 fn same_target(a: &Resolved, b: &Resolved) -> bool {
     match (a, b) {
         (Resolved::Pool(x), Resolved::Pool(y)) => Arc::ptr_eq(x, y),
@@ -284,17 +278,111 @@ fn same_target(a: &Resolved, b: &Resolved) -> bool {
     }
 }
 
-struct CachedRule {
+/// A node refused by the compiler, as `/statusz` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
+pub struct Invalid {
+    /// Relative path, such as `rules/api`.
+    pub node: String,
+    /// The refused version of the node.
+    pub version: i32,
+    /// Why it was refused.
+    pub error: String,
+    /// The version still in use instead (the last valid one), if there is one.
+    pub serving_version: Option<i32>,
+}
+
+impl std::fmt::Display for Invalid {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} version {}: {}", self.node, self.version, self.error)?;
+        match self.serving_version {
+            Some(v) => write!(f, " (still serving its last valid version {v})"),
+            None => write!(f, " (ignored: no valid version to keep)"),
+        }
+    }
+}
+
+/// The last valid version of a node.
+struct Good<T> {
     version: i32,
     data: Vec<u8>,
-    rule: Result<Arc<CompiledRule>, String>,
+    value: T,
+}
+
+/// A node as last seen and parsed, and the last valid version of it, kept while the node is invalid.
+struct Kept<T> {
+    version: i32,
+    data: Vec<u8>,
+    error: Option<String>,
+    good: Option<Good<T>>,
+}
+
+/// Parses `node` (named `name` in `section`) unless `cache` holds that very version already; returns the
+/// value to use: the node's own, or its last valid version when the node is invalid. An invalid node is
+/// reported in `errors`.
+fn keep<T: Clone>(
+    cache: &mut HashMap<String, Kept<T>>,
+    section: &str,
+    name: &str,
+    node: &Node,
+    errors: &mut Vec<Invalid>,
+    parse: impl FnOnce() -> Result<T, String>,
+) -> Option<T> {
+    let fresh = cache
+        .get(name)
+        .is_none_or(|c| c.version != node.version || c.data != node.data);
+    if fresh {
+        let parsed = parse();
+        let old = cache.remove(name).and_then(|k| k.good);
+        let (error, good) = match parsed {
+            Ok(value) => (
+                None,
+                Some(Good {
+                    version: node.version,
+                    data: node.data.clone(),
+                    value,
+                }),
+            ),
+            Err(e) => (Some(e), old),
+        };
+        cache.insert(
+            name.to_owned(),
+            Kept {
+                version: node.version,
+                data: node.data.clone(),
+                error,
+                good,
+            },
+        );
+    }
+    let k = &cache[name];
+    if let Some(e) = &k.error {
+        errors.push(Invalid {
+            node: format!("{section}/{name}"),
+            version: k.version,
+            error: e.clone(),
+            serving_version: k.good.as_ref().map(|g| g.version),
+        });
+    }
+    k.good.as_ref().map(|g| g.value.clone())
+}
+
+/// Drops cache entries of nodes that no longer exist.
+fn prune<T>(cache: &mut HashMap<String, Kept<T>>, live: &std::collections::HashSet<&str>) {
+    if cache.len() > live.len() || cache.keys().any(|k| !live.contains(k.as_str())) {
+        cache.retain(|k, _| live.contains(k.as_str()));
+    }
 }
 
 /// Turns raw nodes into tables; owns the pools' run-time state.
+///
+/// A node whose new version is invalid does not take the old one away: the last valid version keeps
+/// serving (and is what [`Compiler::effective`] returns) until the node is fixed or deleted.
 pub struct Compiler {
     raw: BTreeMap<String, Node>,
-    rules: HashMap<String, CachedRule>,
-    trie_docs: HashMap<String, CachedTrie>,
+    ports: HashMap<String, Kept<routing::Port>>,
+    rules: HashMap<String, Kept<Arc<CompiledRule>>>,
+    trie_docs: HashMap<String, Kept<Arc<routing::Trie>>>,
+    pool_docs: HashMap<String, Kept<routing::Pool>>,
     prev_tries: HashMap<String, Arc<CompiledTrie>>,
     pools: HashMap<String, Arc<PoolState>>,
     generation: u64,
@@ -306,8 +394,10 @@ impl Compiler {
     pub fn new(metrics: RouterMetrics) -> Compiler {
         Compiler {
             raw: BTreeMap::new(),
+            ports: HashMap::new(),
             rules: HashMap::new(),
             trie_docs: HashMap::new(),
+            pool_docs: HashMap::new(),
             prev_tries: HashMap::new(),
             pools: HashMap::new(),
             generation: 0,
@@ -331,107 +421,145 @@ impl Compiler {
         }
     }
 
+    /// The configuration the last table was compiled from, as nodes: every node as read, except that an
+    /// invalid node is replaced by its last valid version (or left out when it never had one). This is
+    /// what the router saves as its snapshot.
+    pub fn effective(&self) -> BTreeMap<String, Node> {
+        let mut out = BTreeMap::new();
+        for (path, node) in &self.raw {
+            let mut parts = path.splitn(3, '/');
+            let (section, name, child) = (parts.next().unwrap_or(""), parts.next(), parts.next());
+            let Some(name) = name else { continue };
+            let good = |v: Option<(i32, &Vec<u8>)>| {
+                v.map(|(version, data)| Node {
+                    version,
+                    data: data.clone(),
+                })
+            };
+            fn pick<'a, T>(
+                c: &'a HashMap<String, Kept<T>>,
+                name: &str,
+            ) -> Option<(i32, &'a Vec<u8>)> {
+                c.get(name)?.good.as_ref().map(|g| (g.version, &g.data))
+            }
+            let node = match (section, child) {
+                ("ports", None) => good(pick(&self.ports, name)),
+                ("rules", None) => good(pick(&self.rules, name)),
+                ("tries", None) => good(pick(&self.trie_docs, name)),
+                ("pools", None) => good(pick(&self.pool_docs, name)),
+                ("pools", Some(b)) if !b.contains('/') && b.parse::<Backend>().is_ok() => {
+                    Some(node.clone())
+                }
+                _ => None,
+            };
+            if let Some(n) = node {
+                out.insert(path.clone(), n);
+            }
+        }
+        out
+    }
+
     /// Compiles a new table from the current nodes.
     pub fn compile(&mut self) -> Table {
         self.generation += 1;
         self.metrics.compiles.inc();
-        let mut errors = Vec::new();
+        let mut errors: Vec<Invalid> = Vec::new();
         let mut ports: Vec<(String, routing::Port)> = Vec::new();
         let mut tries: Vec<(String, Arc<routing::Trie>)> = Vec::new();
-        let mut rule_names: Vec<(&str, &Node)> = Vec::new();
+        let mut compiled: HashMap<&str, Arc<CompiledRule>> =
+            HashMap::with_capacity(self.rules.len());
         let mut pool_cfgs: BTreeMap<String, (routing::Pool, Vec<Backend>)> = BTreeMap::new();
+        let mut backends: Vec<(&str, Backend)> = Vec::new();
+        let mut live: [std::collections::HashSet<&str>; 4] = Default::default();
+        let metrics = &self.metrics;
         for (path, node) in &self.raw {
             let mut parts = path.splitn(3, '/');
             let (section, name, child) = (parts.next().unwrap_or(""), parts.next(), parts.next());
             let Some(name) = name else { continue };
             match (section, child) {
-                ("ports", None) => match routing::parse_port(name, &node.data) {
-                    Ok(p) => ports.push((name.to_owned(), p)),
-                    Err(e) => errors.push(e.to_string()),
-                },
-                ("tries", None) => {
-                    let fresh = self
-                        .trie_docs
-                        .get(name)
-                        .is_none_or(|c| c.version != node.version || c.data != node.data);
-                    if fresh {
-                        let trie = routing::parse_trie(name, &node.data)
-                            .map(Arc::new)
-                            .map_err(|e| e.to_string());
-                        self.trie_docs.insert(
-                            name.to_owned(),
-                            CachedTrie {
-                                version: node.version,
-                                data: node.data.clone(),
-                                trie,
-                            },
-                        );
-                    }
-                    match &self.trie_docs[name].trie {
-                        Ok(t) => tries.push((name.to_owned(), t.clone())),
-                        Err(e) => errors.push(e.clone()),
+                ("ports", None) => {
+                    live[0].insert(name);
+                    let p = keep(&mut self.ports, section, name, node, &mut errors, || {
+                        routing::parse_port(name, &node.data).map_err(|e| e.to_string())
+                    });
+                    if let Some(p) = p {
+                        ports.push((name.to_owned(), p));
                     }
                 }
-                ("rules", None) => rule_names.push((name, node)),
-                ("pools", None) => match routing::parse_pool(name, &node.data) {
-                    Ok(p) => {
+                ("tries", None) => {
+                    live[1].insert(name);
+                    let t = keep(
+                        &mut self.trie_docs,
+                        section,
+                        name,
+                        node,
+                        &mut errors,
+                        || {
+                            routing::parse_trie(name, &node.data)
+                                .map(Arc::new)
+                                .map_err(|e| e.to_string())
+                        },
+                    );
+                    if let Some(t) = t {
+                        tries.push((name.to_owned(), t));
+                    }
+                }
+                // Rules: reuse the compiled form unless the node changed.
+                ("rules", None) => {
+                    live[2].insert(name);
+                    let r = keep(&mut self.rules, section, name, node, &mut errors, || {
+                        metrics.rules_compiled.inc();
+                        routing::parse_rule(name, &node.data)
+                            .map(|(r, matcher)| {
+                                Arc::new(CompiledRule {
+                                    name: name.to_owned(),
+                                    kind: r.kind,
+                                    target: r.target(),
+                                    value: r.value,
+                                    matcher,
+                                })
+                            })
+                            .map_err(|e| e.to_string())
+                    });
+                    if let Some(r) = r {
+                        compiled.insert(name, r);
+                    }
+                }
+                ("pools", None) => {
+                    live[3].insert(name);
+                    let p = keep(
+                        &mut self.pool_docs,
+                        section,
+                        name,
+                        node,
+                        &mut errors,
+                        || routing::parse_pool(name, &node.data).map_err(|e| e.to_string()),
+                    );
+                    if let Some(p) = p {
                         pool_cfgs.insert(name.to_owned(), (p, Vec::new()));
                     }
-                    Err(e) => errors.push(e.to_string()),
-                },
+                }
                 ("pools", Some(b)) if !b.contains('/') => match b.parse::<Backend>() {
-                    Ok(b) => {
-                        if let Some((_, list)) = pool_cfgs.get_mut(name) {
-                            list.push(b);
-                        }
-                    }
-                    Err(e) => errors.push(format!("{e} (in pool {name:?})")),
+                    Ok(b) => backends.push((name, b)),
+                    Err(e) => errors.push(Invalid {
+                        node: path.clone(),
+                        version: node.version,
+                        error: format!("{e} (in pool {name:?})"),
+                        serving_version: None,
+                    }),
                 },
                 _ => {}
             }
         }
-        // Rules: reuse the compiled form unless the node changed.
-        let mut compiled: HashMap<&str, Arc<CompiledRule>> =
-            HashMap::with_capacity(rule_names.len());
-        for &(name, node) in &rule_names {
-            let fresh = match self.rules.get(name) {
-                Some(c) => c.version != node.version || c.data != node.data,
-                None => true,
-            };
-            if fresh {
-                self.metrics.rules_compiled.inc();
-                let rule = routing::parse_rule(name, &node.data)
-                    .map(|(r, matcher)| {
-                        Arc::new(CompiledRule {
-                            name: name.to_owned(),
-                            kind: r.kind,
-                            target: r.target(),
-                            value: r.value,
-                            matcher,
-                        })
-                    })
-                    .map_err(|e| e.to_string());
-                self.rules.insert(
-                    name.to_owned(),
-                    CachedRule {
-                        version: node.version,
-                        data: node.data.clone(),
-                        rule,
-                    },
-                );
-            }
-            match &self.rules[name].rule {
-                Ok(r) => {
-                    compiled.insert(name, r.clone());
-                }
-                Err(e) => errors.push(e.clone()),
+        for (pool, b) in backends {
+            if let Some((_, list)) = pool_cfgs.get_mut(pool) {
+                list.push(b);
             }
         }
-        if self.rules.len() > rule_names.len() {
-            let live: std::collections::HashSet<&str> =
-                rule_names.iter().map(|(n, _)| *n).collect();
-            self.rules.retain(|k, _| live.contains(k.as_str()));
-        }
+        prune(&mut self.ports, &live[0]);
+        prune(&mut self.trie_docs, &live[1]);
+        prune(&mut self.rules, &live[2]);
+        prune(&mut self.pool_docs, &live[3]);
         // Pools: keep run-time state across tables.
         self.pools.retain(|name, p| {
             let keep = pool_cfgs.contains_key(name);
@@ -500,17 +628,19 @@ impl Compiler {
             .iter()
             .map(|t| (t.name.clone(), t.clone()))
             .collect();
-        let live_tries: std::collections::HashSet<&str> =
-            tries.iter().map(|(n, _)| n.as_str()).collect();
-        self.trie_docs
-            .retain(|k, _| live_tries.contains(k.as_str()));
         let mut by_port: HashMap<u16, PortEntry> = HashMap::new();
         for (name, p) in ports {
             if let Some(other) = by_port.get(&p.port) {
-                errors.push(format!(
-                    "port {name:?} uses port {} already taken by port {:?}",
-                    p.port, other.name
-                ));
+                let version = self.ports.get(&name).map_or(0, |k| k.version);
+                errors.push(Invalid {
+                    error: format!(
+                        "port {name:?} uses port {} already taken by port {:?}",
+                        p.port, other.name
+                    ),
+                    node: format!("ports/{name}"),
+                    version,
+                    serving_version: None,
+                });
                 continue;
             }
             let trie_index = trie_index.get(&p.trie).copied();

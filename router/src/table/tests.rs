@@ -180,9 +180,13 @@ async fn invalid_nodes_are_reported_and_loops_end() {
     c.apply(SourceEvent::Reset(m));
     let t = c.compile();
     assert_eq!(t.errors.len(), 3, "{:?}", t.errors);
-    assert!(t.errors.iter().any(|e| e.contains("regex parse error")));
-    assert!(t.errors.iter().any(|e| e.contains("already taken")));
-    assert!(t.errors.iter().any(|e| e.contains("not-a-backend")));
+    assert!(
+        t.errors
+            .iter()
+            .any(|e| e.error.contains("regex parse error"))
+    );
+    assert!(t.errors.iter().any(|e| e.error.contains("already taken")));
+    assert!(t.errors.iter().any(|e| e.error.contains("not-a-backend")));
     assert_eq!(walk(&t, "x", "/api/x", &[]), "loop");
     let mut steps = Vec::new();
     let view_headers = HeaderMap::new();
@@ -290,4 +294,74 @@ async fn host_index_agrees_with_the_linear_walk() {
             assert_eq!(fast, slow, "{host} {path}");
         }
     }
+}
+
+/// A bad document written over a live rule, trie, pool or port keeps the last valid version in use
+/// (so `/api` does not fall through to the catch-all), reported as invalid with the version served;
+/// a fix replaces it, a deletion removes it, and a node that never was valid is ignored.
+#[tokio::test]
+async fn an_invalid_update_keeps_the_last_valid_version() {
+    let mut c = Compiler::new(RouterMetrics::new());
+    let mut m = base();
+    m.insert(
+        "rules/fallback".into(),
+        node(r#"{"type":"static","value":"true","pool":"app-old"}"#, 0),
+    );
+    c.apply(SourceEvent::Reset(m));
+    let t = c.compile();
+    assert_eq!(walk(&t, "x", "/api/x", &[]), "pool:api");
+    let api_pool = t.pools["api"].clone();
+    for (path, bad) in [
+        ("rules/api", "{not json"),
+        ("tries/root", r#"{"rules":"api"}"#),
+        ("pools/api", r#"{"healthz_every_ms":"often"}"#),
+        ("ports/web", r#"{"port":0,"trie":"root"}"#),
+    ] {
+        c.apply(SourceEvent::Upsert {
+            path: path.into(),
+            node: node(bad, 7),
+        });
+        let t = c.compile();
+        assert_eq!(
+            walk(&t, "x", "/api/x", &[]),
+            "pool:api",
+            "after a bad {path}"
+        );
+        assert!(Arc::ptr_eq(&t.pools["api"], &api_pool));
+        let e = t.errors.iter().find(|e| e.node == path).expect(path);
+        assert_eq!((e.version, e.serving_version), (7, Some(0)), "{e}");
+        assert_eq!(c.effective()[path].version, 0, "{path}");
+    }
+    let t = c.compile();
+    assert_eq!(t.errors.len(), 4, "{:?}", t.errors);
+    // Another bad version: still the last valid one.
+    c.apply(SourceEvent::Upsert {
+        path: "rules/api".into(),
+        node: node(r#"{"type":"path-regexp","value":"(","pool":"api"}"#, 8),
+    });
+    let t = c.compile();
+    assert_eq!(walk(&t, "x", "/api/x", &[]), "pool:api");
+    // A fix is used at once.
+    c.apply(SourceEvent::Upsert {
+        path: "rules/api".into(),
+        node: node(r#"{"type":"path-prefix","value":"/v2/","pool":"api"}"#, 9),
+    });
+    let t = c.compile();
+    assert_eq!(walk(&t, "x", "/api/x", &[]), "pool:app-old");
+    assert_eq!(walk(&t, "x", "/v2/x", &[]), "pool:api");
+    assert!(!t.errors.iter().any(|e| e.node == "rules/api"));
+    // A node that never was valid is ignored; a deleted one is gone with its last valid version.
+    c.apply(SourceEvent::Upsert {
+        path: "rules/new".into(),
+        node: node("[]", 0),
+    });
+    c.apply(SourceEvent::Remove {
+        path: "rules/api".into(),
+    });
+    let t = c.compile();
+    let e = t.errors.iter().find(|e| e.node == "rules/new").unwrap();
+    assert_eq!(e.serving_version, None);
+    assert!(!c.effective().contains_key("rules/new"));
+    assert!(!c.effective().contains_key("rules/api"));
+    assert_eq!(walk(&t, "x", "/v2/x", &[]), "pool:app-old");
 }

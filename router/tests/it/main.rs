@@ -5,11 +5,13 @@
 mod bad_input;
 mod balancing;
 mod body_idle;
+mod connections;
 mod fast_path;
 mod h2_backends;
 mod keepalive;
 mod live;
 mod matchers;
 mod protocols;
+mod resilience;
 mod static_source;
 mod support;

@@ -18,7 +18,7 @@ async fn simple_setup(test: &str) -> (Conf, Backend, u16) {
 }
 
 /// Opens a WebSocket through the router (the test backend echoes after its 101).
-async fn ws_open(port: u16) -> tokio::net::TcpStream {
+pub(crate) async fn ws_open(port: u16) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
         .await
         .unwrap();
@@ -46,7 +46,7 @@ async fn ws_open(port: u16) -> tokio::net::TcpStream {
 }
 
 /// A masked text frame "hello" goes through the tunnel and comes back byte for byte.
-async fn ws_echo(s: &mut tokio::net::TcpStream) {
+pub(crate) async fn ws_echo(s: &mut tokio::net::TcpStream) {
     let frame = [
         0x81u8,
         0x85,
