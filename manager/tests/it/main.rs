@@ -4,7 +4,6 @@
 
 mod deploy;
 mod history;
-#[allow(dead_code)]
 mod support;
 
 use std::time::Duration;

@@ -37,8 +37,8 @@ pub fn unique() -> String {
 /// A supervisor host.
 pub struct Host {
     pub docker: Dockerd,
-    pub dir: tempfile::TempDir,
-    pub app: Option<atlantis_supervisor::App>,
+    _dir: tempfile::TempDir,
+    _supervisor: atlantis_supervisor::App,
 }
 
 impl Host {
@@ -103,8 +103,8 @@ impl Host {
                 .expect("supervisor starts");
             Host {
                 docker,
-                dir,
-                app: Some(app),
+                _dir: dir,
+                _supervisor: app,
             }
         }
     }
@@ -228,7 +228,6 @@ impl Registry {
 
 /// A running router.
 pub struct Router {
-    pub status: SocketAddr,
     stop: CancellationToken,
 }
 
@@ -253,22 +252,20 @@ impl Router {
             serde_json::json!({"version": 1, "host": "router-1", "zone": "z1", "status_addr": status.to_string()}),
         ));
         let app = atlantis_router::App::build(cfg, source).await.unwrap();
-        let status = app.status_addr();
         let stop = CancellationToken::new();
         let (_handle, _task) = app.spawn(stop.clone());
-        Router { status, stop }
+        Router { stop }
     }
 }
 
 /// The whole cluster and a client of the manager.
 pub struct Cluster {
-    pub zk: ZkConfig,
     pub coord: Coord,
     pub hosts: Vec<Host>,
     pub registry: Registry,
-    pub router: Router,
+    _router: Router,
     pub router_port: u16,
-    pub manager: atlantis_manager::App,
+    _manager: atlantis_manager::App,
     pub http: reqwest::Client,
     pub base: String,
     _dir: tempfile::TempDir,
@@ -336,13 +333,12 @@ impl Cluster {
         let router_port = atlantis_testkit::ports::free_port();
         Cluster {
             base: format!("http://{}", manager.addr),
-            zk,
             coord,
             hosts: vec![a, b],
             registry,
-            router,
+            _router: router,
             router_port,
-            manager,
+            _manager: manager,
             http,
             _dir: dir,
         }
