@@ -298,9 +298,24 @@ async fn releases_end_to_end() {
         "the 409 names the task: {}",
         lost.1
     );
+    // Progress is in ZooKeeper while the task runs...
+    let node: serde_json::Value = c.coord.get(&l.task(task)).await.unwrap().unwrap().value;
+    assert_eq!(node["id"], task);
     let t = c.wait_task(task).await;
     assert_eq!(t.state, TaskState::Done, "{t:?}");
     assert_eq!(t.release, Some(3));
+    // ...and in the history once it ended.
+    atlantis_testkit::eventually(Duration::from_secs(5), "task node removed", || async {
+        c.coord
+            .stat(&l.task(task))
+            .await
+            .unwrap()
+            .is_none()
+            .then_some(())
+    })
+    .await;
+    let (_, tasks) = c.call(Method::GET, "/v1/tasks?app=hello", None).await;
+    assert!(tasks.as_array().unwrap().iter().any(|t| t["id"] == task));
     c.router_serves(HOST, "/version", SHA1).await;
 
     // --- Rollback to the previous release (2, SHA2), then to a given one (1, SHA1).
