@@ -84,6 +84,10 @@ pub struct RoutingConfig {
     pub trie: String,
     /// Apps answer at `<app>.<env>.<domain>`.
     pub domain: String,
+    /// Lowest stable port of an internal app.env on the internal routers.
+    pub internal_port_min: u16,
+    /// Highest stable port.
+    pub internal_port_max: u16,
 }
 
 impl Default for RoutingConfig {
@@ -92,6 +96,8 @@ impl Default for RoutingConfig {
             kind: RouterKind::External,
             trie: "apps".into(),
             domain: "apps.localhost".into(),
+            internal_port_min: 49152,
+            internal_port_max: 65535,
         }
     }
 }

@@ -22,7 +22,7 @@ use atlantis_common::api::supervisor::{
     ContainerInfo, ContainerSpec, Dependency, HealthCheck, SupervisorRecord, TeardownRequest,
 };
 use atlantis_common::zk::{Coord, LockGuard, LockHolder, LockKey, Versioned};
-use atlantis_common::{AppName, ContainerId, EnvName, HostName, Sha};
+use atlantis_common::{AppName, ContainerId, EnvName, HostName, Sha, ZoneName};
 use atlantis_supervisor::client::SupervisorClient;
 
 use crate::config::Config;
@@ -30,7 +30,7 @@ use crate::error::ApiError;
 use crate::history::History;
 use crate::images::{ImageError, Images};
 use crate::placement::{self, Need, Slot};
-use crate::routing::{self, NewBackend, ReleaseWrite};
+use crate::routing::{self, NewBackend, Publish, ReleaseWrite, Route};
 use crate::secrets::Sealer;
 use crate::state;
 use crate::tasks::{Task, Tasks, now_ms};
@@ -65,7 +65,17 @@ struct Spec {
     image: String,
     manifest: Manifest,
     dependencies: Vec<Dependency>,
+    /// Dependencies on internal apps: through the zone's internal routers.
+    zone_dependencies: BTreeMap<ZoneName, Vec<Dependency>>,
     dep_env: BTreeMap<String, String>,
+    route: Route,
+}
+
+/// Resolved dependencies of an app.
+struct Deps {
+    common: Vec<Dependency>,
+    by_zone: BTreeMap<ZoneName, Vec<Dependency>>,
+    env: BTreeMap<String, String>,
 }
 
 impl Ctx {
@@ -102,33 +112,97 @@ impl Ctx {
             .await?)
     }
 
-    /// Reads the app's dependencies: their data (decrypted) and endpoints.
-    async fn dependencies(
-        &self,
-        app: &AppRecord,
-    ) -> Result<(Vec<Dependency>, BTreeMap<String, String>), ApiError> {
-        let mut deps = Vec::new();
-        let mut env = BTreeMap::new();
-        for name in &app.spec.dependencies {
-            let rec = crate::api::deps::load(self, name).await?.ok_or_else(|| {
-                ApiError::NotFound(format!("app depends on {name}, which is not registered"))
-            })?;
-            let spec: DependencySpec = crate::api::deps::open(self, name, &rec)?;
-            for e in &spec.endpoints {
-                deps.push(Dependency {
-                    name: name.to_string(),
-                    address: e.address,
-                    port: e.port,
-                });
-            }
-            env.extend(spec.data);
+    /// How app.env is published: on the external fleet, or (internal apps) on its stable port.
+    pub async fn route(&self, app: &AppRecord, env: &EnvName) -> Result<Route, ApiError> {
+        if !app.spec.internal {
+            return Ok(Route::external(&self.cfg.routing));
         }
-        Ok((deps, env))
+        let port = self.stable_port(&app.spec.name, env).await?;
+        Ok(Route {
+            kind: atlantis_common::zk::RouterKind::Internal,
+            publish: Publish::Internal { port },
+        })
     }
 
-    fn container_spec(&self, s: &Spec, id: ContainerId) -> ContainerSpec {
+    async fn stable_port(&self, app: &AppName, env: &EnvName) -> Result<u16, ApiError> {
+        routing::stable_port(&self.coord, &self.cfg.routing, app, env)
+            .await?
+            .ok_or_else(|| {
+                ApiError::NoCapacity(format!(
+                    "no free internal port left in {}-{}",
+                    self.cfg.routing.internal_port_min, self.cfg.routing.internal_port_max
+                ))
+            })
+    }
+
+    /// Reads the app's dependencies: registered ones give their data (decrypted) and endpoints;
+    /// internal apps resolve, per zone, to the zone's internal router and the app.env's stable port.
+    async fn dependencies(&self, app: &AppRecord, env: &EnvName) -> Result<Deps, ApiError> {
+        let mut d = Deps {
+            common: Vec::new(),
+            by_zone: BTreeMap::new(),
+            env: BTreeMap::new(),
+        };
+        for name in &app.spec.dependencies {
+            if let Some(rec) = crate::api::deps::load(self, name).await? {
+                let spec: DependencySpec = crate::api::deps::open(self, name, &rec)?;
+                for e in &spec.endpoints {
+                    d.common.push(Dependency {
+                        name: name.to_string(),
+                        address: e.address,
+                        port: e.port,
+                    });
+                }
+                d.env.extend(spec.data);
+                continue;
+            }
+            let internal = self
+                .coord
+                .get::<AppRecord>(&self.coord.layout().app(name))
+                .await?
+                .filter(|a| a.value.spec.internal)
+                .ok_or_else(|| {
+                    ApiError::NotFound(format!(
+                        "app depends on {name}, which is neither a registered dependency nor an internal app"
+                    ))
+                })?;
+            let port = self.stable_port(&internal.value.spec.name, env).await?;
+            let routers =
+                state::routers(&self.coord, atlantis_common::zk::RouterKind::Internal).await?;
+            let zones: std::collections::BTreeSet<ZoneName> = state::supervisors(&self.coord)
+                .await?
+                .into_iter()
+                .map(|s| s.zone)
+                .collect();
+            for zone in zones {
+                let address = routers
+                    .iter()
+                    .filter(|r| r.zone == zone.as_str())
+                    .find_map(router_address)
+                    .ok_or_else(|| {
+                        ApiError::NotFound(format!(
+                            "no internal router registered in zone {zone} for dependency {name}"
+                        ))
+                    })?;
+                d.by_zone.entry(zone).or_default().push(Dependency {
+                    name: name.to_string(),
+                    address,
+                    port,
+                });
+            }
+        }
+        Ok(d)
+    }
+
+    fn container_spec(&self, s: &Spec, id: ContainerId, zone: Option<&ZoneName>) -> ContainerSpec {
         let mut env_vars = s.manifest.env_vars.clone();
         env_vars.extend(s.dep_env.clone());
+        let mut dependencies = s.dependencies.clone();
+        let zone_deps = match zone {
+            Some(z) => s.zone_dependencies.get(z),
+            None => s.zone_dependencies.values().next(),
+        };
+        dependencies.extend(zone_deps.into_iter().flatten().cloned());
         ContainerSpec {
             container_id: id,
             app: s.app.clone(),
@@ -140,7 +214,7 @@ impl Ctx {
             ports: vec![s.manifest.port],
             env_vars,
             config: None,
-            dependencies: s.dependencies.clone(),
+            dependencies,
             health: HealthCheck {
                 path: s.manifest.health_path.clone(),
                 port: None,
@@ -154,7 +228,7 @@ impl Ctx {
     }
 
     fn check_spec(&self, s: &Spec) -> Result<(), ApiError> {
-        let probe = self.container_spec(s, ContainerId::generate(&s.app, &s.sha, &s.env));
+        let probe = self.container_spec(s, ContainerId::generate(&s.app, &s.sha, &s.env), None);
         probe.validate().map_err(|e| {
             ApiError::InvalidField(atlantis_common::api::manager::FieldError {
                 field: e.field,
@@ -183,15 +257,18 @@ impl Ctx {
                 ImageError::NotFound { .. } => ApiError::ImageNotFound(e.to_string()),
                 ImageError::Registry(m) => ApiError::Unavailable(m),
             })?;
-            let (dependencies, dep_env) = self.dependencies(&rec.value).await?;
+            let deps = self.dependencies(&rec.value, &env).await?;
+            let route = self.route(&rec.value, &env).await?;
             let spec = Spec {
                 app: app.clone(),
                 env: env.clone(),
                 sha: sha.clone(),
                 image: image.reference,
                 manifest,
-                dependencies,
-                dep_env,
+                dependencies: deps.common,
+                zone_dependencies: deps.by_zone,
+                dep_env: deps.env,
+                route,
             };
             self.check_spec(&spec)?;
             let slots = self.place(&spec, spec.manifest.instances, None).await?;
@@ -261,15 +338,18 @@ impl Ctx {
         let task_id = Tasks::new_id();
         let guard = self.lock(&[app.as_str(), env.as_str()], &task_id).await?;
         let prepared = async {
-            let (dependencies, dep_env) = self.dependencies(&rec.value).await?;
+            let deps = self.dependencies(&rec.value, &env).await?;
+            let route = self.route(&rec.value, &env).await?;
             let spec = Spec {
                 app: app.clone(),
                 env: env.clone(),
                 sha,
                 image: release.image.clone(),
                 manifest: release.manifest.clone(),
-                dependencies,
-                dep_env,
+                dependencies: deps.common,
+                zone_dependencies: deps.by_zone,
+                dep_env: deps.env,
+                route,
             };
             self.check_spec(&spec)?;
             let slots = self.place(&spec, spec.manifest.instances, None).await?;
@@ -383,7 +463,7 @@ impl Ctx {
             .map(|s| (s.host.clone(), s))
             .collect();
         let calls = planned.iter().map(|rec| {
-            let cspec = self.container_spec(spec, rec.container_id.clone());
+            let cspec = self.container_spec(spec, rec.container_id.clone(), Some(&rec.zone));
             let sup = sups.get(&rec.host).cloned();
             async move {
                 let sup = sup.ok_or_else(|| format!("supervisor {} went away", rec.host))?;
@@ -522,7 +602,7 @@ impl Ctx {
         };
         if let Err(e) = routing::switch_in(
             &self.coord,
-            &self.cfg.routing,
+            &spec.route,
             app,
             env,
             &new,
@@ -544,10 +624,16 @@ impl Ctx {
                 .collect::<Vec<_>>()
                 .join(", ")
         ));
-        self.confirm_usable(task, app, env, &new).await;
+        self.confirm_usable(task, &spec.route, app, env, &new).await;
         task.step("drain old release").await;
-        self.drain(task, app, env, old.into_iter().map(|v| v.value).collect())
-            .await;
+        self.drain(
+            task,
+            spec.route.kind,
+            app,
+            env,
+            old.into_iter().map(|v| v.value).collect(),
+        )
+        .await;
         task.step("record release").await;
         let release = Release {
             app: app.to_string(),
@@ -572,13 +658,20 @@ impl Ctx {
         Ok(number)
     }
 
-    async fn confirm_usable(&self, task: &Task, app: &AppName, env: &EnvName, new: &[NewBackend]) {
+    async fn confirm_usable(
+        &self,
+        task: &Task,
+        route: &Route,
+        app: &AppName,
+        env: &EnvName,
+        new: &[NewBackend],
+    ) {
         task.step("wait for routers").await;
         let backends: Vec<String> = new.iter().map(|b| b.backend.clone()).collect();
         let pending = routing::wait_usable(
             &self.coord,
             &self.http,
-            &self.cfg.routing,
+            route.kind,
             &routing::pool_name(app, env),
             &backends,
             Duration::from_millis(self.cfg.deploy.switch_wait_ms),
@@ -593,15 +686,20 @@ impl Ctx {
     }
 
     /// Takes `old` out of the pool, waits the drain time, then removes the containers and nodes.
-    async fn drain(&self, task: &Task, app: &AppName, env: &EnvName, old: Vec<InstanceRecord>) {
+    async fn drain(
+        &self,
+        task: &Task,
+        kind: atlantis_common::zk::RouterKind,
+        app: &AppName,
+        env: &EnvName,
+        old: Vec<InstanceRecord>,
+    ) {
         if old.is_empty() {
             task.detail("nothing to drain");
             return;
         }
         let backends: Vec<String> = old.iter().filter_map(|r| r.backend.clone()).collect();
-        if let Err(e) =
-            routing::remove_backends(&self.coord, &self.cfg.routing, app, env, &backends).await
-        {
+        if let Err(e) = routing::remove_backends(&self.coord, kind, app, env, &backends).await {
             task.warn(format!("cannot remove old backends from the pool: {e}"));
         }
         let l = self.coord.layout();
@@ -642,7 +740,8 @@ impl Ctx {
             let current = state::release(&self.coord, &app, &env)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("{app}.{env} is not deployed")))?;
-            let (dependencies, dep_env) = self.dependencies(&rec.value).await?;
+            let deps = self.dependencies(&rec.value, &env).await?;
+            let route = self.route(&rec.value, &env).await?;
             let mut manifest = current.value.manifest.clone();
             manifest.instances = instances;
             let spec = Spec {
@@ -651,8 +750,10 @@ impl Ctx {
                 sha: current.value.sha.clone(),
                 image: current.value.image.clone(),
                 manifest,
-                dependencies,
-                dep_env,
+                dependencies: deps.common,
+                zone_dependencies: deps.by_zone,
+                dep_env: deps.env,
+                route,
             };
             let live = state::instances(&self.coord, &app, &env).await?;
             let mut per_zone: BTreeMap<atlantis_common::ZoneName, Vec<InstanceRecord>> =
@@ -739,7 +840,7 @@ impl Ctx {
         task.step("switch traffic").await;
         if let Err(e) = routing::switch_in(
             &self.coord,
-            &self.cfg.routing,
+            &spec.route,
             app,
             env,
             &new,
@@ -752,11 +853,11 @@ impl Ctx {
             return Err(format!("the switch transaction failed: {e}"));
         }
         if !new.is_empty() {
-            self.confirm_usable(task, app, env, &new).await;
+            self.confirm_usable(task, &spec.route, app, env, &new).await;
         }
         if !remove.is_empty() {
             task.step("drain removed containers").await;
-            self.drain(task, app, env, remove).await;
+            self.drain(task, spec.route.kind, app, env, remove).await;
         }
         Ok(())
     }
@@ -768,7 +869,7 @@ impl Ctx {
         env: Option<EnvName>,
         container: Option<ContainerId>,
     ) -> Result<String, ApiError> {
-        self.app(&app).await?;
+        let rec = self.app(&app).await?.value;
         let task_id = Tasks::new_id();
         let key: Vec<&str> = match &env {
             Some(e) => vec![app.as_str(), e.as_str()],
@@ -811,7 +912,7 @@ impl Ctx {
         let ctx = self.clone();
         tokio::spawn(async move {
             let r = ctx
-                .teardown_steps(&task, &app, &envs, container.as_ref())
+                .teardown_steps(&task, &rec, &envs, container.as_ref())
                 .await;
             let _ = guard.release().await;
             match r {
@@ -825,12 +926,14 @@ impl Ctx {
     async fn teardown_steps(
         &self,
         task: &Task,
-        app: &AppName,
+        rec: &AppRecord,
         envs: &[EnvName],
         container: Option<&ContainerId>,
     ) -> Result<(), String> {
         let l = self.coord.layout();
+        let app = &rec.spec.name;
         for env in envs {
+            let route = self.route(rec, env).await.map_err(|e| e.to_string())?;
             task.step(&format!("tear down {app}.{env}")).await;
             let mut list: Vec<InstanceRecord> = state::instances(&self.coord, app, env)
                 .await
@@ -840,13 +943,12 @@ impl Ctx {
                 .collect();
             if let Some(c) = container {
                 list.retain(|i| &i.container_id == c);
-                self.drain(task, app, env, list).await;
+                self.drain(task, route.kind, app, env, list).await;
                 // The release target now has one container less in that zone; leave the target alone
                 // (a later scale restores the count).
                 continue;
             }
-            if let Err(e) = routing::remove_app_env(&self.coord, &self.cfg.routing, app, env).await
-            {
+            if let Err(e) = routing::remove_app_env(&self.coord, &route, app, env).await {
                 return Err(format!("cannot remove the routing of {app}.{env}: {e}"));
             }
             if !list.is_empty() {
@@ -870,6 +972,10 @@ impl Ctx {
         let rec = state::find_instance(&self.coord, &id)
             .await?
             .ok_or_else(|| ApiError::NotFound(format!("no container {id}")))?;
+        let kind = self
+            .route(&self.app(&rec.app).await?.value, &rec.env)
+            .await?
+            .kind;
         let guard = self
             .lock(
                 &[rec.app.as_str(), rec.env.as_str()],
@@ -885,7 +991,7 @@ impl Ctx {
                 (true, InstanceState::Serving) => {
                     routing::remove_backends(
                         &self.coord,
-                        &self.cfg.routing,
+                        kind,
                         &rec.app,
                         &rec.env,
                         std::slice::from_ref(&backend),
@@ -896,7 +1002,7 @@ impl Ctx {
                 (false, InstanceState::Maintenance) => {
                     routing::add_backend(
                         &self.coord,
-                        &self.cfg.routing,
+                        kind,
                         &rec.app,
                         &rec.env,
                         &backend,
@@ -949,4 +1055,17 @@ fn new_backends(
         }
     }
     Ok(out)
+}
+
+/// The address a router registration offers to containers: its `address` field, or the IP of its
+/// `status_addr`.
+fn router_address(r: &atlantis_common::api::manager::RouterView) -> Option<std::net::Ipv4Addr> {
+    if let Some(a) = r.record.get("address").and_then(|v| v.as_str()) {
+        return a.parse().ok();
+    }
+    let s: std::net::SocketAddr = r.record.get("status_addr")?.as_str()?.parse().ok()?;
+    match s.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
+        _ => None,
+    }
 }

@@ -5,15 +5,125 @@
 //! <app>.<env>.<domain>` pointing at the pool, appended to the configured trie. The first deploy creates
 //! pool and rule in the same ZooKeeper transaction that adds the backends and records the release, so
 //! routers see a release whole or not at all.
+//!
+//! Internal apps are published on the internal routers instead: the same pool, a `static true` rule in a
+//! trie of their own, and a port node `<app>.<env>` listening on the app.env's stable port (allocated once
+//! in `ports/internal`, lowest free first, kept until the app is deleted).
 
 use std::time::Duration;
 
 use atlantis_common::api::manager::{InstanceRecord, InstanceState, ReleaseTarget};
 use atlantis_common::routing::{Pool, Rule, RuleType, SCHEMA_VERSION, Trie};
-use atlantis_common::zk::{Coord, CoordError, Section, Versioned};
+use std::collections::BTreeMap;
+
+use atlantis_common::routing::Port;
+use atlantis_common::zk::{Coord, CoordError, RouterKind, Section, Versioned};
 use atlantis_common::{AppName, EnvName};
+use serde::{Deserialize, Serialize};
 
 use crate::config::RoutingConfig;
+
+/// How an app.env is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Publish {
+    /// A host rule `<app>.<env>.<domain>` in `trie`.
+    External {
+        /// The trie host rules go into.
+        trie: String,
+        /// The domain suffix.
+        domain: String,
+    },
+    /// Its own listener on the internal routers.
+    Internal {
+        /// The stable port.
+        port: u16,
+    },
+}
+
+/// Which fleet serves an app.env, and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The router fleet.
+    pub kind: RouterKind,
+    /// How.
+    pub publish: Publish,
+}
+
+impl Route {
+    /// The external route of the configuration.
+    pub fn external(cfg: &RoutingConfig) -> Route {
+        Route {
+            kind: cfg.kind,
+            publish: Publish::External {
+                trie: cfg.trie.clone(),
+                domain: cfg.domain.clone(),
+            },
+        }
+    }
+
+    fn trie(&self, pool: &str) -> String {
+        match &self.publish {
+            Publish::External { trie, .. } => trie.clone(),
+            Publish::Internal { .. } => pool.to_owned(),
+        }
+    }
+}
+
+/// The node `ports/internal`: stable ports by `app.env`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct StablePorts {
+    /// Schema version.
+    #[serde(default)]
+    pub version: u32,
+    /// `app.env` → port.
+    #[serde(default)]
+    pub ports: BTreeMap<String, u16>,
+}
+
+/// The stable port of app.env on the internal routers, allocated (lowest free in the configured range)
+/// on first use. `None` when the range is exhausted.
+pub async fn stable_port(
+    coord: &Coord,
+    cfg: &RoutingConfig,
+    app: &AppName,
+    env: &EnvName,
+) -> Result<Option<u16>, CoordError> {
+    let path = coord.layout().stable_ports(RouterKind::Internal);
+    let key = pool_name(app, env);
+    let (min, max) = (cfg.internal_port_min, cfg.internal_port_max);
+    coord
+        .update::<StablePorts, _>(&path, |cur| {
+            let mut cur = cur.unwrap_or_default();
+            if cur.ports.contains_key(&key) {
+                return None;
+            }
+            let used: std::collections::BTreeSet<u16> = cur.ports.values().copied().collect();
+            let free = (min..=max).find(|p| !used.contains(p))?;
+            cur.version = 1;
+            cur.ports.insert(key.clone(), free);
+            Some(cur)
+        })
+        .await?;
+    Ok(coord
+        .get::<StablePorts>(&path)
+        .await?
+        .and_then(|v| v.value.ports.get(&key).copied()))
+}
+
+/// Frees every stable port of `app` (when the app is deleted).
+pub async fn release_stable_ports(coord: &Coord, app: &AppName) -> Result<(), CoordError> {
+    let path = coord.layout().stable_ports(RouterKind::Internal);
+    let prefix = format!("{app}.");
+    coord
+        .update::<StablePorts, _>(&path, |cur| {
+            let mut cur = cur?;
+            let before = cur.ports.len();
+            cur.ports.retain(|k, _| !k.starts_with(&prefix));
+            (cur.ports.len() != before).then_some(cur)
+        })
+        .await?;
+    Ok(())
+}
 
 /// The pool (and rule) name of app/env.
 pub fn pool_name(app: &AppName, env: &EnvName) -> String {
@@ -50,22 +160,23 @@ pub enum ReleaseWrite<'a> {
 /// marking the instances serving and writing the release target.
 pub async fn switch_in(
     coord: &Coord,
-    cfg: &RoutingConfig,
+    route: &Route,
     app: &AppName,
     env: &EnvName,
     new: &[NewBackend],
     release: ReleaseWrite<'_>,
 ) -> Result<(), CoordError> {
     let l = coord.layout();
-    let kind = cfg.kind;
-    for s in [Section::Pools, Section::Rules, Section::Tries] {
+    let kind = route.kind;
+    for s in Section::ALL {
         coord.ensure_path(&l.router_section(kind, s)).await?;
     }
     coord.ensure_path(&l.app_releases(app)).await?;
     let name = pool_name(app, env);
     let pool_path = l.router_item(kind, Section::Pools, &name);
     let rule_path = l.router_item(kind, Section::Rules, &name);
-    let trie_path = l.router_item(kind, Section::Tries, &cfg.trie);
+    let trie_path = l.router_item(kind, Section::Tries, &route.trie(&name));
+    let port_path = l.router_item(kind, Section::Ports, &name);
     let mut last = None;
     for _ in 0..8 {
         let mut txn = coord.txn();
@@ -73,14 +184,31 @@ pub async fn switch_in(
             txn = txn.create(&pool_path, &default_pool());
         }
         if coord.stat(&rule_path).await?.is_none() {
+            let (kind, value) = match &route.publish {
+                Publish::External { domain, .. } => {
+                    (RuleType::Host, format!("{app}.{env}.{domain}"))
+                }
+                Publish::Internal { .. } => (RuleType::Static, "true".to_owned()),
+            };
             let rule = Rule {
                 version: SCHEMA_VERSION,
-                kind: RuleType::Host,
-                value: format!("{app}.{env}.{}", cfg.domain),
+                kind,
+                value,
                 pool: Some(name.clone()),
                 next: None,
             };
             txn = txn.create(&rule_path, &rule);
+        }
+        if let Publish::Internal { port } = route.publish
+            && coord.stat(&port_path).await?.is_none()
+        {
+            let p = Port {
+                version: SCHEMA_VERSION,
+                port,
+                trie: name.clone(),
+                tls: false,
+            };
+            txn = txn.create(&port_path, &p);
         }
         match coord.get::<Trie>(&trie_path).await? {
             None => {
@@ -146,7 +274,7 @@ pub async fn switch_in(
 /// Removes backends from the app.env pool in one transaction (missing ones are skipped).
 pub async fn remove_backends(
     coord: &Coord,
-    cfg: &RoutingConfig,
+    kind: RouterKind,
     app: &AppName,
     env: &EnvName,
     backends: &[String],
@@ -155,7 +283,7 @@ pub async fn remove_backends(
     let name = pool_name(app, env);
     let mut txn = coord.txn();
     for b in backends {
-        let p = l.pool_backend(cfg.kind, &name, b);
+        let p = l.pool_backend(kind, &name, b);
         if coord.stat(&p).await?.is_some() {
             txn = txn.delete(&p, None);
         }
@@ -169,7 +297,7 @@ pub async fn remove_backends(
 /// Adds one backend back (maintenance off).
 pub async fn add_backend(
     coord: &Coord,
-    cfg: &RoutingConfig,
+    kind: RouterKind,
     app: &AppName,
     env: &EnvName,
     backend: &str,
@@ -177,7 +305,7 @@ pub async fn add_backend(
 ) -> Result<(), CoordError> {
     let p = coord
         .layout()
-        .pool_backend(cfg.kind, &pool_name(app, env), backend);
+        .pool_backend(kind, &pool_name(app, env), backend);
     match coord
         .create(
             &p,
@@ -190,16 +318,26 @@ pub async fn add_backend(
     }
 }
 
-/// Removes the app.env pool (with any backends left), its rule and its trie entry.
+/// Removes the app.env pool (with any backends left), its rule and its trie entry (and for internal apps
+/// its port and trie; the stable port stays reserved).
 pub async fn remove_app_env(
     coord: &Coord,
-    cfg: &RoutingConfig,
+    route: &Route,
     app: &AppName,
     env: &EnvName,
 ) -> Result<(), CoordError> {
     let l = coord.layout();
+    let kind = route.kind;
     let name = pool_name(app, env);
-    let trie_path = l.router_item(cfg.kind, Section::Tries, &cfg.trie);
+    if let Publish::Internal { .. } = route.publish {
+        coord
+            .delete(&l.router_item(kind, Section::Ports, &name), None)
+            .await?;
+        coord
+            .delete(&l.router_item(kind, Section::Tries, &name), None)
+            .await?;
+    }
+    let trie_path = l.router_item(kind, Section::Tries, &route.trie(&name));
     // Unlink the rule first, so no request is routed to a pool that is going away.
     coord
         .update::<Trie, _>(&trie_path, |t| {
@@ -210,10 +348,10 @@ pub async fn remove_app_env(
         })
         .await?;
     coord
-        .delete(&l.router_item(cfg.kind, Section::Rules, &name), None)
+        .delete(&l.router_item(kind, Section::Rules, &name), None)
         .await?;
     coord
-        .delete_recursive(&l.router_item(cfg.kind, Section::Pools, &name))
+        .delete_recursive(&l.router_item(kind, Section::Pools, &name))
         .await?;
     Ok(())
 }
@@ -223,16 +361,14 @@ pub async fn remove_app_env(
 pub async fn wait_usable(
     coord: &Coord,
     http: &reqwest::Client,
-    cfg: &RoutingConfig,
+    kind: RouterKind,
     pool: &str,
     backends: &[String],
     limit: Duration,
 ) -> Vec<String> {
     let deadline = tokio::time::Instant::now() + limit;
     loop {
-        let routers = crate::state::routers(coord, cfg.kind)
-            .await
-            .unwrap_or_default();
+        let routers = crate::state::routers(coord, kind).await.unwrap_or_default();
         let mut pending = Vec::new();
         for r in &routers {
             let Some(addr) = r.record.get("status_addr").and_then(|v| v.as_str()) else {

@@ -34,9 +34,17 @@ pub async fn list(State(ctx): State<Ctx>) -> Result<Json<Vec<AppRecord>>, ApiErr
 
 async fn check_deps(ctx: &Ctx, spec: &AppSpec) -> Result<(), ApiError> {
     for d in &spec.dependencies {
-        if crate::api::deps::load(ctx, d).await?.is_none() {
+        if crate::api::deps::load(ctx, d).await?.is_some() {
+            continue;
+        }
+        let internal = ctx
+            .coord
+            .get::<AppRecord>(&ctx.coord.layout().app(d))
+            .await?
+            .is_some_and(|a| a.value.spec.internal);
+        if !internal {
             return Err(ApiError::NotFound(format!(
-                "dependency {d} is not registered"
+                "dependency {d} is neither registered nor an internal app"
             )));
         }
     }
@@ -130,6 +138,7 @@ pub async fn delete(
     ctx.coord
         .delete(&ctx.coord.layout().app(&app), None)
         .await?;
+    crate::routing::release_stable_ports(&ctx.coord, &app).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -445,6 +445,109 @@ async fn releases_end_to_end() {
     );
     let (s, _) = c.call(Method::DELETE, "/v1/apps/hello", None).await;
     assert_eq!(s, 204);
+
+    internal_apps(&c).await;
+}
+
+/// An internal app gets a stable port on the internal routers of every zone; an app that depends on it
+/// is given its zone's internal router address and that port; teardown removes the listener.
+async fn internal_apps(c: &Cluster) {
+    let l = c.coord.layout();
+    for (name, internal, deps) in [
+        ("inner", true, json!([])),
+        ("outer", false, json!(["inner"])),
+    ] {
+        let (s, v) = c
+            .call(
+                Method::POST,
+                "/v1/apps",
+                Some(json!({"name": name, "internal": internal, "dependencies": deps})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+        c.publish(name, SHA1).await;
+    }
+    let t = c
+        .run_task("/v1/apps/inner/envs/prod/deploy", deploy_body(SHA1))
+        .await;
+    assert_eq!(t.state, TaskState::Done, "{t:?}");
+    assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    let ports: serde_json::Value = c
+        .coord
+        .get(&l.stable_ports(RouterKind::Internal))
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    let port = ports["ports"]["inner.prod"]
+        .as_u64()
+        .expect("a stable port") as u16;
+    for ip in ["127.0.0.1", "127.0.0.2"] {
+        let url = format!("http://{ip}:{port}/version");
+        atlantis_testkit::eventually(Duration::from_secs(20), &url, || async {
+            let r = c.http.get(&url).send().await.ok()?;
+            (r.status() == 200 && r.text().await.ok()?.trim() == SHA1).then_some(())
+        })
+        .await;
+    }
+    let body = json!({"sha": SHA1, "command": ["/bin/sh", "-c", "echo $ATLANTIS_DEP_INNER > /www/inner; exec httpd -f -p 8080 -h /www"]});
+    let t = c.run_task("/v1/apps/outer/envs/prod/deploy", body).await;
+    assert_eq!(t.state, TaskState::Done, "{t:?}");
+    let want = [format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}")];
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "dependency addresses seen: {seen:?}"
+        );
+        let (s, b) = c
+            .through_router("outer.prod.apps.localhost", "/inner")
+            .await;
+        if s == 200 {
+            let b = b.trim().to_owned();
+            assert!(want.contains(&b), "unexpected dependency address {b:?}");
+            seen.insert(b);
+        }
+    }
+    for app in ["outer", "inner"] {
+        let t = c
+            .run_task(&format!("/v1/apps/{app}/teardown"), json!({}))
+            .await;
+        assert_eq!(t.state, TaskState::Done, "{t:?}");
+    }
+    for s in Section::ALL {
+        assert!(
+            c.coord
+                .stat(&l.router_item(RouterKind::Internal, s, "inner.prod"))
+                .await
+                .unwrap()
+                .is_none(),
+            "internal {s:?} inner.prod removed"
+        );
+    }
+    let url = format!("http://127.0.0.1:{port}/version");
+    atlantis_testkit::eventually(
+        Duration::from_secs(20),
+        "internal listener closed",
+        || async { c.http.get(&url).send().await.is_err().then_some(()) },
+    )
+    .await;
+    assert!(c.all_containers().is_empty());
+    for app in ["outer", "inner"] {
+        let (s, _) = c
+            .call(Method::DELETE, &format!("/v1/apps/{app}"), None)
+            .await;
+        assert_eq!(s, 204);
+    }
+    let ports: serde_json::Value = c
+        .coord
+        .get(&l.stable_ports(RouterKind::Internal))
+        .await
+        .unwrap()
+        .unwrap()
+        .value;
+    assert!(ports["ports"].as_object().unwrap().is_empty(), "{ports}");
 }
 
 async fn eventually_status(c: &Cluster, host: &str, want: u16) {

@@ -238,18 +238,26 @@ impl Drop for Router {
 }
 
 impl Router {
-    pub async fn start(zk: ZkConfig) -> Router {
+    /// A router of `kind` in `zone`, listening on `ip`, registered with that address.
+    pub async fn start(
+        zk: ZkConfig,
+        kind: RouterKind,
+        zone: &str,
+        host: &str,
+        ip: Ipv4Addr,
+    ) -> Router {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let port = atlantis_testkit::ports::free_port();
         let status: SocketAddr = SocketAddr::from(([127, 0, 0, 1], port));
         let mut cfg = atlantis_router::config::Config::for_tests();
         cfg.status_addr = status;
+        cfg.listen_ip = ip.into();
         let source = std::sync::Arc::new(atlantis_router::source::ZkSource::new(
             zk,
-            RouterKind::External,
-            "z1".parse().unwrap(),
-            "router-1".parse().unwrap(),
-            serde_json::json!({"version": 1, "host": "router-1", "zone": "z1", "status_addr": status.to_string()}),
+            kind,
+            zone.parse().unwrap(),
+            host.parse().unwrap(),
+            serde_json::json!({"version": 1, "host": host, "zone": zone, "status_addr": status.to_string(), "address": ip.to_string()}),
         ));
         let app = atlantis_router::App::build(cfg, source).await.unwrap();
         let stop = CancellationToken::new();
@@ -263,7 +271,7 @@ pub struct Cluster {
     pub coord: Coord,
     pub hosts: Vec<Host>,
     pub registry: Registry,
-    _router: Router,
+    _routers: Vec<Router>,
     pub router_port: u16,
     _manager: atlantis_manager::App,
     pub http: reqwest::Client,
@@ -297,7 +305,14 @@ pub fn manager_config(
             password_file: None,
             image_ref: ImageRef::Tag,
         },
-        routing: RoutingConfig::default(),
+        routing: {
+            let p = atlantis_testkit::ports::free_port();
+            RoutingConfig {
+                internal_port_min: p,
+                internal_port_max: p,
+                ..RoutingConfig::default()
+            }
+        },
         deploy: DeployConfig {
             switch_wait_ms: 15_000,
             drain_ms: 1500,
@@ -320,7 +335,19 @@ impl Cluster {
             Host::start("host-b", "zone-b", zk.clone())
         );
         let registry = Registry::start().await;
-        let router = Router::start(zk.clone()).await;
+        let lo = Ipv4Addr::LOCALHOST;
+        let routers = vec![
+            Router::start(zk.clone(), RouterKind::External, "zone-a", "router-1", lo).await,
+            Router::start(zk.clone(), RouterKind::Internal, "zone-a", "internal-a", lo).await,
+            Router::start(
+                zk.clone(),
+                RouterKind::Internal,
+                "zone-b",
+                "internal-b",
+                Ipv4Addr::new(127, 0, 0, 2),
+            )
+            .await,
+        ];
         let dir = tempfile::tempdir().unwrap();
         let manager = atlantis_manager::App::build(manager_config(&zk, dir.path(), registry.addr))
             .await
@@ -336,7 +363,7 @@ impl Cluster {
             coord,
             hosts: vec![a, b],
             registry,
-            _router: router,
+            _routers: routers,
             router_port,
             _manager: manager,
             http,
