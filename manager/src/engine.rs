@@ -247,16 +247,29 @@ impl Ctx {
     ) -> Result<String, ApiError> {
         let rec = self.app(&app).await?;
         self.env(&env).await?;
-        let mut manifest = Manifest::default();
-        manifest.apply(&overrides);
-        manifest.validate()?;
+        let mut check = Manifest::default();
+        check.apply(&overrides);
+        check.validate()?;
         let task_id = Tasks::new_id();
         let guard = self.lock(&[app.as_str(), env.as_str()], &task_id).await?;
         let prepared = async {
-            let image = self.images.resolve(&app, &sha).await.map_err(|e| match e {
+            let image_err = |e: ImageError| match e {
                 ImageError::NotFound { .. } => ApiError::ImageNotFound(e.to_string()),
+                ImageError::Manifest(m) => ApiError::InvalidRequest(m),
                 ImageError::Registry(m) => ApiError::Unavailable(m),
-            })?;
+            };
+            let image = self.images.resolve(&app, &sha).await.map_err(image_err)?;
+            // The image's own manifest first, then the request's overrides.
+            let mut manifest = Manifest::default();
+            manifest.apply(
+                &self
+                    .images
+                    .manifest_overrides(&app, &image.digest)
+                    .await
+                    .map_err(image_err)?,
+            );
+            manifest.apply(&overrides);
+            manifest.validate()?;
             let deps = self.dependencies(&rec.value, &env).await?;
             let route = self.route(&rec.value, &env).await?;
             let spec = Spec {

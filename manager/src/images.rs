@@ -2,7 +2,11 @@
 
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use atlantis_common::api::manager::ManifestOverrides;
 use atlantis_common::{AppName, Sha};
+use serde::Deserialize;
 
 use crate::config::{ImageRef, RegistryConfig};
 
@@ -25,6 +29,9 @@ pub enum ImageError {
     /// The registry failed or answered something unusable.
     #[error("registry: {0}")]
     Registry(String),
+    /// The image's manifest label is unusable.
+    #[error("{0}")]
+    Manifest(String),
 }
 
 /// A resolved image.
@@ -34,6 +41,51 @@ pub struct Resolved {
     pub digest: String,
     /// The reference given to supervisors.
     pub reference: String,
+}
+
+/// The largest manifest or image config read from the registry.
+const MAX_DOC: usize = 4 << 20;
+
+/// The image label that carries the app's manifest (`atlantis.toml`).
+pub const MANIFEST_LABEL: &str = "atlantis.toml";
+
+/// What an `atlantis.toml` may say about how the app runs; other keys (template, build steps) belong to
+/// the builder and are ignored here.
+#[derive(Debug, Default, Deserialize)]
+struct LabelManifest {
+    name: Option<String>,
+    instances: Option<u32>,
+    cpu_millis: Option<u32>,
+    memory_mb: Option<u64>,
+    port: Option<u16>,
+    health_path: Option<String>,
+    start_timeout_ms: Option<u64>,
+    command: Option<Vec<String>>,
+    #[serde(default)]
+    env_vars: BTreeMap<String, String>,
+}
+
+/// Parses the `atlantis.toml` label of `app`'s image into manifest overrides.
+pub fn parse_manifest_label(app: &AppName, text: &str) -> Result<ManifestOverrides, ImageError> {
+    let m: LabelManifest = toml::from_str(text)
+        .map_err(|e| ImageError::Manifest(format!("the image's {MANIFEST_LABEL} label: {e}")))?;
+    if let Some(n) = &m.name
+        && n != app.as_str()
+    {
+        return Err(ImageError::Manifest(format!(
+            "the image's {MANIFEST_LABEL} names app {n:?}, not {app}"
+        )));
+    }
+    Ok(ManifestOverrides {
+        instances: m.instances,
+        cpu_millis: m.cpu_millis,
+        memory_mb: m.memory_mb,
+        port: m.port,
+        health_path: m.health_path,
+        start_timeout_ms: m.start_timeout_ms,
+        command: m.command,
+        env_vars: m.env_vars,
+    })
 }
 
 /// Resolves tags to digests with `HEAD /v2/apps/<app>/manifests/<sha>`.
@@ -121,5 +173,103 @@ impl Images {
             ImageRef::Tag => format!("{host}/apps/{app}:{sha}"),
         };
         Ok(Resolved { digest, reference })
+    }
+
+    async fn get_doc(&self, url: &str) -> Result<serde_json::Value, ImageError> {
+        let mut req = self.http.get(url).header("accept", ACCEPT);
+        if let Some(u) = &self.cfg.user {
+            req = req.basic_auth(u, self.password.as_deref());
+        }
+        let resp = req
+            .send()
+            .await
+            .map_err(|e| ImageError::Registry(e.to_string()))?;
+        if resp.status() != 200 {
+            return Err(ImageError::Registry(format!(
+                "GET {url} answered {}",
+                resp.status()
+            )));
+        }
+        if resp.content_length().is_some_and(|n| n > MAX_DOC as u64) {
+            return Err(ImageError::Registry(format!(
+                "{url} is larger than {MAX_DOC} bytes"
+            )));
+        }
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| ImageError::Registry(e.to_string()))?;
+        if bytes.len() > MAX_DOC {
+            return Err(ImageError::Registry(format!(
+                "{url} is larger than {MAX_DOC} bytes"
+            )));
+        }
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ImageError::Registry(format!("{url}: not JSON: {e}")))
+    }
+
+    /// The overrides carried by the image's `atlantis.toml` label (none if it has no such label). An
+    /// index is followed to its linux/amd64 image (or its first).
+    pub async fn manifest_overrides(
+        &self,
+        app: &AppName,
+        digest: &str,
+    ) -> Result<ManifestOverrides, ImageError> {
+        let base = self.cfg.url.trim_end_matches('/');
+        let mut doc = self
+            .get_doc(&format!("{base}/v2/apps/{app}/manifests/{digest}"))
+            .await?;
+        if let Some(list) = doc.get("manifests").and_then(|m| m.as_array()) {
+            let pick = list
+                .iter()
+                .find(|m| {
+                    m["platform"]["os"] == "linux" && m["platform"]["architecture"] == "amd64"
+                })
+                .or_else(|| list.first())
+                .and_then(|m| m["digest"].as_str())
+                .ok_or_else(|| ImageError::Registry("an image index without images".into()))?
+                .to_owned();
+            doc = self
+                .get_doc(&format!("{base}/v2/apps/{app}/manifests/{pick}"))
+                .await?;
+        }
+        let Some(config) = doc["config"]["digest"].as_str() else {
+            return Ok(ManifestOverrides::default());
+        };
+        if !config.starts_with("sha256:") || config.contains('/') {
+            return Err(ImageError::Registry(format!(
+                "bad config digest {config:?}"
+            )));
+        }
+        let cfg = self
+            .get_doc(&format!("{base}/v2/apps/{app}/blobs/{config}"))
+            .await?;
+        match cfg["config"]["Labels"][MANIFEST_LABEL].as_str() {
+            Some(text) => parse_manifest_label(app, text),
+            None => Ok(ManifestOverrides::default()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_labels_parse() {
+        let app: AppName = "web".parse().unwrap();
+        let o = parse_manifest_label(
+            &app,
+            "name = \"web\"\ntemplate = \"static\"\nport = 9090\ninstances = 2\ncommand = [\"/app\"]\n[env_vars]\nMODE = \"prod\"\n",
+        )
+        .unwrap();
+        assert_eq!(o.port, Some(9090));
+        assert_eq!(o.instances, Some(2));
+        assert_eq!(o.command, Some(vec!["/app".to_owned()]));
+        assert_eq!(o.env_vars["MODE"], "prod");
+        let e = parse_manifest_label(&app, "name = \"api\"").unwrap_err();
+        assert!(e.to_string().contains("names app \"api\""), "{e}");
+        assert!(parse_manifest_label(&app, "port = \"x\"").is_err());
+        assert!(parse_manifest_label(&app, "port = 70000").is_err());
     }
 }

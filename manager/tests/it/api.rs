@@ -47,6 +47,35 @@ async fn images_resolve_by_digest_in_the_registry() {
         assert!(matches!(e, ImageError::NotFound { .. }), "{e}");
         assert!(e.to_string().contains(&format!("apps/{a}:{s}")), "{e}");
     }
+    // The manifest comes from the image's atlantis.toml label; an image without one has none.
+    assert_eq!(
+        images.manifest_overrides(&app, &digest).await.unwrap(),
+        Default::default()
+    );
+    let label = "name = \"web\"\ntemplate = \"static\"\nport = 9090\nhealth_path = \"/up\"\n[env_vars]\nMODE = \"prod\"\n";
+    let labelled = r
+        .push_labelled(
+            "web",
+            "abcdef0123456",
+            serde_json::json!({"atlantis.toml": label}),
+        )
+        .await;
+    let o = images.manifest_overrides(&app, &labelled).await.unwrap();
+    assert_eq!(
+        (o.port, o.health_path.as_deref()),
+        (Some(9090), Some("/up"))
+    );
+    assert_eq!(o.env_vars["MODE"], "prod");
+    let wrong = r
+        .push_labelled(
+            "web",
+            "abcdef0123457",
+            serde_json::json!({"atlantis.toml": "name = \"api\""}),
+        )
+        .await;
+    let e = images.manifest_overrides(&app, &wrong).await.unwrap_err();
+    assert!(matches!(e, ImageError::Manifest(_)), "{e}");
+
     // A registry that is not there is a registry error, not a not-found.
     let mut cfg = registry_config(&r, ImageRef::Digest);
     cfg.url = format!("http://127.0.0.1:{}", atlantis_testkit::ports::free_port());

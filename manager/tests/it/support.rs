@@ -196,11 +196,17 @@ impl Registry {
 
     /// Pushes a small OCI image as `apps/<app>:<sha>`; returns its manifest digest.
     pub async fn push(&self, app: &str, sha: &str) -> String {
+        self.push_labelled(app, sha, serde_json::json!({ "sha": sha }))
+            .await
+    }
+
+    /// Pushes `apps/<app>:<sha>` whose image config carries `labels`.
+    pub async fn push_labelled(&self, app: &str, sha: &str, labels: serde_json::Value) -> String {
         let http = reqwest::Client::builder().no_proxy().build().unwrap();
         let repo = format!("apps/{app}");
         let config = serde_json::to_vec(&serde_json::json!({
             "architecture": "amd64", "os": "linux",
-            "config": {"Labels": {"sha": sha}},
+            "config": {"Labels": labels},
             "rootfs": {"type": "layers", "diff_ids": []}
         }))
         .unwrap();
