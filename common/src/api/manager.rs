@@ -39,6 +39,7 @@ fn bad(field: impl Into<String>, message: impl Into<String>) -> FieldError {
 
 /// `POST /v1/apps`, `PUT /v1/apps/{app}`: register or update an app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct AppSpec {
     /// The app's name.
@@ -77,6 +78,7 @@ impl AppSpec {
 
 /// The ZooKeeper record `apps/<app>` (also the API's answer).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct AppRecord {
     /// Schema version.
     #[serde(default = "v1")]
@@ -90,6 +92,7 @@ pub struct AppRecord {
 
 /// `POST /v1/envs`: an environment.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnvSpec {
     /// The env's name.
@@ -114,6 +117,7 @@ impl EnvSpec {
 
 /// The ZooKeeper record `envs/<env>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnvRecord {
     /// Schema version.
     #[serde(default = "v1")]
@@ -127,9 +131,11 @@ pub struct EnvRecord {
 
 /// One address a dependency's users may reach.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Endpoint {
     /// IPv4 address.
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = "ipv4"))]
     pub address: Ipv4Addr,
     /// TCP port.
     pub port: u16,
@@ -138,6 +144,7 @@ pub struct Endpoint {
 /// `PUT /v1/dependencies/{name}`: a named dependency (a database, a queue): secret data its users
 /// receive as environment variables, and the addresses their firewall lets them reach.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DependencySpec {
     /// Owning team (informational until authentication lands).
@@ -199,6 +206,7 @@ impl DependencySpec {
 
 /// What the API shows of a dependency: the data's variable names, never their values.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DependencyView {
     /// Its name.
     pub name: AppName,
@@ -212,6 +220,7 @@ pub struct DependencyView {
 
 /// The manifest of a release: how its containers run. Defaults fit the busybox/static templates.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields, default)]
 pub struct Manifest {
     /// Containers per zone.
@@ -249,6 +258,7 @@ impl Default for Manifest {
 
 /// Overrides of the manifest given with a deploy.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ManifestOverrides {
     /// Containers per zone.
@@ -321,6 +331,7 @@ impl Manifest {
 
 /// `POST /v1/apps/{app}/envs/{env}/deploy`. Unknown fields are refused (by the flattened overrides).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeployRequest {
     /// The commit to deploy; its image is `apps/<app>:<sha>` in the registry.
     pub sha: Sha,
@@ -331,6 +342,7 @@ pub struct DeployRequest {
 
 /// `POST /v1/apps/{app}/envs/{env}/rollback`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RollbackRequest {
     /// The release number to go back to; default: the one before the current.
@@ -340,6 +352,7 @@ pub struct RollbackRequest {
 
 /// `POST /v1/apps/{app}/envs/{env}/scale`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ScaleRequest {
     /// The new number of containers per zone.
@@ -348,6 +361,7 @@ pub struct ScaleRequest {
 
 /// `POST /v1/containers/{id}/maintenance`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct MaintenanceRequest {
     /// True takes the container out of its pool (it keeps running); false puts it back.
@@ -356,6 +370,7 @@ pub struct MaintenanceRequest {
 
 /// The ZooKeeper record `releases/<app>/<env>`: what runs now.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseTarget {
     /// Schema version.
     #[serde(default = "v1")]
@@ -372,6 +387,7 @@ pub struct ReleaseTarget {
 
 /// A release as recorded in the history.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Release {
     /// The app.
     pub app: String,
@@ -395,6 +411,7 @@ pub struct Release {
 
 /// Where a container is in the manager's eyes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum InstanceState {
     /// Being started (the node exists before the supervisor is asked).
@@ -409,6 +426,7 @@ pub enum InstanceState {
 
 /// The ZooKeeper record `instances/<app>/<env>/<cid>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct InstanceRecord {
     /// Schema version.
     #[serde(default = "v1")]
@@ -440,6 +458,7 @@ pub struct InstanceRecord {
 
 /// Task kinds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TaskKind {
     /// A new release.
@@ -454,6 +473,7 @@ pub enum TaskKind {
 
 /// Task states.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
     /// Running.
@@ -466,6 +486,7 @@ pub enum TaskState {
 
 /// One step of a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskStep {
     /// What it does.
     pub name: String,
@@ -480,6 +501,7 @@ pub struct TaskStep {
 
 /// `GET /v1/tasks/{id}`, and the ZooKeeper record `tasks/<id>`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskStatus {
     /// Schema version.
     #[serde(default = "v1")]
@@ -510,6 +532,7 @@ pub struct TaskStatus {
 
 /// The answer to every task-starting request (`202`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TaskAccepted {
     /// The task to follow.
     pub task_id: String,
@@ -519,6 +542,7 @@ pub struct TaskAccepted {
 
 /// The schema version of a router registration the manager reads.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RouterView {
     /// internal or external.
     pub kind: String,
@@ -527,6 +551,7 @@ pub struct RouterView {
     /// Host.
     pub host: String,
     /// What the router registered.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub record: serde_json::Value,
 }
 

@@ -4,6 +4,7 @@ use atlantis_common::api::manager::{
     AppRecord, AppSpec, DeployRequest, EnvRecord, EnvSpec, InstanceRecord, Release,
     RollbackRequest, ScaleRequest,
 };
+use atlantis_common::api::manager::{ErrorBody, TaskAccepted};
 use atlantis_common::zk::CoordError;
 use atlantis_common::{AppName, EnvName};
 use axum::Json;
@@ -18,6 +19,7 @@ use crate::state;
 use crate::tasks::now_ms;
 
 /// `GET /v1/apps`
+#[utoipa::path(get, path = "/v1/apps", tag = "apps", responses((status = 200, description = "Registered apps", body = [AppRecord]), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn list(State(ctx): State<Ctx>) -> Result<Json<Vec<AppRecord>>, ApiError> {
     let l = ctx.coord.layout();
     let mut out = Vec::new();
@@ -52,6 +54,7 @@ async fn check_deps(ctx: &Ctx, spec: &AppSpec) -> Result<(), ApiError> {
 }
 
 /// `POST /v1/apps`: registers an app (409 if it exists).
+#[utoipa::path(post, path = "/v1/apps", tag = "apps", request_body = AppSpec, responses((status = 201, description = "Registered", body = AppRecord), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn create(
     State(ctx): State<Ctx>,
     JsonBody(spec): JsonBody<AppSpec>,
@@ -78,6 +81,7 @@ pub async fn create(
 }
 
 /// `GET /v1/apps/{app}`
+#[utoipa::path(get, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)), responses((status = 200, description = "The app", body = AppRecord), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn get_one(
     State(ctx): State<Ctx>,
     Path(app): Path<String>,
@@ -86,6 +90,7 @@ pub async fn get_one(
 }
 
 /// `PUT /v1/apps/{app}`: replaces the app's registration (name must match).
+#[utoipa::path(put, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)), request_body = AppSpec, responses((status = 200, description = "Updated", body = AppRecord), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn update(
     State(ctx): State<Ctx>,
     Path(app): Path<String>,
@@ -119,6 +124,7 @@ pub async fn update(
 }
 
 /// `DELETE /v1/apps/{app}`: refused while anything of it is deployed.
+#[utoipa::path(delete, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)), responses((status = 204, description = "Unregistered"), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn delete(
     State(ctx): State<Ctx>,
     Path(app): Path<String>,
@@ -143,6 +149,7 @@ pub async fn delete(
 }
 
 /// `GET /v1/envs`
+#[utoipa::path(get, path = "/v1/envs", tag = "envs", responses((status = 200, description = "Envs", body = [EnvRecord]), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn list_envs(State(ctx): State<Ctx>) -> Result<Json<Vec<EnvRecord>>, ApiError> {
     let l = ctx.coord.layout();
     let mut out = Vec::new();
@@ -158,6 +165,7 @@ pub async fn list_envs(State(ctx): State<Ctx>) -> Result<Json<Vec<EnvRecord>>, A
 }
 
 /// `POST /v1/envs`
+#[utoipa::path(post, path = "/v1/envs", tag = "envs", request_body = EnvSpec, responses((status = 201, description = "Created", body = EnvRecord), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn create_env(
     State(ctx): State<Ctx>,
     JsonBody(spec): JsonBody<EnvSpec>,
@@ -183,6 +191,7 @@ pub async fn create_env(
 }
 
 /// `GET /v1/envs/{env}`
+#[utoipa::path(get, path = "/v1/envs/{env}", tag = "envs", params(("env" = String, Path)), responses((status = 200, description = "The env", body = EnvRecord), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn get_env(
     State(ctx): State<Ctx>,
     Path(env): Path<String>,
@@ -191,6 +200,7 @@ pub async fn get_env(
 }
 
 /// `DELETE /v1/envs/{env}`: refused while an app is deployed in it.
+#[utoipa::path(delete, path = "/v1/envs/{env}", tag = "envs", params(("env" = String, Path)), responses((status = 204, description = "Deleted"), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn delete_env(
     State(ctx): State<Ctx>,
     Path(env): Path<String>,
@@ -210,6 +220,7 @@ pub async fn delete_env(
 }
 
 /// `POST /v1/apps/{app}/envs/{env}/deploy` → 202 with the task.
+#[utoipa::path(post, path = "/v1/apps/{app}/envs/{env}/deploy", tag = "releases", params(("app" = String, Path), ("env" = String, Path)), request_body = DeployRequest, responses((status = 202, description = "Deploy task started", body = TaskAccepted), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn deploy(
     State(ctx): State<Ctx>,
     Path((app, env)): Path<(String, String)>,
@@ -222,6 +233,7 @@ pub async fn deploy(
 }
 
 /// `POST /v1/apps/{app}/envs/{env}/rollback` → 202.
+#[utoipa::path(post, path = "/v1/apps/{app}/envs/{env}/rollback", tag = "releases", params(("app" = String, Path), ("env" = String, Path)), request_body = RollbackRequest, responses((status = 202, description = "Rollback task started", body = TaskAccepted), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn rollback(
     State(ctx): State<Ctx>,
     Path((app, env)): Path<(String, String)>,
@@ -232,6 +244,7 @@ pub async fn rollback(
 }
 
 /// `POST /v1/apps/{app}/envs/{env}/scale` → 202.
+#[utoipa::path(post, path = "/v1/apps/{app}/envs/{env}/scale", tag = "releases", params(("app" = String, Path), ("env" = String, Path)), request_body = ScaleRequest, responses((status = 202, description = "Scale task started", body = TaskAccepted), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn scale(
     State(ctx): State<Ctx>,
     Path((app, env)): Path<(String, String)>,
@@ -242,6 +255,7 @@ pub async fn scale(
 }
 
 /// `POST /v1/apps/{app}/envs/{env}/teardown` → 202.
+#[utoipa::path(post, path = "/v1/apps/{app}/envs/{env}/teardown", tag = "releases", params(("app" = String, Path), ("env" = String, Path)), responses((status = 202, description = "Teardown task started", body = TaskAccepted), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn teardown_env(
     State(ctx): State<Ctx>,
     Path((app, env)): Path<(String, String)>,
@@ -251,6 +265,7 @@ pub async fn teardown_env(
 }
 
 /// `POST /v1/apps/{app}/teardown` → 202.
+#[utoipa::path(post, path = "/v1/apps/{app}/teardown", tag = "releases", params(("app" = String, Path)), responses((status = 202, description = "Teardown task started", body = TaskAccepted), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn teardown_app(
     State(ctx): State<Ctx>,
     Path(app): Path<String>,
@@ -260,6 +275,7 @@ pub async fn teardown_app(
 }
 
 /// `GET /v1/apps/{app}/envs/{env}/releases`: newest first.
+#[utoipa::path(get, path = "/v1/apps/{app}/envs/{env}/releases", tag = "releases", params(("app" = String, Path), ("env" = String, Path)), responses((status = 200, description = "Releases, newest first", body = [Release]), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn releases(
     State(ctx): State<Ctx>,
     Path((app, env)): Path<(String, String)>,
@@ -275,6 +291,7 @@ pub async fn releases(
 }
 
 /// `GET /v1/apps/{app}/envs/{env}/containers`
+#[utoipa::path(get, path = "/v1/apps/{app}/envs/{env}/containers", tag = "releases", params(("app" = String, Path), ("env" = String, Path)), responses((status = 200, description = "Instances", body = [InstanceRecord]), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn containers(
     State(ctx): State<Ctx>,
     Path((app, env)): Path<(String, String)>,

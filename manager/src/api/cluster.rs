@@ -1,5 +1,6 @@
 //! Containers, supervisors, routers and usage.
 
+use atlantis_common::api::manager::{ErrorBody, TaskAccepted};
 use std::collections::BTreeMap;
 
 use atlantis_common::ContainerId;
@@ -27,6 +28,7 @@ async fn instance(ctx: &Ctx, id: &str) -> Result<InstanceRecord, ApiError> {
 }
 
 /// `GET /v1/containers/{id}`
+#[utoipa::path(get, path = "/v1/containers/{id}", tag = "containers", params(("id" = String, Path)), responses((status = 200, description = "The container", body = InstanceRecord), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn container(
     State(ctx): State<Ctx>,
     Path(id): Path<String>,
@@ -35,6 +37,7 @@ pub async fn container(
 }
 
 /// `POST /v1/containers/{id}/teardown` → 202.
+#[utoipa::path(post, path = "/v1/containers/{id}/teardown", tag = "containers", params(("id" = String, Path)), responses((status = 202, description = "Teardown task started", body = TaskAccepted), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn teardown_container(
     State(ctx): State<Ctx>,
     Path(id): Path<String>,
@@ -47,6 +50,7 @@ pub async fn teardown_container(
 }
 
 /// `POST /v1/containers/{id}/maintenance` `{"on": true}`: out of (or back into) its pool.
+#[utoipa::path(post, path = "/v1/containers/{id}/maintenance", tag = "containers", params(("id" = String, Path)), request_body = MaintenanceRequest, responses((status = 200, description = "New state", body = InstanceRecord), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn maintenance(
     State(ctx): State<Ctx>,
     Path(id): Path<String>,
@@ -67,6 +71,7 @@ pub struct LogsQuery {
 }
 
 /// `GET /v1/containers/{id}/logs?follow=&tail=`: proxied from the container's supervisor.
+#[utoipa::path(get, path = "/v1/containers/{id}/logs", tag = "containers", params(("id" = String, Path), ("follow" = Option<bool>, Query), ("tail" = Option<u32>, Query)), responses((status = 200, description = "Output, streamed with follow", content_type = "text/plain", body = String), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn logs(
     State(ctx): State<Ctx>,
     Path(id): Path<String>,
@@ -93,11 +98,13 @@ pub async fn logs(
 }
 
 /// `GET /v1/supervisors`
+#[utoipa::path(get, path = "/v1/supervisors", tag = "cluster", responses((status = 200, description = "Registered supervisors", body = [SupervisorRecord]), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn supervisors(State(ctx): State<Ctx>) -> Result<Json<Vec<SupervisorRecord>>, ApiError> {
     Ok(Json(state::supervisors(&ctx.coord).await?))
 }
 
 /// `GET /v1/routers`
+#[utoipa::path(get, path = "/v1/routers", tag = "cluster", responses((status = 200, description = "Registered routers", body = [RouterView]), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn routers(State(ctx): State<Ctx>) -> Result<Json<Vec<RouterView>>, ApiError> {
     let mut out = Vec::new();
     for k in RouterKind::ALL {
@@ -107,9 +114,10 @@ pub async fn routers(State(ctx): State<Ctx>) -> Result<Json<Vec<RouterView>>, Ap
 }
 
 /// CPU and memory reserved, per host, app and team.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default, Serialize, utoipa::ToSchema)]
 pub struct Usage {
     /// Per supervisor host: capacity and free now.
+    #[schema(value_type = Object)]
     pub hosts: BTreeMap<String, serde_json::Value>,
     /// Per app: containers, millicores, MiB.
     pub apps: BTreeMap<String, Amount>,
@@ -118,7 +126,7 @@ pub struct Usage {
 }
 
 /// Reserved resources.
-#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[derive(Debug, Default, Clone, Copy, Serialize, utoipa::ToSchema)]
 pub struct Amount {
     /// Containers.
     pub containers: u32,
@@ -129,6 +137,7 @@ pub struct Amount {
 }
 
 /// `GET /v1/usage`
+#[utoipa::path(get, path = "/v1/usage", tag = "cluster", responses((status = 200, description = "CPU and memory per host, app and team", body = Usage), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn usage(State(ctx): State<Ctx>) -> Result<Json<Usage>, ApiError> {
     let mut u = Usage::default();
     for s in state::supervisors(&ctx.coord).await? {

@@ -3,6 +3,7 @@
 
 use atlantis_common::AppName;
 use atlantis_common::TeamName;
+use atlantis_common::api::manager::ErrorBody;
 use atlantis_common::api::manager::{DependencySpec, DependencyView, Endpoint};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -62,6 +63,7 @@ fn view(n: AppName, rec: DependencyRecord) -> DependencyView {
 }
 
 /// `GET /v1/dependencies`
+#[utoipa::path(get, path = "/v1/dependencies", tag = "dependencies", responses((status = 200, description = "Dependencies (variable names only)", body = [DependencyView]), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn list(State(ctx): State<Ctx>) -> Result<Json<Vec<DependencyView>>, ApiError> {
     let mut out = Vec::new();
     for d in ctx
@@ -80,6 +82,7 @@ pub async fn list(State(ctx): State<Ctx>) -> Result<Json<Vec<DependencyView>>, A
 }
 
 /// `GET /v1/dependencies/{name}`: names of the variables, never their values.
+#[utoipa::path(get, path = "/v1/dependencies/{name}", tag = "dependencies", params(("name" = String, Path)), responses((status = 200, description = "The dependency (variable names only)", body = DependencyView), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn get_one(
     State(ctx): State<Ctx>,
     Path(n): Path<String>,
@@ -92,6 +95,7 @@ pub async fn get_one(
 }
 
 /// `PUT /v1/dependencies/{name}`: creates or replaces it (takes effect at the users' next deploy).
+#[utoipa::path(put, path = "/v1/dependencies/{name}", tag = "dependencies", params(("name" = String, Path)), request_body = DependencySpec, responses((status = 200, description = "Stored (data sealed)", body = DependencyView), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn put(
     State(ctx): State<Ctx>,
     Path(n): Path<String>,
@@ -114,6 +118,7 @@ pub async fn put(
 }
 
 /// `DELETE /v1/dependencies/{name}`: refused while an app declares it.
+#[utoipa::path(delete, path = "/v1/dependencies/{name}", tag = "dependencies", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn delete(State(ctx): State<Ctx>, Path(n): Path<String>) -> Result<StatusCode, ApiError> {
     let n: AppName = name(&n)?;
     if load(&ctx, &n).await?.is_none() {

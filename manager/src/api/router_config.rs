@@ -2,6 +2,7 @@
 //! checked by the same parser the routers use before anything is written, so a rule a router could not
 //! compile is refused here with the router's own message.
 
+use atlantis_common::api::manager::ErrorBody;
 use std::collections::BTreeMap;
 
 use atlantis_common::routing::{self, Backend};
@@ -54,6 +55,7 @@ fn validate(s: Section, n: &str, data: &[u8]) -> Result<serde_json::Value, ApiEr
 }
 
 /// `GET /v1/router-config/{kind}`: every document of the fleet, by section and name.
+#[utoipa::path(get, path = "/v1/router-config/{kind}", tag = "router-config", params(("kind" = String, Path)), responses((status = 200, description = "Every section by name", body = Object), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn dump(
     State(ctx): State<Ctx>,
     Path(k): Path<String>,
@@ -94,6 +96,7 @@ async fn read_section(
 }
 
 /// `GET /v1/router-config/{kind}/{section}`
+#[utoipa::path(get, path = "/v1/router-config/{kind}/{section}", tag = "router-config", params(("kind" = String, Path), ("section" = String, Path)), responses((status = 200, description = "Documents by name", body = Object), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn list(
     State(ctx): State<Ctx>,
     Path((k, s)): Path<(String, String)>,
@@ -102,6 +105,7 @@ pub async fn list(
 }
 
 /// `GET /v1/router-config/{kind}/{section}/{name}`
+#[utoipa::path(get, path = "/v1/router-config/{kind}/{section}/{name}", tag = "router-config", params(("kind" = String, Path), ("section" = String, Path), ("name" = String, Path)), responses((status = 200, description = "The document", body = Object), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn get_one(
     State(ctx): State<Ctx>,
     Path((k, s, n)): Path<(String, String, String)>,
@@ -120,6 +124,7 @@ pub async fn get_one(
 }
 
 /// `PUT /v1/router-config/{kind}/{section}/{name}`: creates or replaces a document after validating it.
+#[utoipa::path(put, path = "/v1/router-config/{kind}/{section}/{name}", tag = "router-config", params(("kind" = String, Path), ("section" = String, Path), ("name" = String, Path)), request_body = Object, responses((status = 200, description = "Stored in canonical form", body = Object), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn put(
     State(ctx): State<Ctx>,
     Path((k, s, n)): Path<(String, String, String)>,
@@ -148,6 +153,7 @@ pub async fn put(
 
 /// `DELETE /v1/router-config/{kind}/{section}/{name}`: a pool with backends is refused (tear its app
 /// down, or delete the backends first).
+#[utoipa::path(delete, path = "/v1/router-config/{kind}/{section}/{name}", tag = "router-config", params(("kind" = String, Path), ("section" = String, Path), ("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn delete(
     State(ctx): State<Ctx>,
     Path((k, s, n)): Path<(String, String, String)>,

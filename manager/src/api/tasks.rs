@@ -1,5 +1,6 @@
 //! Tasks: status, and a stream of JSON lines (one status document per change, the last one final).
 
+use atlantis_common::api::manager::ErrorBody;
 use std::convert::Infallible;
 
 use atlantis_common::api::manager::{TaskState, TaskStatus};
@@ -22,6 +23,7 @@ fn check_id(id: &str) -> Result<(), ApiError> {
 }
 
 /// `GET /v1/tasks/{id}`
+#[utoipa::path(get, path = "/v1/tasks/{id}", tag = "tasks", params(("id" = String, Path)), responses((status = 200, description = "The task", body = TaskStatus), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn get_one(
     State(ctx): State<Ctx>,
     Path(id): Path<String>,
@@ -44,6 +46,7 @@ pub struct ListQuery {
 }
 
 /// `GET /v1/tasks?app=&limit=`: finished tasks from the history, newest first.
+#[utoipa::path(get, path = "/v1/tasks", tag = "tasks", params(("app" = Option<String>, Query), ("limit" = Option<i64>, Query)), responses((status = 200, description = "Finished tasks, newest first", body = [TaskStatus]), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn list(
     State(ctx): State<Ctx>,
     Query(q): Query<ListQuery>,
@@ -54,6 +57,7 @@ pub async fn list(
 
 /// `GET /v1/tasks/{id}/stream`: `application/x-ndjson`, a status line at once and one per change, ending
 /// with the final status.
+#[utoipa::path(get, path = "/v1/tasks/{id}/stream", tag = "tasks", params(("id" = String, Path)), responses((status = 200, description = "One TaskStatus JSON document per line until the task ends", content_type = "application/x-ndjson", body = TaskStatus), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn stream(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Response, ApiError> {
     check_id(&id)?;
     let line = |s: &TaskStatus| {
