@@ -1,9 +1,10 @@
 //! The manager's configuration (TOML, overridable by `ATLANTIS_MANAGER__<KEY>` variables).
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use atlantis_common::HostName;
-use atlantis_common::zk::ZkConfig;
+use atlantis_common::zk::{RouterKind, ZkConfig};
 use serde::Deserialize;
 
 /// Everything the manager needs to start.
@@ -17,8 +18,129 @@ pub struct Config {
     pub host: HostName,
     /// The region's ZooKeeper ensemble.
     pub zookeeper: ZkConfig,
+    /// History database URL: `sqlite://path` (default `sqlite://<data_dir>/history.db`) or
+    /// `postgres://user@host/db`.
+    #[serde(default)]
+    pub database_url: Option<String>,
+    /// Where the SQLite history lives by default.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// File holding the 32-byte AEAD key (64 hex digits) that encrypts dependency data at rest.
+    pub secret_key_file: PathBuf,
+    /// File holding the cluster token supervisors accept.
+    pub supervisor_token_file: PathBuf,
+    /// Where images are found.
+    pub registry: RegistryConfig,
+    /// How deployed apps are routed.
+    #[serde(default)]
+    pub routing: RoutingConfig,
+    /// Deploy timings.
+    #[serde(default)]
+    pub deploy: DeployConfig,
+    /// Largest accepted request body, bytes.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+}
+
+/// How image references are resolved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageRef {
+    /// `<pull_host>/apps/<app>@sha256:<digest>`: what runs is exactly what was resolved (production).
+    #[default]
+    Digest,
+    /// `<pull_host>/apps/<app>:<sha>` after checking that the tag exists (hosts that hold images
+    /// preloaded under that tag, such as test hosts without a reachable registry).
+    Tag,
+}
+
+/// The OCI registry the manager resolves `apps/<app>:<sha>` in.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// Base URL the manager queries (`http://127.0.0.1:5000`).
+    pub url: String,
+    /// The registry host as supervisors pull from it (`registry.local:5000`); default: the URL's host.
+    #[serde(default)]
+    pub pull_host: Option<String>,
+    /// Basic auth user for reads.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// File holding that user's password.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+    /// Reference form given to supervisors.
+    #[serde(default)]
+    pub image_ref: ImageRef,
+}
+
+/// Where apps are published on the routers.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RoutingConfig {
+    /// The router fleet of external apps.
+    pub kind: RouterKind,
+    /// The trie that host rules of deployed apps are appended to (ports point at it).
+    pub trie: String,
+    /// Apps answer at `<app>.<env>.<domain>`.
+    pub domain: String,
+    /// Lowest stable port of an internal app.env on the internal routers.
+    pub internal_port_min: u16,
+    /// Highest stable port.
+    pub internal_port_max: u16,
+}
+
+impl Default for RoutingConfig {
+    fn default() -> Self {
+        RoutingConfig {
+            kind: RouterKind::External,
+            trie: "apps".into(),
+            domain: "apps.localhost".into(),
+            internal_port_min: 49152,
+            internal_port_max: 65535,
+        }
+    }
+}
+
+/// Deploy timings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DeployConfig {
+    /// After the switch, how long to wait at most for every router to see the new backends healthy.
+    pub switch_wait_ms: u64,
+    /// After removing old backends, how long in-flight requests get before their containers stop.
+    pub drain_ms: u64,
+    /// Timeout of one supervisor deploy call (pull + start + health).
+    pub start_timeout_ms: u64,
+}
+
+impl Default for DeployConfig {
+    fn default() -> Self {
+        DeployConfig {
+            switch_wait_ms: 15_000,
+            drain_ms: 5_000,
+            start_timeout_ms: 600_000,
+        }
+    }
 }
 
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 7700))
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/atlantis/manager")
+}
+
+fn default_max_body() -> usize {
+    1024 * 1024
+}
+
+impl Config {
+    /// The history database URL (the SQLite file under `data_dir` by default).
+    pub fn database_url(&self) -> String {
+        self.database_url
+            .clone()
+            .unwrap_or_else(|| format!("sqlite://{}", self.data_dir.join("history.db").display()))
+    }
 }

@@ -1,11 +1,24 @@
-//! Atlantis manager: the control plane's API server.
+//! Atlantis manager: the control plane's API server and release engine.
 //!
-//! Today it connects to ZooKeeper, registers itself (EPHEMERAL `managers/hosts/<host>`), campaigns for
-//! leadership of background work, and serves `/healthz` and `/metrics`. The resources of DESIGN.md
-//! section 4 (apps, envs, deploys as tasks, placement, router config, teams) build on this skeleton.
+//! - [`api`]: the HTTP/JSON API (axum), errors as `{code, message}` ([`error`]), OpenAPI at `/openapi.json`.
+//! - [`engine`]: deploy, rollback, scale, teardown and maintenance; [`placement`] and [`routing`] are its
+//!   pure placement and its router-config writes; [`tasks`] tracks long operations.
+//! - [`history`]: releases and finished tasks in SQL (SQLite or PostgreSQL); [`secrets`]: dependency
+//!   data sealed at rest; [`images`]: tag to digest resolution in the registry; [`state`]: ZooKeeper reads.
+//! - [`server`]: startup, registration and the leadership campaign.
 
+pub mod api;
 pub mod config;
+pub mod engine;
+pub mod error;
+pub mod history;
+pub mod images;
+pub mod placement;
+pub mod routing;
+pub mod secrets;
 pub mod server;
+pub mod state;
+pub mod tasks;
 
 pub use config::Config;
 pub use server::App;

@@ -15,6 +15,11 @@ use axum::routing::get;
 use serde::Serialize;
 
 use crate::Config;
+use crate::engine::Ctx;
+use crate::history::{History, HistoryError};
+use crate::images::Images;
+use crate::secrets::{Sealer, SecretError};
+use crate::tasks::Tasks;
 
 /// Why the manager could not start.
 #[derive(Debug, thiserror::Error)]
@@ -22,6 +27,15 @@ pub enum StartError {
     /// ZooKeeper is unreachable or refused a write.
     #[error("ZooKeeper: {0}")]
     Coord(#[from] CoordError),
+    /// The history database could not be opened.
+    #[error("history database: {0}")]
+    History(#[from] HistoryError),
+    /// The secret key could not be loaded.
+    #[error(transparent)]
+    Secret(#[from] SecretError),
+    /// A file or setting is unusable.
+    #[error("{0}")]
+    Setup(String),
     /// The listen address could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -58,6 +72,24 @@ pub struct App {
 impl App {
     /// Connects, registers, binds and starts serving.
     pub async fn build(cfg: Config) -> Result<App, StartError> {
+        let sealer = Sealer::from_file(&cfg.secret_key_file)?;
+        let token = std::fs::read_to_string(&cfg.supervisor_token_file)
+            .map_err(|e| {
+                StartError::Setup(format!(
+                    "supervisor token file {}: {e}",
+                    cfg.supervisor_token_file.display()
+                ))
+            })?
+            .trim()
+            .to_owned();
+        let images = Images::new(cfg.registry.clone())
+            .map_err(|e| StartError::Setup(format!("registry: {e}")))?;
+        if cfg.database_url.is_none() {
+            std::fs::create_dir_all(&cfg.data_dir).map_err(|e| {
+                StartError::Setup(format!("data dir {}: {e}", cfg.data_dir.display()))
+            })?;
+        }
+        let history = History::open(&cfg.database_url()).await?;
         let coord = Coord::connect(cfg.zookeeper.clone()).await?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await
@@ -84,10 +116,25 @@ impl App {
             host: cfg.host.to_string(),
         };
         let stop = CancellationToken::new();
+        let http = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .map_err(|e| StartError::Setup(e.to_string()))?;
+        let ctx = Ctx {
+            coord: coord.clone(),
+            tasks: Tasks::new(coord.clone(), history.clone()),
+            history,
+            sealer,
+            images,
+            token: Arc::new(token),
+            cfg: Arc::new(cfg.clone()),
+            http,
+        };
         let router = Router::new()
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
-            .with_state(shared.clone());
+            .with_state(shared.clone())
+            .merge(crate::api::router(ctx));
         let serve_stop = stop.clone();
         let serve = tokio::spawn(async move {
             let r = axum::serve(listener, router)

@@ -1,2 +1,3 @@
 //! api
+pub mod manager;
 pub mod supervisor;

@@ -463,6 +463,7 @@ pub struct TeardownResponse {
 }
 
 /// Slots, CPU and memory: a capacity, or what is free of it.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Resources {
     /// Container slots.
@@ -508,6 +509,7 @@ pub struct SupervisorHealth {
 pub const SUPERVISOR_RECORD_VERSION: u32 = 1;
 
 /// The EPHEMERAL node `supervisors/<host>` in ZooKeeper.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SupervisorRecord {
     /// Schema version of this payload ([`SUPERVISOR_RECORD_VERSION`]).
@@ -527,6 +529,7 @@ pub struct SupervisorRecord {
 }
 
 /// The error body of every non-2xx answer: a stable machine-readable `code` and a human message.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
     /// Stable code, for example `invalid_spec`, `no_capacity`, `image_not_found`, `duplicate`.

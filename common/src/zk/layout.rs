@@ -7,6 +7,7 @@
 //! /atlantis/<region>
 //! ├── apps/<app>                                   app record: owner team, repo, internal/external, allowed dependants
 //! ├── envs/<env>                                   environment record
+//! ├── dependencies/<name>                          named dependency: encrypted data, reachable endpoints
 //! ├── releases/<app>/<env>                         current release number and target
 //! ├── instances/<app>/<env>/<container-id>         one node per container: sha, host, zone, host port, state
 //! ├── supervisors/<host>                           EPHEMERAL: address, zone, capacity, free now, version
@@ -170,6 +171,22 @@ impl Layout {
     /// `envs/<env>`
     pub fn env(&self, env: &EnvName) -> String {
         self.join(&["envs", env.as_str()])
+    }
+    /// `dependencies`
+    pub fn dependencies(&self) -> String {
+        self.join(&["dependencies"])
+    }
+    /// `dependencies/<name>`: a named dependency (its data encrypted by the manager).
+    pub fn dependency(&self, name: &AppName) -> String {
+        self.join(&["dependencies", name.as_str()])
+    }
+    /// `releases/<app>`
+    pub fn app_releases(&self, app: &AppName) -> String {
+        self.join(&["releases", app.as_str()])
+    }
+    /// `instances/<app>`
+    pub fn app_instances(&self, app: &AppName) -> String {
+        self.join(&["instances", app.as_str()])
     }
     /// `releases/<app>/<env>`
     pub fn release(&self, app: &AppName, env: &EnvName) -> String {

@@ -11,12 +11,14 @@
 pub mod docker;
 pub mod ensemble;
 pub mod ports;
+pub mod postgres;
 pub mod process;
 pub mod s3;
 pub mod venv;
 pub mod zookeeper;
 
 pub use ensemble::Ensemble;
+pub use postgres::Postgres;
 pub use zookeeper::ZooKeeper;
 
 use std::path::PathBuf;

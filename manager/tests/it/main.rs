@@ -1,4 +1,11 @@
-//! The manager skeleton against a real ZooKeeper: registration, leadership, health.
+//! The manager against real parts: registration and leadership on a real ZooKeeper; the SQL history on
+//! SQLite and PostgreSQL; and the release engine end to end on a cluster of two supervisors in two zones
+//! (dockerd in network namespaces), a router and a registry (`deploy`).
+
+mod api;
+mod deploy;
+mod history;
+mod support;
 
 use std::time::Duration;
 
@@ -6,22 +13,23 @@ use atlantis_common::zk::{Coord, ZkConfig};
 use atlantis_manager::{App, Config};
 use atlantis_testkit::{ZooKeeper, eventually};
 
-fn config(zk: &ZooKeeper, host: &str) -> Config {
+fn config(zk: &ZooKeeper, host: &str, dir: &std::path::Path) -> Config {
     let mut z = ZkConfig::new(zk.connect_string(), "test".parse().unwrap());
     z.session_timeout = Duration::from_secs(3);
-    Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        host: host.parse().unwrap(),
-        zookeeper: z,
-    }
+    let mut c = support::manager_config(&z, dir, "127.0.0.1:9".parse().unwrap());
+    c.host = host.parse().unwrap();
+    c
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn managers_register_and_one_leads() {
     let zk = ZooKeeper::start();
-    let a = App::build(config(&zk, "m1")).await.unwrap();
-    let b = App::build(config(&zk, "m2")).await.unwrap();
-    let observer = Coord::connect(config(&zk, "x").zookeeper).await.unwrap();
+    let (da, db) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = App::build(config(&zk, "m1", da.path())).await.unwrap();
+    let b = App::build(config(&zk, "m2", db.path())).await.unwrap();
+    let observer = Coord::connect(config(&zk, "x", da.path()).zookeeper)
+        .await
+        .unwrap();
     let hosts = observer
         .children(&observer.layout().managers())
         .await

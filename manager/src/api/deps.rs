@@ -1,0 +1,138 @@
+//! Dependencies: named secret data plus reachable endpoints. The data is sealed with the operator's key
+//! before it reaches ZooKeeper, and the API never returns its values (only the variable names).
+
+use atlantis_common::AppName;
+use atlantis_common::TeamName;
+use atlantis_common::api::manager::ErrorBody;
+use atlantis_common::api::manager::{DependencySpec, DependencyView, Endpoint};
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+
+use super::{JsonBody, name};
+use crate::engine::Ctx;
+use crate::error::ApiError;
+
+/// The ZooKeeper record `dependencies/<name>`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DependencyRecord {
+    /// Schema version.
+    pub version: u32,
+    /// Owning team.
+    pub team: Option<TeamName>,
+    /// Variable names (not secret).
+    pub data_keys: Vec<String>,
+    /// The data (a JSON object), sealed.
+    pub sealed_data: String,
+    /// Reachable endpoints.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Reads a dependency's record.
+pub async fn load(ctx: &Ctx, n: &AppName) -> Result<Option<DependencyRecord>, ApiError> {
+    Ok(ctx
+        .coord
+        .get::<DependencyRecord>(&ctx.coord.layout().dependency(n))
+        .await?
+        .map(|v| v.value))
+}
+
+/// Opens a dependency's record into its spec.
+pub fn open(ctx: &Ctx, n: &AppName, rec: &DependencyRecord) -> Result<DependencySpec, ApiError> {
+    let plain = ctx
+        .sealer
+        .open(n.as_str(), &rec.sealed_data)
+        .map_err(|e| ApiError::Internal(format!("dependency {n}: {e}")))?;
+    let data = serde_json::from_slice(&plain)
+        .map_err(|e| ApiError::Internal(format!("dependency {n}: {e}")))?;
+    Ok(DependencySpec {
+        team: rec.team.clone(),
+        data,
+        endpoints: rec.endpoints.clone(),
+    })
+}
+
+fn view(n: AppName, rec: DependencyRecord) -> DependencyView {
+    DependencyView {
+        name: n,
+        team: rec.team,
+        data_keys: rec.data_keys,
+        endpoints: rec.endpoints,
+    }
+}
+
+/// `GET /v1/dependencies`
+#[utoipa::path(get, path = "/v1/dependencies", tag = "dependencies", responses((status = 200, description = "Dependencies (variable names only)", body = [DependencyView]), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
+pub async fn list(State(ctx): State<Ctx>) -> Result<Json<Vec<DependencyView>>, ApiError> {
+    let mut out = Vec::new();
+    for d in ctx
+        .coord
+        .children(&ctx.coord.layout().dependencies())
+        .await?
+    {
+        let Ok(n) = d.parse::<AppName>() else {
+            continue;
+        };
+        if let Some(r) = load(&ctx, &n).await? {
+            out.push(view(n, r));
+        }
+    }
+    Ok(Json(out))
+}
+
+/// `GET /v1/dependencies/{name}`: names of the variables, never their values.
+#[utoipa::path(get, path = "/v1/dependencies/{name}", tag = "dependencies", params(("name" = String, Path)), responses((status = 200, description = "The dependency (variable names only)", body = DependencyView), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
+pub async fn get_one(
+    State(ctx): State<Ctx>,
+    Path(n): Path<String>,
+) -> Result<Json<DependencyView>, ApiError> {
+    let n: AppName = name(&n)?;
+    let r = load(&ctx, &n)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no dependency {n}")))?;
+    Ok(Json(view(n, r)))
+}
+
+/// `PUT /v1/dependencies/{name}`: creates or replaces it (takes effect at the users' next deploy).
+#[utoipa::path(put, path = "/v1/dependencies/{name}", tag = "dependencies", params(("name" = String, Path)), request_body = DependencySpec, responses((status = 200, description = "Stored (data sealed)", body = DependencyView), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
+pub async fn put(
+    State(ctx): State<Ctx>,
+    Path(n): Path<String>,
+    JsonBody(spec): JsonBody<DependencySpec>,
+) -> Result<Json<DependencyView>, ApiError> {
+    let n: AppName = name(&n)?;
+    spec.validate()?;
+    let plain = serde_json::to_vec(&spec.data).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let rec = DependencyRecord {
+        version: 1,
+        team: spec.team.clone(),
+        data_keys: spec.data.keys().cloned().collect(),
+        sealed_data: ctx.sealer.seal(n.as_str(), &plain),
+        endpoints: spec.endpoints.clone(),
+    };
+    ctx.coord
+        .put(&ctx.coord.layout().dependency(&n), &rec)
+        .await?;
+    Ok(Json(view(n, rec)))
+}
+
+/// `DELETE /v1/dependencies/{name}`: refused while an app declares it.
+#[utoipa::path(delete, path = "/v1/dependencies/{name}", tag = "dependencies", params(("name" = String, Path)), responses((status = 204, description = "Deleted"), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
+pub async fn delete(State(ctx): State<Ctx>, Path(n): Path<String>) -> Result<StatusCode, ApiError> {
+    let n: AppName = name(&n)?;
+    if load(&ctx, &n).await?.is_none() {
+        return Err(ApiError::NotFound(format!("no dependency {n}")));
+    }
+    let apps = super::apps::list(State(ctx.clone())).await?.0;
+    if let Some(a) = apps.iter().find(|a| a.spec.dependencies.contains(&n)) {
+        return Err(ApiError::InUse(format!(
+            "app {} depends on {n}",
+            a.spec.name
+        )));
+    }
+    ctx.coord
+        .delete(&ctx.coord.layout().dependency(&n), None)
+        .await?;
+    Ok(StatusCode::NO_CONTENT)
+}
