@@ -1,2 +1,3 @@
 //! api
+pub mod app_config;
 pub mod supervisor;
