@@ -151,11 +151,14 @@ impl Job {
     }
 }
 
+/// Builds by id, and their ids oldest first.
+type Jobs = (HashMap<String, Arc<Job>>, VecDeque<String>);
+
 struct AppState {
     builder: Builder,
     config: Config,
     allowed: Vec<PathBuf>,
-    jobs: std::sync::Mutex<(HashMap<String, Arc<Job>>, VecDeque<String>)>,
+    jobs: std::sync::Mutex<Jobs>,
     slots: Semaphore,
 }
 

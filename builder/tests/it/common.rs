@@ -127,7 +127,7 @@ pub fn samples() -> PathBuf {
 }
 
 /// A copy of the sample `name` in a temp dir (its path is `dir/app`); the static sample gets Debian's
-/// busybox as its `server` binary.
+/// busybox as its `busybox` binary.
 pub fn sample(name: &str) -> (tempfile::TempDir, PathBuf) {
     let d = tempfile::tempdir().unwrap();
     let app = d.path().join("app");
@@ -144,7 +144,7 @@ pub fn sample(name: &str) -> (tempfile::TempDir, PathBuf) {
     );
     if name == "static-web" {
         let bb = atlantis_testkit::require_file("/bin/busybox", "busybox-static");
-        std::fs::copy(bb, app.join("server")).unwrap();
+        std::fs::copy(bb, app.join("busybox")).unwrap();
     }
     (d, app)
 }
