@@ -12,6 +12,7 @@
 # its 127.0.0.1, which docker treats as plain HTTP; our builder runs in the namespace too (nsenter).
 #
 # Usage: bench/builder.sh [RUNS]   (default 5; needs root, dockerd, busybox-static, curl, nsenter, ip)
+#        BUILDER_BIN=... REGISTRY_BIN=... bench/builder.sh   uses those binaries instead of building them
 set -euo pipefail
 RUNS=${1:-5}
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
@@ -47,11 +48,13 @@ for bin in dockerd docker curl nsenter ip; do
 done
 [ -x /bin/busybox ] || { echo "missing /bin/busybox (apt-get install busybox-static)" >&2; exit 1; }
 
-echo "building atlantis-builder and atlantis-registry (release)..." >&2
-(cd "$ROOT" && cargo build --release -q -p atlantis-builder -p atlantis-registry)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-BUILDER=$TARGET/release/atlantis-builder
-REGISTRY=$TARGET/release/atlantis-registry
+if [ -z "${BUILDER_BIN:-}" ]; then
+  echo "building atlantis-builder and atlantis-registry (release)..." >&2
+  (cd "$ROOT" && cargo build --release -q -p atlantis-builder -p atlantis-registry)
+fi
+BUILDER=${BUILDER_BIN:-$TARGET/release/atlantis-builder}
+REGISTRY=${REGISTRY_BIN:-$TARGET/release/atlantis-registry}
 
 ip netns add "$NS"
 ip -n "$NS" link set lo up
@@ -68,10 +71,13 @@ in_ns() { nsenter --net="/run/netns/$NS" "$@"; }
 
 # A fresh, empty registry in the namespace on 127.0.0.1:$PORT.
 fresh_registry() {
-  if [ -n "$REG_PID" ]; then kill "$REG_PID"; wait "$REG_PID" 2>/dev/null || true; fi
+  if [ -n "$REG_PID" ]; then
+    kill -0 "$REG_PID" 2>/dev/null || { echo "the registry died:" >&2; grep -v "^ " "$W/reg.log" | tail -5 >&2; exit 1; }
+    kill "$REG_PID"; wait "$REG_PID" 2>/dev/null || true
+  fi
   rm -rf "$W/reg"; mkdir -p "$W/reg"
   printf 'listen = "127.0.0.1:%s"\n[storage]\nkind = "filesystem"\nroot = "%s/reg/data"\n' "$PORT" "$W" > "$W/reg/config.toml"
-  RUST_LOG=warn in_ns "$REGISTRY" --config "$W/reg/config.toml" >"$W/reg.log" 2>&1 &
+  RUST_LOG=warn nsenter --net="/run/netns/$NS" "$REGISTRY" --config "$W/reg/config.toml" >"$W/reg.log" 2>&1 &
   REG_PID=$!
   for _ in $(seq 400); do
     in_ns curl -s -o /dev/null "http://127.0.0.1:$PORT/v2/" && return 0

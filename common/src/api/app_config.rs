@@ -75,6 +75,27 @@ pub struct AppConfig {
     /// Environment variables set in the image.
     #[serde(default)]
     pub env: EnvVars,
+    /// Build steps (the `debian` template only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<BuildSteps>,
+}
+
+/// `[build]`: what the `debian` template installs and runs before the app's files become a layer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BuildSteps {
+    /// Debian packages added to the base root (installed by debootstrap).
+    #[serde(default)]
+    pub packages: Packages,
+    /// Commands run in order inside the root, in `/app`, each an argument list.
+    #[serde(default)]
+    pub commands: Commands,
+    /// Whether the commands may use the network (default: no network at all).
+    #[serde(default)]
+    pub network: bool,
+    /// Time limit for all the commands together, in seconds.
+    #[serde(default)]
+    pub timeout_secs: TimeoutSecs,
 }
 
 /// Why an `atlantis.toml` was refused.
@@ -115,6 +136,20 @@ impl AppConfig {
             });
         }
         let cfg: AppConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
+        if cfg.build.is_some() && cfg.template != Template::Debian {
+            let line = text
+                .lines()
+                .position(|l| l.trim() == "[build]" || l.trim_start().starts_with("build"))
+                .map(|i| i + 1);
+            return Err(AppConfigError {
+                line,
+                field: Some("build".into()),
+                message: format!(
+                    "build steps run only with template = \"debian\", not {:?}",
+                    cfg.template.as_str()
+                ),
+            });
+        }
         Ok(cfg)
     }
 
@@ -209,6 +244,8 @@ pub enum Template {
     Static,
     /// Debian's static busybox with a link per applet, plus the app's files: shell and httpd apps.
     Busybox,
+    /// A minimal Debian root (debootstrap) plus the listed packages; `[build]` commands run in it.
+    Debian,
 }
 
 impl Template {
@@ -217,6 +254,7 @@ impl Template {
         match self {
             Template::Static => "static",
             Template::Busybox => "busybox",
+            Template::Debian => "debian",
         }
     }
 }
@@ -356,6 +394,55 @@ checked!(
     }
 );
 
+checked!(
+    /// Debian package names (`[a-z0-9][a-z0-9+.-]+`), at most 64, no duplicates.
+    Packages(Vec<String>, "Vec<String>"), default = Vec::new(), check = |pkgs| {
+        if pkgs.len() > 64 {
+            return Err(format!("at most 64 packages, got {}", pkgs.len()));
+        }
+        for (i, p) in pkgs.iter().enumerate() {
+            let ok = p.len() >= 2
+                && p.len() <= 100
+                && p.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+                && p.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '.' | '-'));
+            if !ok {
+                return Err(format!("{p:?} is not a Debian package name ([a-z0-9][a-z0-9+.-]+)"));
+            }
+            if pkgs[..i].contains(p) {
+                return Err(format!("{p:?} is listed twice"));
+            }
+        }
+        Ok(())
+    }
+);
+
+checked!(
+    /// Build commands: at most 32, each 1 to [`MAX_ARGS`] arguments of at most [`MAX_ARG_BYTES`].
+    Commands(Vec<Vec<String>>, "Vec<Vec<String>>"), default = Vec::new(), check = |cmds| {
+        if cmds.len() > 32 {
+            return Err(format!("at most 32 commands, got {}", cmds.len()));
+        }
+        for (i, c) in cmds.iter().enumerate() {
+            if c.is_empty() || c.len() > MAX_ARGS || c[0].is_empty() {
+                return Err(format!("command {i} must have 1 to {MAX_ARGS} arguments and a program"));
+            }
+            if c.iter().any(|a| a.len() > MAX_ARG_BYTES || a.contains('\0')) {
+                return Err(format!("command {i}: arguments must be at most {MAX_ARG_BYTES} bytes without NUL"));
+            }
+        }
+        Ok(())
+    }
+);
+
+checked!(
+    /// The build time limit in seconds, 1 to 3600.
+    TimeoutSecs(u64, "u64"), default = 600, check = |n| if (1..=3600).contains(n) {
+        Ok(())
+    } else {
+        Err(format!("must be 1 to 3600 seconds, got {n}"))
+    }
+);
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -454,8 +541,8 @@ GREETING = "hi"
             (format!("{base}[env]\nX = 1\n"), Some(5), "env.X", "string"),
             (
                 format!("{base}[build]\nx = 1\n"),
-                Some(4),
-                "build",
+                Some(5),
+                "build.x",
                 "unknown field",
             ),
             (
@@ -495,6 +582,32 @@ GREETING = "hi"
             );
             assert!(e.message.contains(msg), "{text}: wanted {msg:?}: {e}");
             assert!(e.to_string().starts_with("atlantis.toml"), "{e}");
+        }
+    }
+
+    #[test]
+    fn build_steps_belong_to_the_debian_template() {
+        let text = "name = \"a\"\ntemplate = \"debian\"\nrun = [\"/app/a\"]\n[build]\npackages = [\"busybox\", \"python3\"]\ncommands = [[\"sh\", \"-c\", \"make\"]]\ntimeout_secs = 60\n";
+        let c = AppConfig::parse(text).unwrap();
+        let b = c.build.clone().unwrap();
+        assert_eq!(b.packages.0, ["busybox", "python3"]);
+        assert_eq!(b.commands.0[0][2], "make");
+        assert!(!b.network);
+        assert_eq!(b.timeout_secs.0, 60);
+        assert_eq!(AppConfig::parse(&c.to_toml()).unwrap(), c);
+        let e = AppConfig::parse(&text.replace("debian", "busybox")).unwrap_err();
+        assert_eq!((e.line, e.field.as_deref()), (Some(4), Some("build")), "{e}");
+        for (bad, field) in [
+            ("packages = [\"Bad_Name\"]", "build.packages"),
+            ("commands = [[]]", "build.commands"),
+            ("timeout_secs = 0", "build.timeout_secs"),
+            ("network = \"yes\"", "build.network"),
+            ("shell = \"make\"", "build.shell"),
+        ] {
+            let t = format!("name = \"a\"\ntemplate = \"debian\"\nrun = [\"/a\"]\n[build]\n{bad}\n");
+            let e = AppConfig::parse(&t).unwrap_err();
+            assert_eq!(e.line, Some(5), "{bad}: {e}");
+            assert_eq!(e.field.as_deref(), Some(field), "{bad}: {e}");
         }
     }
 
