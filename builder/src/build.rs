@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use atlantis_common::api::app_config::{self, AppConfig};
+use atlantis_common::api::app_config::{self, AppConfig, Template};
 use atlantis_common::names::Sha;
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +66,8 @@ pub struct Settings {
     pub busybox: PathBuf,
     /// Push settings (credentials, chunk size, parallelism).
     pub push: PushOptions,
+    /// Where the debian template gets Debian from.
+    pub debian: crate::debian::DebianSettings,
 }
 
 impl Default for Settings {
@@ -74,6 +76,7 @@ impl Default for Settings {
             limits: Limits::default(),
             busybox: PathBuf::from("/bin/busybox"),
             push: PushOptions::default(),
+            debian: crate::debian::DebianSettings::default(),
         }
     }
 }
@@ -200,7 +203,7 @@ impl Builder {
                 )));
             }
         }
-        let tree = source::collect(&root, self.settings.limits)?;
+        let mut tree = source::collect(&root, self.settings.limits)?;
         log(format!(
             "app {} (template {}): {} entries, {} bytes",
             app.name,
@@ -210,9 +213,45 @@ impl Builder {
         ));
 
         let t = Instant::now();
-        let base = template::base_entries(app.template, &self.settings.busybox)?;
-        let base_key = key_of(&format!("base-{}", app.template), &base)?;
-        let (base_layer, base_hit) = self.cache.layer(&base_key, &base)?;
+        let (base_layer, base_hit) = if app.template == Template::Debian {
+            let steps = app.build.clone().unwrap_or_default();
+            let droot = crate::debian::root(
+                self.cache.dir(),
+                &self.settings.debian,
+                &steps.packages.0,
+                log,
+            )?;
+            let key = format!(
+                "debian-root-{}",
+                crate::debian::root_key(&self.settings.debian, &steps.packages.0)
+            );
+            let base = match self.cache.lookup(&key) {
+                Some(info) => (info, true),
+                None => self
+                    .cache
+                    .layer(&key, &crate::debian::root_entries(&droot)?)?,
+            };
+            if !steps.commands.0.is_empty() {
+                // The commands work on a private copy; what they leave in /app is checked again.
+                let copy = scratch.path().join("app-build");
+                let work = scratch.path().join("work");
+                std::fs::create_dir_all(&copy).map_err(io("creating the build copy"))?;
+                std::fs::create_dir_all(&work).map_err(io("creating the build dir"))?;
+                crate::debian::copy_tree(&tree, &copy)?;
+                crate::debian::run_commands(&droot, &copy, &work, &steps, log)?;
+                tree = source::collect(&copy, self.settings.limits)?;
+                log(format!(
+                    "build output: {} entries, {} bytes",
+                    tree.entries.len(),
+                    tree.bytes
+                ));
+            }
+            base
+        } else {
+            let base = template::base_entries(app.template, &self.settings.busybox)?;
+            let base_key = key_of(&format!("base-{}", app.template), &base)?;
+            self.cache.layer(&base_key, &base)?
+        };
         log(layer_line("base", &base_layer, base_hit, t));
 
         let t = Instant::now();

@@ -65,6 +65,22 @@ pub fn root(
     packages: &[String],
     log: &Log,
 ) -> Result<PathBuf, BuildError> {
+    let suite_ok = !settings.suite.is_empty()
+        && settings
+            .suite
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !settings.suite.starts_with('-');
+    let mirror_ok = ["http://", "https://", "file:///"]
+        .iter()
+        .any(|p| settings.mirror.starts_with(p))
+        && !settings.mirror.contains(char::is_whitespace);
+    if !suite_ok || !mirror_ok {
+        return Err(BuildError::Request(format!(
+            "the builder's Debian suite {:?} or mirror {:?} is invalid",
+            settings.suite, settings.mirror
+        )));
+    }
     let key = root_key(settings, packages);
     let dir = cache_dir.join("roots").join(&key);
     if dir.join(".complete").exists() {
@@ -81,10 +97,7 @@ pub fn root(
     if !packages.is_empty() {
         c.arg(format!("--include={}", packages.join(",")));
     }
-    c.arg("--")
-        .arg(&settings.suite)
-        .arg(&target)
-        .arg(&settings.mirror);
+    c.arg(&settings.suite).arg(&target).arg(&settings.mirror);
     log(format!(
         "debian: debootstrap {} from {} with [{}] (once per package set)...",
         settings.suite,
@@ -111,10 +124,7 @@ pub fn root(
         // Another build made the same root meanwhile: use that one.
         let _ = std::fs::remove_dir_all(&kept);
     }
-    log(format!(
-        "debian: root ready in {} s",
-        t.elapsed().as_secs()
-    ));
+    log(format!("debian: root ready in {} s", t.elapsed().as_secs()));
     Ok(dir.join("root"))
 }
 
@@ -152,7 +162,8 @@ fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Content>) -> Result
             }
         } else if ft.is_dir() {
             out.insert(rel.clone(), Content::Dir(mode));
-            let skip = prefix.is_empty() && matches!(name.as_str(), "dev" | "proc" | "sys" | "run" | "tmp");
+            let skip = prefix.is_empty()
+                && matches!(name.as_str(), "dev" | "proc" | "sys" | "run" | "tmp");
             if !skip {
                 walk(&e.path(), &rel, out)?;
             }
@@ -253,7 +264,14 @@ pub fn run_commands(
     for (i, cmd) in steps.commands.0.iter().enumerate() {
         let left = deadline.saturating_duration_since(Instant::now());
         let mut c = Command::new("unshare");
-        c.args(["--mount", "--pid", "--fork", "--kill-child", "--ipc", "--uts"]);
+        c.args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--ipc",
+            "--uts",
+        ]);
         if !steps.network {
             c.arg("--net");
         }

@@ -13,6 +13,7 @@
 pub mod api;
 pub mod build;
 pub mod cache;
+pub mod debian;
 pub mod error;
 pub mod git;
 pub mod image;
@@ -73,29 +74,33 @@ pub struct Config {
     /// Registry bearer token (instead of a user).
     #[serde(default)]
     pub registry_token: Option<String>,
+    /// The Debian mirror of the debian template.
+    #[serde(default = "default_mirror")]
+    pub debian_mirror: String,
+    /// The Debian suite of the debian template.
+    #[serde(default = "default_suite")]
+    pub debian_suite: String,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        toml_default()
-    }
-}
-
-fn toml_default() -> Config {
-    Config {
-        listen: default_listen(),
-        registry: default_registry(),
-        cache_dir: default_cache_dir(),
-        cache_max_bytes: default_cache_max(),
-        max_input_bytes: default_max_input(),
-        max_input_entries: default_max_entries(),
-        busybox: default_busybox(),
-        api_token: None,
-        allowed_dirs: Vec::new(),
-        max_concurrent_builds: default_concurrency(),
-        registry_user: None,
-        registry_password: None,
-        registry_token: None,
+        Config {
+            listen: default_listen(),
+            registry: default_registry(),
+            cache_dir: default_cache_dir(),
+            cache_max_bytes: default_cache_max(),
+            max_input_bytes: default_max_input(),
+            max_input_entries: default_max_entries(),
+            busybox: default_busybox(),
+            api_token: None,
+            allowed_dirs: Vec::new(),
+            max_concurrent_builds: default_concurrency(),
+            registry_user: None,
+            registry_password: None,
+            registry_token: None,
+            debian_mirror: default_mirror(),
+            debian_suite: default_suite(),
+        }
     }
 }
 
@@ -119,6 +124,11 @@ impl Config {
             push: push::PushOptions {
                 credentials,
                 ..push::PushOptions::default()
+            },
+            debian: debian::DebianSettings {
+                mirror: self.debian_mirror.clone(),
+                suite: self.debian_suite.clone(),
+                ..debian::DebianSettings::default()
             },
         }
     }
@@ -150,6 +160,14 @@ fn default_max_entries() -> usize {
 
 fn default_busybox() -> PathBuf {
     PathBuf::from("/bin/busybox")
+}
+
+fn default_mirror() -> String {
+    debian::DebianSettings::default().mirror
+}
+
+fn default_suite() -> String {
+    debian::DebianSettings::default().suite
 }
 
 fn default_concurrency() -> usize {

@@ -24,6 +24,11 @@ const GROUP: &str = "root:x:0:\nnogroup:x:65534:\n";
 
 /// The entries of `template`'s base layer, sorted. `busybox` is the binary to install for `busybox`.
 pub fn base_entries(template: Template, busybox: &Path) -> Result<Vec<Entry>, BuildError> {
+    if template == Template::Debian {
+        return Err(BuildError::Input(
+            "the debian template's base is a debootstrap root, not a fixed layer".into(),
+        ));
+    }
     let mut entries = Vec::new();
     let dir = |p: &str, mode: u32| Entry {
         path: p.into(),

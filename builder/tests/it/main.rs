@@ -5,5 +5,6 @@ mod api;
 mod badinput;
 mod cli;
 mod common;
+mod debian;
 mod docker;
 mod push;

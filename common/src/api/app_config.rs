@@ -81,7 +81,7 @@ pub struct AppConfig {
 }
 
 /// `[build]`: what the `debian` template installs and runs before the app's files become a layer.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BuildSteps {
     /// Debian packages added to the base root (installed by debootstrap).
@@ -596,7 +596,11 @@ GREETING = "hi"
         assert_eq!(b.timeout_secs.0, 60);
         assert_eq!(AppConfig::parse(&c.to_toml()).unwrap(), c);
         let e = AppConfig::parse(&text.replace("debian", "busybox")).unwrap_err();
-        assert_eq!((e.line, e.field.as_deref()), (Some(4), Some("build")), "{e}");
+        assert_eq!(
+            (e.line, e.field.as_deref()),
+            (Some(4), Some("build")),
+            "{e}"
+        );
         for (bad, field) in [
             ("packages = [\"Bad_Name\"]", "build.packages"),
             ("commands = [[]]", "build.commands"),
@@ -604,7 +608,8 @@ GREETING = "hi"
             ("network = \"yes\"", "build.network"),
             ("shell = \"make\"", "build.shell"),
         ] {
-            let t = format!("name = \"a\"\ntemplate = \"debian\"\nrun = [\"/a\"]\n[build]\n{bad}\n");
+            let t =
+                format!("name = \"a\"\ntemplate = \"debian\"\nrun = [\"/a\"]\n[build]\n{bad}\n");
             let e = AppConfig::parse(&t).unwrap_err();
             assert_eq!(e.line, Some(5), "{bad}: {e}");
             assert_eq!(e.field.as_deref(), Some(field), "{bad}: {e}");
