@@ -1,4 +1,4 @@
-//! The images run: both samples are built and pushed by the CLI (with registry credentials), pulled by
+//! The images run: the samples of every template are built and pushed by the CLI (with registry credentials), pulled by
 //! a real Docker Engine in its own network namespace, started, and answer HTTP.
 //!
 //! The registry listens on the root end of the engine's veth (not loopback, so it requires
@@ -43,7 +43,8 @@ fn pushed_images_pull_run_and_answer_http() {
     };
     let listen = SocketAddr::new(d.host_ip().into(), 0);
     let reg = rt.block_on(Reg::start_with(listen, Some(auth)));
-    let cache = tempfile::tempdir().unwrap();
+    // The debian test's cache: its Debian root is made once per machine.
+    let cache = crate::debian::debian_builder().cache().dir().to_owned();
     // The engine logs in too: the registry asks every client without credentials for them.
     let docker_config = tempfile::tempdir().unwrap();
     let docker = |args: &[&str], stdin: Option<&str>| {
@@ -86,7 +87,7 @@ fn pushed_images_pull_run_and_answer_http() {
             .arg("build")
             .arg(&app)
             .args(["--push", &target, "--cache-dir"])
-            .arg(cache.path())
+            .arg(&cache)
             .env("ATLANTIS_REGISTRY_USER", "builder")
             .env("ATLANTIS_REGISTRY_PASSWORD", "s3cret")
             .env_remove("ATLANTIS_REGISTRY_TOKEN")
