@@ -19,6 +19,9 @@
 //! [env]
 //! GREETING = "hello"
 //! ```
+//!
+//! The `debian` template also takes `[build]` ([`BuildSteps`]): `packages`, `commands`, `network` and
+//! `timeout_secs`; other templates refuse it.
 
 use std::collections::BTreeMap;
 use std::fmt;
