@@ -275,12 +275,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         == 0
 }
 
-/// Checks that a local path lies under one of the allowed directories.
-fn check_allowed(allowed: &[PathBuf], p: &Path) -> Result<(), BuildError> {
+/// Checks that a local path lies under one of the allowed directories; returns it with its symlinks
+/// resolved, which is what the build then reads (a symlink swapped later cannot lead elsewhere).
+fn check_allowed(allowed: &[PathBuf], p: &Path) -> Result<PathBuf, BuildError> {
     let real = std::fs::canonicalize(p)
         .map_err(|e| BuildError::Request(format!("cannot use {}: {e}", p.display())))?;
     if allowed.iter().any(|a| real.starts_with(a)) {
-        Ok(())
+        Ok(real)
     } else {
         Err(BuildError::Request(format!(
             "{} is not under the builder's allowed_dirs",
@@ -289,12 +290,16 @@ fn check_allowed(allowed: &[PathBuf], p: &Path) -> Result<(), BuildError> {
     }
 }
 
-fn to_request(st: &AppState, body: StartBuild) -> Result<BuildRequest, BuildError> {
-    match &body.source {
-        Source::Dir(d) => check_allowed(&st.allowed, d)?,
+fn to_request(st: &AppState, mut body: StartBuild) -> Result<BuildRequest, BuildError> {
+    match &mut body.source {
+        Source::Dir(d) => *d = check_allowed(&st.allowed, d)?,
         Source::Git(g) => {
             if !crate::git::is_url(&g.repo) {
-                check_allowed(&st.allowed, Path::new(&g.repo))?;
+                let real = check_allowed(&st.allowed, Path::new(&g.repo))?;
+                g.repo = real
+                    .to_str()
+                    .ok_or_else(|| BuildError::Request("the repository path is not UTF-8".into()))?
+                    .to_owned();
             }
             crate::git::check_root(&g.root)?;
         }

@@ -178,10 +178,13 @@ async fn the_api_refuses_strangers_outside_dirs_and_reports_failed_builds() {
 
     // Outside the allowed dirs: the builder's own files, another temp dir, a path that climbs out.
     let other = tempfile::tempdir().unwrap();
+    // A symlink inside the allowed dir that leads out of it.
+    std::os::unix::fs::symlink(other.path(), allowed.path().join("out")).unwrap();
     for dir in [
         "/etc".to_owned(),
         other.path().display().to_string(),
         format!("{}/../..", allowed.path().display()),
+        allowed.path().join("out").display().to_string(),
     ] {
         let (code, v) = api
             .start(serde_json::json!({ "source": { "dir": dir }, "app": "busybox-web", "sha": "1a2b3c4" }))
