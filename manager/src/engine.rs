@@ -224,6 +224,7 @@ impl Ctx {
             },
             command: s.manifest.command.clone(),
             read_only_rootfs: false,
+            allow_ping: false,
         }
     }
 

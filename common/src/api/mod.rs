@@ -1,3 +1,4 @@
 //! api
+pub mod app_config;
 pub mod manager;
 pub mod supervisor;

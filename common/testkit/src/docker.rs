@@ -49,6 +49,12 @@ pub struct Dockerd {
 impl Dockerd {
     /// Creates the namespace and veth, starts dockerd inside and waits until it answers `/_ping`.
     pub fn start() -> Dockerd {
+        Self::start_with_args(&[])
+    }
+
+    /// As [`Dockerd::start`], with extra dockerd arguments (for example `--insecure-registry 10.0.0.0/8`,
+    /// so the engine pulls over plain HTTP from a registry on the root end of the veth).
+    pub fn start_with_args(extra: &[&str]) -> Dockerd {
         let dockerd = crate::require_bin("dockerd", "docker.io");
         let docker_bin = crate::require_bin("docker", "docker.io");
         crate::require_bin("ip", "iproute2");
@@ -121,7 +127,7 @@ impl Dockerd {
         );
 
         let d = this.dir().to_owned();
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "--data-root".into(),
             d.join("data").display().to_string(),
             "--exec-root".into(),
@@ -134,6 +140,7 @@ impl Dockerd {
             "--bip".into(),
             "172.29.0.1/24".into(),
         ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let ns_path = this.netns_path();
         let proc = Guarded::spawn(
             "dockerd",

@@ -1,0 +1,10 @@
+//! Integration tests of the builder against real parts: the Atlantis registry (in-process, on
+//! loopback), skopeo, git, a Docker Engine in a network namespace, the CLI binary and the HTTP API.
+
+mod api;
+mod badinput;
+mod cli;
+mod common;
+mod debian;
+mod docker;
+mod push;
