@@ -122,8 +122,13 @@ async fn auth_and_permissions() {
 
     // Metrics are for known users only; liveness stays open and says nothing else.
     assert_eq!(r.get("/metrics").status().await, 401);
-    assert_eq!(as_user(r.get("/metrics"), "reader", "nope").status().await, 401);
-    let text = as_user(r.get("/metrics"), "reader", "r-pass").text_body().await;
+    assert_eq!(
+        as_user(r.get("/metrics"), "reader", "nope").status().await,
+        401
+    );
+    let text = as_user(r.get("/metrics"), "reader", "r-pass")
+        .text_body()
+        .await;
     assert!(text.contains("atlantis_registry_"), "{text}");
     assert_eq!(r.get("/healthz").text_body().await, "ok\n");
     r.stop().await;

@@ -181,8 +181,16 @@ async fn bad_input_gets_spec_errors_and_stores_nothing() {
         ),
         (r.get("/v2/apps/t/manifests/nope"), 404, "MANIFEST_UNKNOWN"),
         // Reading a reference that is neither a tag nor a digest: unknown, not invalid.
-        (r.get("/v2/apps/t/manifests/.hidden"), 404, "MANIFEST_UNKNOWN"),
-        (r.get("/v2/apps/t/manifests/sha256:1234"), 404, "MANIFEST_UNKNOWN"),
+        (
+            r.get("/v2/apps/t/manifests/.hidden"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
+        (
+            r.get("/v2/apps/t/manifests/sha256:1234"),
+            404,
+            "MANIFEST_UNKNOWN",
+        ),
         (
             r.get(format!("/v2/apps/t/manifests/{}", "x".repeat(200))),
             404,
