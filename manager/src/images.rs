@@ -2,11 +2,9 @@
 
 use std::time::Duration;
 
-use std::collections::BTreeMap;
-
+use atlantis_common::api::app_config::AppConfig;
 use atlantis_common::api::manager::ManifestOverrides;
 use atlantis_common::{AppName, Sha};
-use serde::Deserialize;
 
 use crate::config::{ImageRef, RegistryConfig};
 
@@ -46,45 +44,31 @@ pub struct Resolved {
 /// The largest manifest or image config read from the registry.
 const MAX_DOC: usize = 4 << 20;
 
-/// The image label that carries the app's manifest (`atlantis.toml`).
-pub const MANIFEST_LABEL: &str = "atlantis.toml";
+/// The image label that carries the app's manifest: the builder's canonical `atlantis.toml`.
+pub const MANIFEST_LABEL: &str = atlantis_common::api::app_config::LABEL_CONFIG;
 
-/// What an `atlantis.toml` may say about how the app runs; other keys (template, build steps) belong to
-/// the builder and are ignored here.
-#[derive(Debug, Default, Deserialize)]
-struct LabelManifest {
-    name: Option<String>,
-    instances: Option<u32>,
-    cpu_millis: Option<u32>,
-    memory_mb: Option<u64>,
-    port: Option<u16>,
-    health_path: Option<String>,
-    start_timeout_ms: Option<u64>,
-    command: Option<Vec<String>>,
-    #[serde(default)]
-    env_vars: BTreeMap<String, String>,
-}
-
-/// Parses the `atlantis.toml` label of `app`'s image into manifest overrides.
+/// Parses the `atlantis.toml` label of `app`'s image (the same [`AppConfig`] the builder wrote) into
+/// manifest overrides. The build-only parts (template, build steps) and the declared dependencies, which
+/// the app's record decides, are not used here.
 pub fn parse_manifest_label(app: &AppName, text: &str) -> Result<ManifestOverrides, ImageError> {
-    let m: LabelManifest = toml::from_str(text)
+    let m = AppConfig::parse(text)
         .map_err(|e| ImageError::Manifest(format!("the image's {MANIFEST_LABEL} label: {e}")))?;
-    if let Some(n) = &m.name
-        && n != app.as_str()
-    {
+    if m.name != *app {
         return Err(ImageError::Manifest(format!(
-            "the image's {MANIFEST_LABEL} names app {n:?}, not {app}"
+            "the image's {MANIFEST_LABEL} names app {:?}, not {app}",
+            m.name.as_str()
         )));
     }
+    let command: Vec<String> = m.run.into();
     Ok(ManifestOverrides {
-        instances: m.instances,
-        cpu_millis: m.cpu_millis,
-        memory_mb: m.memory_mb,
-        port: m.port,
-        health_path: m.health_path,
-        start_timeout_ms: m.start_timeout_ms,
-        command: m.command,
-        env_vars: m.env_vars,
+        instances: Some(m.instances.into()),
+        cpu_millis: Some(m.cpu_millis.into()),
+        memory_mb: Some(m.memory_mb.into()),
+        port: Some(m.port.into()),
+        health_path: Some(m.health_path.into()),
+        start_timeout_ms: None,
+        command: (!command.is_empty()).then_some(command),
+        env_vars: m.env.into(),
     })
 }
 
@@ -260,16 +244,48 @@ mod tests {
         let app: AppName = "web".parse().unwrap();
         let o = parse_manifest_label(
             &app,
-            "name = \"web\"\ntemplate = \"static\"\nport = 9090\ninstances = 2\ncommand = [\"/app\"]\n[env_vars]\nMODE = \"prod\"\n",
+            "name = \"web\"\ntemplate = \"static\"\nrun = [\"/app\"]\nport = 9090\ninstances = 2\n[env]\nMODE = \"prod\"\n",
         )
         .unwrap();
         assert_eq!(o.port, Some(9090));
         assert_eq!(o.instances, Some(2));
         assert_eq!(o.command, Some(vec!["/app".to_owned()]));
         assert_eq!(o.env_vars["MODE"], "prod");
-        let e = parse_manifest_label(&app, "name = \"api\"").unwrap_err();
+        let e = parse_manifest_label(
+            &app,
+            "name = \"api\"\ntemplate = \"static\"\nrun = [\"/app\"]\n",
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("names app \"api\""), "{e}");
-        assert!(parse_manifest_label(&app, "port = \"x\"").is_err());
-        assert!(parse_manifest_label(&app, "port = 70000").is_err());
+        assert!(
+            parse_manifest_label(
+                &app,
+                "name = \"web\"\ntemplate = \"static\"\nrun = [\"/app\"]\nport = \"x\""
+            )
+            .is_err()
+        );
+        assert!(
+            parse_manifest_label(
+                &app,
+                "name = \"web\"\ntemplate = \"static\"\nrun = [\"/app\"]\nport = 70000"
+            )
+            .is_err()
+        );
+    }
+
+    /// The label the builder writes (the canonical form, every default filled in) is what the manager reads.
+    #[test]
+    fn the_builders_canonical_label_parses() {
+        let app: AppName = "web".parse().unwrap();
+        let cfg = AppConfig::parse(
+            "name = \"web\"\ntemplate = \"busybox\"\nrun = [\"/bin/busybox\", \"httpd\", \"-f\"]\nport = 8080\n[env]\nA = \"1\"\n",
+        )
+        .unwrap();
+        let o = parse_manifest_label(&app, &cfg.to_toml()).unwrap();
+        assert_eq!(o.port, Some(8080));
+        assert_eq!(o.instances, Some(1));
+        assert_eq!(o.health_path.as_deref(), Some("/healthz"));
+        assert_eq!(o.command.as_deref().map(|c| c.len()), Some(3));
+        assert_eq!(o.env_vars["A"], "1");
     }
 }

@@ -52,7 +52,7 @@ async fn images_resolve_by_digest_in_the_registry() {
         images.manifest_overrides(&app, &digest).await.unwrap(),
         Default::default()
     );
-    let label = "name = \"web\"\ntemplate = \"static\"\nport = 9090\nhealth_path = \"/up\"\n[env_vars]\nMODE = \"prod\"\n";
+    let label = "name = \"web\"\ntemplate = \"static\"\nrun = [\"/app\"]\nport = 9090\nhealth_path = \"/up\"\n[env]\nMODE = \"prod\"\n";
     let labelled = r
         .push_labelled(
             "web",
