@@ -271,24 +271,60 @@ impl Ctx {
             );
             manifest.apply(&overrides);
             manifest.validate()?;
-            let deps = self.dependencies(&rec.value, &env).await?;
-            let route = self.route(&rec.value, &env).await?;
-            let spec = Spec {
-                app: app.clone(),
-                env: env.clone(),
-                sha: sha.clone(),
-                image: image.reference,
+            self.prepare(
+                &rec.value,
+                &app,
+                &env,
+                sha.clone(),
+                image.reference,
                 manifest,
-                dependencies: deps.common,
-                zone_dependencies: deps.by_zone,
-                dep_env: deps.env,
-                route,
-            };
-            self.check_spec(&spec)?;
-            let slots = self.place(&spec, spec.manifest.instances, None).await?;
-            Ok::<_, ApiError>((spec, slots))
+            )
+            .await
         }
         .await;
+        self.launch(task_id, guard, TaskKind::Deploy, prepared, None)
+            .await
+    }
+
+    /// The release of `sha` with `image` and `manifest` for app.env: dependencies and route resolved,
+    /// the container spec checked, and its placement over every zone.
+    async fn prepare(
+        &self,
+        rec: &AppRecord,
+        app: &AppName,
+        env: &EnvName,
+        sha: Sha,
+        image: String,
+        manifest: Manifest,
+    ) -> Result<(Spec, Vec<Slot>), ApiError> {
+        let deps = self.dependencies(rec, env).await?;
+        let route = self.route(rec, env).await?;
+        let spec = Spec {
+            app: app.clone(),
+            env: env.clone(),
+            sha,
+            image,
+            manifest,
+            dependencies: deps.common,
+            zone_dependencies: deps.by_zone,
+            dep_env: deps.env,
+            route,
+        };
+        self.check_spec(&spec)?;
+        let slots = self.place(&spec, spec.manifest.instances, None).await?;
+        Ok((spec, slots))
+    }
+
+    /// Frees the lock when preparing failed; otherwise records the task and runs the release in the
+    /// background.
+    async fn launch(
+        &self,
+        task_id: String,
+        guard: LockGuard,
+        kind: TaskKind,
+        prepared: Result<(Spec, Vec<Slot>), ApiError>,
+        warning: Option<String>,
+    ) -> Result<String, ApiError> {
         let (spec, slots) = match prepared {
             Ok(v) => v,
             Err(e) => {
@@ -300,11 +336,14 @@ impl Ctx {
             .tasks
             .start(
                 task_id.clone(),
-                TaskKind::Deploy,
-                app.as_str(),
-                Some(env.as_str()),
+                kind,
+                spec.app.as_str(),
+                Some(spec.env.as_str()),
             )
             .await;
+        if let Some(w) = warning {
+            task.warn(w);
+        }
         let ctx = self.clone();
         tokio::spawn(async move { ctx.run_release(task, guard, spec, slots).await });
         Ok(task_id)
@@ -351,48 +390,19 @@ impl Ctx {
             .map_err(|e: atlantis_common::NameError| ApiError::Internal(e.to_string()))?;
         let task_id = Tasks::new_id();
         let guard = self.lock(&[app.as_str(), env.as_str()], &task_id).await?;
-        let prepared = async {
-            let deps = self.dependencies(&rec.value, &env).await?;
-            let route = self.route(&rec.value, &env).await?;
-            let spec = Spec {
-                app: app.clone(),
-                env: env.clone(),
+        let prepared = self
+            .prepare(
+                &rec.value,
+                &app,
+                &env,
                 sha,
-                image: release.image.clone(),
-                manifest: release.manifest.clone(),
-                dependencies: deps.common,
-                zone_dependencies: deps.by_zone,
-                dep_env: deps.env,
-                route,
-            };
-            self.check_spec(&spec)?;
-            let slots = self.place(&spec, spec.manifest.instances, None).await?;
-            Ok::<_, ApiError>((spec, slots))
-        }
-        .await;
-        let (spec, slots) = match prepared {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = guard.release().await;
-                return Err(e);
-            }
-        };
-        let task = self
-            .tasks
-            .start(
-                task_id.clone(),
-                TaskKind::Rollback,
-                app.as_str(),
-                Some(env.as_str()),
+                release.image.clone(),
+                release.manifest.clone(),
             )
             .await;
-        task.warn(format!(
-            "rolling back to release {target} (sha {})",
-            release.sha
-        ));
-        let ctx = self.clone();
-        tokio::spawn(async move { ctx.run_release(task, guard, spec, slots).await });
-        Ok(task_id)
+        let warning = format!("rolling back to release {target} (sha {})", release.sha);
+        self.launch(task_id, guard, TaskKind::Rollback, prepared, Some(warning))
+            .await
     }
 
     /// Places `per_zone` containers of `spec` (in `only_zone` when given).
