@@ -9,6 +9,7 @@
 //! | DELETE | `/v1/containers/{id}` | teardown of one container |
 //! | POST | `/v1/teardown` | teardown by IDs, or of an app (and env) |
 //! | GET | `/v1/containers/{id}/logs?follow=true&tail=100` | output, streamed while it runs with `follow` |
+//! | POST | `/v1/containers/{id}/exec` | run a command (argv, bounded time), ndjson output and exit code ([`crate::exec`]) |
 //! | GET | `/v1/health` | capacity, free, version |
 //! | GET | `/metrics` | Prometheus metrics; needs the token too (they tell what runs here and how much is free) |
 //! | GET | `/healthz`, `/openapi.json` | liveness (`ok`, nothing else), this API's OpenAPI 3 document; no token |
@@ -54,6 +55,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/containers", post(deploy).get(list))
         .route("/containers/{id}", get(get_one).delete(delete_one))
         .route("/containers/{id}/logs", get(logs))
+        .route("/containers/{id}/exec", post(crate::exec::exec))
         .route("/teardown", post(teardown))
         .route("/health", get(health))
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));

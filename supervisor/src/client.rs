@@ -176,4 +176,30 @@ impl SupervisorClient {
         }
         Ok(resp.bytes_stream().map_err(ClientError::from).boxed())
     }
+
+    /// Runs a command in a container: the raw ndjson stream of
+    /// [`atlantis_common::api::exec::ExecEvent`]s (no overall timeout; the supervisor bounds the run time).
+    pub async fn exec(
+        &self,
+        id: &ContainerId,
+        req: &atlantis_common::api::exec::ExecRequest,
+    ) -> Result<BoxStream<'static, Result<Bytes, ClientError>>, ClientError> {
+        let resp = self
+            .http
+            .post(format!("{}/v1/containers/{id}/exec", self.base))
+            .bearer_auth(&self.token)
+            .json(req)
+            .send()
+            .await?;
+        let status = resp.status().as_u16();
+        if status != 200 {
+            let bytes = resp.bytes().await?;
+            let body = serde_json::from_slice::<ErrorBody>(&bytes).unwrap_or_else(|_| ErrorBody {
+                code: "unknown".into(),
+                message: String::from_utf8_lossy(&bytes[..bytes.len().min(512)]).into_owned(),
+            });
+            return Err(ClientError::Api { status, body });
+        }
+        Ok(resp.bytes_stream().map_err(ClientError::from).boxed())
+    }
 }

@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod config;
 pub mod conntrack;
 pub mod error;
+pub mod exec;
 pub mod firewall;
 pub mod health;
 pub mod labels;

@@ -469,6 +469,8 @@ pub enum TaskKind {
     Scale,
     /// Removal of an app, an app.env or a container.
     Teardown,
+    /// A command run in a container (`atlantis exec`); the first step names the command line.
+    Exec,
 }
 
 /// Task states.

@@ -1,8 +1,17 @@
-//! The `atlantis` command line: argument model and validation.
+//! The `atlantis` command line: a client of the manager API (`docs/api.md`), pleasant for people (tables,
+//! live task progress, errors on one line) and exact for scripts (`--json`, stable exit codes).
 //!
-//! Every name is parsed into common's validated types at the edge, so a typo is refused before anything
-//! is sent. The commands talk to the manager API; until that API lands, running one reports that clearly.
+//! Names are parsed into common's validated types at the edge ([`args`]), so a typo is refused before
+//! anything is sent. [`client`] talks HTTP to one manager; [`cmd`] runs each command against the managers
+//! of the chosen regions; [`progress`] follows tasks; [`config`] keeps the config file and the token.
 
 pub mod args;
+pub mod client;
+pub mod cmd;
+pub mod config;
+pub mod error;
+pub mod output;
+pub mod progress;
 
 pub use args::{Cli, Command};
+pub use error::CliError;

@@ -77,7 +77,7 @@ impl DockerRuntime {
     }
 }
 
-fn map_err(e: BollardError) -> RuntimeError {
+pub(super) fn map_err(e: BollardError) -> RuntimeError {
     match e {
         BollardError::DockerResponseServerError {
             status_code: 404,
@@ -471,7 +471,18 @@ impl ContainerRuntime for DockerRuntime {
             })
             .boxed()
     }
+
+    async fn exec(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> Result<BoxStream<'static, atlantis_common::api::exec::ExecEvent>, RuntimeError> {
+        exec::run(&self.docker, id, argv, timeout).await
+    }
 }
+
+mod exec;
 
 /// True for pull errors that mean "no such image" rather than "registry trouble".
 fn looks_missing(msg: &str) -> bool {

@@ -160,4 +160,17 @@ pub trait ContainerRuntime: Send + Sync {
     /// Lifecycle events (start, die, oom, destroy) of containers labelled `atlantis.managed=true`, from now
     /// on, until the connection drops.
     fn events(&self) -> BoxStream<'static, Result<RuntimeEvent, RuntimeError>>;
+    /// Runs `argv` in the running container `id` (no shell, no TTY, no stdin): its output as it comes,
+    /// then `Exit` (the process is killed after `timeout`) or `Error`. See `docker/exec.rs`.
+    async fn exec(
+        &self,
+        id: &str,
+        argv: Vec<String>,
+        timeout: Duration,
+    ) -> Result<BoxStream<'static, atlantis_common::api::exec::ExecEvent>, RuntimeError> {
+        let _ = (id, argv, timeout);
+        Err(RuntimeError::Engine(
+            "this runtime cannot run commands in containers".into(),
+        ))
+    }
 }
