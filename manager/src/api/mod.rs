@@ -4,6 +4,7 @@
 pub mod apps;
 pub mod cluster;
 pub mod deps;
+pub mod exec;
 pub mod openapi;
 pub mod router_config;
 pub mod tasks;
@@ -48,6 +49,7 @@ pub fn router(ctx: Ctx) -> Router {
         )
         .route("/containers/{id}/maintenance", post(cluster::maintenance))
         .route("/containers/{id}/logs", get(cluster::logs))
+        .route("/containers/{id}/exec", post(exec::exec))
         .route("/supervisors", get(cluster::supervisors))
         .route("/routers", get(cluster::routers))
         .route("/usage", get(cluster::usage))

@@ -5,7 +5,7 @@
 use axum::Json;
 use utoipa::OpenApi as _;
 
-use super::{apps, cluster, deps, router_config, tasks};
+use super::{apps, cluster, deps, exec, router_config, tasks};
 
 /// The document.
 #[derive(utoipa::OpenApi)]
@@ -42,6 +42,7 @@ use super::{apps, cluster, deps, router_config, tasks};
         cluster::teardown_container,
         cluster::maintenance,
         cluster::logs,
+        exec::exec,
         cluster::supervisors,
         cluster::routers,
         cluster::usage,
