@@ -136,10 +136,7 @@ pub async fn exec(
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-ndjson".to_owned()),
-            (
-                header::HeaderName::from_static("x-atlantis-task"),
-                task_id,
-            ),
+            (header::HeaderName::from_static("x-atlantis-task"), task_id),
         ],
         body,
     )

@@ -1,43 +1,10 @@
-//! The `atlantis` binary: help, completions and refusal of bad names.
+//! The real `atlantis` binary: offline behaviour (help, completions, config, token file, bad input,
+//! manager down) and, on one shared cluster (the manager's e2e harness: ZooKeeper, two supervisors on
+//! dockerd in network namespaces, a router, the registry, the manager), every command a team uses.
 
-use std::process::Command;
-
-fn atlantis(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_atlantis"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-#[test]
-fn help_lists_the_commands() {
-    let out = atlantis(&["--help"]);
-    assert!(out.status.success());
-    let text = String::from_utf8_lossy(&out.stdout);
-    for cmd in [
-        "deploy",
-        "rollback",
-        "scale",
-        "teardown",
-        "releases",
-        "logs",
-        "allow-app",
-        "completions",
-    ] {
-        assert!(text.contains(cmd), "--help lacks {cmd}: {text}");
-    }
-}
-
-#[test]
-fn completions_are_generated() {
-    let out = atlantis(&["completions", "bash"]);
-    assert!(out.status.success());
-    assert!(String::from_utf8_lossy(&out.stdout).contains("_atlantis()"));
-}
-
-#[test]
-fn bad_names_are_refused_before_anything_is_sent() {
-    let out = atlantis(&["deploy", "hello", "ZZZ", "prod"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("invalid sha \"ZZZ\""));
-}
+mod cluster;
+mod offline;
+mod run;
+#[allow(dead_code)]
+#[path = "../../../tests/it/support.rs"]
+mod support;

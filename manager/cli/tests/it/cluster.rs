@@ -1,0 +1,592 @@
+//! Every command a team uses, run as the real binary against one shared cluster: register, deploy (in a
+//! terminal and not), releases, rollback, scale, logs, exec, maintenance, tasks, usage, several regions,
+//! teardown, unregister. `--json` answers are parsed and checked; failures give one line and an exit code,
+//! and change nothing on the cluster.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::run::{Run, run_async, run_in_terminal, run_stdin};
+use crate::support::Cluster;
+
+const HOST: &str = "hello.prod.apps.localhost";
+const SHA1: &str = "1111111aaaaaaa";
+const SHA2: &str = "2222222bbbbbbb";
+
+/// Pushes `apps/hello:<sha>` labelled as the builder labels images (its `atlantis.toml`), tags it on the
+/// hosts: the container writes its sha to `/www/version`, says so on stdout, serves `/www`.
+async fn publish(c: &Cluster, sha: &str) {
+    let config = format!(
+        "name = \"hello\"\ntemplate = \"busybox\"\nport = 8080\nrun = [\"/bin/sh\", \"-c\", \"echo {sha} > /www/version; echo started {sha}; exec httpd -f -p 8080 -h /www\"]\n"
+    );
+    c.registry
+        .push_labelled("hello", sha, json!({ "atlantis.toml": config }))
+        .await;
+    let reference = format!("{}/apps/hello:{sha}", c.registry.addr);
+    for h in &c.hosts {
+        h.tag(&reference);
+    }
+}
+
+async fn atl(cfg: &Path, args: &[&str]) -> Run {
+    run_async(cfg, args).await
+}
+
+fn ids(v: &Value) -> Vec<String> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["container_id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cli_drives_a_real_cluster() {
+    let c = Cluster::start().await;
+    let d = tempfile::tempdir().unwrap();
+    let cfg = d.path();
+    atl(cfg, &["config", "set", "manager", &c.base]).await.ok();
+
+    // --- The cluster as the CLI sees it.
+    let v = atl(cfg, &["status", "--json"]).await.ok().json();
+    assert_eq!(
+        (v["supervisors"].as_u64(), v["routers"].as_u64()),
+        (Some(2), Some(3)),
+        "{v}"
+    );
+    assert_eq!(v["health"]["status"], "OK");
+    let v = atl(cfg, &["supervisors", "--json"]).await.ok().json();
+    let mut hosts: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["host"].as_str().unwrap())
+        .collect();
+    hosts.sort_unstable();
+    assert_eq!(hosts, ["host-a", "host-b"]);
+    let r = atl(cfg, &["supervisors"]).await.ok();
+    assert!(
+        r.stdout.starts_with("HOST") && r.stdout.contains("zone-b"),
+        "{r:?}"
+    );
+    let v = atl(cfg, &["routers", "--json"]).await.ok().json();
+    assert_eq!(v.as_array().unwrap().len(), 3);
+
+    // --- Apps and envs.
+    let v = atl(
+        cfg,
+        &[
+            "create-env",
+            "prod",
+            "--description",
+            "production",
+            "--json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(v["name"], "prod");
+    let v = atl(
+        cfg,
+        &[
+            "register-app",
+            "hello",
+            "--team",
+            "web",
+            "--repo",
+            "https://git.example.com/hello.git",
+            "--json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(
+        (v["name"].as_str(), v["team"].as_str()),
+        (Some("hello"), Some("web"))
+    );
+    atl(cfg, &["register-app", "hello"])
+        .await
+        .fails(1, "(exists, HTTP 409)");
+    atl(cfg, &["register-app", "other", "--dep", "nosuch"])
+        .await
+        .fails(1, "not_found");
+    let v = atl(cfg, &["apps", "--json"]).await.ok().json();
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        1,
+        "refusals registered nothing: {v}"
+    );
+    let v = atl(cfg, &["update-app", "hello", "--root", "svc", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        (v["root"].as_str(), v["team"].as_str()),
+        (Some("svc"), Some("web")),
+        "only --root changed"
+    );
+    let r = atl(cfg, &["show", "hello"]).await.ok();
+    assert!(
+        r.stdout.contains("routing") && r.stdout.contains("external"),
+        "{r:?}"
+    );
+
+    // --- The router's port for the apps trie, from stdin.
+    let doc = json!({"port": c.router_port, "trie": "apps"}).to_string();
+    let cfg_owned = cfg.to_owned();
+    let r = tokio::task::spawn_blocking(move || {
+        run_stdin(
+            &cfg_owned,
+            &[
+                "router-config",
+                "put",
+                "external",
+                "ports",
+                "http",
+                "-f",
+                "-",
+            ],
+            &doc,
+        )
+    })
+    .await
+    .unwrap()
+    .ok();
+    assert_eq!(r.json()["port"].as_u64(), Some(u64::from(c.router_port)));
+    let v = atl(cfg, &["router-config", "get", "external", "ports"])
+        .await
+        .ok()
+        .json();
+    assert!(v["http"].is_object(), "{v}");
+
+    publish(&c, SHA1).await;
+    publish(&c, SHA2).await;
+
+    // --- A deploy the manager refuses changes nothing.
+    atl(cfg, &["deploy", "hello", "9999999", "prod"])
+        .await
+        .fails(1, "image_not_found");
+    atl(cfg, &["deploy", "hello", SHA1, "nope"])
+        .await
+        .fails(1, "not_found");
+    assert!(c.all_containers().is_empty(), "{:?}", c.all_containers());
+
+    // --- Deploy, waiting (the default), JSON answer.
+    let v = atl(cfg, &["deploy", "hello", SHA1, "prod", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        (v["state"].as_str(), v["release"].as_i64()),
+        (Some("done"), Some(1)),
+        "{v}"
+    );
+    let steps: Vec<&str> = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(steps[0], "start containers");
+    assert!(steps.contains(&"switch traffic"), "{steps:?}");
+    c.router_serves(HOST, "/version", SHA1).await;
+    let v = atl(cfg, &["ps", "hello", "prod", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(v.as_array().unwrap().len(), 2, "one per zone: {v}");
+    assert!(
+        v.as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"] == "serving" && i["sha"] == SHA1)
+    );
+
+    // --- Deploy in a terminal: live progress, a line per step, the result.
+    let r = run_in_terminal(cfg, &["deploy", "hello", SHA2, "prod"]).await;
+    assert_eq!(r.code, 0, "{r:?}");
+    for want in [
+        "start containers",
+        "switch traffic",
+        "record release",
+        "✓",
+        "deploy of hello.prod done: release 2",
+    ] {
+        assert!(
+            r.stdout.contains(want),
+            "terminal lacks {want:?}: {}",
+            r.stdout
+        );
+    }
+    assert!(
+        r.stdout.contains("\x1b["),
+        "a terminal gets colour and cursor control"
+    );
+    c.router_serves(HOST, "/version", SHA2).await;
+
+    // --- Rollback without a terminal: plain lines, no escape codes.
+    let r = atl(cfg, &["rollback", "hello", "prod"]).await.ok();
+    assert!(
+        r.stdout.contains("rollback of hello.prod done: release 3"),
+        "{r:?}"
+    );
+    assert!(r.stderr.contains("✓ start containers"), "{r:?}");
+    assert!(
+        !r.stdout.contains('\x1b') && !r.stderr.contains('\x1b'),
+        "{r:?}"
+    );
+    c.router_serves(HOST, "/version", SHA1).await;
+    let v = atl(cfg, &["releases", "hello", "prod", "--json"])
+        .await
+        .ok()
+        .json();
+    let nums: Vec<(i64, &str)> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["number"].as_i64().unwrap(), r["sha"].as_str().unwrap()))
+        .collect();
+    assert_eq!(nums, [(3, SHA1), (2, SHA2), (1, SHA1)]);
+    let r = atl(cfg, &["releases", "hello", "prod"]).await.ok();
+    assert!(
+        r.stdout.starts_with("RELEASE") && r.stdout.contains(SHA2),
+        "{r:?}"
+    );
+    atl(cfg, &["rollback", "hello", "prod", "--to", "99"])
+        .await
+        .fails(1, "not_found");
+
+    // --- A deploy whose containers never get healthy fails at its step; the old release keeps serving.
+    let r = atl(
+        cfg,
+        &[
+            "deploy",
+            "hello",
+            SHA2,
+            "prod",
+            "--health-path",
+            "/nope",
+            "--start-timeout",
+            "3",
+        ],
+    )
+    .await;
+    let r = r.fails(1, "deploy of hello.prod failed at step `start containers`");
+    assert!(r.stderr.contains("(task "), "{r:?}");
+    c.router_serves(HOST, "/version", SHA1).await;
+    let v = atl(cfg, &["ps", "hello", "prod", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        v.as_array().unwrap().len(),
+        2,
+        "nothing left of the failed deploy: {v}"
+    );
+
+    // --- Scale up (JSON), then down without waiting and follow the task by ID.
+    let v = atl(
+        cfg,
+        &["scale", "hello", "prod", "--instances", "2", "--json"],
+    )
+    .await
+    .ok()
+    .json();
+    assert_eq!(v["state"], "done", "{v}");
+    let v = atl(cfg, &["ps", "hello", "prod", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(v.as_array().unwrap().len(), 4, "two per zone: {v}");
+    let v = atl(cfg, &["usage", "--json"]).await.ok().json();
+    assert_eq!(v["apps"]["hello"]["containers"], 4, "{v}");
+    assert_eq!(v["teams"]["web"]["containers"], 4, "{v}");
+
+    // --- Logs: every container (prefixed), one container (bare), JSON lines.
+    let r = atl(cfg, &["logs", "hello", "prod"]).await.ok();
+    let started: Vec<&str> = r.stdout.lines().filter(|l| l.contains("started")).collect();
+    assert_eq!(started.len(), 4, "{r:?}");
+    assert!(
+        started
+            .iter()
+            .all(|l| l.starts_with("hello-") && l.contains(" | started ")),
+        "{r:?}"
+    );
+    let v = atl(cfg, &["ps", "hello", "prod", "--json"])
+        .await
+        .ok()
+        .json();
+    let containers = ids(&v);
+    let one = containers[0].as_str();
+    let r = atl(cfg, &["logs", "hello", "prod", "--container", one])
+        .await
+        .ok();
+    assert!(r.stdout.lines().any(|l| l.starts_with("started ")), "{r:?}");
+    let r = atl(
+        cfg,
+        &["logs", "hello", "prod", "--container", one, "--json"],
+    )
+    .await
+    .ok();
+    let lines: Vec<Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l["container"] == one && l["line"].as_str().unwrap().starts_with("started")),
+        "{r:?}"
+    );
+
+    // --- Exec: output on the right streams, the command's exit code, argv without a shell.
+    let r = atl(
+        cfg,
+        &[
+            "exec",
+            "hello",
+            "prod",
+            "--",
+            "sh",
+            "-c",
+            "echo out-$((1+2)); echo err >&2; exit 3",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 3, "{r:?}");
+    assert_eq!(r.stdout, "out-3\n");
+    assert_eq!(r.stderr, "err\n");
+    let r = atl(
+        cfg,
+        &[
+            "exec",
+            "hello",
+            "prod",
+            "--container",
+            one,
+            "--",
+            "echo",
+            "$HOME;",
+            "`id`",
+        ],
+    )
+    .await
+    .ok();
+    assert_eq!(
+        r.stdout, "$HOME; `id`\n",
+        "arguments reach the program untouched"
+    );
+    let r = atl(
+        cfg,
+        &[
+            "exec",
+            "hello",
+            "prod",
+            "--json",
+            "--",
+            "cat",
+            "/www/version",
+        ],
+    )
+    .await
+    .ok();
+    let events: Vec<Value> = r
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        events.last().unwrap(),
+        &json!({"type": "exit", "exit_code": 0, "timed_out": false})
+    );
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "stdout" && e["data"] == format!("{SHA1}\n")),
+        "{events:?}"
+    );
+    let r = atl(
+        cfg,
+        &[
+            "exec",
+            "hello",
+            "prod",
+            "--timeout",
+            "1",
+            "--",
+            "sleep",
+            "30",
+        ],
+    )
+    .await;
+    assert_eq!(r.code, 137, "killed at the time limit: {r:?}");
+    assert!(r.stderr.contains("time limit"), "{r:?}");
+    atl(cfg, &["exec", "hello", "prod", "--", "/no/such/program"]).await;
+    let other = "hello-1111111-staging-abcdef";
+    atl(
+        cfg,
+        &["exec", "hello", "prod", "--container", other, "--", "true"],
+    )
+    .await
+    .fails(1, "not_found");
+
+    // Every exec is in the history with its command line and outcome.
+    let v = atl(cfg, &["tasks", "--app", "hello", "--json", "--limit", "50"])
+        .await
+        .ok()
+        .json();
+    let execs: Vec<&Value> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["kind"] == "exec")
+        .collect();
+    assert!(execs.len() >= 4, "{v}");
+    assert!(
+        execs.iter().any(|t| {
+            let s = &t["steps"][0];
+            s["name"]
+                .as_str()
+                .unwrap()
+                .starts_with("exec sh -c \"echo out-$((1+2)); echo err >&2; exit 3\" in hello-")
+                && s["detail"] == "exit code 3"
+        }),
+        "{execs:?}"
+    );
+    let r = atl(cfg, &["tasks", "--app", "hello"]).await.ok();
+    assert!(
+        r.stdout.starts_with("TASK") && r.stdout.contains("exec"),
+        "{r:?}"
+    );
+
+    // --- Maintenance and one container.
+    let v = atl(cfg, &["maintenance", "on", one, "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(v["state"], "maintenance");
+    let v = atl(cfg, &["container", one, "--json"]).await.ok().json();
+    assert_eq!(
+        (v["state"].as_str(), v["app"].as_str()),
+        (Some("maintenance"), Some("hello"))
+    );
+    let v = atl(cfg, &["maintenance", "off", one, "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(v["state"], "serving");
+
+    let v = atl(
+        cfg,
+        &[
+            "scale",
+            "hello",
+            "prod",
+            "--instances",
+            "1",
+            "--no-wait",
+            "--json",
+        ],
+    )
+    .await
+    .ok()
+    .json();
+    let task = v["task_id"].as_str().unwrap().to_owned();
+    let v = atl(cfg, &["task", &task, "--wait", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        (v["kind"].as_str(), v["state"].as_str()),
+        (Some("scale"), Some("done")),
+        "{v}"
+    );
+    let v = atl(cfg, &["ps", "hello", "prod", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+
+    // --- Two regions at once (both served by this manager here): each is reported, in parallel. The
+    // second deploy of the same app.env may find the first one's lock: then it says so, and the exit
+    // code is non-zero.
+    atl(cfg, &["config", "set", "manager", &c.base, "-R", "second"])
+        .await
+        .ok();
+    let r = atl(
+        cfg,
+        &[
+            "deploy", "hello", SHA2, "prod", "-R", "default", "-R", "second", "--json",
+        ],
+    )
+    .await;
+    let v = r.json();
+    let regions: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["region"].as_str().unwrap())
+        .collect();
+    assert_eq!(regions, ["default", "second"], "{v}");
+    let failed = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| !x["error"].is_null())
+        .count();
+    assert_eq!(r.code == 0, failed == 0, "{r:?}");
+    for x in v.as_array().unwrap() {
+        if x["error"].is_null() {
+            assert_eq!(x["task"]["state"], "done", "{x}");
+        } else {
+            assert!(
+                x["error"]["message"].as_str().unwrap().contains("locked")
+                    || x["error"]["code"] == "locked",
+                "{x}"
+            );
+        }
+    }
+    assert!(failed < 2, "at least one region deployed: {v}");
+    c.router_serves(HOST, "/version", SHA2).await;
+
+    // --- Teardown: nothing left; then the app and env can go.
+    let v = atl(cfg, &["teardown", "hello", "prod", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        (v["kind"].as_str(), v["state"].as_str()),
+        (Some("teardown"), Some("done")),
+        "{v}"
+    );
+    let v = atl(cfg, &["ps", "--json"]).await.ok().json();
+    assert_eq!(v, json!([]));
+    tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        while !c.all_containers().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    })
+    .await
+    .expect("no container left on the hosts");
+    let v = atl(cfg, &["status", "hello", "--json"]).await.ok().json();
+    assert!(
+        v["envs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["containers"] == json!([])),
+        "{v}"
+    );
+    let v = atl(cfg, &["unregister-app", "hello", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(v, json!({"deleted": {"kind": "app", "name": "hello"}}));
+    atl(cfg, &["delete-env", "prod"]).await.ok();
+    let r = atl(cfg, &["apps"]).await.ok();
+    assert_eq!(r.stdout, "no apps registered\n");
+}
