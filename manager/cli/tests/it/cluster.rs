@@ -29,8 +29,37 @@ async fn publish(c: &Cluster, sha: &str) {
     }
 }
 
+/// Runs the binary; with `ATLANTIS_CLI_TRANSCRIPT=FILE` set, appends the command and what it printed to
+/// FILE (the user guide's examples are captured that way).
 async fn atl(cfg: &Path, args: &[&str]) -> Run {
-    run_async(cfg, args).await
+    let r = run_async(cfg, args).await;
+    transcript(args, &r);
+    r
+}
+
+fn transcript(args: &[&str], r: &Run) {
+    use std::io::Write as _;
+    let Some(path) = std::env::var_os("ATLANTIS_CLI_TRANSCRIPT") else {
+        return;
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    let line: Vec<String> = args
+        .iter()
+        .map(|a| {
+            if a.contains(' ') || a.contains('$') {
+                format!("'{a}'")
+            } else {
+                (*a).to_owned()
+            }
+        })
+        .collect();
+    writeln!(f, "$ atlantis {}", line.join(" ")).unwrap();
+    write!(f, "{}{}", r.stdout, r.stderr).unwrap();
+    writeln!(f, "[exit {}]\n", r.code).unwrap();
 }
 
 fn ids(v: &Value) -> Vec<String> {
@@ -50,6 +79,8 @@ async fn the_cli_drives_a_real_cluster() {
 
     // --- The cluster as the CLI sees it.
     let v = atl(cfg, &["status", "--json"]).await.ok().json();
+    let r = atl(cfg, &["status"]).await.ok();
+    assert!(r.stdout.contains("supervisors  2"), "{r:?}");
     assert_eq!(
         (v["supervisors"].as_u64(), v["routers"].as_u64()),
         (Some(2), Some(3)),
@@ -72,6 +103,63 @@ async fn the_cli_drives_a_real_cluster() {
     );
     let v = atl(cfg, &["routers", "--json"]).await.ok().json();
     assert_eq!(v.as_array().unwrap().len(), 3);
+
+    // --- Dependencies: values go in from a file (here stdin) and never come back out.
+    let cfg_owned = cfg.to_owned();
+    let r = tokio::task::spawn_blocking(move || {
+        run_stdin(
+            &cfg_owned,
+            &[
+                "set-dependency",
+                "db",
+                "--team",
+                "data",
+                "--endpoint",
+                "10.0.0.5:5432",
+                "--data-file",
+                "-",
+            ],
+            "# the database\nDB_URL=postgres://s3cret@10.0.0.5/db\n",
+        )
+    })
+    .await
+    .unwrap()
+    .ok();
+    transcript(
+        &[
+            "set-dependency",
+            "db",
+            "--team",
+            "data",
+            "--endpoint",
+            "10.0.0.5:5432",
+            "--data-file",
+            "-",
+        ],
+        &r,
+    );
+    assert!(
+        r.stdout
+            .contains("stored dependency db (1 variables, 1 endpoints)"),
+        "{r:?}"
+    );
+    let r = atl(cfg, &["dependencies"]).await.ok();
+    assert!(
+        r.stdout.contains("DB_URL") && r.stdout.contains("10.0.0.5:5432"),
+        "{r:?}"
+    );
+    assert!(!r.stdout.contains("s3cret"), "{r:?}");
+    let v = atl(cfg, &["show-dependency", "db", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(v["data_keys"], json!(["DB_URL"]));
+    atl(cfg, &["set-dependency", "db", "--endpoint", "10.0.0.5"])
+        .await
+        .fails(2, "expected IPv4:PORT");
+    atl(cfg, &["delete-dependency", "db"]).await.ok();
+    let r = atl(cfg, &["dependencies"]).await.ok();
+    assert_eq!(r.stdout, "no dependencies\n");
 
     // --- Apps and envs.
     let v = atl(
@@ -114,6 +202,13 @@ async fn the_cli_drives_a_real_cluster() {
         .await
         .fails(1, "not_found");
     let v = atl(cfg, &["apps", "--json"]).await.ok().json();
+    let r = atl(cfg, &["apps"]).await.ok();
+    assert!(
+        r.stdout.starts_with("APP ") && r.stdout.contains("web"),
+        "{r:?}"
+    );
+    let r = atl(cfg, &["envs"]).await.ok();
+    assert!(r.stdout.contains("production"), "{r:?}");
     assert_eq!(
         v.as_array().unwrap().len(),
         1,
@@ -155,6 +250,18 @@ async fn the_cli_drives_a_real_cluster() {
     .await
     .unwrap()
     .ok();
+    transcript(
+        &[
+            "router-config",
+            "put",
+            "external",
+            "ports",
+            "http",
+            "-f",
+            "-",
+        ],
+        &r,
+    );
     assert_eq!(r.json()["port"].as_u64(), Some(u64::from(c.router_port)));
     let v = atl(cfg, &["router-config", "get", "external", "ports"])
         .await
@@ -203,6 +310,16 @@ async fn the_cli_drives_a_real_cluster() {
             .unwrap()
             .iter()
             .all(|i| i["state"] == "serving" && i["sha"] == SHA1)
+    );
+    let r = atl(cfg, &["ps", "hello", "prod"]).await.ok();
+    assert!(
+        r.stdout.starts_with("CONTAINER") && r.stdout.matches("serving").count() == 2,
+        "{r:?}"
+    );
+    let r = atl(cfg, &["status", "hello"]).await.ok();
+    assert!(
+        r.stdout.contains("prod: release 1 (1111111aaaaaaa)"),
+        "{r:?}"
     );
 
     // --- Deploy in a terminal: live progress, a line per step, the result.
@@ -304,6 +421,13 @@ async fn the_cli_drives_a_real_cluster() {
     let v = atl(cfg, &["usage", "--json"]).await.ok().json();
     assert_eq!(v["apps"]["hello"]["containers"], 4, "{v}");
     assert_eq!(v["teams"]["web"]["containers"], 4, "{v}");
+    let r = atl(cfg, &["usage"]).await.ok();
+    assert!(
+        r.stdout
+            .lines()
+            .any(|l| l.starts_with("hello ") && l.contains(" 4 ")),
+        "{r:?}"
+    );
 
     // --- Logs: every container (prefixed), one container (bare), JSON lines.
     let r = atl(cfg, &["logs", "hello", "prod"]).await.ok();
@@ -425,7 +549,12 @@ async fn the_cli_drives_a_real_cluster() {
     .await;
     assert_eq!(r.code, 137, "killed at the time limit: {r:?}");
     assert!(r.stderr.contains("time limit"), "{r:?}");
-    atl(cfg, &["exec", "hello", "prod", "--", "/no/such/program"]).await;
+    let r = atl(cfg, &["exec", "hello", "prod", "--", "/no/such/program"]).await;
+    assert!(r.code == 126 || r.code == 127, "{r:?}");
+    assert!(
+        r.stdout.contains("no such file") || r.stderr.contains("no such file"),
+        "{r:?}"
+    );
     let other = "hello-1111111-staging-abcdef";
     atl(
         cfg,
@@ -496,6 +625,11 @@ async fn the_cli_drives_a_real_cluster() {
     .ok()
     .json();
     let task = v["task_id"].as_str().unwrap().to_owned();
+    let r = atl(cfg, &["task", &task]).await.ok();
+    assert!(
+        r.stdout.contains("kind") && r.stdout.contains("scale"),
+        "{r:?}"
+    );
     let v = atl(cfg, &["task", &task, "--wait", "--json"])
         .await
         .ok()
