@@ -91,7 +91,7 @@ pub fn table(headers: &[&str], rows: &[Vec<String>], empty: &str) {
                 s.push_str(&" ".repeat(pad + 2));
             }
         }
-        s
+        s.trim_end().to_owned()
     };
     println_safe(&line(
         headers
