@@ -324,6 +324,7 @@ async fn the_cli_drives_a_real_cluster() {
 
     // --- Deploy in a terminal: live progress, a line per step, the result.
     let r = run_in_terminal(cfg, &["deploy", "hello", SHA2, "prod"]).await;
+    transcript(&["deploy", "hello", SHA2, "prod", "(in a terminal)"], &r);
     assert_eq!(r.code, 0, "{r:?}");
     for want in [
         "start containers",
@@ -405,14 +406,11 @@ async fn the_cli_drives_a_real_cluster() {
     );
 
     // --- Scale up (JSON), then down without waiting and follow the task by ID.
-    let v = atl(
-        cfg,
-        &["scale", "hello", "prod", "--instances", "2", "--json"],
-    )
-    .await
-    .ok()
-    .json();
-    assert_eq!(v["state"], "done", "{v}");
+    let r = atl(cfg, &["scale", "hello", "prod", "--instances", "2"])
+        .await
+        .ok();
+    assert!(r.stdout.contains("scale of hello.prod done"), "{r:?}");
+    assert!(r.stderr.contains("✓ start containers"), "{r:?}");
     let v = atl(cfg, &["ps", "hello", "prod", "--json"])
         .await
         .ok()
@@ -688,12 +686,14 @@ async fn the_cli_drives_a_real_cluster() {
     c.router_serves(HOST, "/version", SHA2).await;
 
     // --- Teardown: nothing left; then the app and env can go.
-    let v = atl(cfg, &["teardown", "hello", "prod", "--json"])
+    let r = atl(cfg, &["teardown", "hello", "prod"]).await.ok();
+    assert!(r.stdout.contains("teardown of hello.prod done"), "{r:?}");
+    let v = atl(cfg, &["tasks", "--app", "hello", "--limit", "1", "--json"])
         .await
         .ok()
         .json();
     assert_eq!(
-        (v["kind"].as_str(), v["state"].as_str()),
+        (v[0]["kind"].as_str(), v[0]["state"].as_str()),
         (Some("teardown"), Some("done")),
         "{v}"
     );
