@@ -67,13 +67,15 @@ impl View {
         let Display::Live(m) = &self.display else {
             return None;
         };
-        let pb = m.add(ProgressBar::new_spinner());
-        pb.set_style(
-            ProgressStyle::with_template("{spinner:.cyan} {prefix}{msg} {elapsed:.dim}")
-                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-        );
-        pb.set_prefix(self.prefix.clone());
-        pb.set_message(name.to_owned());
+        // Styled and named before it is added, so no empty line is ever drawn.
+        let pb = ProgressBar::new_spinner()
+            .with_style(
+                ProgressStyle::with_template("{spinner:.cyan} {prefix}{msg} {elapsed:.dim}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            )
+            .with_prefix(self.prefix.clone())
+            .with_message(name.to_owned());
+        let pb = m.add(pb);
         pb.enable_steady_tick(Duration::from_millis(100));
         Some(pb)
     }

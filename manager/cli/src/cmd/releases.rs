@@ -26,8 +26,16 @@ enum Outcome {
 #[derive(Serialize)]
 struct RegionResult {
     region: Option<String>,
-    task: Option<serde_json::Value>,
+    task: Option<TaskDoc>,
     error: Option<serde_json::Value>,
+}
+
+/// A task as answered: accepted (`--no-wait`) or its final status.
+#[derive(Clone, Serialize)]
+#[serde(untagged)]
+enum TaskDoc {
+    Accepted(TaskAccepted),
+    Status(Box<TaskStatus>),
 }
 
 /// Starts the task on every target in parallel, follows each (unless `--no-wait`), reports each.
@@ -60,17 +68,17 @@ async fn run_task<B: Serialize + Sync>(
                         a.task_id, a.task_id
                     ));
                 }
-                (serde_json::to_value(&a).ok(), None)
+                (Some(TaskDoc::Accepted(a)), None)
             }
             Ok(Outcome::Finished(s)) if s.state != TaskState::Failed => {
                 if !ctx.out.json {
                     println_safe(&success_line(&s, &prefix));
                 }
-                (serde_json::to_value(&s).ok(), None)
+                (Some(TaskDoc::Status(Box::new(s))), None)
             }
             Ok(Outcome::Finished(s)) => {
                 let e = failure(&s, if many { region.as_deref() } else { None });
-                (serde_json::to_value(&s).ok(), Some(e))
+                (Some(TaskDoc::Status(Box::new(s))), Some(e))
             }
             Err(e) => (None, Some(e)),
         };

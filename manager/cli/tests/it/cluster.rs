@@ -103,6 +103,11 @@ async fn the_cli_drives_a_real_cluster() {
     );
     let v = atl(cfg, &["routers", "--json"]).await.ok().json();
     assert_eq!(v.as_array().unwrap().len(), 3);
+    let r = atl(cfg, &["routers"]).await.ok();
+    assert!(
+        r.stdout.starts_with("KIND") && r.stdout.contains("internal-b"),
+        "{r:?}"
+    );
 
     // --- Dependencies: values go in from a file (here stdin) and never come back out.
     let cfg_owned = cfg.to_owned();
@@ -162,21 +167,11 @@ async fn the_cli_drives_a_real_cluster() {
     assert_eq!(r.stdout, "no dependencies\n");
 
     // --- Apps and envs.
-    let v = atl(
-        cfg,
-        &[
-            "create-env",
-            "prod",
-            "--description",
-            "production",
-            "--json",
-        ],
-    )
-    .await
-    .ok()
-    .json();
-    assert_eq!(v["name"], "prod");
-    let v = atl(
+    let r = atl(cfg, &["create-env", "prod", "--description", "production"])
+        .await
+        .ok();
+    assert_eq!(r.stdout, "created env prod\n");
+    let r = atl(
         cfg,
         &[
             "register-app",
@@ -185,16 +180,22 @@ async fn the_cli_drives_a_real_cluster() {
             "web",
             "--repo",
             "https://git.example.com/hello.git",
-            "--json",
         ],
     )
     .await
-    .ok()
-    .json();
+    .ok();
+    assert_eq!(r.stdout, "registered app hello\n");
+    let v = atl(cfg, &["show", "hello", "--json"]).await.ok().json();
     assert_eq!(
-        (v["name"].as_str(), v["team"].as_str()),
-        (Some("hello"), Some("web"))
+        (v["name"].as_str(), v["team"].as_str(), v["repo"].as_str()),
+        (
+            Some("hello"),
+            Some("web"),
+            Some("https://git.example.com/hello.git")
+        )
     );
+    let v = atl(cfg, &["envs", "--json"]).await.ok().json();
+    assert_eq!(v[0]["description"], "production");
     atl(cfg, &["register-app", "hello"])
         .await
         .fails(1, "(exists, HTTP 409)");
@@ -214,6 +215,10 @@ async fn the_cli_drives_a_real_cluster() {
         1,
         "refusals registered nothing: {v}"
     );
+    let r = atl(cfg, &["update-app", "hello", "--root", "svc"])
+        .await
+        .ok();
+    assert!(r.stdout.starts_with("updated app hello\n"), "{r:?}");
     let v = atl(cfg, &["update-app", "hello", "--root", "svc", "--json"])
         .await
         .ok()
@@ -606,6 +611,14 @@ async fn the_cli_drives_a_real_cluster() {
         .ok()
         .json();
     assert_eq!(v["state"], "serving");
+    let r = atl(cfg, &["maintenance", "on", one]).await.ok();
+    assert_eq!(r.stdout, format!("{one} is maintenance\n"));
+    let r = atl(cfg, &["container", one]).await.ok();
+    assert!(
+        r.stdout.contains("maintenance") && r.stdout.contains("250 millicores"),
+        "{r:?}"
+    );
+    atl(cfg, &["maintenance", "off", one]).await.ok();
 
     let v = atl(
         cfg,
@@ -715,11 +728,11 @@ async fn the_cli_drives_a_real_cluster() {
             .all(|e| e["containers"] == json!([])),
         "{v}"
     );
-    let v = atl(cfg, &["unregister-app", "hello", "--json"])
+    let r = atl(cfg, &["unregister-app", "hello"]).await.ok();
+    assert_eq!(r.stdout, "unregistered app hello\n");
+    atl(cfg, &["unregister-app", "hello", "--json"])
         .await
-        .ok()
-        .json();
-    assert_eq!(v, json!({"deleted": {"kind": "app", "name": "hello"}}));
+        .fails(1, "not_found");
     atl(cfg, &["delete-env", "prod"]).await.ok();
     let r = atl(cfg, &["apps"]).await.ok();
     assert_eq!(r.stdout, "no apps registered\n");
