@@ -146,7 +146,16 @@ pub async fn maintenance(ctx: &Ctx, state: OnOff, id: &ContainerId) -> Result<i3
         )
         .await?;
     ctx.out.show(&i, || {
-        println_safe(&format!("{} is {}", i.container_id, state_name(i.state)));
+        let how = if i.state == InstanceState::Maintenance {
+            "out of its pool"
+        } else {
+            "in its pool"
+        };
+        println_safe(&format!(
+            "{} is {how} ({})",
+            i.container_id,
+            state_name(i.state)
+        ));
     });
     Ok(0)
 }

@@ -612,7 +612,10 @@ async fn the_cli_drives_a_real_cluster() {
         .json();
     assert_eq!(v["state"], "serving");
     let r = atl(cfg, &["maintenance", "on", one]).await.ok();
-    assert_eq!(r.stdout, format!("{one} is maintenance\n"));
+    assert_eq!(
+        r.stdout,
+        format!("{one} is out of its pool (maintenance)\n")
+    );
     let r = atl(cfg, &["container", one]).await.ok();
     assert!(
         r.stdout.contains("maintenance") && r.stdout.contains("250 millicores"),
