@@ -7,7 +7,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::run::{Run, run_async, run_in_terminal, run_stdin};
+use crate::run::{Run, run_async, run_in_terminal, run_in_terminal_no_color, run_stdin};
 use crate::support::Cluster;
 
 const HOST: &str = "hello.prod.apps.localhost";
@@ -349,6 +349,19 @@ async fn the_cli_drives_a_real_cluster() {
         "a terminal gets colour and cursor control"
     );
     c.router_serves(HOST, "/version", SHA2).await;
+    // Colour only on a terminal, and never with NO_COLOR.
+    let r = run_in_terminal(cfg, &["apps"]).await.ok();
+    assert!(
+        r.stdout.contains("\x1b[1mAPP"),
+        "bold header on a terminal: {r:?}"
+    );
+    let r = run_in_terminal_no_color(cfg, &["apps"]).await.ok();
+    assert!(
+        r.stdout.starts_with("APP") && !r.stdout.contains('\x1b'),
+        "{r:?}"
+    );
+    let r = atl(cfg, &["apps"]).await.ok();
+    assert!(!r.stdout.contains('\x1b'), "no colour into a pipe: {r:?}");
 
     // --- Rollback without a terminal: plain lines, no escape codes.
     let r = atl(cfg, &["rollback", "hello", "prod"]).await.ok();
@@ -469,6 +482,48 @@ async fn the_cli_drives_a_real_cluster() {
             .any(|l| l["container"] == one && l["line"].as_str().unwrap().starts_with("started")),
         "{r:?}"
     );
+
+    // Following: a line the container writes later arrives on the open stream (written to the
+    // container's stdout through exec).
+    let (first, later) = {
+        let (cfg, one) = (cfg.to_owned(), one.to_owned());
+        tokio::task::spawn_blocking(move || {
+            use std::io::BufRead as _;
+            let mut child =
+                crate::run::command(&cfg, &["logs", "hello", "prod", "-f", "--container", &one])
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+            let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut first = String::new();
+            out.read_line(&mut first).unwrap();
+            crate::run::run(
+                &cfg,
+                &[
+                    "exec",
+                    "hello",
+                    "prod",
+                    "--container",
+                    &one,
+                    "--",
+                    "sh",
+                    "-c",
+                    "echo follow-me > /proc/1/fd/1",
+                ],
+            )
+            .ok();
+            let mut later = String::new();
+            out.read_line(&mut later).unwrap();
+            child.kill().unwrap();
+            let _ = child.wait();
+            (first, later)
+        })
+        .await
+        .unwrap()
+    };
+    assert!(first.starts_with("started "), "{first:?}");
+    assert_eq!(later, "follow-me\n", "logs -f streams new lines");
 
     // --- Exec: output on the right streams, the command's exit code, argv without a shell.
     let r = atl(

@@ -108,6 +108,15 @@ pub async fn run_async(config: &Path, args: &[&str]) -> Run {
 /// Runs `atlantis args...` inside a pseudo-terminal (`script` from util-linux), returning everything the
 /// terminal showed. `NO_COLOR` is unset so the output is what a person sees.
 pub async fn run_in_terminal(config: &Path, args: &[&str]) -> Run {
+    terminal(config, args, false).await
+}
+
+/// [`run_in_terminal`] with `NO_COLOR=1`.
+pub async fn run_in_terminal_no_color(config: &Path, args: &[&str]) -> Run {
+    terminal(config, args, true).await
+}
+
+async fn terminal(config: &Path, args: &[&str], no_color: bool) -> Run {
     let mut line = String::from(BIN);
     for a in args {
         assert!(
@@ -120,11 +129,15 @@ pub async fn run_in_terminal(config: &Path, args: &[&str]) -> Run {
     }
     let config = config.to_owned();
     tokio::task::spawn_blocking(move || {
-        let out = std::process::Command::new("script")
-            .args(["-q", "-e", "-c", &line, "/dev/null"])
+        let mut c = std::process::Command::new("script");
+        c.args(["-q", "-e", "-c", &line, "/dev/null"])
             .env("XDG_CONFIG_HOME", &config)
             .env("TERM", "xterm-256color")
-            .env_remove("NO_COLOR")
+            .env_remove("NO_COLOR");
+        if no_color {
+            c.env("NO_COLOR", "1");
+        }
+        let out = c
             .env_remove("ATLANTIS_MANAGER")
             .env_remove("ATLANTIS_TOKEN")
             .stdin(Stdio::null())
