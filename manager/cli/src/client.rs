@@ -118,6 +118,15 @@ impl Client {
             },
             |b| b.message.clone(),
         );
+        // A route this manager does not have: say so rather than "not found".
+        let message = if status == 404 && message == "no such route" {
+            format!(
+                "the manager at {} does not offer this (no such route; an older manager?)",
+                self.base
+            )
+        } else {
+            message
+        };
         Err(match status {
             401 => CliError::Unauthenticated,
             403 => CliError::Forbidden(message),

@@ -330,3 +330,16 @@ fn the_token_is_sent_stored_privately_and_401_says_log_in() {
     run(d.path(), &["logout"]).ok();
     assert!(!token.exists());
 }
+
+#[test]
+fn a_manager_without_a_route_is_told_apart_from_a_missing_object() {
+    let d = dir();
+    let (url, h) = one_answer(404, r#"{"code":"not_found","message":"no such route"}"#);
+    run(d.path(), &["--manager", &url, "audit", "--since", "2h"])
+        .fails(1, "does not offer this (no such route; an older manager?)");
+    let req = h.join().unwrap();
+    assert!(req.starts_with("GET /v1/audit?limit=50&since_ms="), "{req}");
+    let (url, _h) = one_answer(404, r#"{"code":"not_found","message":"no app nope"}"#);
+    run(d.path(), &["--manager", &url, "show", "nope"])
+        .fails(1, "no app nope (not_found, HTTP 404)");
+}
