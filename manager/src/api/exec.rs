@@ -67,7 +67,17 @@ pub async fn exec(
         let mut outcome: Option<ExecEvent> = None;
         let mut caller_gone = false;
         let mut broken = None;
-        while let Some(chunk) = upstream.next().await {
+        loop {
+            let next = tokio::select! {
+                n = upstream.next() => n,
+                // The caller hung up while the command was silent: dropping the upstream stream tells
+                // the supervisor, which kills the command.
+                () = tx.closed() => {
+                    caller_gone = true;
+                    break;
+                }
+            };
+            let Some(chunk) = next else { break };
             let chunk = match chunk {
                 Ok(c) => c,
                 Err(e) => {
@@ -92,6 +102,7 @@ pub async fn exec(
                 break;
             }
         }
+        drop(upstream);
         match (outcome, broken, caller_gone) {
             (
                 Some(ExecEvent::Exit {

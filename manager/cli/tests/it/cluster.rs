@@ -607,6 +607,62 @@ async fn the_cli_drives_a_real_cluster() {
     .await;
     assert_eq!(r.code, 137, "killed at the time limit: {r:?}");
     assert!(r.stderr.contains("time limit"), "{r:?}");
+    // A caller that goes away takes its command with it, even a silent one.
+    let left = {
+        let (cfg, one) = (cfg.to_owned(), one.to_owned());
+        tokio::task::spawn_blocking(move || {
+            use std::io::BufRead as _;
+            let mut child = crate::run::command(
+                &cfg,
+                &[
+                    "exec",
+                    "hello",
+                    "prod",
+                    "--container",
+                    &one,
+                    "--",
+                    "sh",
+                    "-c",
+                    "echo ready; exec sleep 299",
+                ],
+            )
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+            let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+            let mut ready = String::new();
+            out.read_line(&mut ready).unwrap();
+            assert_eq!(ready, "ready\n");
+            let ps = || {
+                crate::run::run(
+                    &cfg,
+                    &["exec", "hello", "prod", "--container", &one, "--", "ps"],
+                )
+                .ok()
+                .stdout
+            };
+            assert!(
+                ps().contains("sleep 299"),
+                "running while its caller is there"
+            );
+            child.kill().unwrap();
+            let _ = child.wait();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+            loop {
+                let now = ps();
+                if !now.contains("sleep 299") || std::time::Instant::now() > deadline {
+                    return now;
+                }
+            }
+        })
+        .await
+        .unwrap()
+    };
+    assert!(
+        !left.contains("sleep 299"),
+        "killed once its caller left: {left}"
+    );
     let r = atl(cfg, &["exec", "hello", "prod", "--", "/no/such/program"]).await;
     assert!(r.code == 126 || r.code == 127, "{r:?}");
     assert!(

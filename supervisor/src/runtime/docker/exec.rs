@@ -61,7 +61,15 @@ pub(super) async fn run(
         let mut timed_out = false;
         let mut failure = None;
         loop {
-            let item = match tokio::time::timeout_at(deadline, output.next()).await {
+            let next = tokio::select! {
+                n = tokio::time::timeout_at(deadline, output.next()) => n,
+                // The caller went away while the command was silent.
+                () = tx.closed() => {
+                    kill(&docker, &exec_id).await;
+                    return;
+                }
+            };
+            let item = match next {
                 Err(_) => {
                     timed_out = true;
                     break;
