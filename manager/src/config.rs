@@ -40,6 +40,9 @@ pub struct Config {
     /// Largest accepted request body, bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Who may call the API (tokens, LDAP, admin token).
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
 }
 
 /// How image references are resolved.

@@ -15,6 +15,7 @@ use axum::routing::get;
 use serde::Serialize;
 
 use crate::Config;
+use crate::auth::Auth;
 use crate::engine::Ctx;
 use crate::history::{History, HistoryError};
 use crate::images::Images;
@@ -64,6 +65,8 @@ struct ManagerRecord<'a> {
 pub struct App {
     /// The bound API address.
     pub addr: SocketAddr,
+    /// With no LDAP configured: the file holding the admin token.
+    pub admin_token_file: Option<std::path::PathBuf>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _registration: Registration,
@@ -130,14 +133,24 @@ impl App {
             cfg: Arc::new(cfg.clone()),
             http,
         };
+        let (auth, admin_token_file) = Auth::setup(ctx.clone()).map_err(StartError::Setup)?;
+        // Every route but /healthz, /openapi.json and the login goes through the auth layer.
         let router = Router::new()
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .with_state(shared.clone())
-            .merge(crate::api::router(ctx));
+            .merge(crate::api::router(ctx))
+            .merge(crate::api::login::router(auth.clone()))
+            .layer(axum::middleware::from_fn_with_state(
+                auth,
+                crate::auth::middleware::check,
+            ));
         let serve_stop = stop.clone();
         let serve = tokio::spawn(async move {
-            let r = axum::serve(listener, router)
+            let r = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
                 .with_graceful_shutdown(serve_stop.cancelled_owned())
                 .await;
             if let Err(e) = r {
@@ -148,6 +161,7 @@ impl App {
         tracing::info!(%addr, host = %cfg.host, "Manager serving.");
         Ok(App {
             addr,
+            admin_token_file,
             stop,
             tasks: vec![serve, campaign],
             _registration: registration,

@@ -5,7 +5,7 @@
 use axum::Json;
 use utoipa::OpenApi as _;
 
-use super::{apps, cluster, deps, router_config, tasks};
+use super::{apps, audit, cluster, deps, login, router_config, tasks, teams};
 
 /// The document.
 #[derive(utoipa::OpenApi)]
@@ -50,6 +50,14 @@ use super::{apps, cluster, deps, router_config, tasks};
         router_config::get_one,
         router_config::put,
         router_config::delete,
+        login::login,
+        login::whoami,
+        login::create_token,
+        teams::list,
+        teams::apps,
+        teams::allow,
+        teams::disallow,
+        audit::list,
     )
 )]
 pub struct ApiDoc;

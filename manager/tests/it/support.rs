@@ -282,6 +282,8 @@ pub struct Cluster {
     _manager: atlantis_manager::App,
     pub http: reqwest::Client,
     pub base: String,
+    /// The admin (superuser) token every call of [`Cluster::call`] carries.
+    pub token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -325,7 +327,14 @@ pub fn manager_config(
             start_timeout_ms: 60_000,
         },
         max_body_bytes: 64 * 1024,
+        auth: Default::default(),
     }
+}
+
+/// The admin token a manager without LDAP wrote at its first start.
+pub fn admin_token(m: &atlantis_manager::App) -> String {
+    let f = m.admin_token_file.as_ref().expect("no LDAP: an admin token file");
+    std::fs::read_to_string(f).unwrap().trim().to_owned()
 }
 
 impl Cluster {
@@ -366,6 +375,7 @@ impl Cluster {
         let router_port = atlantis_testkit::ports::free_port();
         Cluster {
             base: format!("http://{}", manager.addr),
+            token: admin_token(&manager),
             coord,
             hosts: vec![a, b],
             registry,
@@ -384,7 +394,21 @@ impl Cluster {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        self.call_as(&self.token.clone(), method, path, body).await
+    }
+
+    /// As [`Cluster::call`] with another bearer token.
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
         if let Some(b) = body {
             r = r.json(&b);
         }
@@ -427,6 +451,7 @@ impl Cluster {
         let resp = self
             .http
             .get(format!("{}/v1/tasks/{id}/stream", self.base))
+            .bearer_auth(&self.token)
             .timeout(Duration::from_secs(180))
             .send()
             .await
