@@ -165,41 +165,32 @@ impl Store {
 
     /// Audit entries matching `q`, newest first.
     pub async fn audit_log(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, HistoryError> {
-        let mut sql = String::from(
-            "SELECT id, at_ms, user_name, action, app, env, target, source, result, status, detail FROM audit WHERE 1 = 1",
-        );
-        let mut binds: Vec<String> = Vec::new();
-        if let Some(a) = &q.app {
-            binds.push(a.clone());
-            sql.push_str(&format!(" AND app = ${}", binds.len()));
-        }
-        if let Some(u) = &q.user {
-            binds.push(u.clone());
-            sql.push_str(&format!(" AND user_name = ${}", binds.len()));
-        }
-        if let Some(a) = &q.action {
-            let escaped: String = a
-                .chars()
-                .flat_map(|c| match c {
-                    '%' | '_' | '\\' => vec!['\\', c],
-                    c => vec![c],
-                })
-                .collect();
-            binds.push(format!("%{escaped}%"));
-            sql.push_str(&format!(" AND action LIKE ${} ESCAPE '\\'", binds.len()));
-        }
-        let since = q.since_ms.unwrap_or(0);
-        sql.push_str(&format!(" AND at_ms >= ${}", binds.len() + 1));
-        sql.push_str(&format!(
-            " ORDER BY at_ms DESC, seq DESC LIMIT ${}",
-            binds.len() + 2
-        ));
-        let mut query = sqlx::query(&sql);
-        for b in &binds {
-            query = query.bind(b);
-        }
-        let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-        let rows = query.bind(since).bind(limit).fetch_all(&self.pool).await?;
+        let escaped: String = q
+            .action
+            .as_deref()
+            .unwrap_or("")
+            .chars()
+            .flat_map(|c| match c {
+                '%' | '_' | '\\' => vec!['\\', c],
+                c => vec![c],
+            })
+            .collect();
+        let app = q.app.clone().unwrap_or_default();
+        let user = q.user.clone().unwrap_or_default();
+        let rows = sqlx::query(
+            "SELECT id, at_ms, user_name, action, app, env, target, source, result, status, detail FROM audit \
+             WHERE ($1 = '' OR app = $2) AND ($3 = '' OR user_name = $4) AND action LIKE $5 ESCAPE '\\' \
+             AND at_ms >= $6 ORDER BY at_ms DESC, seq DESC LIMIT $7",
+        )
+        .bind(&app)
+        .bind(&app)
+        .bind(&user)
+        .bind(&user)
+        .bind(format!("%{escaped}%"))
+        .bind(q.since_ms.unwrap_or(0))
+        .bind(q.limit.unwrap_or(100).clamp(1, 1000))
+        .fetch_all(&self.pool)
+        .await?;
         rows.iter()
             .map(|r| {
                 Ok(AuditEntry {
