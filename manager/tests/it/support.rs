@@ -97,6 +97,7 @@ impl Host {
                 orphan_grace_ms: 5000,
                 reconcile_interval_ms: 1000,
                 max_body_bytes: 256 * 1024,
+                tls: None,
             };
             let app = atlantis_supervisor::App::build(cfg)
                 .await
