@@ -92,6 +92,31 @@ impl App {
                 StartError::Setup(format!("data dir {}: {e}", cfg.data_dir.display()))
             })?;
         }
+        let supervisor_tls = cfg
+            .supervisor_tls
+            .as_ref()
+            .map(|t| {
+                atlantis_common::tls::client_config(&t.ca_file, Some((&t.cert_file, &t.key_file)))
+                    .map(Arc::new)
+                    .map_err(|e| StartError::Setup(format!("supervisor_tls: {e}")))
+            })
+            .transpose()?;
+        let stop = CancellationToken::new();
+        let api_tls = match &cfg.tls {
+            None => None,
+            Some(t) => {
+                let cert = atlantis_common::tls::ReloadingCert::load(&t.cert_file, &t.key_file)
+                    .map_err(|e| StartError::Setup(format!("tls: {e}")))?;
+                cert.watch(
+                    std::time::Duration::from_millis(t.reload_interval_ms),
+                    stop.clone(),
+                );
+                Some(
+                    atlantis_common::tls::server_config(cert, None)
+                        .map_err(|e| StartError::Setup(format!("tls: {e}")))?,
+                )
+            }
+        };
         let history = History::open(&cfg.database_url()).await?;
         let coord = Coord::connect(cfg.zookeeper.clone()).await?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -118,7 +143,6 @@ impl App {
             metrics: Metrics::new("atlantis_manager"),
             host: cfg.host.to_string(),
         };
-        let stop = CancellationToken::new();
         let http = reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -130,6 +154,7 @@ impl App {
             sealer,
             images,
             token: Arc::new(token),
+            supervisor_tls,
             cfg: Arc::new(cfg.clone()),
             http,
         };
@@ -147,6 +172,10 @@ impl App {
             ));
         let serve_stop = stop.clone();
         let serve = tokio::spawn(async move {
+            if let Some(tls) = api_tls {
+                atlantis_common::tls::serve(listener, tls, router, serve_stop).await;
+                return;
+            }
             let r = axum::serve(
                 listener,
                 router.into_make_service_with_connect_info::<SocketAddr>(),

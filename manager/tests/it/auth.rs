@@ -24,6 +24,14 @@ struct Env {
 impl Env {
     /// A manager (no supervisors) with its key file, LDAP when `ldap` is given.
     async fn start(ldap: Option<&Slapd>) -> Env {
+        Self::start_with(ldap, |_, _| {}).await
+    }
+
+    /// As [`Env::start`], with the config adjusted by `adjust` (given the manager's directory).
+    async fn start_with(
+        ldap: Option<&Slapd>,
+        adjust: impl FnOnce(&mut atlantis_manager::Config, &std::path::Path),
+    ) -> Env {
         use std::os::unix::fs::PermissionsExt as _;
         let zk = ZooKeeper::shared();
         let mut z = ZkConfig::new(zk.connect_string(), "test".parse().unwrap());
@@ -45,6 +53,7 @@ impl Env {
             superuser_group: "admins".into(),
             timeout_ms: 2000,
         });
+        adjust(&mut cfg, dir.path());
         let manager = atlantis_manager::App::build(cfg).await.unwrap();
         Env {
             http: reqwest::Client::builder()
@@ -374,5 +383,56 @@ async fn every_route_refuses_missing_tampered_expired_and_foreign_tokens() {
         v.as_array().unwrap().iter().any(|x| x["result"] == "denied" && x["status"] == 401 && x["user"] == "-"),
         "{v}"
     );
+    e.manager.unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_over_tls_with_certificate_reload() {
+    use atlantis_common::tls::{client_config, dev_ca};
+    let mut files = None;
+    let e = Env::start_with(None, |cfg, dir| {
+        let ca = dev_ca(&dir.join("ca"), &[]).unwrap();
+        cfg.tls = Some(atlantis_manager::config::ServerTlsConfig {
+            cert_file: dir.join("api.pem"),
+            key_file: dir.join("api-key.pem"),
+            reload_interval_ms: 100,
+        });
+        std::fs::copy(&ca.server.0, dir.join("api.pem")).unwrap();
+        std::fs::copy(&ca.server.1, dir.join("api-key.pem")).unwrap();
+        files = Some((ca, dir.to_owned()));
+    })
+    .await;
+    let (ca, dir) = files.unwrap();
+    let m = e.manager.as_ref().unwrap();
+    let token = admin_token(m);
+    let https = |ca_file: &std::path::Path| {
+        reqwest::Client::builder()
+            .no_proxy()
+            .use_preconfigured_tls(client_config(ca_file, None).unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    };
+    let url = format!("https://127.0.0.1:{}/v1/whoami", m.addr.port());
+    let r = https(&ca.ca).get(&url).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = https(&ca.ca).get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 401, "TLS does not replace the token");
+    assert!(
+        e.http.get(format!("http://{}/healthz", m.addr)).send().await.is_err(),
+        "no plain HTTP on a TLS listener"
+    );
+    // The certificate files are replaced (by rename): the new certificate is served without a restart.
+    let next = dev_ca(&dir.join("next-ca"), &[]).unwrap();
+    std::fs::copy(&next.server.1, dir.join("api-key.pem.new")).unwrap();
+    std::fs::copy(&next.server.0, dir.join("api.pem.new")).unwrap();
+    std::fs::rename(dir.join("api-key.pem.new"), dir.join("api-key.pem")).unwrap();
+    std::fs::rename(dir.join("api.pem.new"), dir.join("api.pem")).unwrap();
+    atlantis_testkit::eventually(Duration::from_secs(15), "new certificate served", || async {
+        let r = https(&next.ca).get(&url).bearer_auth(&token).send().await.ok()?;
+        (r.status() == 200).then_some(())
+    })
+    .await;
+    assert!(https(&ca.ca).get(&url).send().await.is_err(), "the old certificate is gone");
     e.manager.unwrap().shutdown().await;
 }

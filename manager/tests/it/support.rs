@@ -42,7 +42,12 @@ pub struct Host {
 }
 
 impl Host {
-    fn start(name: &str, zone: &str, zk: ZkConfig) -> impl Future<Output = Host> + use<> {
+    fn start(
+        name: &str,
+        zone: &str,
+        zk: ZkConfig,
+        ca: atlantis_common::tls::DevCa,
+    ) -> impl Future<Output = Host> + use<> {
         let (name, zone) = (name.to_owned(), zone.to_owned());
         async move {
             let (docker, dir) = tokio::task::spawn_blocking(|| {
@@ -97,7 +102,13 @@ impl Host {
                 orphan_grace_ms: 5000,
                 reconcile_interval_ms: 1000,
                 max_body_bytes: 256 * 1024,
-                tls: None,
+                // Only managers with a client certificate of the cluster CA may call it.
+                tls: Some(atlantis_supervisor::config::TlsConfig {
+                    cert_file: ca.server.0.clone(),
+                    key_file: ca.server.1.clone(),
+                    client_ca_file: ca.ca.clone(),
+                    reload_interval_ms: 10_000,
+                }),
             };
             let app = atlantis_supervisor::App::build(cfg)
                 .await
@@ -329,6 +340,8 @@ pub fn manager_config(
         },
         max_body_bytes: 64 * 1024,
         auth: Default::default(),
+        tls: None,
+        supervisor_tls: None,
     }
 }
 
@@ -346,9 +359,11 @@ impl Cluster {
         zk.session_timeout = Duration::from_secs(6);
         zk.root = Some(format!("/mgr-it-{}", unique()));
         let coord = Coord::connect(zk.clone()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = atlantis_common::tls::dev_ca(&dir.path().join("ca"), &[]).unwrap();
         let (a, b) = tokio::join!(
-            Host::start("host-a", "zone-a", zk.clone()),
-            Host::start("host-b", "zone-b", zk.clone())
+            Host::start("host-a", "zone-a", zk.clone(), ca.clone()),
+            Host::start("host-b", "zone-b", zk.clone(), ca.clone())
         );
         let registry = Registry::start().await;
         let lo = Ipv4Addr::LOCALHOST;
@@ -364,8 +379,13 @@ impl Cluster {
             )
             .await,
         ];
-        let dir = tempfile::tempdir().unwrap();
-        let manager = atlantis_manager::App::build(manager_config(&zk, dir.path(), registry.addr))
+        let mut cfg = manager_config(&zk, dir.path(), registry.addr);
+        cfg.supervisor_tls = Some(atlantis_manager::config::ClientTlsConfig {
+            ca_file: ca.ca.clone(),
+            cert_file: ca.client.0.clone(),
+            key_file: ca.client.1.clone(),
+        });
+        let manager = atlantis_manager::App::build(cfg)
             .await
             .expect("manager starts");
         let http = reqwest::Client::builder()
