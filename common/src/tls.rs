@@ -137,9 +137,13 @@ impl ReloadingCert {
                     _ = tokio::time::sleep(every) => {}
                 }
                 match me.reload_if_changed() {
-                    Ok(true) => tracing::info!(cert = %me.cert.display(), "TLS certificate reloaded."),
+                    Ok(true) => {
+                        tracing::info!(cert = %me.cert.display(), "TLS certificate reloaded.")
+                    }
                     Ok(false) => {}
-                    Err(e) => tracing::warn!(error = %e, "New TLS certificate refused; keeping the old one."),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "New TLS certificate refused; keeping the old one.")
+                    }
                 }
             }
         });
@@ -181,7 +185,10 @@ pub fn server_config(
 }
 
 /// A client config trusting the CAs of `ca`, presenting `identity` (certificate, key files) when given.
-pub fn client_config(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<ClientConfig, TlsError> {
+pub fn client_config(
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+) -> Result<ClientConfig, TlsError> {
     let builder = ClientConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_root_certificates(load_roots(ca)?);
@@ -217,23 +224,24 @@ pub async fn serve(
             },
         };
         let acceptor = acceptor.clone();
-        let svc = router
-            .clone()
-            .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+        let svc = router.clone().map_request(
+            move |mut req: axum::http::Request<hyper::body::Incoming>| {
                 req.extensions_mut()
                     .insert(axum::extract::ConnectInfo::<SocketAddr>(peer));
                 req
-            });
+            },
+        );
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake refused.");
-                    return;
-                }
-                Err(_) => return,
-            };
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake refused.");
+                        return;
+                    }
+                    Err(_) => return,
+                };
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             let conn = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), TowerToHyperService::new(svc));

@@ -88,7 +88,7 @@ impl Ctx {
             self.supervisor_tls.as_deref().cloned(),
         )
         .map(|c| c.with_deploy_timeout(Duration::from_millis(self.cfg.deploy.start_timeout_ms)))
-            .map_err(|e| e.to_string())
+        .map_err(|e| e.to_string())
     }
 
     /// The app's record, or 404.

@@ -91,7 +91,10 @@ impl IntoResponse for ApiError {
             message: self.to_string(),
         };
         if status == StatusCode::UNAUTHORIZED {
-            let challenge = [(axum::http::header::WWW_AUTHENTICATE, "Bearer realm=\"atlantis\"")];
+            let challenge = [(
+                axum::http::header::WWW_AUTHENTICATE,
+                "Bearer realm=\"atlantis\"",
+            )];
             return (status, challenge, Json(body)).into_response();
         }
         (status, Json(body)).into_response()

@@ -180,8 +180,8 @@ impl App {
                 listener,
                 router.into_make_service_with_connect_info::<SocketAddr>(),
             )
-                .with_graceful_shutdown(serve_stop.cancelled_owned())
-                .await;
+            .with_graceful_shutdown(serve_stop.cancelled_owned())
+            .await;
             if let Err(e) = r {
                 tracing::error!(error = %e, "Manager API server failed.");
             }

@@ -190,9 +190,7 @@ pub async fn create_token(
 ) -> Result<Json<TokenResponse>, ApiError> {
     let r: TokenRequest = read_json(body).await?;
     check_user_name(&r.name).map_err(|_| {
-        ApiError::InvalidRequest(
-            "token names are 1 to 64 letters, digits, '.', '_' or '-'".into(),
-        )
+        ApiError::InvalidRequest("token names are 1 to 64 letters, digits, '.', '_' or '-'".into())
     })?;
     if r.apps.is_empty() || r.apps.len() > 100 {
         return Err(ApiError::InvalidRequest(

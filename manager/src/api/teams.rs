@@ -83,11 +83,7 @@ pub async fn disallow(
 ) -> Result<StatusCode, ApiError> {
     let team: TeamName = name(&team)?;
     let app: AppName = name(&app)?;
-    if auth
-        .store()
-        .disallow(team.as_str(), app.as_str())
-        .await?
-    {
+    if auth.store().disallow(team.as_str(), app.as_str()).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!(

@@ -26,7 +26,9 @@ pub struct Identity {
 #[derive(Debug, thiserror::Error)]
 pub enum LoginError {
     /// The user name has characters a user name cannot have.
-    #[error("user names are 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit")]
+    #[error(
+        "user names are 1 to 64 letters, digits, '.', '_' or '-', starting with a letter or digit"
+    )]
     BadName,
     /// Wrong user or password (the same answer for both).
     #[error("invalid user name or password")]
@@ -126,7 +128,9 @@ impl Directory {
             }
             rc => {
                 let _ = ldap.unbind().await;
-                return Err(LoginError::Unavailable(format!("bind refused with code {rc}")));
+                return Err(LoginError::Unavailable(format!(
+                    "bind refused with code {rc}"
+                )));
             }
         }
         let filter = format!(
@@ -169,8 +173,19 @@ mod tests {
     #[test]
     fn user_names_that_mean_something_to_ldap_are_refused() {
         for bad in [
-            "", "*", "a*", "a)(uid=*", ")(", "a\0b", "a,ou=x", "a=b", "a\\2a", " a", "-a",
-            "é", &"a".repeat(65),
+            "",
+            "*",
+            "a*",
+            "a)(uid=*",
+            ")(",
+            "a\0b",
+            "a,ou=x",
+            "a=b",
+            "a\\2a",
+            " a",
+            "-a",
+            "é",
+            &"a".repeat(65),
         ] {
             assert!(check_user_name(bad).is_err(), "{bad:?}");
         }

@@ -6,7 +6,9 @@ use std::net::SocketAddr;
 
 use atlantis_common::ContainerId;
 use axum::body::Body;
-use axum::extract::{ConnectInfo, FromRequestParts as _, MatchedPath, RawPathParams, Request, State};
+use axum::extract::{
+    ConnectInfo, FromRequestParts as _, MatchedPath, RawPathParams, Request, State,
+};
 use axum::http::{HeaderMap, Method, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse as _, Response};
@@ -72,7 +74,11 @@ pub async fn check(State(auth): State<Auth>, req: Request, next: Next) -> Respon
         .map(|m| m.as_str().to_owned());
     let params: HashMap<String, String> = RawPathParams::from_request_parts(&mut parts, &())
         .await
-        .map(|p| p.iter().map(|(k, v)| (k.to_owned(), v.to_owned())).collect())
+        .map(|p| {
+            p.iter()
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect()
+        })
         .unwrap_or_default();
     let audited = policy::mutating(&method);
     let mut rec = AuditEntry {
@@ -119,7 +125,17 @@ pub async fn check(State(auth): State<Auth>, req: Request, next: Next) -> Respon
         rec.detail = truncate(format!("command: {cmd}"));
     }
     let need = policy::classify(&method, template.as_deref(), &params);
-    match authorize(&auth, &principal, &method, template.as_deref(), need, &parts.uri, json.as_ref()).await {
+    match authorize(
+        &auth,
+        &principal,
+        &method,
+        template.as_deref(),
+        need,
+        &parts.uri,
+        json.as_ref(),
+    )
+    .await
+    {
         Ok(Some(app)) => rec.app = app,
         Ok(None) => {}
         Err(e) => return finish(&auth, audited.then_some(rec), e.into_response()).await,
@@ -180,7 +196,9 @@ async fn authorize(
             Scope::Deploy => policy::ci_deploy_allowed(method, template),
         };
         if !ok {
-            return forbid(format!("this token's scope ({scope:?}) does not allow that call").to_lowercase());
+            return forbid(
+                format!("this token's scope ({scope:?}) does not allow that call").to_lowercase(),
+            );
         }
     }
     let app = match need {
@@ -200,7 +218,8 @@ async fn authorize(
                 return forbid("CI tokens cannot register apps".into());
             }
             let team = body.and_then(|b| b.get("team")).and_then(|t| t.as_str());
-            if p.superuser || team.is_some_and(|t| p.teams.iter().any(|m| m == t)) || body.is_none() {
+            if p.superuser || team.is_some_and(|t| p.teams.iter().any(|m| m == t)) || body.is_none()
+            {
                 // An unreadable body is refused by the handler with 400.
                 return Ok(None);
             }

@@ -98,17 +98,28 @@ mod tests {
             Need::Superuser
         );
         assert_eq!(
-            classify(&Method::PUT, Some("/v1/router-config/{kind}/{section}/{name}"), &none),
+            classify(
+                &Method::PUT,
+                Some("/v1/router-config/{kind}/{section}/{name}"),
+                &none
+            ),
             Need::Superuser
         );
         assert_eq!(
             classify(&Method::POST, Some("/v1/something-new"), &none),
             Need::Superuser
         );
-        assert_eq!(classify(&Method::GET, Some("/v1/usage"), &none), Need::Token);
+        assert_eq!(
+            classify(&Method::GET, Some("/v1/usage"), &none),
+            Need::Token
+        );
         let app = params(&[("app", "web"), ("env", "prod")]);
         assert_eq!(
-            classify(&Method::POST, Some("/v1/apps/{app}/envs/{env}/deploy"), &app),
+            classify(
+                &Method::POST,
+                Some("/v1/apps/{app}/envs/{env}/deploy"),
+                &app
+            ),
             Need::App {
                 app: "web".into(),
                 env: Some("prod".into())

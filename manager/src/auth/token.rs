@@ -132,7 +132,8 @@ impl Keys {
         let text = std::fs::read_to_string(path).map_err(io)?;
         let mut secrets = Vec::new();
         for line in text.lines().map(str::trim).filter(|l| !l.is_empty()) {
-            let bytes = hex::decode(line).map_err(|_| KeyError::Format(path.display().to_string()))?;
+            let bytes =
+                hex::decode(line).map_err(|_| KeyError::Format(path.display().to_string()))?;
             let s: [u8; 32] = bytes
                 .try_into()
                 .map_err(|_| KeyError::Format(path.display().to_string()))?;
@@ -233,11 +234,8 @@ mod tests {
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(matches!(Keys::load(&p, false), Err(KeyError::Mode(_))));
         std::fs::write(d.path().join("bad"), "zz\n").unwrap();
-        std::fs::set_permissions(
-            d.path().join("bad"),
-            std::fs::Permissions::from_mode(0o600),
-        )
-        .unwrap();
+        std::fs::set_permissions(d.path().join("bad"), std::fs::Permissions::from_mode(0o600))
+            .unwrap();
         assert!(matches!(
             Keys::load(&d.path().join("bad"), false),
             Err(KeyError::Format(_))

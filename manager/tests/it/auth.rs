@@ -139,138 +139,379 @@ async fn ldap_teams_grants_tokens_and_audit() {
     let bob = e.token("bob", "bob-pw").await;
     let root = e.token("root", "root-pw").await;
     let (s, v) = e.call(Some(&root), Method::GET, "/v1/whoami", None).await;
-    assert_eq!((s, &v), (200, &json!({"user": "root", "teams": ["admins"], "superuser": true})));
-    for (u, p) in [("alice", "bob-pw"), ("alice", ""), ("nobody", "x"), ("bob", "bob-pw ")] {
+    assert_eq!(
+        (s, &v),
+        (
+            200,
+            &json!({"user": "root", "teams": ["admins"], "superuser": true})
+        )
+    );
+    for (u, p) in [
+        ("alice", "bob-pw"),
+        ("alice", ""),
+        ("nobody", "x"),
+        ("bob", "bob-pw "),
+    ] {
         let (s, v) = e.login(u, p).await;
-        assert_eq!((s, v["code"].as_str()), (401, Some("unauthorized")), "{u}: {v}");
-        assert!(!v.to_string().contains(p) || p.is_empty(), "the password is not echoed: {v}");
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (401, Some("unauthorized")),
+            "{u}: {v}"
+        );
+        assert!(
+            !v.to_string().contains(p) || p.is_empty(),
+            "the password is not echoed: {v}"
+        );
     }
     // LDAP injection in the user name is refused before any LDAP call.
-    for u in ["*", "alice)(uid=*", ")(", "alice\0", "*)(|(uid=*", "uid=alice,ou=people"] {
+    for u in [
+        "*",
+        "alice)(uid=*",
+        ")(",
+        "alice\0",
+        "*)(|(uid=*",
+        "uid=alice,ou=people",
+    ] {
         let (s, v) = e.login(u, "alice-pw").await;
-        assert_eq!((s, v["code"].as_str()), (400, Some("invalid_request")), "{u:?}: {v}");
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (400, Some("invalid_request")),
+            "{u:?}: {v}"
+        );
     }
 
     // --- Apps of two teams: members act on their team's app, get 403 on the other's; root on both.
     let (s, v) = e
-        .call(Some(&alice), Method::POST, "/v1/apps", Some(json!({"name": "app-b", "team": "team-b"})))
+        .call(
+            Some(&alice),
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "app-b", "team": "team-b"})),
+        )
         .await;
     assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")), "{v}");
     let (s, v) = e
-        .call(Some(&alice), Method::POST, "/v1/apps", Some(json!({"name": "app-x"})))
+        .call(
+            Some(&alice),
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "app-x"})),
+        )
         .await;
     assert_eq!(s, 403, "a user's app names one of the user's teams: {v}");
     for (tok, app, team) in [(&alice, "app-a", "team-a"), (&bob, "app-b", "team-b")] {
         let (s, v) = e
-            .call(Some(tok), Method::POST, "/v1/apps", Some(json!({"name": app, "team": team})))
+            .call(
+                Some(tok),
+                Method::POST,
+                "/v1/apps",
+                Some(json!({"name": app, "team": team})),
+            )
             .await;
         assert_eq!(s, 201, "{v}");
     }
-    let update = |app: &str, team: &str| Some(json!({"name": app, "team": team, "repo": "git@example:x"}));
-    assert_eq!(e.call(Some(&alice), Method::PUT, "/v1/apps/app-a", update("app-a", "team-a")).await.0, 200);
-    assert_eq!(e.call(Some(&alice), Method::GET, "/v1/apps/app-a", None).await.0, 200);
+    let update =
+        |app: &str, team: &str| Some(json!({"name": app, "team": team, "repo": "git@example:x"}));
+    assert_eq!(
+        e.call(
+            Some(&alice),
+            Method::PUT,
+            "/v1/apps/app-a",
+            update("app-a", "team-a")
+        )
+        .await
+        .0,
+        200
+    );
+    assert_eq!(
+        e.call(Some(&alice), Method::GET, "/v1/apps/app-a", None)
+            .await
+            .0,
+        200
+    );
     for (m, path, body) in [
         (Method::GET, "/v1/apps/app-b", None),
         (Method::PUT, "/v1/apps/app-b", update("app-b", "team-b")),
         (Method::DELETE, "/v1/apps/app-b", None),
-        (Method::POST, "/v1/apps/app-b/envs/prod/deploy", Some(json!({"sha": "0123456789abcdef0123456789abcdef01234567"}))),
+        (
+            Method::POST,
+            "/v1/apps/app-b/envs/prod/deploy",
+            Some(json!({"sha": "0123456789abcdef0123456789abcdef01234567"})),
+        ),
         (Method::POST, "/v1/apps/app-b/teardown", None),
         (Method::GET, "/v1/apps/app-b/envs/prod/releases", None),
         (Method::GET, "/v1/tasks", None),
         (Method::GET, "/v1/tasks?app=app-b", None),
         (Method::GET, "/v1/audit", None),
         (Method::POST, "/v1/envs", Some(json!({"name": "staging"}))),
-        (Method::PUT, "/v1/router-config/external/ports/p1", Some(json!({}))),
+        (
+            Method::PUT,
+            "/v1/router-config/external/ports/p1",
+            Some(json!({})),
+        ),
         (Method::PUT, "/v1/teams/team-a/apps/app-b", None),
         (Method::GET, "/v1/teams/team-b/apps", None),
     ] {
         let (s, v) = e.call(Some(&alice), m.clone(), path, body).await;
-        assert_eq!((s, v["code"].as_str()), (403, Some("forbidden")), "alice {m} {path}: {v}");
+        assert_eq!(
+            (s, v["code"].as_str()),
+            (403, Some("forbidden")),
+            "alice {m} {path}: {v}"
+        );
     }
     // Moving her app to a team she is not in is refused too.
-    let (s, _) = e.call(Some(&alice), Method::PUT, "/v1/apps/app-a", update("app-a", "team-b")).await;
+    let (s, _) = e
+        .call(
+            Some(&alice),
+            Method::PUT,
+            "/v1/apps/app-a",
+            update("app-a", "team-b"),
+        )
+        .await;
     assert_eq!(s, 403);
     // A deploy of her own app passes authorisation and reaches the engine (which has no image here).
     let (s, v) = e
-        .call(Some(&alice), Method::POST, "/v1/apps/app-a/envs/prod/deploy", Some(json!({"sha": "0123456789abcdef0123456789abcdef01234567"})))
+        .call(
+            Some(&alice),
+            Method::POST,
+            "/v1/apps/app-a/envs/prod/deploy",
+            Some(json!({"sha": "0123456789abcdef0123456789abcdef01234567"})),
+        )
         .await;
     assert!(s != 403 && s != 401, "alice deploys app-a: {s} {v}");
     for app in ["app-a", "app-b"] {
-        let (s, v) = e.call(Some(&root), Method::GET, &format!("/v1/apps/{app}"), None).await;
+        let (s, v) = e
+            .call(Some(&root), Method::GET, &format!("/v1/apps/{app}"), None)
+            .await;
         assert_eq!(s, 200, "{v}");
         let team = if app == "app-a" { "team-a" } else { "team-b" };
-        assert_eq!(e.call(Some(&root), Method::PUT, &format!("/v1/apps/{app}"), update(app, team)).await.0, 200);
+        assert_eq!(
+            e.call(
+                Some(&root),
+                Method::PUT,
+                &format!("/v1/apps/{app}"),
+                update(app, team)
+            )
+            .await
+            .0,
+            200
+        );
     }
-    assert_eq!(e.call(Some(&root), Method::POST, "/v1/envs", Some(json!({"name": "staging"}))).await.0, 201);
+    assert_eq!(
+        e.call(
+            Some(&root),
+            Method::POST,
+            "/v1/envs",
+            Some(json!({"name": "staging"}))
+        )
+        .await
+        .0,
+        201
+    );
 
     // --- Grants: root allows team-a on app-b, alice then reads it; disallow takes it back.
-    assert_eq!(e.call(Some(&root), Method::PUT, "/v1/teams/team-a/apps/app-b", None).await.0, 204);
-    assert_eq!(e.call(Some(&alice), Method::GET, "/v1/apps/app-b", None).await.0, 200);
-    let (s, v) = e.call(Some(&alice), Method::GET, "/v1/teams/team-a/apps", None).await;
+    assert_eq!(
+        e.call(
+            Some(&root),
+            Method::PUT,
+            "/v1/teams/team-a/apps/app-b",
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        e.call(Some(&alice), Method::GET, "/v1/apps/app-b", None)
+            .await
+            .0,
+        200
+    );
+    let (s, v) = e
+        .call(Some(&alice), Method::GET, "/v1/teams/team-a/apps", None)
+        .await;
     assert_eq!((s, v), (200, json!(["app-a", "app-b"])));
     let (s, v) = e.call(Some(&root), Method::GET, "/v1/teams", None).await;
     assert_eq!(s, 200);
     for t in ["team-a", "team-b"] {
         assert!(v.as_array().unwrap().contains(&json!(t)), "{v}");
     }
-    assert_eq!(e.call(Some(&alice), Method::GET, "/v1/teams", None).await.1, json!(["team-a"]));
-    assert_eq!(e.call(Some(&root), Method::DELETE, "/v1/teams/team-a/apps/app-b", None).await.0, 204);
-    assert_eq!(e.call(Some(&root), Method::DELETE, "/v1/teams/team-a/apps/app-b", None).await.0, 404);
-    assert_eq!(e.call(Some(&alice), Method::GET, "/v1/apps/app-b", None).await.0, 403);
+    assert_eq!(
+        e.call(Some(&alice), Method::GET, "/v1/teams", None).await.1,
+        json!(["team-a"])
+    );
+    assert_eq!(
+        e.call(
+            Some(&root),
+            Method::DELETE,
+            "/v1/teams/team-a/apps/app-b",
+            None
+        )
+        .await
+        .0,
+        204
+    );
+    assert_eq!(
+        e.call(
+            Some(&root),
+            Method::DELETE,
+            "/v1/teams/team-a/apps/app-b",
+            None
+        )
+        .await
+        .0,
+        404
+    );
+    assert_eq!(
+        e.call(Some(&alice), Method::GET, "/v1/apps/app-b", None)
+            .await
+            .0,
+        403
+    );
 
     // --- CI tokens: limited to their apps and scope; only for apps the user may act on.
     let (s, v) = e
-        .call(Some(&alice), Method::POST, "/v1/tokens", Some(json!({"name": "ci", "apps": ["app-b"], "scope": "deploy", "ttl_s": 600})))
+        .call(
+            Some(&alice),
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "ci", "apps": ["app-b"], "scope": "deploy", "ttl_s": 600})),
+        )
         .await;
     assert_eq!(s, 403, "{v}");
     let (s, v) = e
-        .call(Some(&alice), Method::POST, "/v1/tokens", Some(json!({"name": "ci", "apps": ["app-a"], "scope": "read", "ttl_s": 600})))
+        .call(
+            Some(&alice),
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "ci", "apps": ["app-a"], "scope": "read", "ttl_s": 600})),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     let ci = v["token"].as_str().unwrap().to_owned();
-    assert_eq!(e.call(Some(&ci), Method::GET, "/v1/apps/app-a", None).await.0, 200);
-    assert_eq!(e.call(Some(&ci), Method::PUT, "/v1/apps/app-a", update("app-a", "team-a")).await.0, 403);
-    assert_eq!(e.call(Some(&ci), Method::GET, "/v1/apps/app-b", None).await.0, 403);
     assert_eq!(
-        e.call(Some(&ci), Method::POST, "/v1/tokens", Some(json!({"name": "x", "apps": ["app-a"], "scope": "deploy", "ttl_s": 60}))).await.0,
+        e.call(Some(&ci), Method::GET, "/v1/apps/app-a", None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        e.call(
+            Some(&ci),
+            Method::PUT,
+            "/v1/apps/app-a",
+            update("app-a", "team-a")
+        )
+        .await
+        .0,
+        403
+    );
+    assert_eq!(
+        e.call(Some(&ci), Method::GET, "/v1/apps/app-b", None)
+            .await
+            .0,
+        403
+    );
+    assert_eq!(
+        e.call(
+            Some(&ci),
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "x", "apps": ["app-a"], "scope": "deploy", "ttl_s": 60}))
+        )
+        .await
+        .0,
         403,
         "a CI token cannot mint tokens"
     );
     let (s, _) = e
-        .call(Some(&alice), Method::POST, "/v1/tokens", Some(json!({"name": "ci", "apps": ["app-a"], "scope": "read", "ttl_s": 999_999_999})))
+        .call(
+            Some(&alice),
+            Method::POST,
+            "/v1/tokens",
+            Some(json!({"name": "ci", "apps": ["app-a"], "scope": "read", "ttl_s": 999_999_999})),
+        )
         .await;
     assert_eq!(s, 400, "TTL bounded");
 
     // --- The audit log: who, what, which app, from where, result; newest first.
-    let (s, v) = e.call(Some(&root), Method::GET, "/v1/audit?user=alice&limit=1000", None).await;
+    let (s, v) = e
+        .call(
+            Some(&root),
+            Method::GET,
+            "/v1/audit?user=alice&limit=1000",
+            None,
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     let entries = v.as_array().unwrap();
     let denied = entries
         .iter()
         .find(|x| x["action"] == "DELETE /v1/apps/{app}" && x["app"] == "app-b")
         .expect("alice's refused delete of app-b is audited");
-    assert_eq!((denied["result"].as_str(), denied["status"].as_u64()), (Some("denied"), Some(403)));
-    assert!(denied["source"].as_str().unwrap().starts_with("127.0.0.1:"), "{denied}");
-    assert!(denied["detail"].as_str().unwrap().contains("forbidden"), "{denied}");
+    assert_eq!(
+        (denied["result"].as_str(), denied["status"].as_u64()),
+        (Some("denied"), Some(403))
+    );
+    assert!(
+        denied["source"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{denied}"
+    );
+    assert!(
+        denied["detail"].as_str().unwrap().contains("forbidden"),
+        "{denied}"
+    );
     let ok = entries
         .iter()
         .find(|x| x["action"] == "PUT /v1/apps/{app}" && x["app"] == "app-a" && x["result"] == "ok")
         .expect("alice's update of app-a is audited");
     assert_eq!(ok["user"], "alice");
-    assert!(entries.iter().any(|x| x["action"] == "login" && x["result"] == "denied"), "failed logins audited");
-    let times: Vec<i64> = entries.iter().map(|x| x["at_ms"].as_i64().unwrap()).collect();
-    assert!(times.windows(2).all(|w| w[0] >= w[1]), "newest first: {times:?}");
+    assert!(
+        entries
+            .iter()
+            .any(|x| x["action"] == "login" && x["result"] == "denied"),
+        "failed logins audited"
+    );
+    let times: Vec<i64> = entries
+        .iter()
+        .map(|x| x["at_ms"].as_i64().unwrap())
+        .collect();
+    assert!(
+        times.windows(2).all(|w| w[0] >= w[1]),
+        "newest first: {times:?}"
+    );
     // A user reads the audit of an app of theirs, not another's.
-    let (s, v) = e.call(Some(&alice), Method::GET, "/v1/audit?app=app-a", None).await;
+    let (s, v) = e
+        .call(Some(&alice), Method::GET, "/v1/audit?app=app-a", None)
+        .await;
     assert_eq!(s, 200);
-    assert!(v.as_array().unwrap().iter().all(|x| x["app"] == "app-a"), "{v}");
-    assert_eq!(e.call(Some(&alice), Method::GET, "/v1/audit?app=app-b", None).await.0, 403);
-    let (s, v) = e.call(Some(&root), Method::GET, "/v1/audit?action=login&limit=2", None).await;
+    assert!(
+        v.as_array().unwrap().iter().all(|x| x["app"] == "app-a"),
+        "{v}"
+    );
+    assert_eq!(
+        e.call(Some(&alice), Method::GET, "/v1/audit?app=app-b", None)
+            .await
+            .0,
+        403
+    );
+    let (s, v) = e
+        .call(
+            Some(&root),
+            Method::GET,
+            "/v1/audit?action=login&limit=2",
+            None,
+        )
+        .await;
     assert_eq!((s, v.as_array().unwrap().len()), (200, 2));
 
     // --- LDAP down: a clear 503 and nobody gets in; injection is still refused without LDAP.
     slapd.stop();
-    for (u, p) in [("alice", "alice-pw"), ("root", "root-pw"), ("root", "wrong")] {
+    for (u, p) in [
+        ("alice", "alice-pw"),
+        ("root", "root-pw"),
+        ("root", "wrong"),
+    ] {
         let (s, v) = e.login(u, p).await;
         assert_eq!((s, v["code"].as_str()), (503, Some("unavailable")), "{v}");
         assert!(v["message"].as_str().unwrap().contains("LDAP"), "{v}");
@@ -303,7 +544,10 @@ async fn every_route_refuses_missing_tampered_expired_and_foreign_tokens() {
     {
         use std::os::unix::fs::PermissionsExt as _;
         let f = m.admin_token_file.as_ref().unwrap();
-        assert_eq!(std::fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            std::fs::metadata(f).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
     }
     let (s, v) = e.call(Some(&admin), Method::GET, "/v1/whoami", None).await;
     assert_eq!((s, v["superuser"].as_bool()), (200, Some(true)), "{v}");
@@ -320,10 +564,18 @@ async fn every_route_refuses_missing_tampered_expired_and_foreign_tokens() {
         let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
         let mut claims: Value = serde_json::from_slice(&b64.decode(payload).unwrap()).unwrap();
         claims["su"] = json!(true);
-        format!("v1.{}.{sig}", b64.encode(serde_json::to_vec(&claims).unwrap()))
+        format!(
+            "v1.{}.{sig}",
+            b64.encode(serde_json::to_vec(&claims).unwrap())
+        )
     };
     let valid_user = sign(SECRET, false, now + 3_600_000);
-    assert_eq!(e.call(Some(&valid_user), Method::GET, "/v1/whoami", None).await.0, 200);
+    assert_eq!(
+        e.call(Some(&valid_user), Method::GET, "/v1/whoami", None)
+            .await
+            .0,
+        200
+    );
 
     let (s, doc) = e.call(None, Method::GET, "/openapi.json", None).await;
     assert_eq!(s, 200, "the API description is public");
@@ -341,7 +593,14 @@ async fn every_route_refuses_missing_tampered_expired_and_foreign_tokens() {
             let m2 = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             if path == "/v1/login" {
                 // Exempt: answers without a token (here: no LDAP configured).
-                let (s, _) = e.call(None, m2, &concrete, Some(json!({"user": "a", "password": "b"}))).await;
+                let (s, _) = e
+                    .call(
+                        None,
+                        m2,
+                        &concrete,
+                        Some(json!({"user": "a", "password": "b"})),
+                    )
+                    .await;
                 assert_eq!(s, 400);
                 continue;
             }
@@ -377,10 +636,20 @@ async fn every_route_refuses_missing_tampered_expired_and_foreign_tokens() {
     assert_eq!(r.status(), 401);
     assert_eq!(e.call(None, Method::GET, "/healthz", None).await.0, 200);
     // The refusals of writes are audited as such.
-    let (s, v) = e.call(Some(&admin), Method::GET, "/v1/audit?action=POST&limit=1000", None).await;
+    let (s, v) = e
+        .call(
+            Some(&admin),
+            Method::GET,
+            "/v1/audit?action=POST&limit=1000",
+            None,
+        )
+        .await;
     assert_eq!(s, 200);
     assert!(
-        v.as_array().unwrap().iter().any(|x| x["result"] == "denied" && x["status"] == 401 && x["user"] == "-"),
+        v.as_array()
+            .unwrap()
+            .iter()
+            .any(|x| x["result"] == "denied" && x["status"] == 401 && x["user"] == "-"),
         "{v}"
     );
     e.manager.unwrap().shutdown().await;
@@ -414,12 +683,21 @@ async fn api_over_tls_with_certificate_reload() {
             .unwrap()
     };
     let url = format!("https://127.0.0.1:{}/v1/whoami", m.addr.port());
-    let r = https(&ca.ca).get(&url).bearer_auth(&token).send().await.unwrap();
+    let r = https(&ca.ca)
+        .get(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = https(&ca.ca).get(&url).send().await.unwrap();
     assert_eq!(r.status(), 401, "TLS does not replace the token");
     assert!(
-        e.http.get(format!("http://{}/healthz", m.addr)).send().await.is_err(),
+        e.http
+            .get(format!("http://{}/healthz", m.addr))
+            .send()
+            .await
+            .is_err(),
         "no plain HTTP on a TLS listener"
     );
     // The certificate files are replaced (by rename): the new certificate is served without a restart.
@@ -428,11 +706,23 @@ async fn api_over_tls_with_certificate_reload() {
     std::fs::copy(&next.server.0, dir.join("api.pem.new")).unwrap();
     std::fs::rename(dir.join("api-key.pem.new"), dir.join("api-key.pem")).unwrap();
     std::fs::rename(dir.join("api.pem.new"), dir.join("api.pem")).unwrap();
-    atlantis_testkit::eventually(Duration::from_secs(15), "new certificate served", || async {
-        let r = https(&next.ca).get(&url).bearer_auth(&token).send().await.ok()?;
-        (r.status() == 200).then_some(())
-    })
+    atlantis_testkit::eventually(
+        Duration::from_secs(15),
+        "new certificate served",
+        || async {
+            let r = https(&next.ca)
+                .get(&url)
+                .bearer_auth(&token)
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        },
+    )
     .await;
-    assert!(https(&ca.ca).get(&url).send().await.is_err(), "the old certificate is gone");
+    assert!(
+        https(&ca.ca).get(&url).send().await.is_err(),
+        "the old certificate is gone"
+    );
     e.manager.unwrap().shutdown().await;
 }

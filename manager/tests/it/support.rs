@@ -347,7 +347,10 @@ pub fn manager_config(
 
 /// The admin token a manager without LDAP wrote at its first start.
 pub fn admin_token(m: &atlantis_manager::App) -> String {
-    let f = m.admin_token_file.as_ref().expect("no LDAP: an admin token file");
+    let f = m
+        .admin_token_file
+        .as_ref()
+        .expect("no LDAP: an admin token file");
     std::fs::read_to_string(f).unwrap().trim().to_owned()
 }
 

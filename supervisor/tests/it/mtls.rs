@@ -2,9 +2,9 @@
 //! certificate, a certificate of another CA, or the right token over plain HTTP: refused, nothing done.
 
 use atlantis_common::tls::{client_config, dev_ca};
+use atlantis_supervisor::App;
 use atlantis_supervisor::client::SupervisorClient;
 use atlantis_supervisor::config::TlsConfig;
-use atlantis_supervisor::App;
 
 use crate::{Host, TOKEN, init_tracing, spec};
 
@@ -31,7 +31,11 @@ async fn only_managers_with_a_cluster_certificate_get_in() {
     let refused = [
         (
             "no client certificate",
-            SupervisorClient::with_tls(&base, TOKEN, Some(client_config(&cluster.ca, None).unwrap())),
+            SupervisorClient::with_tls(
+                &base,
+                TOKEN,
+                Some(client_config(&cluster.ca, None).unwrap()),
+            ),
         ),
         (
             "another CA's certificate",
