@@ -29,11 +29,25 @@ enum Command {
         #[arg(long = "name")]
         names: Vec<String>,
     },
+    /// Prints the public key of a registry token key file (`auth.registry.key_file`; created 0600 when
+    /// absent), for the registry's `[auth.token] public_key`.
+    RegistryPublicKey {
+        /// The key file.
+        #[arg(long)]
+        key_file: PathBuf,
+    },
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::RegistryPublicKey { key_file }) = &args.command {
+        let key = atlantis_manager::auth::registry::public_key(key_file)
+            .map_err(anyhow::Error::msg)
+            .context("reading the registry key")?;
+        println!("{key}");
+        return Ok(());
+    }
     if let Some(Command::DevCa { out, names }) = args.command {
         let files = atlantis_common::tls::dev_ca(&out, &names).context("writing the CA")?;
         println!(

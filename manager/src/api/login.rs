@@ -32,6 +32,7 @@ pub fn router(auth: Auth) -> Router {
             put(super::teams::allow).delete(super::teams::disallow),
         )
         .route("/v1/audit", get(super::audit::list))
+        .route("/v1/registry/token", get(registry_token))
         .with_state(auth)
 }
 
@@ -227,5 +228,135 @@ pub async fn create_token(
     Ok(Json(TokenResponse {
         token,
         expires_ms: exp,
+    }))
+}
+
+/// A registry token (Docker token authentication).
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RegistryToken {
+    /// The bearer token for the registry.
+    pub token: String,
+    /// The same (OAuth2 clients read this one).
+    pub access_token: String,
+    /// Lifetime, seconds.
+    pub expires_in: u64,
+}
+
+/// Who asks for a registry token.
+enum RegistryCaller {
+    /// A user or CI token.
+    Api(Principal),
+    /// A supervisor presenting the cluster token: pulls only.
+    Supervisor,
+}
+
+fn registry_caller(
+    auth: &Auth,
+    headers: &axum::http::HeaderMap,
+) -> Result<RegistryCaller, ApiError> {
+    use base64::Engine as _;
+    let raw = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| {
+            ApiError::Unauthorized(
+                "send Basic credentials (password: an Atlantis token) or a bearer token".into(),
+            )
+        })?;
+    let (scheme, rest) = raw
+        .split_once(' ')
+        .ok_or_else(|| ApiError::Unauthorized("malformed Authorization header".into()))?;
+    let secret = if scheme.eq_ignore_ascii_case("basic") {
+        let text = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim())
+            .ok()
+            .and_then(|b| String::from_utf8(b).ok())
+            .ok_or_else(|| ApiError::Unauthorized("malformed Basic credentials".into()))?;
+        let (_, password) = text
+            .split_once(':')
+            .ok_or_else(|| ApiError::Unauthorized("malformed Basic credentials".into()))?;
+        password.to_owned()
+    } else if scheme.eq_ignore_ascii_case("bearer") {
+        rest.trim().to_owned()
+    } else {
+        return Err(ApiError::Unauthorized(
+            "unsupported authorization scheme".into(),
+        ));
+    };
+    let cluster = auth.ctx.token.as_bytes();
+    let same = secret.len() == cluster.len()
+        && secret
+            .as_bytes()
+            .iter()
+            .zip(cluster)
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        return Ok(RegistryCaller::Supervisor);
+    }
+    auth.verify(&secret).map(RegistryCaller::Api)
+}
+
+/// `GET /v1/registry/token?service=&scope=repository:<name>:<actions>`: Docker token authentication.
+/// Basic credentials whose password is an Atlantis token (or the cluster token, for supervisors' pulls);
+/// the token grants the asked actions that the caller is allowed, possibly none.
+#[utoipa::path(get, path = "/v1/registry/token", tag = "auth", params(("service" = Option<String>, Query), ("scope" = Option<String>, Query)), responses((status = 200, description = "A registry token", body = RegistryToken), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
+pub async fn registry_token(
+    State(auth): State<Auth>,
+    headers: axum::http::HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<Vec<(String, String)>>,
+) -> Result<Json<RegistryToken>, ApiError> {
+    use crate::auth::registry::{Grant, parse_scope};
+    let caller = registry_caller(&auth, &headers)?;
+    let signer = auth.registry().ok_or_else(|| {
+        ApiError::NotFound("registry token authentication is not configured".into())
+    })?;
+    if let Some((_, s)) = q.iter().find(|(k, _)| k == "service")
+        && s != &signer.cfg().service
+    {
+        return Err(ApiError::InvalidRequest(format!("unknown service {s:?}")));
+    }
+    let scopes: Vec<&str> = q
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' '))
+        .filter(|s| !s.is_empty())
+        .take(20)
+        .collect();
+    let mut access = Vec::new();
+    for s in scopes {
+        let Some((name, wanted)) = parse_scope(s) else {
+            continue;
+        };
+        let (pull, push) = match &caller {
+            RegistryCaller::Supervisor => (true, false),
+            RegistryCaller::Api(p) if p.superuser && !p.is_ci() => (true, true),
+            RegistryCaller::Api(p) => match name.strip_prefix("apps/") {
+                Some(app) if auth.may_access(p, app).await? => (true, p.scope != Some(Scope::Read)),
+                Some(_) => (false, false),
+                None => (!p.is_ci(), false),
+            },
+        };
+        let actions: Vec<String> = wanted
+            .into_iter()
+            .filter(|a| (a == "pull" && pull) || (a == "push" && push))
+            .collect();
+        if !actions.is_empty() {
+            access.push(Grant {
+                kind: "repository".into(),
+                name,
+                actions,
+            });
+        }
+    }
+    let sub = match &caller {
+        RegistryCaller::Supervisor => "supervisor".to_owned(),
+        RegistryCaller::Api(p) => p.user.clone(),
+    };
+    let (token, expires_in) = signer.sign(&sub, &access);
+    Ok(Json(RegistryToken {
+        access_token: token.clone(),
+        token,
+        expires_in,
     }))
 }

@@ -58,6 +58,7 @@ use super::{apps, audit, cluster, deps, login, router_config, tasks, teams};
         teams::allow,
         teams::disallow,
         audit::list,
+        login::registry_token,
     )
 )]
 pub struct ApiDoc;

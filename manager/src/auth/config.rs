@@ -22,6 +22,8 @@ pub struct AuthConfig {
     pub admin_ttl_s: u64,
     /// LDAP directory for logins and teams; none = the embedded default (admin token only).
     pub ldap: Option<LdapConfig>,
+    /// Docker token authentication for the registry (`GET /v1/registry/token`).
+    pub registry: Option<super::registry::RegistryTokenConfig>,
 }
 
 impl Default for AuthConfig {
@@ -33,6 +35,7 @@ impl Default for AuthConfig {
             max_token_ttl_s: 90 * 24 * 3600,
             admin_ttl_s: 365 * 24 * 3600,
             ldap: None,
+            registry: None,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod ldap;
 pub mod middleware;
 pub mod policy;
+pub mod registry;
 pub mod store;
 pub mod token;
 
@@ -70,6 +71,7 @@ struct Inner {
     directory: Option<ldap::Directory>,
     store: store::Store,
     cfg: AuthConfig,
+    registry: Option<registry::Signer>,
 }
 
 /// Shared state of authentication (handlers of `/v1/login`, teams, tokens, audit, and the middleware).
@@ -99,6 +101,11 @@ impl Auth {
         let keys = Keys::load(&key_file, cfg.key_file.is_none()).map_err(|e| e.to_string())?;
         let directory = cfg.ldap.clone().map(ldap::Directory::new).transpose()?;
         let store = store::Store::new(ctx.history.pool().clone());
+        let registry = cfg
+            .registry
+            .clone()
+            .map(registry::Signer::new)
+            .transpose()?;
         let admin_file = if directory.is_none() {
             let f = data_file(&cfg.admin_token_file, &data_dir, "admin.token");
             ensure_admin_token(&keys, &f, cfg.admin_ttl_s)?;
@@ -114,6 +121,7 @@ impl Auth {
                     directory,
                     store,
                     cfg,
+                    registry,
                 }),
             },
             admin_file,
@@ -128,6 +136,11 @@ impl Auth {
     /// The LDAP directory, if configured.
     pub fn directory(&self) -> Option<&ldap::Directory> {
         self.inner.directory.as_ref()
+    }
+
+    /// The registry token signer, when configured.
+    pub fn registry(&self) -> Option<&registry::Signer> {
+        self.inner.registry.as_ref()
     }
 
     /// Settings.

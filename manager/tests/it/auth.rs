@@ -726,3 +726,228 @@ async fn api_over_tls_with_certificate_reload() {
     );
     e.manager.unwrap().shutdown().await;
 }
+
+/// A one-layer OCI layout in `dir` tagged `tag`.
+fn oci_layout(dir: &std::path::Path, tag: &str) {
+    use sha2::Digest as _;
+    let blobs = dir.join("blobs/sha256");
+    std::fs::create_dir_all(&blobs).unwrap();
+    let put = |data: &[u8]| {
+        let h = hex::encode(sha2::Sha256::digest(data));
+        std::fs::write(blobs.join(&h), data).unwrap();
+        (format!("sha256:{h}"), data.len())
+    };
+    let (ld, ls) = put(format!("layer {}", unique()).as_bytes());
+    let config = serde_json::to_vec(&json!({
+        "architecture": "amd64", "os": "linux", "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [ld]}
+    }))
+    .unwrap();
+    let (cd, cs) = put(&config);
+    let manifest = serde_json::to_vec(&json!({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": cd, "size": cs},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": ld, "size": ls}]
+    }))
+    .unwrap();
+    let (md, ms) = put(&manifest);
+    std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    std::fs::write(
+        dir.join("index.json"),
+        serde_json::to_vec(&json!({"schemaVersion": 2, "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": ms,
+            "annotations": {"org.opencontainers.image.ref.name": tag}}]}))
+        .unwrap(),
+    )
+    .unwrap();
+}
+
+async fn skopeo(args: &[String]) -> (bool, String) {
+    let bin = atlantis_testkit::require_bin("skopeo", "skopeo");
+    let out = tokio::process::Command::new(bin)
+        .arg("--insecure-policy")
+        .args(args)
+        .env_remove("HTTP_PROXY")
+        .env_remove("http_proxy")
+        .env_remove("HTTPS_PROXY")
+        .env("NO_PROXY", "127.0.0.1")
+        .output()
+        .await
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_tokens_from_the_manager_with_skopeo() {
+    use atlantis_manager::auth::registry::RegistryTokenConfig;
+    let e = Env::start_with(None, |cfg, dir| {
+        cfg.auth.registry = Some(RegistryTokenConfig {
+            key_file: dir.join("registry.key"),
+            service: "atlantis-registry".into(),
+            issuer: "atlantis-manager".into(),
+            ttl_s: 300,
+        });
+    })
+    .await;
+    let m = e.manager.as_ref().unwrap();
+    let admin = admin_token(m);
+    let key_file = m
+        .admin_token_file
+        .as_ref()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("registry.key");
+    let public_key = atlantis_manager::auth::registry::public_key(&key_file).unwrap();
+
+    // The registry trusts the manager's tokens, and nothing else.
+    let store = tempfile::tempdir().unwrap();
+    let reg = atlantis_registry::App::build(atlantis_registry::Config {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        storage: atlantis_registry::config::StorageConfig {
+            kind: atlantis_registry::config::StorageKind::Filesystem,
+            root: store.path().join("storage"),
+            s3: None,
+        },
+        auth: Some(atlantis_registry::auth::AuthConfig {
+            token: Some(atlantis_registry::auth::TokenAuthConfig {
+                realm: format!("{}/v1/registry/token", e.base),
+                service: "atlantis-registry".into(),
+                issuer: "atlantis-manager".into(),
+                public_key,
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let reg_addr = reg.local_addr();
+    let stop = atlantis_common::shutdown::CancellationToken::new();
+    let s = stop.clone();
+    tokio::spawn(async move {
+        let _ = reg.serve(s).await;
+    });
+
+    for (app, team) in [("web", "team-a"), ("other", "team-b")] {
+        let (s, v) = e
+            .call(
+                Some(&admin),
+                Method::POST,
+                "/v1/apps",
+                Some(json!({"name": app, "team": team})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let mint = |apps: &str, scope: &str| {
+        let body = json!({"name": "ci", "apps": [apps], "scope": scope, "ttl_s": 600});
+        let e = &e;
+        let admin = admin.clone();
+        async move {
+            let (s, v) = e
+                .call(Some(&admin), Method::POST, "/v1/tokens", Some(body))
+                .await;
+            assert_eq!(s, 200, "{v}");
+            v["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let deploy = mint("web", "deploy").await;
+    let read = mint("web", "read").await;
+    let other = mint("other", "deploy").await;
+
+    let layout = tempfile::tempdir().unwrap();
+    oci_layout(layout.path(), "v1");
+    let src = format!("oci:{}:v1", layout.path().display());
+    let dest = format!("docker://{reg_addr}/apps/web:v1");
+    let push = |creds: Option<String>| {
+        let mut a: Vec<String> = vec!["copy".into(), "--dest-tls-verify=false".into()];
+        if let Some(c) = creds {
+            a.push("--dest-creds".into());
+            a.push(c);
+        }
+        a.push(src.clone());
+        a.push(dest.clone());
+        a
+    };
+    let inspect = |creds: Option<String>| {
+        let mut a: Vec<String> = vec![
+            "inspect".into(),
+            "--raw".into(),
+            "--tls-verify=false".into(),
+        ];
+        if let Some(c) = creds {
+            a.push("--creds".into());
+            a.push(c);
+        }
+        a.push(dest.clone());
+        a
+    };
+    // Refused pushes: no credentials, a pull-only token, another app's token, a tampered token.
+    let tampered = format!("{}x", &deploy[..deploy.len() - 1]);
+    for (what, creds) in [
+        ("anonymous", None),
+        ("read token", Some(format!("ci:{read}"))),
+        ("other app's token", Some(format!("ci:{other}"))),
+        ("tampered token", Some(format!("ci:{tampered}"))),
+        (
+            "cluster token",
+            Some(format!("supervisor:{}", crate::support::TOKEN)),
+        ),
+    ] {
+        let (ok, out) = skopeo(&push(creds)).await;
+        assert!(!ok, "{what} must not push: {out}");
+    }
+    let r = e
+        .http
+        .get(format!("http://{reg_addr}/v2/apps/web/tags/list"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .contains("/v1/registry/token"),
+        "{:?}",
+        r.headers()
+    );
+    // The deploy token of the app pushes; the read token and the cluster token pull; anonymous does not.
+    let (ok, out) = skopeo(&push(Some(format!("ci:{deploy}")))).await;
+    assert!(ok, "push with the app's deploy token: {out}");
+    for creds in [
+        format!("ci:{read}"),
+        format!("supervisor:{}", crate::support::TOKEN),
+        format!("admin:{admin}"),
+    ] {
+        let (ok, out) = skopeo(&inspect(Some(creds.clone()))).await;
+        assert!(ok && out.contains("schemaVersion"), "{creds}: {out}");
+    }
+    for creds in [None, Some(format!("ci:{other}"))] {
+        let (ok, out) = skopeo(&inspect(creds)).await;
+        assert!(!ok, "{out}");
+    }
+    // The token endpoint itself wants credentials.
+    let r = e
+        .http
+        .get(format!(
+            "{}/v1/registry/token?service=atlantis-registry&scope=repository:apps/web:pull",
+            e.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    stop.cancel();
+    e.manager.unwrap().shutdown().await;
+}
