@@ -784,35 +784,19 @@ async fn skopeo(args: &[String]) -> (bool, String) {
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn registry_tokens_from_the_manager_with_skopeo() {
-    use atlantis_manager::auth::registry::RegistryTokenConfig;
-    let e = Env::start_with(None, |cfg, dir| {
-        cfg.auth.registry = Some(RegistryTokenConfig {
-            key_file: dir.join("registry.key"),
-            service: "atlantis-registry".into(),
-            issuer: "atlantis-manager".into(),
-            ttl_s: 300,
-        });
-    })
-    .await;
-    let m = e.manager.as_ref().unwrap();
-    let admin = admin_token(m);
-    let key_file = m
-        .admin_token_file
-        .as_ref()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("registry.key");
-    let public_key = atlantis_manager::auth::registry::public_key(&key_file).unwrap();
-
-    // The registry trusts the manager's tokens, and nothing else.
+/// A registry on `ip` that accepts only tokens of `e`'s manager.
+async fn token_registry(
+    e: &Env,
+    ip: std::net::IpAddr,
+    public_key: String,
+) -> (
+    std::net::SocketAddr,
+    atlantis_common::shutdown::CancellationToken,
+    tempfile::TempDir,
+) {
     let store = tempfile::tempdir().unwrap();
     let reg = atlantis_registry::App::build(atlantis_registry::Config {
-        listen: "127.0.0.1:0".parse().unwrap(),
+        listen: std::net::SocketAddr::new(ip, 0),
         storage: atlantis_registry::config::StorageConfig {
             kind: atlantis_registry::config::StorageKind::Filesystem,
             root: store.path().join("storage"),
@@ -831,12 +815,48 @@ async fn registry_tokens_from_the_manager_with_skopeo() {
     })
     .await
     .unwrap();
-    let reg_addr = reg.local_addr();
+    let addr = reg.local_addr();
     let stop = atlantis_common::shutdown::CancellationToken::new();
     let s = stop.clone();
     tokio::spawn(async move {
         let _ = reg.serve(s).await;
     });
+    (addr, stop, store)
+}
+
+fn registry_token_config(
+    dir: &std::path::Path,
+) -> atlantis_manager::auth::registry::RegistryTokenConfig {
+    atlantis_manager::auth::registry::RegistryTokenConfig {
+        key_file: dir.join("registry.key"),
+        service: "atlantis-registry".into(),
+        issuer: "atlantis-manager".into(),
+        ttl_s: 300,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_tokens_from_the_manager_with_skopeo() {
+    let e = Env::start_with(None, |cfg, dir| {
+        cfg.auth.registry = Some(registry_token_config(dir));
+    })
+    .await;
+    let m = e.manager.as_ref().unwrap();
+    let admin = admin_token(m);
+    let key_file = m
+        .admin_token_file
+        .as_ref()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("registry.key");
+    let public_key = atlantis_manager::auth::registry::public_key(&key_file).unwrap();
+
+    // The registry trusts the manager's tokens, and nothing else.
+    let (reg_addr, stop, _store) =
+        token_registry(&e, "127.0.0.1".parse().unwrap(), public_key).await;
 
     for (app, team) in [("web", "team-a"), ("other", "team-b")] {
         let (s, v) = e
@@ -948,6 +968,125 @@ async fn registry_tokens_from_the_manager_with_skopeo() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
+    stop.cancel();
+    e.manager.unwrap().shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_logs_in_and_pushes_with_a_team_token() {
+    use atlantis_testkit::docker::Dockerd;
+    let d = tokio::task::spawn_blocking(|| {
+        let d = Dockerd::start_with_args(&["--insecure-registry", "10.0.0.0/8"]);
+        d.import_busybox("atlantis-test/busybox:1");
+        d
+    })
+    .await
+    .unwrap();
+    let ip: std::net::IpAddr = d.host_ip().into();
+    // The engine in its namespace reaches the manager (the token realm) and the registry on the host's
+    // address of its link.
+    let e = Env::start_with(None, |cfg, dir| {
+        cfg.listen = std::net::SocketAddr::new(ip, 0);
+        cfg.auth.registry = Some(registry_token_config(dir));
+    })
+    .await;
+    let m = e.manager.as_ref().unwrap();
+    let admin = admin_token(m);
+    let dir = m
+        .admin_token_file
+        .as_ref()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_owned();
+    let public_key =
+        atlantis_manager::auth::registry::public_key(&dir.join("registry.key")).unwrap();
+    let (reg_addr, stop, _store) = token_registry(&e, ip, public_key).await;
+    let (s, v) = e
+        .call(
+            Some(&admin),
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "web", "team": "team-a"})),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    let mut tokens = Vec::new();
+    for scope in ["deploy", "read"] {
+        let (s, v) = e
+            .call(
+                Some(&admin),
+                Method::POST,
+                "/v1/tokens",
+                Some(json!({"name": "ci", "apps": ["web"], "scope": scope, "ttl_s": 600})),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        tokens.push(v["token"].as_str().unwrap().to_owned());
+    }
+    let config = tempfile::tempdir().unwrap();
+    let docker = |args: Vec<String>, stdin: Option<String>| {
+        use std::io::Write as _;
+        let mut c = d.docker();
+        c.env("DOCKER_CONFIG", config.path())
+            .args(&args)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let image = format!("{reg_addr}/apps/web:v1");
+    let login = |token: &str| {
+        vec![
+            "login".to_owned(),
+            "-u".into(),
+            "ci".into(),
+            "--password-stdin".into(),
+            reg_addr.to_string(),
+        ]
+        .into_iter()
+        .chain(std::iter::once(token.to_owned()).filter(|_| false))
+        .collect::<Vec<_>>()
+    };
+    let (ok, out) = docker(
+        vec![
+            "tag".into(),
+            "atlantis-test/busybox:1".into(),
+            image.clone(),
+        ],
+        None,
+    );
+    assert!(ok, "{out}");
+    // Without logging in the push is refused; with the read token too; with the deploy token it works.
+    let (ok, out) = docker(vec!["push".into(), image.clone()], None);
+    assert!(!ok, "anonymous push: {out}");
+    let (ok, out) = docker(login(&tokens[1]), Some(tokens[1].clone()));
+    assert!(ok, "docker login with a read token: {out}");
+    let (ok, out) = docker(vec!["push".into(), image.clone()], None);
+    assert!(!ok, "push with a read token: {out}");
+    let (ok, out) = docker(login(&tokens[0]), Some(tokens[0].clone()));
+    assert!(ok, "docker login with a deploy token: {out}");
+    let (ok, out) = docker(vec!["push".into(), image.clone()], None);
+    assert!(ok, "push with the team's deploy token: {out}");
+    // A wrong password does not log in.
+    let (ok, out) = docker(login("nope"), Some("v1.bogus.token".into()));
+    assert!(!ok, "docker login with a bogus token: {out}");
     stop.cancel();
     e.manager.unwrap().shutdown().await;
 }
