@@ -37,6 +37,7 @@ pub struct Group {
 /// A running slapd; stopped and deleted when dropped.
 pub struct Slapd {
     port: u16,
+    tls_port: Option<u16>,
     proc: Option<Guarded>,
     dir: tempfile::TempDir,
 }
@@ -70,6 +71,16 @@ fn ldif(users: &[User], groups: &[Group]) -> String {
 impl Slapd {
     /// Writes the config and data, loads them with slapadd and starts slapd; waits until it answers.
     pub fn start(users: &[User], groups: &[Group]) -> Slapd {
+        Self::start_with_tls(users, groups, None)
+    }
+
+    /// As [`Slapd::start`]; with `tls` (PEM certificate and key files) slapd also serves LDAPS on a second
+    /// port and StartTLS on the first.
+    pub fn start_with_tls(
+        users: &[User],
+        groups: &[Group],
+        tls: Option<(&std::path::Path, &std::path::Path)>,
+    ) -> Slapd {
         let slapd = crate::require_bin("slapd", "slapd");
         let slapadd = crate::require_bin("slapadd", "slapd");
         let search = crate::require_bin("ldapsearch", "ldap-utils");
@@ -85,6 +96,7 @@ impl Slapd {
              include /etc/ldap/schema/cosine.schema\n\
              include /etc/ldap/schema/inetorgperson.schema\n\
              include /etc/ldap/schema/nis.schema\n\
+             {tls}\
              modulepath /usr/lib/ldap\n\
              moduleload back_mdb\n\
              pidfile {d}/slapd.pid\n\
@@ -96,7 +108,12 @@ impl Slapd {
              index objectClass,uid,member eq\n\
              access to attrs=userPassword by self write by anonymous auth by * none\n\
              access to * by * read\n",
-            d = d.display()
+            d = d.display(),
+            tls = tls.map_or(String::new(), |(c, k)| format!(
+                "TLSCertificateFile {}\nTLSCertificateKeyFile {}\n",
+                c.display(),
+                k.display()
+            ))
         );
         std::fs::write(d.join("slapd.conf"), conf).expect("write slapd.conf");
         std::fs::write(d.join("data.ldif"), ldif(users, groups)).expect("write ldif");
@@ -115,14 +132,19 @@ impl Slapd {
         );
         for _ in 0..5 {
             let port = crate::ports::free_port();
+            let tls_port = tls.map(|_| crate::ports::free_port());
             let url = format!("ldap://127.0.0.1:{port}/");
+            let urls = match tls_port {
+                Some(p) => format!("{url} ldaps://127.0.0.1:{p}/"),
+                None => url.clone(),
+            };
             let args: Vec<String> = vec![
                 "-d".into(),
                 "0".into(),
                 "-f".into(),
                 d.join("slapd.conf").display().to_string(),
                 "-h".into(),
-                url.clone(),
+                urls,
             ];
             let proc = Guarded::spawn("slapd", &slapd, &args, &d.join("slapd.log"), None);
             let deadline = std::time::Instant::now() + Duration::from_secs(20);
@@ -142,6 +164,7 @@ impl Slapd {
             if ready {
                 return Slapd {
                     port,
+                    tls_port,
                     proc: Some(proc),
                     dir,
                 };
@@ -154,6 +177,11 @@ impl Slapd {
     /// `ldap://127.0.0.1:<port>`.
     pub fn url(&self) -> String {
         format!("ldap://127.0.0.1:{}", self.port)
+    }
+
+    /// `ldaps://127.0.0.1:<port>` when started with TLS.
+    pub fn ldaps_url(&self) -> Option<String> {
+        self.tls_port.map(|p| format!("ldaps://127.0.0.1:{p}"))
     }
 
     /// The port on 127.0.0.1.

@@ -1090,3 +1090,195 @@ async fn docker_logs_in_and_pushes_with_a_team_token() {
     stop.cancel();
     e.manager.unwrap().shutdown().await;
 }
+
+/// Grants and the audit log against one database.
+async fn store_suite(h: &atlantis_manager::history::History) {
+    use atlantis_manager::auth::store::{AuditEntry, AuditQuery, Store};
+    let s = Store::new(h.pool().clone());
+    s.allow("team-a", "web", "root").await.unwrap();
+    s.allow("team-a", "web", "root").await.unwrap();
+    s.allow("team-a", "api", "root").await.unwrap();
+    s.allow("team-b", "api", "root").await.unwrap();
+    assert_eq!(s.team_apps("team-a").await.unwrap(), vec!["api", "web"]);
+    assert_eq!(s.teams().await.unwrap(), vec!["team-a", "team-b"]);
+    assert!(
+        s.granted(&["x".into(), "team-b".into()], "api")
+            .await
+            .unwrap()
+    );
+    assert!(!s.granted(&["team-b".into()], "web").await.unwrap());
+    assert!(s.disallow("team-a", "web").await.unwrap());
+    assert!(!s.disallow("team-a", "web").await.unwrap());
+    assert!(!s.granted(&["team-a".into()], "web").await.unwrap());
+    for (i, (user, action, app)) in [
+        ("alice", "POST /v1/apps/{app}/envs/{env}/deploy", "web"),
+        ("bob", "DELETE /v1/apps/{app}", "api"),
+        ("alice", "login", ""),
+        ("alice", "PUT 100%_\\ odd", "web"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        s.audit(AuditEntry {
+            at_ms: 1000 + i as i64,
+            user: user.into(),
+            action: action.into(),
+            app: app.into(),
+            result: "ok".into(),
+            status: 200,
+            ..AuditEntry::default()
+        })
+        .await
+        .unwrap();
+    }
+    let q = |app: Option<&str>, user: Option<&str>, action: Option<&str>, since: Option<i64>| {
+        AuditQuery {
+            app: app.map(Into::into),
+            user: user.map(Into::into),
+            action: action.map(Into::into),
+            since_ms: since,
+            limit: None,
+        }
+    };
+    let actions = |v: Vec<AuditEntry>| v.into_iter().map(|e| e.action).collect::<Vec<_>>();
+    assert_eq!(
+        s.audit_log(&q(None, None, None, None)).await.unwrap().len(),
+        4
+    );
+    assert_eq!(
+        actions(
+            s.audit_log(&q(Some("web"), None, None, None))
+                .await
+                .unwrap()
+        ),
+        vec!["PUT 100%_\\ odd", "POST /v1/apps/{app}/envs/{env}/deploy"],
+        "newest first"
+    );
+    assert_eq!(
+        actions(
+            s.audit_log(&q(None, Some("bob"), None, None))
+                .await
+                .unwrap()
+        ),
+        vec!["DELETE /v1/apps/{app}"]
+    );
+    assert_eq!(
+        actions(
+            s.audit_log(&q(None, None, Some("deploy"), None))
+                .await
+                .unwrap()
+        )
+        .len(),
+        1
+    );
+    // LIKE wildcards in the filter are literal.
+    assert_eq!(
+        actions(
+            s.audit_log(&q(None, None, Some("%_\\"), None))
+                .await
+                .unwrap()
+        ),
+        vec!["PUT 100%_\\ odd"]
+    );
+    assert!(
+        s.audit_log(&q(None, None, Some("_"), None))
+            .await
+            .unwrap()
+            .len()
+            == 1
+    );
+    assert_eq!(
+        s.audit_log(&q(None, None, None, Some(1002)))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let limited = s
+        .audit_log(&AuditQuery {
+            limit: Some(1),
+            ..AuditQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(limited.len(), 1);
+}
+
+#[tokio::test]
+async fn grants_and_audit_on_sqlite_and_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = atlantis_manager::history::History::open(&format!(
+        "sqlite://{}",
+        dir.path().join("h.db").display()
+    ))
+    .await
+    .unwrap();
+    store_suite(&h).await;
+    h.close().await;
+    let pg = tokio::task::spawn_blocking(atlantis_testkit::Postgres::start)
+        .await
+        .unwrap();
+    let url = pg.create_database("auth");
+    let h = atlantis_manager::history::History::open(&url)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", pg.log_tail(20)));
+    store_suite(&h).await;
+    h.close().await;
+    tokio::task::spawn_blocking(move || drop(pg)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ldaps_and_starttls_logins_check_the_directory_certificate() {
+    use atlantis_common::tls::dev_ca;
+    let certs = tempfile::tempdir().unwrap();
+    let ca = dev_ca(&certs.path().join("ca"), &[]).unwrap();
+    let other = dev_ca(&certs.path().join("other"), &[]).unwrap();
+    let (cert, key) = ca.server.clone();
+    let slapd = tokio::task::spawn_blocking(move || {
+        Slapd::start_with_tls(
+            &[User {
+                name: "alice".into(),
+                password: "alice-pw".into(),
+            }],
+            &[Group {
+                name: "team-a".into(),
+                members: vec!["alice".into()],
+            }],
+            Some((&cert, &key)),
+        )
+    })
+    .await
+    .unwrap();
+    let ldaps = slapd.ldaps_url().unwrap();
+    for (url, starttls, ca_file, good) in [
+        (ldaps.clone(), false, ca.ca.clone(), true),
+        (slapd.url(), true, ca.ca.clone(), true),
+        (ldaps.clone(), false, other.ca.clone(), false),
+        (slapd.url(), true, other.ca.clone(), false),
+    ] {
+        let e = Env::start_with(Some(&slapd), |cfg, _| {
+            let l = cfg.auth.ldap.as_mut().unwrap();
+            l.url = url.clone();
+            l.starttls = starttls;
+            l.ca_file = Some(ca_file.clone());
+        })
+        .await;
+        let (s, v) = e.login("alice", "alice-pw").await;
+        if good {
+            assert_eq!(
+                (s, &v["teams"]),
+                (200, &json!(["team-a"])),
+                "{url} starttls={starttls}: {v}"
+            );
+            assert_eq!(e.login("alice", "wrong").await.0, 401);
+        } else {
+            // A directory whose certificate the manager does not trust gets no password: 503.
+            assert_eq!(
+                (s, v["code"].as_str()),
+                (503, Some("unavailable")),
+                "{url}: {v}"
+            );
+        }
+        e.manager.unwrap().shutdown().await;
+    }
+}
