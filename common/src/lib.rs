@@ -24,6 +24,8 @@ pub mod config;
 pub mod shutdown;
 #[cfg(feature = "server")]
 pub mod telemetry;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use names::{
     AppName, ContainerId, EnvName, HostName, NameError, RegionName, Sha, TeamName, ZoneName,

@@ -40,6 +40,46 @@ pub struct Config {
     /// Largest accepted request body, bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Who may call the API (tokens, LDAP, admin token).
+    #[serde(default)]
+    pub auth: crate::auth::AuthConfig,
+    /// HTTPS on the API (rustls); certificate files are reloaded when they change. Without it the API
+    /// is plain HTTP: put it behind a TLS terminator, or keep it on loopback.
+    #[serde(default)]
+    pub tls: Option<ServerTlsConfig>,
+    /// Mutual TLS to supervisors that serve `https://`: the cluster CA and this manager's client
+    /// certificate.
+    #[serde(default)]
+    pub supervisor_tls: Option<ClientTlsConfig>,
+}
+
+/// A server certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTlsConfig {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+    /// How often the files are checked for a change, ms.
+    #[serde(default = "default_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+/// A client identity and the CA it trusts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTlsConfig {
+    /// PEM CA certificates that sign the servers' certificates (the cluster CA).
+    pub ca_file: PathBuf,
+    /// PEM client certificate.
+    pub cert_file: PathBuf,
+    /// Its PEM private key.
+    pub key_file: PathBuf,
+}
+
+fn default_reload_ms() -> u64 {
+    10_000
 }
 
 /// How image references are resolved.

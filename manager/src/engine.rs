@@ -50,6 +50,8 @@ pub struct Ctx {
     pub images: Images,
     /// Cluster token for supervisors.
     pub token: Arc<String>,
+    /// Mutual TLS to supervisors (the cluster CA and this manager's client certificate), when configured.
+    pub supervisor_tls: Option<Arc<rustls::ClientConfig>>,
     /// The configuration.
     pub cfg: Arc<Config>,
     /// HTTP client (router status).
@@ -80,9 +82,13 @@ struct Deps {
 
 impl Ctx {
     fn client(&self, sup: &SupervisorRecord) -> Result<SupervisorClient, String> {
-        SupervisorClient::new(&sup.address, &self.token)
-            .map(|c| c.with_deploy_timeout(Duration::from_millis(self.cfg.deploy.start_timeout_ms)))
-            .map_err(|e| e.to_string())
+        SupervisorClient::with_tls(
+            &sup.address,
+            &self.token,
+            self.supervisor_tls.as_deref().cloned(),
+        )
+        .map(|c| c.with_deploy_timeout(Duration::from_millis(self.cfg.deploy.start_timeout_ms)))
+        .map_err(|e| e.to_string())
     }
 
     /// The app's record, or 404.

@@ -50,6 +50,12 @@ pub enum ApiError {
     /// Anything else.
     #[error("internal error: {0}")]
     Internal(String),
+    /// No valid token: missing, malformed, tampered, expired or signed with an unknown key.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// Authenticated, but not allowed.
+    #[error("{0}")]
+    Forbidden(String),
 }
 
 impl ApiError {
@@ -68,6 +74,8 @@ impl ApiError {
             ApiError::TooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "too_large"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
         }
     }
 }
@@ -82,6 +90,13 @@ impl IntoResponse for ApiError {
             code: code.to_owned(),
             message: self.to_string(),
         };
+        if status == StatusCode::UNAUTHORIZED {
+            let challenge = [(
+                axum::http::header::WWW_AUTHENTICATE,
+                "Bearer realm=\"atlantis\"",
+            )];
+            return (status, challenge, Json(body)).into_response();
+        }
         (status, Json(body)).into_response()
     }
 }

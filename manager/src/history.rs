@@ -224,6 +224,11 @@ impl History {
             .collect()
     }
 
+    /// The connection pool (other tables of the same database: grants and audit, see `auth::store`).
+    pub fn pool(&self) -> &AnyPool {
+        &self.pool
+    }
+
     /// Closes the pool.
     pub async fn close(&self) {
         self.pool.close().await;

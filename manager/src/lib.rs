@@ -5,9 +5,11 @@
 //!   pure placement and its router-config writes; [`tasks`] tracks long operations.
 //! - [`history`]: releases and finished tasks in SQL (SQLite or PostgreSQL); [`secrets`]: dependency
 //!   data sealed at rest; [`images`]: tag to digest resolution in the registry; [`state`]: ZooKeeper reads.
+//! - [`auth`]: bearer tokens, LDAP logins, teams, authorisation of every route and the audit log.
 //! - [`server`]: startup, registration and the leadership campaign.
 
 pub mod api;
+pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;

@@ -15,6 +15,7 @@ use axum::routing::get;
 use serde::Serialize;
 
 use crate::Config;
+use crate::auth::Auth;
 use crate::engine::Ctx;
 use crate::history::{History, HistoryError};
 use crate::images::Images;
@@ -64,6 +65,8 @@ struct ManagerRecord<'a> {
 pub struct App {
     /// The bound API address.
     pub addr: SocketAddr,
+    /// With no LDAP configured: the file holding the admin token.
+    pub admin_token_file: Option<std::path::PathBuf>,
     stop: CancellationToken,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     _registration: Registration,
@@ -89,6 +92,31 @@ impl App {
                 StartError::Setup(format!("data dir {}: {e}", cfg.data_dir.display()))
             })?;
         }
+        let supervisor_tls = cfg
+            .supervisor_tls
+            .as_ref()
+            .map(|t| {
+                atlantis_common::tls::client_config(&t.ca_file, Some((&t.cert_file, &t.key_file)))
+                    .map(Arc::new)
+                    .map_err(|e| StartError::Setup(format!("supervisor_tls: {e}")))
+            })
+            .transpose()?;
+        let stop = CancellationToken::new();
+        let api_tls = match &cfg.tls {
+            None => None,
+            Some(t) => {
+                let cert = atlantis_common::tls::ReloadingCert::load(&t.cert_file, &t.key_file)
+                    .map_err(|e| StartError::Setup(format!("tls: {e}")))?;
+                cert.watch(
+                    std::time::Duration::from_millis(t.reload_interval_ms),
+                    stop.clone(),
+                );
+                Some(
+                    atlantis_common::tls::server_config(cert, None)
+                        .map_err(|e| StartError::Setup(format!("tls: {e}")))?,
+                )
+            }
+        };
         let history = History::open(&cfg.database_url()).await?;
         let coord = Coord::connect(cfg.zookeeper.clone()).await?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -115,7 +143,6 @@ impl App {
             metrics: Metrics::new("atlantis_manager"),
             host: cfg.host.to_string(),
         };
-        let stop = CancellationToken::new();
         let http = reqwest::Client::builder()
             .no_proxy()
             .build()
@@ -127,19 +154,34 @@ impl App {
             sealer,
             images,
             token: Arc::new(token),
+            supervisor_tls,
             cfg: Arc::new(cfg.clone()),
             http,
         };
+        let (auth, admin_token_file) = Auth::setup(ctx.clone()).map_err(StartError::Setup)?;
+        // Every route but /healthz, /openapi.json and the login goes through the auth layer.
         let router = Router::new()
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .with_state(shared.clone())
-            .merge(crate::api::router(ctx));
+            .merge(crate::api::router(ctx))
+            .merge(crate::api::login::router(auth.clone()))
+            .layer(axum::middleware::from_fn_with_state(
+                auth,
+                crate::auth::middleware::check,
+            ));
         let serve_stop = stop.clone();
         let serve = tokio::spawn(async move {
-            let r = axum::serve(listener, router)
-                .with_graceful_shutdown(serve_stop.cancelled_owned())
-                .await;
+            if let Some(tls) = api_tls {
+                atlantis_common::tls::serve(listener, tls, router, serve_stop).await;
+                return;
+            }
+            let r = axum::serve(
+                listener,
+                router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(serve_stop.cancelled_owned())
+            .await;
             if let Err(e) = r {
                 tracing::error!(error = %e, "Manager API server failed.");
             }
@@ -148,6 +190,7 @@ impl App {
         tracing::info!(%addr, host = %cfg.host, "Manager serving.");
         Ok(App {
             addr,
+            admin_token_file,
             stop,
             tasks: vec![serve, campaign],
             _registration: registration,

@@ -1,4 +1,11 @@
-//! Optional authentication (HTTP Basic or static bearer tokens) and per-repository-prefix permissions.
+//! Optional authentication (HTTP Basic, static bearer tokens, or Docker token authentication with tokens
+//! issued by the manager) and per-repository-prefix permissions.
+//!
+//! Docker token authentication (`[auth.token]`): a client without a token gets `401` with
+//! `WWW-Authenticate: Bearer realm="<manager>/v1/registry/token",service="...",scope="repository:<name>:<actions>"`,
+//! asks the manager for a token with those values, and retries with it. The tokens are JWTs signed with
+//! Ed25519 (`alg` `EdDSA`) by the manager; the registry checks them with the manager's public key, the
+//! issuer, the audience (`service`) and the expiry, and grants exactly the `access` they list.
 //!
 //! Secrets are kept as SHA-256 hashes and compared in constant time. Access rules match repository name
 //! prefixes; the longest matching prefix decides. A rule's member lists hold user names, `*` (any
@@ -23,6 +30,55 @@ pub struct AuthConfig {
     pub tokens: Vec<TokenConfig>,
     #[serde(default)]
     pub access: Vec<AccessRule>,
+    /// Docker token authentication with tokens issued by the manager.
+    #[serde(default)]
+    pub token: Option<TokenAuthConfig>,
+}
+
+/// Where tokens come from and how they are checked.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TokenAuthConfig {
+    /// The token endpoint clients are sent to (`https://manager:7700/v1/registry/token`).
+    pub realm: String,
+    /// This registry's name in tokens (their audience).
+    #[serde(default = "default_service")]
+    pub service: String,
+    /// The issuer tokens must name.
+    #[serde(default = "default_issuer")]
+    pub issuer: String,
+    /// The manager's Ed25519 public key, 64 hex digits (`atlantis-manager registry-public-key`).
+    pub public_key: String,
+}
+
+fn default_service() -> String {
+    "atlantis-registry".into()
+}
+
+fn default_issuer() -> String {
+    "atlantis-manager".into()
+}
+
+/// One grant of a token: actions on a repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    /// `repository`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The repository name.
+    pub name: String,
+    /// `pull`, `push`.
+    pub actions: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct JwtClaims {
+    iss: String,
+    sub: String,
+    aud: String,
+    exp: u64,
+    #[serde(default)]
+    access: Vec<Grant>,
 }
 
 /// A user for HTTP Basic authentication.
@@ -67,6 +123,13 @@ pub struct AccessRule {
 pub enum Principal {
     Anonymous,
     User(String),
+    /// A bearer of a manager-issued token: exactly its grants.
+    Token {
+        /// Who it was issued to.
+        subject: String,
+        /// What it allows.
+        access: Vec<Grant>,
+    },
 }
 
 /// What they want to do.
@@ -82,6 +145,7 @@ pub struct Auth {
     users: HashMap<String, [u8; 32]>,
     tokens: Vec<([u8; 32], String)>,
     rules: Vec<AccessRule>,
+    jwt: Option<(TokenAuthConfig, Vec<u8>)>,
 }
 
 /// Why the `[auth]` section is unusable.
@@ -135,14 +199,87 @@ impl Auth {
                 t.user.clone(),
             ));
         }
-        if users.is_empty() && tokens.is_empty() {
-            return Err(AuthConfigError("no users and no tokens".into()));
+        let jwt = match &cfg.token {
+            None => None,
+            Some(t) => {
+                let key = hex::decode(&t.public_key)
+                    .ok()
+                    .filter(|k| k.len() == 32)
+                    .ok_or_else(|| {
+                        AuthConfigError("token.public_key: expected 64 hex digits".into())
+                    })?;
+                if t.realm.is_empty() || t.realm.contains('"') || t.service.contains('"') {
+                    return Err(AuthConfigError(
+                        "token.realm and token.service: non-empty, without quotes".into(),
+                    ));
+                }
+                Some((t.clone(), key))
+            }
+        };
+        if users.is_empty() && tokens.is_empty() && jwt.is_none() {
+            return Err(AuthConfigError(
+                "no users, no tokens and no token issuer".into(),
+            ));
         }
         Ok(Auth {
             users,
             tokens,
             rules: cfg.access.clone(),
+            jwt,
         })
+    }
+
+    /// The `WWW-Authenticate` value of a refusal: a Bearer challenge naming the token endpoint, the
+    /// service and the scope when token authentication is on (`None`: the Basic default).
+    pub fn challenge(&self, repo: Option<&str>, action: Action) -> Option<String> {
+        let (t, _) = self.jwt.as_ref()?;
+        let mut c = format!("Bearer realm=\"{}\",service=\"{}\"", t.realm, t.service);
+        if let Some(r) = repo {
+            let actions = match action {
+                Action::Pull => "pull",
+                Action::Push => "pull,push",
+            };
+            c.push_str(&format!(",scope=\"repository:{r}:{actions}\""));
+        }
+        Some(c)
+    }
+
+    fn verify_jwt(&self, token: &str) -> Option<Result<Principal, RegistryError>> {
+        let (cfg, key) = self.jwt.as_ref()?;
+        let mut parts = token.split('.');
+        let (Some(h), Some(c), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return None;
+        };
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let check = || -> Result<Principal, RegistryError> {
+            let header: serde_json::Value =
+                serde_json::from_slice(&b64.decode(h).map_err(|_| RegistryError::Unauthorized)?)
+                    .map_err(|_| RegistryError::Unauthorized)?;
+            if header.get("alg").and_then(|a| a.as_str()) != Some("EdDSA") {
+                return Err(RegistryError::Unauthorized);
+            }
+            let sig = b64.decode(s).map_err(|_| RegistryError::Unauthorized)?;
+            ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
+                .verify(format!("{h}.{c}").as_bytes(), &sig)
+                .map_err(|_| RegistryError::Unauthorized)?;
+            let claims: JwtClaims =
+                serde_json::from_slice(&b64.decode(c).map_err(|_| RegistryError::Unauthorized)?)
+                    .map_err(|_| RegistryError::Unauthorized)?;
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            if claims.iss != cfg.issuer || claims.aud != cfg.service || claims.exp <= now {
+                return Err(RegistryError::Unauthorized);
+            }
+            Ok(Principal::Token {
+                subject: claims.sub,
+                access: claims.access,
+            })
+        };
+        Some(check())
     }
 
     /// Identifies the caller; presented but wrong credentials are an error, absent ones are anonymous.
@@ -168,6 +305,12 @@ impl Auth {
                 _ => Err(RegistryError::Unauthorized),
             }
         } else if scheme.eq_ignore_ascii_case("bearer") {
+            if rest.len() > 16 * 1024 {
+                return Err(RegistryError::Unauthorized);
+            }
+            if let Some(r) = self.verify_jwt(rest) {
+                return r;
+            }
             let given: [u8; 32] = Sha256::digest(rest.as_bytes()).into();
             let mut found = None;
             for (hash, user) in &self.tokens {
@@ -185,6 +328,15 @@ impl Auth {
 
     /// Whether `who` may do `action` on `repo`.
     pub fn allowed(&self, who: &Principal, repo: &str, action: Action) -> bool {
+        if let Principal::Token { access, .. } = who {
+            let want = match action {
+                Action::Pull => "pull",
+                Action::Push => "push",
+            };
+            return access.iter().any(|g| {
+                g.kind == "repository" && g.name == repo && g.actions.iter().any(|a| a == want)
+            });
+        }
         let Some(rule) = self
             .rules
             .iter()
@@ -200,6 +352,7 @@ impl Auth {
         members.iter().any(|m| match who {
             Principal::Anonymous => m == "anonymous",
             Principal::User(u) => m == "anonymous" || m == "*" || m == u,
+            Principal::Token { .. } => false,
         })
     }
 
@@ -250,6 +403,7 @@ mod tests {
                     push: vec!["builder".into(), "ci".into()],
                 },
             ],
+            token: None,
         })
         .unwrap()
     }

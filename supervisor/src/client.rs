@@ -57,10 +57,23 @@ pub struct SupervisorClient {
 impl SupervisorClient {
     /// A client of the supervisor at `base_url` (`http://host:port`), presenting `token`.
     pub fn new(base_url: &str, token: &str) -> Result<SupervisorClient, ClientError> {
-        let http = reqwest::Client::builder()
+        Self::with_tls(base_url, token, None)
+    }
+
+    /// As [`SupervisorClient::new`]; with `tls` (trusting the cluster CA and presenting this manager's
+    /// client certificate), `https://` supervisors are called over mutual TLS.
+    pub fn with_tls(
+        base_url: &str,
+        token: &str,
+        tls: Option<rustls::ClientConfig>,
+    ) -> Result<SupervisorClient, ClientError> {
+        let mut builder = reqwest::Client::builder()
             .no_proxy()
-            .connect_timeout(Duration::from_secs(5))
-            .build()?;
+            .connect_timeout(Duration::from_secs(5));
+        if let Some(tls) = tls {
+            builder = builder.use_preconfigured_tls(tls);
+        }
+        let http = builder.build()?;
         Ok(SupervisorClient {
             base: base_url.trim_end_matches('/').to_owned(),
             token: token.to_owned(),

@@ -62,6 +62,29 @@ pub struct Config {
     /// Largest accepted request body.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// Mutual TLS on the API: only clients (managers) with a certificate of the cluster CA get in, and
+    /// the cluster token is then not needed. Without it the API is plain HTTP guarded by the token.
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+}
+
+/// The API's TLS files.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate chain of this supervisor.
+    pub cert_file: PathBuf,
+    /// Its PEM private key.
+    pub key_file: PathBuf,
+    /// PEM CA certificates that sign the managers' client certificates (the cluster CA).
+    pub client_ca_file: PathBuf,
+    /// How often the certificate files are checked for a change, ms.
+    #[serde(default = "default_tls_reload_ms")]
+    pub reload_interval_ms: u64,
+}
+
+fn default_tls_reload_ms() -> u64 {
+    10_000
 }
 
 /// Docker Engine settings.

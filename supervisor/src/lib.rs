@@ -57,6 +57,9 @@ pub enum BuildError {
     /// ZooKeeper is unreachable.
     #[error("zookeeper: {0}")]
     Zk(#[from] atlantis_common::zk::CoordError),
+    /// The TLS files are unusable.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// The listener could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -198,10 +201,24 @@ impl App {
             source,
         })?;
         let max_body = cfg.max_body_bytes;
+        let scheme = if cfg.tls.is_some() { "https" } else { "http" };
         let advertise = cfg
             .advertise_url
             .clone()
-            .unwrap_or_else(|| format!("http://{addr}"));
+            .unwrap_or_else(|| format!("{scheme}://{addr}"));
+        let stop = CancellationToken::new();
+        let tls = match &cfg.tls {
+            None => None,
+            Some(t) => {
+                let cert = atlantis_common::tls::ReloadingCert::load(&t.cert_file, &t.key_file)
+                    .map_err(|e| BuildError::Tls(e.to_string()))?;
+                cert.watch(Duration::from_millis(t.reload_interval_ms), stop.clone());
+                Some(
+                    atlantis_common::tls::server_config(cert, Some(&t.client_ca_file))
+                        .map_err(|e| BuildError::Tls(e.to_string()))?,
+                )
+            }
+        };
         let supervisor = Arc::new(Supervisor::new(
             Arc::new(cfg),
             runtime,
@@ -216,14 +233,18 @@ impl App {
         supervisor.rebuild().await?;
         supervisor.refresh_registration().await;
 
-        let stop = CancellationToken::new();
         let router = api::router(api::ApiState {
             supervisor: supervisor.clone(),
             token: Arc::new(token),
             max_body,
+            mtls: tls.is_some(),
         });
         let server_stop = stop.clone();
         let server = tokio::spawn(async move {
+            if let Some(tls) = tls {
+                atlantis_common::tls::serve(listener, tls, router, server_stop).await;
+                return;
+            }
             let shutdown = async move { server_stop.cancelled().await };
             if let Err(e) = axum::serve(listener, router)
                 .with_graceful_shutdown(shutdown)

@@ -40,6 +40,7 @@ fn pushed_images_pull_run_and_answer_http() {
             pull: vec!["anonymous".into()],
             push: vec!["builder".into()],
         }],
+        token: None,
     };
     let listen = SocketAddr::new(d.host_ip().into(), 0);
     let reg = rt.block_on(Reg::start_with(listen, Some(auth)));

@@ -241,6 +241,7 @@ async fn credentials_are_sent_and_a_refused_push_leaves_nothing() {
             pull: vec!["anonymous".into()],
             push: vec!["builder".into()],
         }],
+        token: None,
     };
     let reg = Reg::start_with("127.0.0.1:0".parse().unwrap(), Some(auth)).await;
     let (_d, app) = sample("static-web");

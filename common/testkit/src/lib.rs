@@ -5,8 +5,8 @@
 //! itself is killed, a watchdog in the wrapper shell stops the service when our stdin pipe closes.
 //!
 //! A missing binary is a test failure with a message that says what to install: CI never skips.
-//! Modules: [`process`] (the guarded child), [`ports`], [`zookeeper`]. Later components add dockerd in a
-//! network namespace, slapd and an S3 server beside them.
+//! Modules: [`process`] (the guarded child), [`ports`], [`zookeeper`]. Also dockerd in a network namespace,
+//! PostgreSQL, an S3 server and OpenLDAP's slapd ([`slapd`]).
 
 pub mod docker;
 pub mod ensemble;
@@ -14,11 +14,13 @@ pub mod ports;
 pub mod postgres;
 pub mod process;
 pub mod s3;
+pub mod slapd;
 pub mod venv;
 pub mod zookeeper;
 
 pub use ensemble::Ensemble;
 pub use postgres::Postgres;
+pub use slapd::Slapd;
 pub use zookeeper::ZooKeeper;
 
 use std::path::PathBuf;

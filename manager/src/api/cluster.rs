@@ -83,8 +83,12 @@ pub async fn logs(
         .ok_or_else(|| {
             ApiError::Unavailable(format!("supervisor {} is not registered", rec.host))
         })?;
-    let client = atlantis_supervisor::client::SupervisorClient::new(&sup.address, &ctx.token)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let client = atlantis_supervisor::client::SupervisorClient::with_tls(
+        &sup.address,
+        &ctx.token,
+        ctx.supervisor_tls.as_deref().cloned(),
+    )
+    .map_err(|e| ApiError::Internal(e.to_string()))?;
     let stream = client
         .logs(
             &rec.container_id,

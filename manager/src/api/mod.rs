@@ -2,12 +2,15 @@
 //! Every route is listed in `docs/api.md` and in the OpenAPI document at `/openapi.json`.
 
 pub mod apps;
+pub mod audit;
 pub mod cluster;
 pub mod deps;
 pub mod exec;
+pub mod login;
 pub mod openapi;
 pub mod router_config;
 pub mod tasks;
+pub mod teams;
 
 use axum::extract::{FromRequest, Request};
 use axum::routing::{get, post, put};

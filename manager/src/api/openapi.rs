@@ -5,7 +5,7 @@
 use axum::Json;
 use utoipa::OpenApi as _;
 
-use super::{apps, cluster, deps, exec, router_config, tasks};
+use super::{apps, audit, cluster, deps, exec, login, router_config, tasks, teams};
 
 /// The document.
 #[derive(utoipa::OpenApi)]
@@ -51,6 +51,15 @@ use super::{apps, cluster, deps, exec, router_config, tasks};
         router_config::get_one,
         router_config::put,
         router_config::delete,
+        login::login,
+        login::whoami,
+        login::create_token,
+        teams::list,
+        teams::apps,
+        teams::allow,
+        teams::disallow,
+        audit::list,
+        login::registry_token,
     )
 )]
 pub struct ApiDoc;

@@ -101,6 +101,7 @@ async fn openapi_lists_the_served_routes() {
     ))
     .await
     .unwrap();
+    let token = crate::support::admin_token(&m);
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
     let doc: serde_json::Value = http
         .get(format!("http://{}/openapi.json", m.addr))
@@ -149,6 +150,7 @@ async fn openapi_lists_the_served_routes() {
             let m2 = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let resp = http
                 .request(m2, format!("http://{}{concrete}", m.addr))
+                .bearer_auth(&token)
                 .json(&serde_json::json!({}))
                 .send()
                 .await
@@ -165,6 +167,7 @@ async fn openapi_lists_the_served_routes() {
     // A route that is not documented is not served.
     let r = http
         .get(format!("http://{}/v1/secret-admin", m.addr))
+        .bearer_auth(&token)
         .send()
         .await
         .unwrap();

@@ -391,6 +391,7 @@ async fn releases_end_to_end() {
     let logs = c
         .http
         .get(format!("{}/v1/containers/{}/logs?tail=10", c.base, ids[0]))
+        .bearer_auth(&c.token)
         .send()
         .await
         .unwrap();

@@ -3,6 +3,7 @@
 //! (dockerd in network namespaces), a router and a registry (`deploy`).
 
 mod api;
+mod auth;
 mod deploy;
 mod history;
 mod support;
@@ -67,8 +68,15 @@ async fn managers_register_and_one_leads() {
         },
     )
     .await;
+    let unauthenticated = http
+        .get(format!("http://{}/metrics", a.addr))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
     let metrics = http
         .get(format!("http://{}/metrics", a.addr))
+        .bearer_auth(support::admin_token(&a))
         .send()
         .await
         .unwrap()

@@ -42,7 +42,12 @@ pub struct Host {
 }
 
 impl Host {
-    fn start(name: &str, zone: &str, zk: ZkConfig) -> impl Future<Output = Host> + use<> {
+    fn start(
+        name: &str,
+        zone: &str,
+        zk: ZkConfig,
+        ca: atlantis_common::tls::DevCa,
+    ) -> impl Future<Output = Host> + use<> {
         let (name, zone) = (name.to_owned(), zone.to_owned());
         async move {
             let (docker, dir) = tokio::task::spawn_blocking(|| {
@@ -97,6 +102,13 @@ impl Host {
                 orphan_grace_ms: 5000,
                 reconcile_interval_ms: 1000,
                 max_body_bytes: 256 * 1024,
+                // Only managers with a client certificate of the cluster CA may call it.
+                tls: Some(atlantis_supervisor::config::TlsConfig {
+                    cert_file: ca.server.0.clone(),
+                    key_file: ca.server.1.clone(),
+                    client_ca_file: ca.ca.clone(),
+                    reload_interval_ms: 10_000,
+                }),
             };
             let app = atlantis_supervisor::App::build(cfg)
                 .await
@@ -282,6 +294,8 @@ pub struct Cluster {
     _manager: atlantis_manager::App,
     pub http: reqwest::Client,
     pub base: String,
+    /// The admin (superuser) token every call of [`Cluster::call`] carries.
+    pub token: String,
     _dir: tempfile::TempDir,
 }
 
@@ -325,7 +339,19 @@ pub fn manager_config(
             start_timeout_ms: 60_000,
         },
         max_body_bytes: 64 * 1024,
+        auth: Default::default(),
+        tls: None,
+        supervisor_tls: None,
     }
+}
+
+/// The admin token a manager without LDAP wrote at its first start.
+pub fn admin_token(m: &atlantis_manager::App) -> String {
+    let f = m
+        .admin_token_file
+        .as_ref()
+        .expect("no LDAP: an admin token file");
+    std::fs::read_to_string(f).unwrap().trim().to_owned()
 }
 
 impl Cluster {
@@ -336,9 +362,11 @@ impl Cluster {
         zk.session_timeout = Duration::from_secs(6);
         zk.root = Some(format!("/mgr-it-{}", unique()));
         let coord = Coord::connect(zk.clone()).await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = atlantis_common::tls::dev_ca(&dir.path().join("ca"), &[]).unwrap();
         let (a, b) = tokio::join!(
-            Host::start("host-a", "zone-a", zk.clone()),
-            Host::start("host-b", "zone-b", zk.clone())
+            Host::start("host-a", "zone-a", zk.clone(), ca.clone()),
+            Host::start("host-b", "zone-b", zk.clone(), ca.clone())
         );
         let registry = Registry::start().await;
         let lo = Ipv4Addr::LOCALHOST;
@@ -354,8 +382,13 @@ impl Cluster {
             )
             .await,
         ];
-        let dir = tempfile::tempdir().unwrap();
-        let manager = atlantis_manager::App::build(manager_config(&zk, dir.path(), registry.addr))
+        let mut cfg = manager_config(&zk, dir.path(), registry.addr);
+        cfg.supervisor_tls = Some(atlantis_manager::config::ClientTlsConfig {
+            ca_file: ca.ca.clone(),
+            cert_file: ca.client.0.clone(),
+            key_file: ca.client.1.clone(),
+        });
+        let manager = atlantis_manager::App::build(cfg)
             .await
             .expect("manager starts");
         let http = reqwest::Client::builder()
@@ -366,6 +399,7 @@ impl Cluster {
         let router_port = atlantis_testkit::ports::free_port();
         Cluster {
             base: format!("http://{}", manager.addr),
+            token: admin_token(&manager),
             coord,
             hosts: vec![a, b],
             registry,
@@ -384,7 +418,21 @@ impl Cluster {
         path: &str,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
-        let mut r = self.http.request(method, format!("{}{path}", self.base));
+        self.call_as(&self.token.clone(), method, path, body).await
+    }
+
+    /// As [`Cluster::call`] with another bearer token.
+    pub async fn call_as(
+        &self,
+        token: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut r = self
+            .http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(token);
         if let Some(b) = body {
             r = r.json(&b);
         }
@@ -427,6 +475,7 @@ impl Cluster {
         let resp = self
             .http
             .get(format!("{}/v1/tasks/{id}/stream", self.base))
+            .bearer_auth(&self.token)
             .timeout(Duration::from_secs(180))
             .send()
             .await

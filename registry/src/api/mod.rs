@@ -52,7 +52,10 @@ pub fn router(state: AppState) -> axum::Router {
 async fn metrics(State(st): State<AppState>, headers: HeaderMap) -> Response {
     match principal(&st, &headers) {
         Ok(Principal::User(_)) => {}
-        Ok(Principal::Anonymous) => return RegistryError::Unauthorized.into_response(),
+        // Pull/push tokens are for images, not for operators.
+        Ok(Principal::Anonymous | Principal::Token { .. }) => {
+            return RegistryError::Unauthorized.into_response();
+        }
         Err(e) => return e.into_response(),
     }
     (
@@ -101,9 +104,31 @@ async fn observe(State(st): State<AppState>, req: Request, next: Next) -> Respon
 }
 
 async fn dispatch(State(st): State<AppState>, req: Request) -> Response {
+    let path = req.uri().path().to_owned();
+    let action = if req.method() == Method::GET || req.method() == Method::HEAD {
+        Action::Pull
+    } else {
+        Action::Push
+    };
     match handle(&st, req).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            let unauthorized = matches!(e, RegistryError::Unauthorized);
+            let mut resp = e.into_response();
+            if unauthorized && let Some(a) = &st.auth {
+                let route = route::parse(&path).ok();
+                let repo = route
+                    .as_ref()
+                    .and_then(|r| r.repo())
+                    .map(|r| r.as_str().to_owned());
+                if let Some(c) = a.challenge(repo.as_deref(), action)
+                    && let Ok(v) = HeaderValue::from_str(&c)
+                {
+                    resp.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            resp
+        }
     }
 }
 

@@ -36,6 +36,7 @@ fn auth() -> AuthConfig {
             rule("public/", &["anonymous"], &["builder"]),
             rule("secret/", &["builder"], &["builder"]),
         ],
+        token: None,
     }
 }
 

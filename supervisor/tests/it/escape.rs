@@ -12,9 +12,9 @@
 //! everything else is refused at once (a TCP reset): another port of a dependency, services on the host,
 //! the supervisor API through every address of the host, the other app's published port through every
 //! other host address and its bridge address, a port the engine DNATs to a container outside Atlantis
-//! (through every host address), ZooKeeper here and elsewhere, metadata, private addresses; public
-//! egress stays open. The container has no IPv6 address. A connection
-//! opened while the supervisor was down and the container's chain flushed by hand is cut when the
+//! (through every host address), ZooKeeper and the manager API here and elsewhere, metadata, private
+//! addresses; public egress stays open; no Docker socket is inside. The container has no IPv6 address.
+//! A connection opened while the supervisor was down and the container's chain flushed by hand is cut when the
 //! restarted supervisor repairs the rules, while a long-lived connection to a dependency survives. With
 //! `firewall.egress = "deny"` (the restarted supervisor's only change) the internet is refused too.
 //! Unprivileged ping sockets are closed unless the spec asks.
@@ -347,6 +347,9 @@ async fn escape_matrix_from_inside_a_container_with_the_default_config() {
         httpd(&ons, &dir, OTHER_HOST, 5432, "dep-elsewhere\n"),
         httpd(&ons, &dir, OTHER_HOST, 5433, "other-port-elsewhere\n"),
         httpd(&ons, &dir, OTHER_HOST, 2181, "zookeeper-elsewhere\n"),
+        // Stand-ins on the manager API's port, on this host and on another cluster host.
+        httpd(&hns, &dir, ns_ip, 7700, "manager-api-on-host\n"),
+        httpd(&ons, &dir, OTHER_HOST, 7700, "manager-api-elsewhere\n"),
         httpd(&ons, &dir, METADATA, 80, "metadata\n"),
         httpd(&ons, &dir, LINK_PEER, 80, "private-192\n"),
         httpd(&ons, &dir, PRIVATE_172, 80, "private-172\n"),
@@ -407,6 +410,8 @@ async fn escape_matrix_from_inside_a_container_with_the_default_config() {
         refuse("other port of the dependency elsewhere", OTHER_HOST, 5433),
         refuse("ZooKeeper on this host", ns_ip, 2181),
         refuse("ZooKeeper on another host", OTHER_HOST, 2181),
+        refuse("the manager API on this host", ns_ip, 7700),
+        refuse("the manager API on another host", OTHER_HOST, 7700),
         refuse("cloud metadata", METADATA, 80),
         refuse("192.168/16 outside the config", LINK_PEER, 80),
         refuse("172.16/12 outside the config", PRIVATE_172, 80),
@@ -465,6 +470,31 @@ async fn escape_matrix_from_inside_a_container_with_the_default_config() {
         ));
         if !ok {
             failures.push(what.clone());
+        }
+    }
+    // No Docker socket inside: the engine cannot be driven from the container.
+    for sock in [
+        "/var/run/docker.sock",
+        "/run/docker.sock",
+        "/run/containerd/containerd.sock",
+    ] {
+        let inside = host
+            .docker
+            .docker()
+            .args(["exec", &cid, "test", "-e", sock])
+            .status()
+            .expect("docker exec");
+        table.push_str(&format!(
+            "{} Docker socket {sock} inside: {}\n",
+            if inside.success() { "FAIL" } else { "ok  " },
+            if inside.success() {
+                "present"
+            } else {
+                "absent"
+            }
+        ));
+        if inside.success() {
+            failures.push(format!("Docker socket {sock}"));
         }
     }
     eprintln!("escape matrix:\n{table}");

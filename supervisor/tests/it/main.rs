@@ -11,6 +11,7 @@ mod cluster;
 mod escape;
 mod firewall;
 mod lifecycle;
+mod mtls;
 
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -101,6 +102,7 @@ impl Host {
             orphan_grace_ms: 1000,
             reconcile_interval_ms: 300,
             max_body_bytes: 256 * 1024,
+            tls: None,
         }
     }
 
