@@ -90,7 +90,9 @@ async fn main() {
     let mut placed: Vec<InstanceRecord> = Vec::with_capacity(containers as usize);
     for a in 0..apps {
         let app: AppName = format!("app{a:04}").parse().unwrap();
-        let sha: Sha = format!("{:014x}", 0xabc0000u64 + u64::from(a)).parse().unwrap();
+        let sha: Sha = format!("{:014x}", 0xabc0000u64 + u64::from(a))
+            .parse()
+            .unwrap();
         let n = containers / apps + u32::from(a < containers % apps);
         let slots = planner
             .spread(&BTreeMap::new(), n, size)
@@ -165,7 +167,11 @@ async fn main() {
     let mut written = 0;
     for app in coord.children(&l.all_instances()).await.unwrap() {
         let app: AppName = app.parse().unwrap();
-        written += coord.children(&l.instances(&app, &env)).await.unwrap().len();
+        written += coord
+            .children(&l.instances(&app, &env))
+            .await
+            .unwrap()
+            .len();
     }
     let used_hosts = placed
         .iter()
@@ -173,13 +179,20 @@ async fn main() {
         .collect::<std::collections::BTreeSet<_>>()
         .len();
     println!("read fleet from ZooKeeper: {:>8.1} ms", ms(t_read));
-    println!("placement ({} containers): {:>8.1} ms", placed.len(), ms(t_place));
+    println!(
+        "placement ({} containers): {:>8.1} ms",
+        placed.len(),
+        ms(t_place)
+    );
     println!(
         "ZooKeeper writes:         {:>8.1} ms ({txns} transactions of up to {batch} creates)",
         ms(t_write)
     );
     println!("start on fake hosts:      {:>8.1} ms", ms(t_start));
-    println!("TOTAL:                    {:>8.1} ms (goal < 5000 ms)", ms(total));
+    println!(
+        "TOTAL:                    {:>8.1} ms (goal < 5000 ms)",
+        ms(total)
+    );
     println!(
         "placed {} of {containers}; instance nodes in ZooKeeper: {written}; hosts used: {used_hosts}; hosts over capacity: {over}",
         placed.len()

@@ -33,7 +33,7 @@ use crate::placement::{self, Need, Slot};
 use crate::routing::{self, NewBackend, Publish, ReleaseWrite, Route};
 use crate::secrets::Sealer;
 use crate::state;
-use crate::tasks::{Journal, Phase, Plan, Task, TeardownPlan, Tasks, now_ms};
+use crate::tasks::{Journal, Phase, Plan, Task, Tasks, TeardownPlan, now_ms};
 use crate::testhook;
 
 /// Everything handlers and tasks share.
@@ -685,15 +685,19 @@ impl Ctx {
         self.confirm_usable(task, &spec.route, app, env, &new).await;
         testhook::pause("drain").await;
         task.check_owned()?;
-        self.finish_release(task, spec.route.kind, &task.journal().plan.unwrap_or_else(|| Plan {
-            phase: Phase::Switched,
-            route_kind: spec.route.kind,
-            created,
-            remove: old.into_iter().map(|v| v.value).collect(),
-            target: Some(target.clone()),
-            release_version: None,
-            teardown: None,
-        }))
+        self.finish_release(
+            task,
+            spec.route.kind,
+            &task.journal().plan.unwrap_or_else(|| Plan {
+                phase: Phase::Switched,
+                route_kind: spec.route.kind,
+                created,
+                remove: old.into_iter().map(|v| v.value).collect(),
+                target: Some(target.clone()),
+                release_version: None,
+                teardown: None,
+            }),
+        )
         .await
     }
 
@@ -712,7 +716,8 @@ impl Ctx {
         task.step("drain old release").await;
         let _ = task.record(|j| set_phase(j, Phase::Draining)).await;
         task.check_owned()?;
-        self.drain(task, kind, &app, &env, plan.remove.clone()).await;
+        self.drain(task, kind, &app, &env, plan.remove.clone())
+            .await;
         let Some(target) = &plan.target else {
             return Ok(0);
         };

@@ -41,7 +41,10 @@ impl From<ClientError> for HostError {
 /// What the manager asks of one supervisor.
 pub trait HostApi: Send + Sync {
     /// Starts a container; answers once it is healthy.
-    fn deploy<'a>(&'a self, spec: &'a ContainerSpec) -> BoxFuture<'a, Result<ContainerInfo, HostError>>;
+    fn deploy<'a>(
+        &'a self,
+        spec: &'a ContainerSpec,
+    ) -> BoxFuture<'a, Result<ContainerInfo, HostError>>;
     /// Removes containers; returns the IDs removed (unknown IDs are not an error).
     fn teardown<'a>(
         &'a self,
@@ -52,7 +55,10 @@ pub trait HostApi: Send + Sync {
 }
 
 impl HostApi for SupervisorClient {
-    fn deploy<'a>(&'a self, spec: &'a ContainerSpec) -> BoxFuture<'a, Result<ContainerInfo, HostError>> {
+    fn deploy<'a>(
+        &'a self,
+        spec: &'a ContainerSpec,
+    ) -> BoxFuture<'a, Result<ContainerInfo, HostError>> {
         Box::pin(async move { Ok(SupervisorClient::deploy(self, spec).await?) })
     }
 
@@ -136,7 +142,10 @@ fn err(code: &str, message: String) -> HostError {
 }
 
 impl HostApi for FakeHost {
-    fn deploy<'a>(&'a self, spec: &'a ContainerSpec) -> BoxFuture<'a, Result<ContainerInfo, HostError>> {
+    fn deploy<'a>(
+        &'a self,
+        spec: &'a ContainerSpec,
+    ) -> BoxFuture<'a, Result<ContainerInfo, HostError>> {
         Box::pin(async move {
             spec.validate()
                 .map_err(|e| err("invalid_spec", format!("{}: {}", e.field, e.message)))?;

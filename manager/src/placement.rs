@@ -93,7 +93,8 @@ impl Cand {
             cap.memory_mb,
         );
         let cpu = frac(
-            u64::from(cap.cpu_millis.saturating_sub(self.free.cpu_millis)) + u64::from(s.cpu_millis),
+            u64::from(cap.cpu_millis.saturating_sub(self.free.cpu_millis))
+                + u64::from(s.cpu_millis),
             u64::from(cap.cpu_millis),
         );
         2.0 * f64::from(copies) + mem + cpu
@@ -159,8 +160,11 @@ impl Planner {
             cpu_millis: need.cpu_millis,
             memory_mb: need.memory_mb,
         };
-        let wanted: Vec<(ZoneName, u32)> =
-            self.zones.keys().map(|z| (z.clone(), need.per_zone)).collect();
+        let wanted: Vec<(ZoneName, u32)> = self
+            .zones
+            .keys()
+            .map(|z| (z.clone(), need.per_zone))
+            .collect();
         self.place_counts(copies, &wanted, size)
     }
 

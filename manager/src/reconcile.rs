@@ -113,7 +113,8 @@ impl Reconciler {
         self.missing_containers
             .retain(|c, _| seen_containers.contains(c));
         let cooldown = Duration::from_millis(ctx.cfg.ha.cooldown_ms);
-        self.cooldown.retain(|_, t| now.duration_since(*t) < cooldown);
+        self.cooldown
+            .retain(|_, t| now.duration_since(*t) < cooldown);
         let mut budget = ctx.cfg.ha.max_moves_per_pass;
         for ((app, env), list) in dead {
             if budget == 0 || self.cooldown.contains_key(&(app.clone(), env.clone())) {
@@ -207,7 +208,12 @@ async fn replace(
             .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("{app}.{env} has instances but no release"))?;
         let spec = ctx
-            .release_spec(&rec.value, env, &current.value, current.value.manifest.instances)
+            .release_spec(
+                &rec.value,
+                env,
+                &current.value,
+                current.value.manifest.instances,
+            )
             .await
             .map_err(|e| e.to_string())?;
         // Copies of this release that still run count against a host, the dead ones do not.

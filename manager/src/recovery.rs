@@ -125,7 +125,10 @@ async fn resume(ctx: &Ctx, task: Task, node: &TaskNode) {
             ))
             .await;
         }
-        Err(e) => task.fail(format!("cannot read the task's state: {e}")).await,
+        Err(e) => {
+            task.fail(format!("cannot read the task's state: {e}"))
+                .await
+        }
     }
 }
 
@@ -168,7 +171,9 @@ async fn roll_back(ctx: &Ctx, task: &Task, plan: &Plan) {
         && let Err(e) =
             routing::remove_backends(&ctx.coord, plan.route_kind, &app, &env, &stale).await
     {
-        task.warn(format!("cannot remove backends of rolled-back containers: {e}"));
+        task.warn(format!(
+            "cannot remove backends of rolled-back containers: {e}"
+        ));
     }
     let n = ctx.remove_containers(task, &plan.created).await;
     task.detail(format!("removed {n} containers the task had created"));
@@ -185,11 +190,7 @@ async fn backends_naming(
     let l = ctx.coord.layout();
     let ids: BTreeSet<&ContainerId> = recs.iter().map(|r| &r.container_id).collect();
     let pool = routing::pool_name(app, env);
-    let base = l.router_item(
-        plan.route_kind,
-        atlantis_common::zk::Section::Pools,
-        &pool,
-    );
+    let base = l.router_item(plan.route_kind, atlantis_common::zk::Section::Pools, &pool);
     let mut out = Vec::new();
     for b in ctx.coord.children(&base).await.unwrap_or_default() {
         let path = l.pool_backend(plan.route_kind, &pool, &b);

@@ -26,7 +26,10 @@ pub async fn pause(step: &str) {
     let Some(dir) = armed(step) else {
         return;
     };
-    tracing::warn!(step, "TEST HOOK: pausing a task (ATLANTIS_MANAGER_TEST_PAUSE_AT is set).");
+    tracing::warn!(
+        step,
+        "TEST HOOK: pausing a task (ATLANTIS_MANAGER_TEST_PAUSE_AT is set)."
+    );
     let _ = std::fs::write(dir.join(format!("paused-{step}")), b"");
     let resume = dir.join(format!("resume-{step}"));
     while !resume.exists() {

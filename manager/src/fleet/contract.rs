@@ -25,7 +25,11 @@ pub async fn check(host: &dyn HostApi, template: &ContainerSpec, memory_over: u6
         v.sort();
         v
     };
-    assert_eq!(mine(&host.list().await.unwrap()), Vec::<ContainerId>::new(), "starts empty");
+    assert_eq!(
+        mine(&host.list().await.unwrap()),
+        Vec::<ContainerId>::new(),
+        "starts empty"
+    );
 
     // A deploy answers with the running, healthy container and its published port.
     let a = fresh(template);
@@ -41,8 +45,14 @@ pub async fn check(host: &dyn HostApi, template: &ContainerSpec, memory_over: u6
             .unwrap_or_else(|| panic!("port {p} is published: {:?}", info.ports));
         assert_ne!(b.host_port, 0);
     }
-    assert_eq!((info.cpu_millis, info.memory_mb), (a.cpu_millis, a.memory_mb));
-    assert_eq!(mine(&host.list().await.unwrap()), vec![a.container_id.clone()]);
+    assert_eq!(
+        (info.cpu_millis, info.memory_mb),
+        (a.cpu_millis, a.memory_mb)
+    );
+    assert_eq!(
+        mine(&host.list().await.unwrap()),
+        vec![a.container_id.clone()]
+    );
 
     // The same ID twice is refused, and changes nothing.
     let e = host.deploy(&a).await.expect_err("a duplicate is refused");
@@ -50,19 +60,28 @@ pub async fn check(host: &dyn HostApi, template: &ContainerSpec, memory_over: u6
     // An invalid spec is refused with its code.
     let mut bad = fresh(template);
     bad.cpu_millis = 0;
-    let e = host.deploy(&bad).await.expect_err("an invalid spec is refused");
+    let e = host
+        .deploy(&bad)
+        .await
+        .expect_err("an invalid spec is refused");
     assert_eq!(e.code.as_deref(), Some("invalid_spec"), "{e}");
     // More memory than the host has is refused as no capacity.
     let mut big = fresh(template);
     big.memory_mb = memory_over;
     let e = host.deploy(&big).await.expect_err("too big is refused");
     assert_eq!(e.code.as_deref(), Some("no_capacity"), "{e}");
-    assert_eq!(mine(&host.list().await.unwrap()), vec![a.container_id.clone()]);
+    assert_eq!(
+        mine(&host.list().await.unwrap()),
+        vec![a.container_id.clone()]
+    );
 
     // A second container gets a different host port.
     let b = fresh(template);
     let info_b = host.deploy(&b).await.expect("a second container deploys");
-    assert_ne!(info.ports, info_b.ports, "each container has its own host ports");
+    assert_ne!(
+        info.ports, info_b.ports,
+        "each container has its own host ports"
+    );
 
     // Teardown removes what it names and ignores unknown IDs; a second teardown is a no-op.
     let unknown = fresh(template).container_id;
@@ -71,10 +90,20 @@ pub async fn check(host: &dyn HostApi, template: &ContainerSpec, memory_over: u6
         .await
         .unwrap();
     assert_eq!(removed, vec![a.container_id.clone()]);
-    assert_eq!(mine(&host.list().await.unwrap()), vec![b.container_id.clone()]);
-    assert!(host.teardown(&[a.container_id.clone()]).await.unwrap().is_empty());
+    assert_eq!(
+        mine(&host.list().await.unwrap()),
+        vec![b.container_id.clone()]
+    );
+    assert!(
+        host.teardown(std::slice::from_ref(&a.container_id))
+            .await
+            .unwrap()
+            .is_empty()
+    );
     // The freed room is usable again, under the same ID too.
-    host.deploy(&a).await.expect("a removed ID can be deployed again");
+    host.deploy(&a)
+        .await
+        .expect("a removed ID can be deployed again");
     let removed = host
         .teardown(&[a.container_id.clone(), b.container_id.clone()])
         .await
@@ -115,7 +144,12 @@ mod tests {
                 start_timeout_ms: 20000,
                 interval_ms: 500,
             },
-            command: Some(vec!["httpd".into(), "-f".into(), "-p".into(), "8080".into()]),
+            command: Some(vec![
+                "httpd".into(),
+                "-f".into(),
+                "-p".into(),
+                "8080".into(),
+            ]),
             read_only_rootfs: false,
             allow_ping: false,
         }

@@ -127,11 +127,7 @@ fn spread_puts_the_extra_where_the_room_is() {
 
 /// A random fleet: 1 to 4 zones, 1 to 12 hosts, mixed sizes, some already partly used.
 fn fleet() -> impl Strategy<Value = Vec<SupervisorRecord>> {
-    prop::collection::vec(
-        (0u8..4, 1u32..10, 1u32..9, 1u64..9, 0u32..3),
-        1..12,
-    )
-    .prop_map(|hosts| {
+    prop::collection::vec((0u8..4, 1u32..10, 1u32..9, 1u64..9, 0u32..3), 1..12).prop_map(|hosts| {
         hosts
             .into_iter()
             .enumerate()

@@ -108,9 +108,11 @@ cooldown_ms = 1000
     /// Waits until the manager paused at `step`.
     pub async fn paused_at(&self, step: &str) {
         let f = self.dir.join(format!("paused-{step}"));
-        eventually(Duration::from_secs(90), &format!("{} paused at {step}", self.name), || async {
-            f.exists().then_some(())
-        })
+        eventually(
+            Duration::from_secs(90),
+            &format!("{} paused at {step}", self.name),
+            || async { f.exists().then_some(()) },
+        )
         .await;
     }
 

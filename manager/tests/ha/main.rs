@@ -77,8 +77,10 @@ async fn converged(c: &HaCluster, live: &[usize], want_sha: &str) {
         let inst = instances(c).await;
         let ids: BTreeSet<String> = inst.iter().map(|i| i.container_id.to_string()).collect();
         let running = containers(c, live);
-        let backends: BTreeSet<String> = c.coord.children(&pool).await.unwrap().into_iter().collect();
-        let want_backends: BTreeSet<String> = inst.iter().filter_map(|i| i.backend.clone()).collect();
+        let backends: BTreeSet<String> =
+            c.coord.children(&pool).await.unwrap().into_iter().collect();
+        let want_backends: BTreeSet<String> =
+            inst.iter().filter_map(|i| i.backend.clone()).collect();
         let tasks = c.coord.children(&l.tasks()).await.unwrap();
         let locks = c.coord.children(&l.locks()).await.unwrap();
         let ok = !inst.is_empty()
@@ -88,7 +90,14 @@ async fn converged(c: &HaCluster, live: &[usize], want_sha: &str) {
             && tasks.is_empty()
             && locks.is_empty();
         if !ok {
-            tracing::info!(?ids, ?running, ?backends, ?tasks, ?locks, "not converged yet");
+            tracing::info!(
+                ?ids,
+                ?running,
+                ?backends,
+                ?tasks,
+                ?locks,
+                "not converged yet"
+            );
         }
         ok.then_some(())
     })
@@ -114,19 +123,27 @@ async fn kill_at(c: &mut HaCluster, step: &str, serving: &str, new: &str, want: 
     c.restart(0, Some(step)).await;
     let id = deploy(c, 0, new).await;
     c.managers[0].paused_at(step).await;
-    let load = Load::start(c.router_port, HOST, &[serving, new], 4, Duration::from_millis(20));
+    let load = Load::start(
+        c.router_port,
+        HOST,
+        &[serving, new],
+        4,
+        Duration::from_millis(20),
+    );
     c.managers[0].kill();
     let killed = Instant::now();
     c.restart(0, None).await;
     let t = c.task_end(&id, Duration::from_secs(30)).await;
     let took = killed.elapsed();
     assert_eq!(t.state, want, "kill at {step}: {t:?}");
-    assert!(
-        t.warnings.iter().any(|w| w.contains("taken over")),
-        "{t:?}"
-    );
-    let final_sha = if want == TaskState::Done { new } else { serving };
-    c.router_serves(HOST, final_sha, Duration::from_secs(20)).await;
+    assert!(t.warnings.iter().any(|w| w.contains("taken over")), "{t:?}");
+    let final_sha = if want == TaskState::Done {
+        new
+    } else {
+        serving
+    };
+    c.router_serves(HOST, final_sha, Duration::from_secs(20))
+        .await;
     let (ok, failed, errors) = load.finish().await;
     println!(
         "kill -9 at {step}: task {:?} {took:?} after the kill; router load {ok} answered, {failed} failed {errors:?}",
@@ -172,7 +189,8 @@ async fn manager_ha_end_to_end() {
     let id = deploy(&c, 0, &sha(1)).await;
     let t = c.task_end(&id, Duration::from_secs(90)).await;
     assert_eq!(t.state, TaskState::Done, "{t:?}");
-    c.router_serves(HOST, &sha(1), Duration::from_secs(30)).await;
+    c.router_serves(HOST, &sha(1), Duration::from_secs(30))
+        .await;
     converged(&c, &[0, 1, 2], &sha(1)).await;
 
     // --- SIGKILL at three steps.
@@ -192,29 +210,40 @@ async fn manager_ha_end_to_end() {
             Some(deploy_body(&sha(5))),
         )
         .await;
-    assert_eq!(s, 409, "the second deploy is refused while the first holds the lock: {v}");
+    assert_eq!(
+        s, 409,
+        "the second deploy is refused while the first holds the lock: {v}"
+    );
     assert!(v["message"].as_str().unwrap().contains(&held), "{v}");
     c.managers[0].kill();
     let killed = Instant::now();
-    let second = eventually(Duration::from_secs(30), "manager-2 takes the lock", || async {
-        let (s, v) = c
-            .call(
-                1,
-                Method::POST,
-                "/v1/apps/hello/envs/prod/deploy",
-                Some(deploy_body(&sha(5))),
-            )
-            .await;
-        (s == 202).then(|| v["task_id"].as_str().unwrap().to_owned())
-    })
+    let second = eventually(
+        Duration::from_secs(30),
+        "manager-2 takes the lock",
+        || async {
+            let (s, v) = c
+                .call(
+                    1,
+                    Method::POST,
+                    "/v1/apps/hello/envs/prod/deploy",
+                    Some(deploy_body(&sha(5))),
+                )
+                .await;
+            (s == 202).then(|| v["task_id"].as_str().unwrap().to_owned())
+        },
+    )
     .await;
-    println!("lock free for manager-2 {:?} after the holder's SIGKILL", killed.elapsed());
+    println!(
+        "lock free for manager-2 {:?} after the holder's SIGKILL",
+        killed.elapsed()
+    );
     let t = c.task_end(&second, Duration::from_secs(90)).await;
     assert_eq!(t.state, TaskState::Done, "{t:?}");
     let first = c.task_end(&held, Duration::from_secs(30)).await;
     assert_eq!(first.state, TaskState::Failed, "{first:?}");
     c.restart(0, None).await;
-    c.router_serves(HOST, &sha(5), Duration::from_secs(20)).await;
+    c.router_serves(HOST, &sha(5), Duration::from_secs(20))
+        .await;
     converged(&c, &[0, 1, 2], &sha(5)).await;
 
     // --- The ZooKeeper leader dies during a deploy, under router load.
@@ -268,19 +297,31 @@ async fn zk_leader_dies(c: &mut HaCluster) {
     assert!(ok > 0);
     assert_eq!(failed, 0, "routers keep serving: {errors:?}");
     for p in &acked {
-        assert!(c.coord.stat(p).await.unwrap().is_some(), "acknowledged write {p} lost");
+        assert!(
+            c.coord.stat(p).await.unwrap().is_some(),
+            "acknowledged write {p} lost"
+        );
     }
     assert!(acked.len() > 100, "writes go on after the failover");
-    c.router_serves(HOST, &sha(6), Duration::from_secs(20)).await;
+    c.router_serves(HOST, &sha(6), Duration::from_secs(20))
+        .await;
     converged(c, &[0, 1, 2], &sha(6)).await;
     let rel: atlantis_common::api::manager::ReleaseTarget = c
         .coord
-        .get(&c.coord.layout().release(&"hello".parse().unwrap(), &"prod".parse().unwrap()))
+        .get(
+            &c.coord
+                .layout()
+                .release(&"hello".parse().unwrap(), &"prod".parse().unwrap()),
+        )
         .await
         .unwrap()
         .unwrap()
         .value;
-    assert_eq!(Some(rel.number), t.release, "the release node is the deploy's");
+    assert_eq!(
+        Some(rel.number),
+        t.release,
+        "the release node is the deploy's"
+    );
     tokio::task::block_in_place(|| {
         c.ensemble.restart(leader);
         c.ensemble.wait_quorum(3, Duration::from_secs(60));
@@ -295,7 +336,11 @@ async fn host_dies(c: &mut HaCluster) {
         .find(|i| i.zone.as_str() == "zone-a")
         .expect("a container in zone-a")
         .clone();
-    let victim = if victim_rec.host.as_str() == "host-a1" { 0 } else { 1 };
+    let victim = if victim_rec.host.as_str() == "host-a1" {
+        0
+    } else {
+        1
+    };
     let other = 1 - victim;
     let load = Load::start(
         c.router_port,
@@ -317,13 +362,16 @@ async fn host_dies(c: &mut HaCluster) {
                     && i.host == c.hosts_name(other)
                     && i.state == atlantis_common::api::manager::InstanceState::Serving
             })?;
-            (!inst.iter().any(|i| i.container_id == victim_rec.container_id))
-                .then(|| back.clone())
+            (!inst
+                .iter()
+                .any(|i| i.container_id == victim_rec.container_id))
+            .then(|| back.clone())
         },
     )
     .await;
     let took = died.elapsed();
-    c.router_serves(HOST, &sha(6), Duration::from_secs(20)).await;
+    c.router_serves(HOST, &sha(6), Duration::from_secs(20))
+        .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (ok, failed, errors) = load.finish().await;
     println!(
