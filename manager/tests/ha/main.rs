@@ -251,6 +251,106 @@ async fn manager_ha_end_to_end() {
 
     // --- A supervisor host dies.
     host_dies(&mut c).await;
+
+    // --- A host that flaps moves nothing; once it stays away, its container moves.
+    flapping_host(&c).await;
+}
+
+/// Tasks of hello that re-placed containers.
+async fn replacements(c: &HaCluster) -> usize {
+    let (s, v) = c
+        .call(1, Method::GET, "/v1/tasks?app=hello&limit=1000", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v.as_array()
+        .unwrap()
+        .iter()
+        .filter(|t| t["warnings"].to_string().contains("re-placing"))
+        .count()
+}
+
+async fn flapping_host(c: &HaCluster) {
+    use atlantis_common::api::supervisor::{Resources, SupervisorRecord};
+    let ghost_coord = atlantis_common::zk::Coord::connect(c.zk.clone())
+        .await
+        .unwrap();
+    let l = c.coord.layout().clone();
+    let ghost: atlantis_common::HostName = "host-ghost".parse().unwrap();
+    let cap = Resources {
+        slots: 8,
+        cpu_millis: 8000,
+        memory_mb: 8192,
+    };
+    let record = SupervisorRecord {
+        version: 1,
+        software_version: "ghost".into(),
+        address: "http://127.0.0.1:9".into(),
+        host: ghost.clone(),
+        zone: "zone-a".parse().unwrap(),
+        capacity: cap,
+        free: cap,
+    };
+    // One container of hello.prod on the ghost host (it never ran: the test writes only the node).
+    let mut inst = instances(c).await[0].clone();
+    inst.container_id = atlantis_common::ContainerId::generate(&inst.app, &inst.sha, &inst.env);
+    inst.host = ghost.clone();
+    inst.zone = "zone-a".parse().unwrap();
+    inst.backend = None;
+    let path = l.instance(&inst.app, &inst.env, &inst.container_id);
+    let before = replacements(c).await;
+    let mut reg = Some(
+        ghost_coord
+            .register_ephemeral(&l.supervisor(&ghost), &record)
+            .await
+            .unwrap(),
+    );
+    c.coord.create(&path, &inst).await.unwrap();
+    // Flap: away 1.2 s, back 1.2 s, four times (the grace period is 3 s).
+    for _ in 0..4 {
+        reg.take().unwrap().deregister().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        reg = Some(
+            ghost_coord
+                .register_ephemeral(&l.supervisor(&ghost), &record)
+                .await
+                .unwrap(),
+        );
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+    }
+    assert_eq!(
+        replacements(c).await,
+        before,
+        "a flapping host moves nothing"
+    );
+    assert!(c.coord.stat(&path).await.unwrap().is_some());
+    // Away for good: the container is placed again in its zone.
+    reg.take().unwrap().deregister().await.unwrap();
+    let gone = Instant::now();
+    eventually(
+        Duration::from_secs(30),
+        "the ghost's container moves",
+        || async {
+            let moved = c.coord.stat(&path).await.unwrap().is_none()
+                && instances(c)
+                    .await
+                    .iter()
+                    .filter(|i| i.zone.as_str() == "zone-a" && i.host.as_str() == "host-a2")
+                    .count()
+                    == 2;
+            moved.then_some(())
+        },
+    )
+    .await;
+    println!(
+        "flapping host: no move while it flapped; moved {:?} after it stayed away",
+        gone.elapsed()
+    );
+    eventually(
+        Duration::from_secs(10),
+        "one more re-placement task",
+        || async { (replacements(c).await == before + 1).then_some(()) },
+    )
+    .await;
 }
 
 async fn zk_leader_dies(c: &mut HaCluster) {
