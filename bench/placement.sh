@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Placement benchmark: CONTAINERS containers (default 10,000, as APPS=100 releases) placed over HOSTS
 # (default 1,000) simulated hosts in 3 zones by the manager's real placement code, with the fleet read
-# from and the instance nodes written to a real ZooKeeper (transactions of BATCH=1000 creates), then
+# from and the instance nodes written to a real ZooKeeper (transactions of BATCH=500 creates, 8 in flight), then
 # started on in-memory fake supervisors that refuse anything over capacity. Goal: all placed in under
 # 5 s, no host over capacity, zones within one container of each other. Then the manager API's read
 # latency (p50, p99) under CLIENTS=200 concurrent clients for SECONDS=10 s against a real manager.

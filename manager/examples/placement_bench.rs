@@ -34,7 +34,7 @@ async fn main() {
     let hosts: usize = env_or("HOSTS", 1000);
     let containers: u32 = env_or("CONTAINERS", 10_000);
     let apps: u32 = env_or("APPS", 100);
-    let batch: usize = env_or("BATCH", 1000);
+    let batch: usize = env_or("BATCH", 500);
     let clients: usize = env_or("CLIENTS", 200);
     let seconds: u64 = env_or("SECONDS", 10);
     let zk = ZooKeeper::start();
@@ -116,21 +116,36 @@ async fn main() {
     }
     let t_place = t1.elapsed();
     let t2 = Instant::now();
+    // Parents first (one transaction), then the instance nodes, BATCH creates per transaction, eight
+    // transactions in flight at once.
     coord.ensure_path(&l.all_instances()).await.unwrap();
-    let mut txns = 0;
-    let mut parents_done = std::collections::BTreeSet::new();
-    for chunk in placed.chunks(batch) {
-        let mut txn = coord.txn();
-        for r in chunk {
-            if parents_done.insert(r.app.clone()) {
-                txn = txn
-                    .create_raw(&l.app_instances(&r.app), b"")
-                    .create_raw(&l.instances(&r.app, &r.env), b"");
-            }
-            txn = txn.create(&l.instance(&r.app, &r.env, &r.container_id), r);
+    let mut parents = coord.txn();
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &placed {
+        if seen.insert(r.app.clone()) {
+            parents = parents
+                .create_raw(&l.app_instances(&r.app), b"")
+                .create_raw(&l.instances(&r.app, &r.env), b"");
         }
-        txn.commit().await.unwrap();
-        txns += 1;
+    }
+    parents.commit().await.unwrap();
+    let txns = placed.len().div_ceil(batch) + 1;
+    {
+        use futures::StreamExt as _;
+        let commits: Vec<_> = futures::stream::iter(placed.chunks(batch))
+            .map(|chunk| {
+                let mut txn = coord.txn();
+                for r in chunk {
+                    txn = txn.create(&l.instance(&r.app, &r.env, &r.container_id), r);
+                }
+                txn.commit()
+            })
+            .buffer_unordered(8)
+            .collect()
+            .await;
+        for c in commits {
+            c.unwrap();
+        }
     }
     let t_write = t2.elapsed();
     let t3 = Instant::now();
@@ -185,7 +200,7 @@ async fn main() {
         ms(t_place)
     );
     println!(
-        "ZooKeeper writes:         {:>8.1} ms ({txns} transactions of up to {batch} creates)",
+        "ZooKeeper writes:         {:>8.1} ms ({txns} transactions: parents, then up to {batch} creates each)",
         ms(t_write)
     );
     println!("start on fake hosts:      {:>8.1} ms", ms(t_start));

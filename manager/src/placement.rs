@@ -77,6 +77,8 @@ struct Cand {
     host: HostName,
     capacity: Resources,
     free: Resources,
+    /// Copies of the release being placed (set per request).
+    copies: u32,
 }
 
 impl Cand {
@@ -126,6 +128,7 @@ impl Planner {
                     cpu_millis: s.free.cpu_millis.min(s.capacity.cpu_millis),
                     memory_mb: s.free.memory_mb.min(s.capacity.memory_mb),
                 },
+                copies: 0,
             });
         }
         for hosts in zones.values_mut() {
@@ -169,7 +172,8 @@ impl Planner {
     }
 
     /// `total` containers over every zone, zones within one container of each other; the extra ones go
-    /// to the zones with the most free slots (then the lower name).
+    /// to the zones with the fewest slots in use (then the most free, then the lower name), so a batch of
+    /// releases stays even over the zones as a whole.
     pub fn spread(
         &mut self,
         copies: &BTreeMap<HostName, u32>,
@@ -181,16 +185,27 @@ impl Planner {
         }
         let n = self.zones.len() as u32;
         let (base, extra) = (total / n, total % n);
-        let mut order: Vec<(&ZoneName, u32)> = self
+        let mut order: Vec<(&ZoneName, u64, u64)> = self
             .zones
             .iter()
-            .map(|(z, hosts)| (z, hosts.iter().map(|c| c.free.slots).sum()))
+            .map(|(z, hosts)| {
+                let used = hosts
+                    .iter()
+                    .map(|c| u64::from(c.capacity.slots.saturating_sub(c.free.slots)))
+                    .sum();
+                let free = hosts.iter().map(|c| u64::from(c.free.slots)).sum();
+                (z, used, free)
+            })
             .collect();
-        order.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        order.sort_by(|a, b| {
+            a.1.cmp(&b.1)
+                .then_with(|| b.2.cmp(&a.2))
+                .then_with(|| a.0.cmp(b.0))
+        });
         let bonus: BTreeSet<ZoneName> = order
             .iter()
             .take(extra as usize)
-            .map(|(z, _)| (*z).clone())
+            .map(|(z, _, _)| (*z).clone())
             .collect();
         let wanted: Vec<(ZoneName, u32)> = self
             .zones
@@ -213,12 +228,12 @@ impl Planner {
             return Err(PlaceError::NoSupervisors);
         }
         let before = self.zones.clone();
-        let mut copies = copies.clone();
+        self.load_copies(copies);
         let mut out = Vec::new();
         for placed in 0..n {
             let mut best = None;
             if let Some(hosts) = self.zones.get(prefer) {
-                best = pick(hosts, &copies, size).map(|i| (prefer.clone(), i));
+                best = pick(hosts, size).map(|i| (prefer.clone(), i));
             }
             if best.is_none() {
                 best = self
@@ -226,9 +241,9 @@ impl Planner {
                     .iter()
                     .filter(|(z, _)| *z != prefer)
                     .filter_map(|(z, hosts)| {
-                        let i = pick(hosts, &copies, size)?;
+                        let i = pick(hosts, size)?;
                         let c = &hosts[i];
-                        Some((c.cost(size, copies_of(&copies, &c.host)), z, i))
+                        Some((c.cost(size, c.copies), z, i))
                     })
                     .min_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)))
                     .map(|(_, z, i)| (z.clone(), i));
@@ -239,9 +254,20 @@ impl Planner {
                 self.zones = before;
                 return Err(e);
             };
-            out.push(self.take(&zone, i, size, &mut copies));
+            out.push(self.take(&zone, i, size));
         }
         Ok(out)
+    }
+
+    /// Sets every host's copy count from `copies` (hosts not in it: 0).
+    fn load_copies(&mut self, copies: &BTreeMap<HostName, u32>) {
+        for c in self.zones.values_mut().flatten() {
+            c.copies = if copies.is_empty() {
+                0
+            } else {
+                copies.get(&c.host).copied().unwrap_or(0)
+            };
+        }
     }
 
     fn place_counts(
@@ -253,7 +279,7 @@ impl Planner {
         if self.zones.is_empty() {
             return Err(PlaceError::NoSupervisors);
         }
-        let mut copies = copies.clone();
+        self.load_copies(copies);
         let mut out = Vec::new();
         let mut touched: Vec<(ZoneName, Vec<Cand>)> = Vec::new();
         for (zone, n) in wanted {
@@ -263,29 +289,23 @@ impl Planner {
             touched.push((zone.clone(), hosts.clone()));
             for placed in 0..*n {
                 let hosts = &self.zones[zone];
-                let Some(i) = pick(hosts, &copies, size) else {
+                let Some(i) = pick(hosts, size) else {
                     let e = short(zone.as_str(), hosts, placed, *n, size);
                     for (z, saved) in touched {
                         self.zones.insert(z, saved);
                     }
                     return Err(e);
                 };
-                out.push(self.take(zone, i, size, &mut copies));
+                out.push(self.take(zone, i, size));
             }
         }
         Ok(out)
     }
 
-    fn take(
-        &mut self,
-        zone: &ZoneName,
-        i: usize,
-        size: Size,
-        copies: &mut BTreeMap<HostName, u32>,
-    ) -> Slot {
+    fn take(&mut self, zone: &ZoneName, i: usize, size: Size) -> Slot {
         let c = &mut self.zones.get_mut(zone).expect("zone exists")[i];
         c.take(size);
-        *copies.entry(c.host.clone()).or_default() += 1;
+        c.copies += 1;
         Slot {
             host: c.host.clone(),
             zone: zone.clone(),
@@ -293,18 +313,14 @@ impl Planner {
     }
 }
 
-fn copies_of(copies: &BTreeMap<HostName, u32>, host: &HostName) -> u32 {
-    copies.get(host).copied().unwrap_or(0)
-}
-
 /// The index of the cheapest host that fits (the first in name order on a tie).
-fn pick(hosts: &[Cand], copies: &BTreeMap<HostName, u32>, size: Size) -> Option<usize> {
+fn pick(hosts: &[Cand], size: Size) -> Option<usize> {
     let mut best: Option<(f64, usize)> = None;
     for (i, c) in hosts.iter().enumerate() {
         if !c.fits(size) {
             continue;
         }
-        let cost = c.cost(size, copies_of(copies, &c.host));
+        let cost = c.cost(size, c.copies);
         if best.is_none_or(|(b, _)| cost < b) {
             best = Some((cost, i));
         }
