@@ -467,13 +467,24 @@ impl Ctx {
     ) -> Result<Vec<(InstanceRecord, ContainerInfo)>, String> {
         let l = self.coord.layout();
         let mut planned = Vec::new();
+        // Each instance node is created only while this manager still owns the task (the transaction
+        // checks the task node's version), so a task taken over elsewhere creates nothing more.
+        let owner = task.owner_check();
+        let _ = self
+            .coord
+            .ensure_path(&l.instances(&spec.app, &spec.env))
+            .await;
         for rec in recs {
             let id = rec.container_id.clone();
-            if let Err(e) = self
-                .coord
+            let mut txn = self.coord.txn();
+            if let Some((path, version)) = &owner {
+                txn = txn.check(path, *version);
+            }
+            let created = txn
                 .create(&l.instance(&spec.app, &spec.env, &id), rec)
-                .await
-            {
+                .commit()
+                .await;
+            if let Err(e) = created {
                 self.undo(task, &planned).await;
                 return Err(format!("cannot write instance node {id}: {e}"));
             }
@@ -662,6 +673,7 @@ impl Ctx {
             env,
             &new,
             ReleaseWrite::Target(&target, current.as_ref().map(|c| c.version)),
+            task.owner_check().as_ref().map(|(p, v)| (p.as_str(), *v)),
         )
         .await
         {
@@ -983,6 +995,7 @@ impl Ctx {
             env,
             &new,
             ReleaseWrite::Target(&target, Some(current.version)),
+            task.owner_check().as_ref().map(|(p, v)| (p.as_str(), *v)),
         )
         .await
         {

@@ -283,6 +283,13 @@ impl Task {
         self.tx.borrow().id.clone()
     }
 
+    /// The task node's path and the version this owner wrote last: writes that must not happen once
+    /// another manager claimed the task check it in their transaction.
+    pub fn owner_check(&self) -> Option<(String, i32)> {
+        let v = (*self.version.lock())?;
+        Some((self.tasks.coord.layout().task(&self.tx.borrow().id), v))
+    }
+
     /// The journal as it stands.
     pub fn journal(&self) -> Journal {
         self.journal.lock().clone()
