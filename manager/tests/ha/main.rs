@@ -538,3 +538,69 @@ async fn contract_on_a_real_supervisor(c: &HaCluster) {
     let host: &dyn HostApi = &client;
     fleet::contract::check(host, &template, rec.capacity.memory_mb + 1024).await;
 }
+
+/// A task claimed by another manager stops its old owner: the old owner's journal write fails, and its
+/// instance-node and switch writes (which check the task node's version) cannot happen any more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claimed_task_stops_its_old_owner() {
+    use atlantis_common::api::manager::TaskKind;
+    use atlantis_manager::history::History;
+    use atlantis_manager::tasks::Tasks;
+    let zk = atlantis_testkit::ZooKeeper::shared();
+    let mut z = atlantis_common::zk::ZkConfig::new(zk.connect_string(), "test".parse().unwrap());
+    z.root = Some(format!("/mgr-claim-{}", support::unique()));
+    let coord = atlantis_common::zk::Coord::connect(z).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let history = History::open(&format!("sqlite://{}", dir.path().join("h.db").display()))
+        .await
+        .unwrap();
+    let a = Tasks::new(coord.clone(), history.clone(), "manager-a");
+    let b = Tasks::new(coord.clone(), history.clone(), "manager-b");
+    let task = a
+        .start(
+            "t1".into(),
+            TaskKind::Deploy,
+            "hello",
+            Some("prod"),
+            &["hello", "prod"],
+        )
+        .await;
+    task.record(|j| j.lock.push("x".into())).await.unwrap();
+    let (check_path, check_version) = task.owner_check().unwrap();
+
+    let found = b.in_flight().await.unwrap();
+    assert_eq!(found.len(), 1);
+    let (node, version) = found.into_iter().next().unwrap();
+    assert_eq!(node.journal.owner, "manager-a");
+    // A claim on a stale version loses; the right one wins, once.
+    assert!(b.adopt(node.clone(), version - 1).await.is_none());
+    let taken = b.adopt(node.clone(), version).await.expect("claimed");
+    assert!(
+        b.adopt(node, version).await.is_none(),
+        "never claimed twice"
+    );
+
+    let e = task.record(|j| j.takeovers = 99).await.unwrap_err();
+    assert!(e.contains("taken over"), "{e}");
+    assert!(task.is_lost());
+    let write = coord
+        .txn()
+        .check(&check_path, check_version)
+        .create_raw(&format!("{check_path}-side-effect"), b"")
+        .commit()
+        .await;
+    assert!(write.is_err(), "a write guarded by the old version fails");
+    // The old owner's end records nothing; the new owner's end removes the node.
+    task.fail("old owner".into()).await;
+    assert!(coord.stat(&check_path).await.unwrap().is_some());
+    taken.done().await;
+    assert!(coord.stat(&check_path).await.unwrap().is_none());
+    let saved = history.task("t1").await.unwrap().unwrap();
+    assert_eq!(saved.state, TaskState::Done);
+    assert!(
+        saved
+            .warnings
+            .iter()
+            .any(|w| w.contains("taken over by manager manager-b"))
+    );
+}
