@@ -40,6 +40,9 @@ pub struct Config {
     /// Largest accepted request body, bytes.
     #[serde(default = "default_max_body")]
     pub max_body_bytes: usize,
+    /// The leader's reconciliation (dead managers' tasks, dead hosts, lost containers).
+    #[serde(default)]
+    pub ha: HaConfig,
     /// Who may call the API (tokens, LDAP, admin token).
     #[serde(default)]
     pub auth: crate::auth::AuthConfig,
@@ -51,6 +54,32 @@ pub struct Config {
     /// certificate.
     #[serde(default)]
     pub supervisor_tls: Option<ClientTlsConfig>,
+}
+
+/// The leader's reconciliation settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HaConfig {
+    /// Time between two passes.
+    pub interval_ms: u64,
+    /// How long a supervisor's registration (or a serving container on a live host) must be gone
+    /// before its containers are placed again elsewhere.
+    pub host_grace_ms: u64,
+    /// At most this many containers are re-placed per pass.
+    pub max_moves_per_pass: usize,
+    /// An app.env whose containers were re-placed is left alone this long.
+    pub cooldown_ms: u64,
+}
+
+impl Default for HaConfig {
+    fn default() -> Self {
+        HaConfig {
+            interval_ms: 2_000,
+            host_grace_ms: 30_000,
+            max_moves_per_pass: 20,
+            cooldown_ms: 10_000,
+        }
+    }
 }
 
 /// A server certificate.

@@ -33,7 +33,8 @@ use crate::placement::{self, Need, Slot};
 use crate::routing::{self, NewBackend, Publish, ReleaseWrite, Route};
 use crate::secrets::Sealer;
 use crate::state;
-use crate::tasks::{Task, Tasks, now_ms};
+use crate::tasks::{Journal, Phase, Plan, Task, Tasks, TeardownPlan, now_ms};
+use crate::testhook;
 
 /// Everything handlers and tasks share.
 #[derive(Clone)]
@@ -60,7 +61,7 @@ pub struct Ctx {
 
 /// What a release runs: the same for deploy, rollback and scale.
 #[derive(Debug, Clone)]
-struct Spec {
+pub(crate) struct Spec {
     app: AppName,
     env: EnvName,
     sha: Sha,
@@ -81,7 +82,7 @@ struct Deps {
 }
 
 impl Ctx {
-    fn client(&self, sup: &SupervisorRecord) -> Result<SupervisorClient, String> {
+    pub(crate) fn client(&self, sup: &SupervisorRecord) -> Result<SupervisorClient, String> {
         SupervisorClient::with_tls(
             &sup.address,
             &self.token,
@@ -109,7 +110,7 @@ impl Ctx {
             .value)
     }
 
-    async fn lock(&self, key: &[&str], task_id: &str) -> Result<LockGuard, ApiError> {
+    pub(crate) async fn lock(&self, key: &[&str], task_id: &str) -> Result<LockGuard, ApiError> {
         let key =
             LockKey::new(key.iter().copied()).map_err(|e| ApiError::Internal(e.to_string()))?;
         Ok(self
@@ -345,6 +346,7 @@ impl Ctx {
                 kind,
                 spec.app.as_str(),
                 Some(spec.env.as_str()),
+                &[spec.app.as_str(), spec.env.as_str()],
             )
             .await;
         if let Some(w) = warning {
@@ -412,7 +414,7 @@ impl Ctx {
     }
 
     /// Places `per_zone` containers of `spec` (in `only_zone` when given).
-    async fn place(
+    pub(crate) async fn place(
         &self,
         spec: &Spec,
         per_zone: u32,
@@ -440,22 +442,13 @@ impl Ctx {
         .map_err(|e| ApiError::NoCapacity(e.to_string()))
     }
 
-    /// Writes instance nodes, then starts every container in parallel. On any failure everything started
-    /// is removed again and the error returned.
-    async fn start_all(
-        &self,
-        task: &Task,
-        spec: &Spec,
-        slots: &[Slot],
-        release: i64,
-    ) -> Result<Vec<(InstanceRecord, ContainerInfo)>, String> {
-        let l = self.coord.layout();
-        let mut planned = Vec::new();
-        for slot in slots {
-            let id = ContainerId::generate(&spec.app, &spec.sha, &spec.env);
-            let rec = InstanceRecord {
+    /// The instance records of the containers to start in `slots` (IDs chosen now, nothing written).
+    pub(crate) fn plan_instances(spec: &Spec, slots: &[Slot], release: i64) -> Vec<InstanceRecord> {
+        slots
+            .iter()
+            .map(|slot| InstanceRecord {
                 version: 1,
-                container_id: id.clone(),
+                container_id: ContainerId::generate(&spec.app, &spec.sha, &spec.env),
                 app: spec.app.clone(),
                 env: spec.env.clone(),
                 sha: spec.sha.clone(),
@@ -466,16 +459,42 @@ impl Ctx {
                 release,
                 cpu_millis: spec.manifest.cpu_millis,
                 memory_mb: spec.manifest.memory_mb,
-            };
-            if let Err(e) = self
-                .coord
-                .create(&l.instance(&spec.app, &spec.env, &id), &rec)
-                .await
-            {
+            })
+            .collect()
+    }
+
+    /// Writes the instance nodes of `recs`, then starts every container in parallel. On any failure
+    /// everything started is removed again and the error returned.
+    async fn start_all(
+        &self,
+        task: &Task,
+        spec: &Spec,
+        recs: &[InstanceRecord],
+    ) -> Result<Vec<(InstanceRecord, ContainerInfo)>, String> {
+        let l = self.coord.layout();
+        let mut planned = Vec::new();
+        // Each instance node is created only while this manager still owns the task (the transaction
+        // checks the task node's version), so a task taken over elsewhere creates nothing more.
+        let owner = task.owner_check();
+        let _ = self
+            .coord
+            .ensure_path(&l.instances(&spec.app, &spec.env))
+            .await;
+        for rec in recs {
+            let id = rec.container_id.clone();
+            let mut txn = self.coord.txn();
+            if let Some((path, version)) = &owner {
+                txn = txn.check(path, *version);
+            }
+            let created = txn
+                .create(&l.instance(&spec.app, &spec.env, &id), rec)
+                .commit()
+                .await;
+            if let Err(e) = created {
                 self.undo(task, &planned).await;
                 return Err(format!("cannot write instance node {id}: {e}"));
             }
-            planned.push(rec);
+            planned.push(rec.clone());
         }
         task.detail(format!(
             "{} containers: {}",
@@ -530,7 +549,7 @@ impl Ctx {
     }
 
     /// Tears containers down host by host, then deletes their instance nodes. Returns how many went.
-    async fn remove_containers(&self, task: &Task, recs: &[InstanceRecord]) -> usize {
+    pub(crate) async fn remove_containers(&self, task: &Task, recs: &[InstanceRecord]) -> usize {
         let l = self.coord.layout();
         let mut by_host: BTreeMap<HostName, Vec<ContainerId>> = BTreeMap::new();
         for r in recs {
@@ -589,7 +608,7 @@ impl Ctx {
     /// Runs a deploy or rollback after its checks passed.
     async fn run_release(&self, task: Task, guard: LockGuard, spec: Spec, slots: Vec<Slot>) {
         let r = self.release_steps(&task, &spec, &slots).await;
-        let _ = guard.release().await;
+        // The task ends before its lock goes: a running task without a lock is an orphan to the leader.
         match r {
             Ok(n) => {
                 task.set_release(n);
@@ -597,6 +616,7 @@ impl Ctx {
             }
             Err(e) => task.fail(e).await,
         }
+        let _ = guard.release().await;
     }
 
     async fn release_steps(&self, task: &Task, spec: &Spec, slots: &[Slot]) -> Result<i64, String> {
@@ -613,16 +633,6 @@ impl Ctx {
             .await
             .map_err(|e| e.to_string())?
             .max(current.as_ref().map_or(0, |c| c.value.number) + 1);
-        task.step("start containers").await;
-        let started = self.start_all(task, spec, slots, number).await?;
-        let new = match new_backends(spec.manifest.port, started) {
-            Ok(n) => n,
-            Err((e, recs)) => {
-                self.undo(task, &recs).await;
-                return Err(e);
-            }
-        };
-        task.step("switch traffic").await;
         let target = ReleaseTarget {
             version: 1,
             number,
@@ -630,6 +640,38 @@ impl Ctx {
             image: spec.image.clone(),
             manifest: spec.manifest.clone(),
         };
+        let created = Self::plan_instances(spec, slots, number);
+        task.record(|j| {
+            j.plan = Some(Plan {
+                phase: Phase::Starting,
+                route_kind: spec.route.kind,
+                created: created.clone(),
+                remove: old.iter().map(|v| v.value.clone()).collect(),
+                target: Some(target.clone()),
+                release_version: current.as_ref().map(|c| c.version),
+                teardown: None,
+            })
+        })
+        .await?;
+        testhook::pause("start").await;
+        task.step("start containers").await;
+        let started = self.start_all(task, spec, &created).await?;
+        let new = match new_backends(spec.manifest.port, started) {
+            Ok(n) => n,
+            Err((e, recs)) => {
+                self.undo(task, &recs).await;
+                return Err(e);
+            }
+        };
+        if let Err(e) = task.record(|j| set_phase(j, Phase::Started)).await {
+            if !task.is_lost() {
+                self.undo(task, &created).await;
+            }
+            return Err(e);
+        }
+        testhook::pause("switch").await;
+        task.check_owned()?;
+        task.step("switch traffic").await;
         if let Err(e) = routing::switch_in(
             &self.coord,
             &spec.route,
@@ -637,6 +679,7 @@ impl Ctx {
             env,
             &new,
             ReleaseWrite::Target(&target, current.as_ref().map(|c| c.version)),
+            task.owner_check().as_ref().map(|(p, v)| (p.as_str(), *v)),
         )
         .await
         {
@@ -646,6 +689,9 @@ impl Ctx {
                 "the switch transaction failed (old release still serves): {e}"
             ));
         }
+        // From here on the task goes forward, whoever finishes it.
+        let _ = task.record(|j| set_phase(j, Phase::Switched)).await;
+        task.check_owned()?;
         task.detail(format!(
             "pool {} now has {}",
             routing::pool_name(app, env),
@@ -655,36 +701,76 @@ impl Ctx {
                 .join(", ")
         ));
         self.confirm_usable(task, &spec.route, app, env, &new).await;
-        task.step("drain old release").await;
-        self.drain(
+        testhook::pause("drain").await;
+        task.check_owned()?;
+        self.finish_release(
             task,
             spec.route.kind,
-            app,
-            env,
-            old.into_iter().map(|v| v.value).collect(),
+            &task.journal().plan.unwrap_or_else(|| Plan {
+                phase: Phase::Switched,
+                route_kind: spec.route.kind,
+                created,
+                remove: old.into_iter().map(|v| v.value).collect(),
+                target: Some(target.clone()),
+                release_version: None,
+                teardown: None,
+            }),
         )
-        .await;
-        task.step("record release").await;
-        let release = Release {
-            app: app.to_string(),
-            env: env.to_string(),
-            number,
-            sha: spec.sha.to_string(),
-            image: spec.image.clone(),
-            manifest: spec.manifest.clone(),
-            task_id: task.id(),
-            containers: new
-                .iter()
-                .map(|b| b.instance.container_id.to_string())
-                .collect(),
-            created_ms: now_ms() as i64,
+        .await
+    }
+
+    /// After the switch: drains and removes `plan.remove`, records the release (when the plan has a
+    /// target) in the history unless it is there already. Safe to run again.
+    pub(crate) async fn finish_release(
+        &self,
+        task: &Task,
+        kind: atlantis_common::zk::RouterKind,
+        plan: &Plan,
+    ) -> Result<i64, String> {
+        let Some(first) = plan.created.first().or(plan.remove.first()) else {
+            return Ok(plan.target.as_ref().map_or(0, |t| t.number));
         };
-        if let Err(e) = self.history.record_release(&release).await {
-            task.warn(format!(
-                "release {number} serves but is not in the history: {e}"
-            ));
+        let (app, env) = (first.app.clone(), first.env.clone());
+        task.step("drain old release").await;
+        let _ = task.record(|j| set_phase(j, Phase::Draining)).await;
+        task.check_owned()?;
+        self.drain(task, kind, &app, &env, plan.remove.clone())
+            .await;
+        let Some(target) = &plan.target else {
+            return Ok(0);
+        };
+        task.step("record release").await;
+        let number = target.number;
+        let known = self
+            .history
+            .release(app.as_str(), env.as_str(), number)
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+        if !known {
+            let release = Release {
+                app: app.to_string(),
+                env: env.to_string(),
+                number,
+                sha: target.sha.to_string(),
+                image: target.image.clone(),
+                manifest: target.manifest.clone(),
+                task_id: task.id(),
+                containers: plan
+                    .created
+                    .iter()
+                    .map(|r| r.container_id.to_string())
+                    .collect(),
+                created_ms: now_ms() as i64,
+            };
+            if let Err(e) = self.history.record_release(&release).await {
+                task.warn(format!(
+                    "release {number} serves but is not in the history: {e}"
+                ));
+            }
         }
-        task.detail(format!("release {number}: sha {}", spec.sha));
+        task.detail(format!("release {number}: sha {}", target.sha));
         Ok(number)
     }
 
@@ -716,7 +802,7 @@ impl Ctx {
     }
 
     /// Takes `old` out of the pool, waits the drain time, then removes the containers and nodes.
-    async fn drain(
+    pub(crate) async fn drain(
         &self,
         task: &Task,
         kind: atlantis_common::zk::RouterKind,
@@ -748,6 +834,33 @@ impl Ctx {
         task.detail(format!("removed {n} old containers"));
     }
 
+    /// The spec of the running release `target` of app.env with `instances` per zone (dependencies and
+    /// route resolved again).
+    pub(crate) async fn release_spec(
+        &self,
+        rec: &AppRecord,
+        env: &EnvName,
+        target: &ReleaseTarget,
+        instances: u32,
+    ) -> Result<Spec, ApiError> {
+        let app = &rec.spec.name;
+        let deps = self.dependencies(rec, env).await?;
+        let route = self.route(rec, env).await?;
+        let mut manifest = target.manifest.clone();
+        manifest.instances = instances;
+        Ok(Spec {
+            app: app.clone(),
+            env: env.clone(),
+            sha: target.sha.clone(),
+            image: target.image.clone(),
+            manifest,
+            dependencies: deps.common,
+            zone_dependencies: deps.by_zone,
+            dep_env: deps.env,
+            route,
+        })
+    }
+
     /// Starts a scale of app/env to `instances` per zone, without a new release.
     pub async fn scale(
         &self,
@@ -770,21 +883,9 @@ impl Ctx {
             let current = state::release(&self.coord, &app, &env)
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("{app}.{env} is not deployed")))?;
-            let deps = self.dependencies(&rec.value, &env).await?;
-            let route = self.route(&rec.value, &env).await?;
-            let mut manifest = current.value.manifest.clone();
-            manifest.instances = instances;
-            let spec = Spec {
-                app: app.clone(),
-                env: env.clone(),
-                sha: current.value.sha.clone(),
-                image: current.value.image.clone(),
-                manifest,
-                dependencies: deps.common,
-                zone_dependencies: deps.by_zone,
-                dep_env: deps.env,
-                route,
-            };
+            let spec = self
+                .release_spec(&rec.value, &env, &current.value, instances)
+                .await?;
             let live = state::instances(&self.coord, &app, &env).await?;
             let mut per_zone: BTreeMap<atlantis_common::ZoneName, Vec<InstanceRecord>> =
                 BTreeMap::new();
@@ -830,21 +931,24 @@ impl Ctx {
                 TaskKind::Scale,
                 app.as_str(),
                 Some(env.as_str()),
+                &[app.as_str(), env.as_str()],
             )
             .await;
         let ctx = self.clone();
         tokio::spawn(async move {
             let r = ctx.scale_steps(&task, &spec, current, &slots, remove).await;
-            let _ = guard.release().await;
             match r {
                 Ok(()) => task.done().await,
                 Err(e) => task.fail(e).await,
             }
+            let _ = guard.release().await;
         });
         Ok(task_id)
     }
 
-    async fn scale_steps(
+    /// Starts the containers of `slots`, switches them in (the release target keeps its number, with
+    /// `spec`'s instance count), then drains `remove`. Shared by scale and the leader's re-placement.
+    pub(crate) async fn scale_steps(
         &self,
         task: &Task,
         spec: &Spec,
@@ -855,10 +959,24 @@ impl Ctx {
         let (app, env) = (&spec.app, &spec.env);
         let mut target = current.value.clone();
         target.manifest.instances = spec.manifest.instances;
+        let created = Self::plan_instances(spec, slots, target.number);
+        task.record(|j| {
+            j.plan = Some(Plan {
+                phase: Phase::Starting,
+                route_kind: spec.route.kind,
+                created: created.clone(),
+                remove: remove.clone(),
+                target: None,
+                release_version: Some(current.version),
+                teardown: None,
+            })
+        })
+        .await?;
         let mut new = Vec::new();
-        if !slots.is_empty() {
+        if !created.is_empty() {
+            testhook::pause("start").await;
             task.step("start containers").await;
-            let started = self.start_all(task, spec, slots, target.number).await?;
+            let started = self.start_all(task, spec, &created).await?;
             new = match new_backends(spec.manifest.port, started) {
                 Ok(n) => n,
                 Err((e, recs)) => {
@@ -866,7 +984,15 @@ impl Ctx {
                     return Err(e);
                 }
             };
+            if let Err(e) = task.record(|j| set_phase(j, Phase::Started)).await {
+                if !task.is_lost() {
+                    self.undo(task, &created).await;
+                }
+                return Err(e);
+            }
         }
+        testhook::pause("switch").await;
+        task.check_owned()?;
         task.step("switch traffic").await;
         if let Err(e) = routing::switch_in(
             &self.coord,
@@ -875,6 +1001,7 @@ impl Ctx {
             env,
             &new,
             ReleaseWrite::Target(&target, Some(current.version)),
+            task.owner_check().as_ref().map(|(p, v)| (p.as_str(), *v)),
         )
         .await
         {
@@ -882,11 +1009,17 @@ impl Ctx {
             self.undo(task, &recs).await;
             return Err(format!("the switch transaction failed: {e}"));
         }
+        let _ = task.record(|j| set_phase(j, Phase::Switched)).await;
+        task.check_owned()?;
         if !new.is_empty() {
             self.confirm_usable(task, &spec.route, app, env, &new).await;
         }
+        testhook::pause("drain").await;
+        task.check_owned()?;
         if !remove.is_empty() {
             task.step("drain removed containers").await;
+            let _ = task.record(|j| set_phase(j, Phase::Draining)).await;
+            task.check_owned()?;
             self.drain(task, spec.route.kind, app, env, remove).await;
         }
         Ok(())
@@ -937,23 +1070,42 @@ impl Ctx {
                 TaskKind::Teardown,
                 app.as_str(),
                 env.as_ref().map(EnvName::as_str),
+                &key,
             )
             .await;
         let ctx = self.clone();
         tokio::spawn(async move {
-            let r = ctx
-                .teardown_steps(&task, &rec, &envs, container.as_ref())
-                .await;
-            let _ = guard.release().await;
+            let r = async {
+                let route_kind = ctx.cfg.routing.kind;
+                task.record(|j| {
+                    j.plan = Some(Plan {
+                        phase: Phase::Draining,
+                        route_kind,
+                        created: Vec::new(),
+                        remove: Vec::new(),
+                        target: None,
+                        release_version: None,
+                        teardown: Some(TeardownPlan {
+                            envs: envs.iter().map(ToString::to_string).collect(),
+                            container: container.as_ref().map(ToString::to_string),
+                        }),
+                    })
+                })
+                .await?;
+                ctx.teardown_steps(&task, &rec, &envs, container.as_ref())
+                    .await
+            }
+            .await;
             match r {
                 Ok(()) => task.done().await,
                 Err(e) => task.fail(e).await,
             }
+            let _ = guard.release().await;
         });
         Ok(task_id)
     }
 
-    async fn teardown_steps(
+    pub(crate) async fn teardown_steps(
         &self,
         task: &Task,
         rec: &AppRecord,
@@ -1064,6 +1216,12 @@ impl Ctx {
 }
 
 type Started = Vec<(InstanceRecord, ContainerInfo)>;
+
+fn set_phase(j: &mut Journal, phase: Phase) {
+    if let Some(p) = &mut j.plan {
+        p.phase = phase;
+    }
+}
 
 fn new_backends(
     port: u16,

@@ -6,21 +6,28 @@
 //! - [`history`]: releases and finished tasks in SQL (SQLite or PostgreSQL); [`secrets`]: dependency
 //!   data sealed at rest; [`images`]: tag to digest resolution in the registry; [`state`]: ZooKeeper reads.
 //! - [`auth`]: bearer tokens, LDAP logins, teams, authorisation of every route and the audit log.
-//! - [`server`]: startup, registration and the leadership campaign.
+//! - [`fleet`]: the host API seam (real supervisor client, in-memory fake) and its contract.
+//! - [`server`]: startup, registration and the leadership campaign; while leading, [`reconcile`] takes
+//!   over dead managers' tasks ([`recovery`]) and re-places the containers of dead hosts.
+//! - [`testhook`]: TEST-ONLY pause points (inert unless their variables are set).
 
 pub mod api;
 pub mod auth;
 pub mod config;
 pub mod engine;
 pub mod error;
+pub mod fleet;
 pub mod history;
 pub mod images;
 pub mod placement;
+pub mod reconcile;
+pub mod recovery;
 pub mod routing;
 pub mod secrets;
 pub mod server;
 pub mod state;
 pub mod tasks;
+pub mod testhook;
 
 pub use config::Config;
 pub use server::App;

@@ -157,7 +157,9 @@ pub enum ReleaseWrite<'a> {
 }
 
 /// Puts `new` in the app.env pool in one transaction, creating pool, rule and trie entry when missing,
-/// marking the instances serving and writing the release target.
+/// marking the instances serving and writing the release target. With `owner` (a task node's path and
+/// the version its owner wrote last), the transaction also checks that version: a task taken over by
+/// another manager cannot switch any more.
 pub async fn switch_in(
     coord: &Coord,
     route: &Route,
@@ -165,6 +167,7 @@ pub async fn switch_in(
     env: &EnvName,
     new: &[NewBackend],
     release: ReleaseWrite<'_>,
+    owner: Option<(&str, i32)>,
 ) -> Result<(), CoordError> {
     let l = coord.layout();
     let kind = route.kind;
@@ -180,6 +183,9 @@ pub async fn switch_in(
     let mut last = None;
     for _ in 0..8 {
         let mut txn = coord.txn();
+        if let Some((path, version)) = owner {
+            txn = txn.check(path, version);
+        }
         if coord.stat(&pool_path).await?.is_none() {
             txn = txn.create(&pool_path, &default_pool());
         }
@@ -257,8 +263,9 @@ pub async fn switch_in(
                 // A concurrent edit of the trie (another app's first deploy): read again and retry. A
                 // lost compare-and-set on the release node is final (it is under our lock, so it means
                 // someone bypassed it).
-                if matches!(&release, ReleaseWrite::Target(..))
-                    && e.to_string().contains("releases")
+                if (matches!(&release, ReleaseWrite::Target(..))
+                    && e.to_string().contains("releases"))
+                    || matches!(&e, CoordError::Txn { index: 0, .. } if owner.is_some())
                 {
                     return Err(e);
                 }

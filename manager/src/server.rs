@@ -149,7 +149,7 @@ impl App {
             .map_err(|e| StartError::Setup(e.to_string()))?;
         let ctx = Ctx {
             coord: coord.clone(),
-            tasks: Tasks::new(coord.clone(), history.clone()),
+            tasks: Tasks::new(coord.clone(), history.clone(), cfg.host.as_str()),
             history,
             sealer,
             images,
@@ -164,7 +164,7 @@ impl App {
             .route("/healthz", get(healthz))
             .route("/metrics", get(metrics))
             .with_state(shared.clone())
-            .merge(crate::api::router(ctx))
+            .merge(crate::api::router(ctx.clone()))
             .merge(crate::api::login::router(auth.clone()))
             .layer(axum::middleware::from_fn_with_state(
                 auth,
@@ -186,7 +186,7 @@ impl App {
                 tracing::error!(error = %e, "Manager API server failed.");
             }
         });
-        let campaign = tokio::spawn(lead(shared, stop.clone()));
+        let campaign = tokio::spawn(lead(shared, ctx, stop.clone()));
         tracing::info!(%addr, host = %cfg.host, "Manager serving.");
         Ok(App {
             addr,
@@ -206,8 +206,8 @@ impl App {
     }
 }
 
-/// Campaigns for leadership again and again; background reconciliation will run while leading.
-async fn lead(shared: Shared, stop: CancellationToken) {
+/// Campaigns for leadership again and again; reconciliation runs while leading.
+async fn lead(shared: Shared, ctx: Ctx, stop: CancellationToken) {
     let path = shared.coord.layout().manager_leader();
     loop {
         let won = tokio::select! {
@@ -219,6 +219,7 @@ async fn lead(shared: Shared, stop: CancellationToken) {
                 shared.leader.store(true, Ordering::SeqCst);
                 tokio::select! {
                     _ = leadership.lost() => tracing::warn!("Leadership lost."),
+                    _ = crate::reconcile::run(ctx.clone()) => {}
                     _ = stop.cancelled() => {
                         let _ = leadership.resign().await;
                         shared.leader.store(false, Ordering::SeqCst);

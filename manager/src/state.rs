@@ -5,15 +5,25 @@ use atlantis_common::api::supervisor::SupervisorRecord;
 use atlantis_common::zk::{Coord, CoordError, RouterKind, Versioned};
 use atlantis_common::{AppName, ContainerId, EnvName, HostName};
 
-/// Every registered supervisor (unreadable records are skipped with a log line).
+/// Every registered supervisor (unreadable records are skipped with a log line). The records are read
+/// 64 at a time (a region may have a thousand hosts).
 pub async fn supervisors(coord: &Coord) -> Result<Vec<SupervisorRecord>, CoordError> {
+    use futures::StreamExt as _;
     let l = coord.layout();
+    let hosts: Vec<HostName> = coord
+        .children(&l.supervisors())
+        .await?
+        .into_iter()
+        .filter_map(|n| n.parse().ok())
+        .collect();
+    let reads: Vec<_> = futures::stream::iter(hosts)
+        .map(|host| async move { coord.get::<SupervisorRecord>(&l.supervisor(&host)).await })
+        .buffered(64)
+        .collect()
+        .await;
     let mut out = Vec::new();
-    for name in coord.children(&l.supervisors()).await? {
-        let Ok(host) = name.parse::<HostName>() else {
-            continue;
-        };
-        match coord.get::<SupervisorRecord>(&l.supervisor(&host)).await {
+    for r in reads {
+        match r {
             Ok(Some(v)) => out.push(v.value),
             Ok(None) => {}
             Err(CoordError::Decode { path, source }) => {

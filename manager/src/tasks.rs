@@ -1,14 +1,23 @@
-//! Tasks: long operations run in the background; their progress is kept in memory (for streaming),
-//! written to ZooKeeper `tasks/<id>` as it happens (so a restarted manager can see what was in flight),
-//! and stored in the SQL history when they end (then the ZooKeeper node is removed).
+//! Tasks: long operations run in the background. Their progress is kept in memory (for streaming) and in
+//! ZooKeeper `tasks/<id>` as it happens, with a journal of what the task has created and where it stands,
+//! written before and after each step acts; when a task ends it goes into the SQL history and the
+//! ZooKeeper node is removed.
+//!
+//! The node is the task's claim: every write is a compare-and-set on the version its owner wrote last. A
+//! manager that takes a task over (see `recovery`) bumps the version, so the old owner's next write fails
+//! and it stops acting ([`Task::is_lost`]); a task is never run by two managers at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use atlantis_common::api::manager::{TaskKind, TaskState, TaskStatus, TaskStep};
-use atlantis_common::zk::Coord;
+use atlantis_common::api::manager::{
+    InstanceRecord, ReleaseTarget, TaskKind, TaskState, TaskStatus, TaskStep,
+};
+use atlantis_common::zk::{Coord, CoordError, RouterKind};
 use parking_lot::Mutex;
+use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::history::History;
@@ -24,21 +33,98 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
+/// Where a release-like task (deploy, rollback, scale, re-placement) stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Instance nodes and containers of `created` are being made (none may exist yet).
+    Starting,
+    /// Every container of `created` runs and is healthy; traffic not switched.
+    Started,
+    /// The switch transaction committed: the new backends serve.
+    Switched,
+    /// `remove` is being drained and removed.
+    Draining,
+}
+
+/// What a teardown works on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TeardownPlan {
+    /// The envs torn down.
+    pub envs: Vec<String>,
+    /// Only this container.
+    pub container: Option<String>,
+}
+
+/// What a task has done, for whoever takes it over.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Plan {
+    /// Where it stands.
+    pub phase: Phase,
+    /// The router fleet of the app.env.
+    pub route_kind: RouterKind,
+    /// Containers this task creates (recorded before any is created).
+    #[serde(default)]
+    pub created: Vec<InstanceRecord>,
+    /// Containers it removes once the new ones serve (the old release, scaled-down or dead ones).
+    #[serde(default)]
+    pub remove: Vec<InstanceRecord>,
+    /// The release target the switch writes (deploy, rollback).
+    #[serde(default)]
+    pub target: Option<ReleaseTarget>,
+    /// The release node's version before the switch (scale: the switch changes it).
+    #[serde(default)]
+    pub release_version: Option<i32>,
+    /// A teardown's scope.
+    #[serde(default)]
+    pub teardown: Option<TeardownPlan>,
+}
+
+/// The journal part of `tasks/<id>`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Journal {
+    /// The manager running it.
+    #[serde(default)]
+    pub owner: String,
+    /// The lock it holds (its key's segments); the holder node names the task as its purpose.
+    #[serde(default)]
+    pub lock: Vec<String>,
+    /// How often it was taken over.
+    #[serde(default)]
+    pub takeovers: u32,
+    /// What it did so far (None: nothing yet).
+    #[serde(default)]
+    pub plan: Option<Plan>,
+}
+
+/// The ZooKeeper node `tasks/<id>`: the public status plus the journal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskNode {
+    /// What `GET /v1/tasks/<id>` shows.
+    #[serde(flatten)]
+    pub status: TaskStatus,
+    /// What recovery needs.
+    #[serde(default)]
+    pub journal: Journal,
+}
+
 /// The registry of tasks of this manager.
 #[derive(Clone)]
 pub struct Tasks {
     coord: Coord,
     history: History,
+    owner: Arc<String>,
     live: Arc<Mutex<HashMap<String, watch::Receiver<TaskStatus>>>>,
     finished: Arc<Mutex<VecDeque<String>>>,
 }
 
 impl Tasks {
-    /// A registry writing to `coord` and `history`.
-    pub fn new(coord: Coord, history: History) -> Tasks {
+    /// A registry writing to `coord` and `history`, owned by manager `owner`.
+    pub fn new(coord: Coord, history: History, owner: &str) -> Tasks {
         Tasks {
             coord,
             history,
+            owner: Arc::new(owner.to_owned()),
             live: Arc::default(),
             finished: Arc::default(),
         }
@@ -49,8 +135,15 @@ impl Tasks {
         uuid::Uuid::new_v4().simple().to_string()
     }
 
-    /// Starts tracking a task.
-    pub async fn start(&self, id: String, kind: TaskKind, app: &str, env: Option<&str>) -> Task {
+    /// Starts tracking a task that holds the lock `lock` (its ZooKeeper node is created now).
+    pub async fn start(
+        &self,
+        id: String,
+        kind: TaskKind,
+        app: &str,
+        env: Option<&str>,
+        lock: &[&str],
+    ) -> Task {
         let status = TaskStatus {
             version: 1,
             id: id.clone(),
@@ -65,20 +158,95 @@ impl Tasks {
             created_ms: now_ms(),
             finished_ms: None,
         };
-        let (tx, rx) = watch::channel(status.clone());
-        self.live.lock().insert(id.clone(), rx);
-        let t = Task {
-            tasks: self.clone(),
-            tx: Arc::new(tx),
+        let journal = Journal {
+            owner: self.owner.to_string(),
+            lock: lock.iter().map(|s| (*s).to_owned()).collect(),
+            takeovers: 0,
+            plan: None,
         };
+        let t = self.track(status, journal, None);
         t.persist().await;
         t
     }
 
-    /// A task's status: live, or from the history.
+    /// Takes over a task found in ZooKeeper at `version`: claims its node by compare-and-set. `None` when
+    /// someone else changed it first (its owner is alive after all, or another manager claimed it).
+    pub async fn adopt(&self, mut node: TaskNode, version: i32) -> Option<Task> {
+        let previous = std::mem::take(&mut node.journal.owner);
+        node.journal.owner = self.owner.to_string();
+        node.journal.takeovers += 1;
+        let path = self.coord.layout().task(&node.status.id);
+        match self.coord.set(&path, &node, Some(version)).await {
+            Ok(v) => {
+                let t = self.track(node.status, node.journal, Some(v));
+                t.warn(format!(
+                    "taken over by manager {} (its previous owner {previous} is gone)",
+                    self.owner
+                ));
+                Some(t)
+            }
+            Err(e) => {
+                tracing::info!(task = %node.status.id, error = %e, "Task not taken over: claimed by someone else.");
+                None
+            }
+        }
+    }
+
+    fn track(&self, status: TaskStatus, journal: Journal, version: Option<i32>) -> Task {
+        let id = status.id.clone();
+        let (tx, rx) = watch::channel(status);
+        self.live.lock().insert(id, rx);
+        Task {
+            tasks: self.clone(),
+            tx: Arc::new(tx),
+            journal: Arc::new(Mutex::new(journal)),
+            version: Arc::new(Mutex::new(version)),
+            lost: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Every task node in ZooKeeper, with its version (unreadable ones are skipped with a log line).
+    pub async fn in_flight(&self) -> Result<Vec<(TaskNode, i32)>, CoordError> {
+        let l = self.coord.layout();
+        let mut out = Vec::new();
+        for id in self.coord.children(&l.tasks()).await? {
+            match self.coord.get::<TaskNode>(&l.task(&id)).await {
+                Ok(Some(v)) => out.push((v.value, v.version)),
+                Ok(None) => {}
+                Err(CoordError::Decode { path, source }) => {
+                    tracing::warn!(%path, error = %source, "Unreadable task node.");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Moves a finished task that is still in ZooKeeper (its history write had failed) to the history.
+    pub async fn archive(&self, node: &TaskNode, version: i32) -> Result<(), String> {
+        self.history
+            .save_task(&node.status)
+            .await
+            .map_err(|e| e.to_string())?;
+        let path = self.coord.layout().task(&node.status.id);
+        self.coord
+            .delete(&path, Some(version))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    /// A task's status: live here, in flight in ZooKeeper (on another manager), or from the history.
     pub async fn get(&self, id: &str) -> Option<TaskStatus> {
         if let Some(rx) = self.live.lock().get(id) {
             return Some(rx.borrow().clone());
+        }
+        if let Ok(Some(v)) = self
+            .coord
+            .get::<TaskNode>(&self.coord.layout().task(id))
+            .await
+        {
+            return Some(v.value.status);
         }
         self.history.task(id).await.ok().flatten()
     }
@@ -99,11 +267,14 @@ impl Tasks {
     }
 }
 
-/// A running task: its steps, warnings and outcome.
+/// A running task: its steps, warnings, journal and outcome.
 #[derive(Clone)]
 pub struct Task {
     tasks: Tasks,
     tx: Arc<watch::Sender<TaskStatus>>,
+    journal: Arc<Mutex<Journal>>,
+    version: Arc<Mutex<Option<i32>>>,
+    lost: Arc<AtomicBool>,
 }
 
 impl Task {
@@ -112,11 +283,74 @@ impl Task {
         self.tx.borrow().id.clone()
     }
 
-    async fn persist(&self) {
-        let s = self.tx.borrow().clone();
-        let path = self.tasks.coord.layout().task(&s.id);
-        if let Err(e) = self.tasks.coord.put(&path, &s).await {
-            tracing::warn!(task = %s.id, error = %e, "Cannot write task progress to ZooKeeper.");
+    /// The task node's path and the version this owner wrote last: writes that must not happen once
+    /// another manager claimed the task check it in their transaction.
+    pub fn owner_check(&self) -> Option<(String, i32)> {
+        let v = (*self.version.lock())?;
+        Some((self.tasks.coord.layout().task(&self.tx.borrow().id), v))
+    }
+
+    /// The journal as it stands.
+    pub fn journal(&self) -> Journal {
+        self.journal.lock().clone()
+    }
+
+    /// True once another manager has claimed this task: stop acting on it.
+    pub fn is_lost(&self) -> bool {
+        self.lost.load(Ordering::SeqCst)
+    }
+
+    /// Fails when the task was claimed by another manager.
+    pub fn check_owned(&self) -> Result<(), String> {
+        if self.is_lost() {
+            Err("this task was taken over by another manager; stopping here".into())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Writes status and journal, compare-and-set on the version written last. Returns false when the node
+    /// was claimed by someone else (the task is then lost) or ZooKeeper refused.
+    async fn persist(&self) -> bool {
+        if self.is_lost() {
+            return false;
+        }
+        let node = TaskNode {
+            status: self.tx.borrow().clone(),
+            journal: self.journal.lock().clone(),
+        };
+        let path = self.tasks.coord.layout().task(&node.status.id);
+        let expected = *self.version.lock();
+        let r = match expected {
+            None => self.tasks.coord.create(&path, &node).await,
+            Some(v) => self.tasks.coord.set(&path, &node, Some(v)).await,
+        };
+        match r {
+            Ok(v) => {
+                *self.version.lock() = Some(v);
+                true
+            }
+            Err(e @ (CoordError::Conflict { .. } | CoordError::NotFound { .. })) => {
+                tracing::warn!(task = %node.status.id, error = %e, "Task node claimed by another manager; this one stops.");
+                self.lost.store(true, Ordering::SeqCst);
+                false
+            }
+            Err(e) => {
+                tracing::warn!(task = %node.status.id, error = %e, "Cannot write task progress to ZooKeeper.");
+                false
+            }
+        }
+    }
+
+    /// Records `f`'s change to the journal in ZooKeeper before going on. Fails when the task was claimed
+    /// by another manager or the journal could not be written (acting unrecorded would be unsafe).
+    pub async fn record(&self, f: impl FnOnce(&mut Journal)) -> Result<(), String> {
+        f(&mut self.journal.lock());
+        if self.persist().await {
+            Ok(())
+        } else {
+            self.check_owned()?;
+            Err("cannot record the task's progress in ZooKeeper; stopping".into())
         }
     }
 
@@ -179,12 +413,21 @@ impl Task {
             s.finished_ms = Some(now_ms());
         });
         let s = self.tx.borrow().clone();
+        if self.is_lost() {
+            // Another manager owns the task now; its outcome is theirs to record.
+            self.tasks.retire(&s.id);
+            return;
+        }
         if let Err(e) = self.tasks.history.save_task(&s).await {
             tracing::warn!(task = %s.id, error = %e, "Cannot record the task in the history.");
+            // The final state stays in ZooKeeper; the leader archives it later.
             self.persist().await;
         } else {
             let path = self.tasks.coord.layout().task(&s.id);
-            let _ = self.tasks.coord.delete(&path, None).await;
+            let expected = *self.version.lock();
+            if let Err(e) = self.tasks.coord.delete(&path, expected).await {
+                tracing::warn!(task = %s.id, error = %e, "Cannot remove the finished task's node.");
+            }
         }
         self.tasks.retire(&s.id);
     }

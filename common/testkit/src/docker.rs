@@ -313,6 +313,18 @@ impl Dockerd {
             .unwrap_or_default()
     }
 
+    /// The host dies: the link to the namespace goes down (nothing in it answers any more), every
+    /// container is removed and the engine is killed with SIGKILL. The handle only cleans up afterwards.
+    pub fn kill(&mut self) {
+        let _ = run("ip", &["link", "set", &self.veth_host, "down"]);
+        if self.ping() {
+            self.remove_all_containers();
+        }
+        if let Some(p) = &self.proc {
+            p.signal("KILL");
+        }
+    }
+
     /// Removes every container (fast: `rm -f`, no stop timeout).
     pub fn remove_all_containers(&self) {
         let ids = self.docker_output(&["ps", "-aq"]);

@@ -38,8 +38,7 @@ pub async fn exec(
         .ok_or_else(|| {
             ApiError::Unavailable(format!("supervisor {} is not registered", rec.host))
         })?;
-    let client = atlantis_supervisor::client::SupervisorClient::new(&sup.address, &ctx.token)
-        .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let client = ctx.client(&sup).map_err(ApiError::Internal)?;
     let upstream = client.exec(&id, &req).await.map_err(|e| match e.code() {
         Some("not_found") => ApiError::NotFound(format!("container {id} is not running")),
         Some("invalid_request") => ApiError::InvalidRequest(e.to_string()),
@@ -54,6 +53,7 @@ pub async fn exec(
             TaskKind::Exec,
             rec.app.as_str(),
             Some(rec.env.as_str()),
+            &[],
         )
         .await;
     task.step(&format!("exec {} in {id}", req.command_line()))

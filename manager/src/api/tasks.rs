@@ -71,7 +71,34 @@ pub async fn stream(State(ctx): State<Ctx>, Path(id): Path<String>) -> Result<Re
             .get(&id)
             .await
             .ok_or_else(|| ApiError::NotFound(format!("no task {id}")))?;
-        return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], line(&s)).into_response());
+        if s.state != TaskState::Running {
+            return Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], line(&s)).into_response());
+        }
+        // Run by another manager: follow its ZooKeeper node (then the history) by polling.
+        let s = async_stream(move |tx| async move {
+            let mut last = None;
+            loop {
+                let Some(cur) = ctx.tasks.get(&id).await else {
+                    return;
+                };
+                let fin = cur.state != TaskState::Running;
+                if last.as_ref() != Some(&cur) {
+                    if tx.send(line(&cur)).await.is_err() {
+                        return;
+                    }
+                    last = Some(cur);
+                }
+                if fin {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+            }
+        });
+        return Ok((
+            [(header::CONTENT_TYPE, "application/x-ndjson")],
+            Body::from_stream(s),
+        )
+            .into_response());
     };
     let s = async_stream(move |tx| async move {
         loop {

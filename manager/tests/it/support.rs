@@ -38,11 +38,14 @@ pub fn unique() -> String {
 pub struct Host {
     pub docker: Dockerd,
     _dir: tempfile::TempDir,
-    _supervisor: atlantis_supervisor::App,
+    // Held to keep the supervisor running; taken by `crash` (HA tests).
+    #[allow(dead_code)]
+    supervisor: Option<atlantis_supervisor::App>,
 }
 
 impl Host {
-    fn start(
+    /// Starts dockerd in a namespace and a supervisor `name` in `zone` on it (mutual TLS with `ca`).
+    pub fn start(
         name: &str,
         zone: &str,
         zk: ZkConfig,
@@ -116,8 +119,22 @@ impl Host {
             Host {
                 docker,
                 _dir: dir,
-                _supervisor: app,
+                supervisor: Some(app),
             }
+        }
+    }
+
+    /// The host dies: its network is cut, its engine killed, and its supervisor stops with its ZooKeeper
+    /// session closed without deregistering (an in-process stand-in for SIGKILL: the registration goes
+    /// when the session ends).
+    #[allow(dead_code)]
+    pub async fn crash(&mut self) {
+        self.docker.kill();
+        if let Some(app) = self.supervisor.take() {
+            if let Some(c) = app.coord() {
+                c.close();
+            }
+            app.shutdown().await;
         }
     }
 
@@ -342,6 +359,7 @@ pub fn manager_config(
         auth: Default::default(),
         tls: None,
         supervisor_tls: None,
+        ha: atlantis_manager::config::HaConfig::default(),
     }
 }
 
