@@ -5,6 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
+use sha2::Digest as _;
 
 use crate::health;
 use crate::paths::DataDir;
@@ -330,10 +331,23 @@ pub fn write_configs(plan: &Plan, data: &DataDir, manager_auth: bool) -> anyhow:
         q(plan.zk_servers()),
         q(&plan.region)
     );
+    // Configs name secret files, and the builder's holds its registry password: owner only.
     let write = |name: &str, ext: &str, text: String| -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt as _;
         let p = data.config(name, ext);
-        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))
+        std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600))?;
+        Ok(())
     };
+    let secret = |path: PathBuf| -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?
+            .trim()
+            .to_owned())
+    };
+    let sha256 = |s: &str| hex::encode(sha2::Sha256::digest(s.as_bytes()));
+    let builder_pw = secret(data.registry_password("builder"))?;
+    let puller_pw = secret(data.registry_password("puller"))?;
     let zk_data = data.dir("zookeeper");
     std::fs::create_dir_all(&zk_data)?;
     write(
@@ -351,9 +365,14 @@ pub fn write_configs(plan: &Plan, data: &DataDir, manager_auth: bool) -> anyhow:
         "registry",
         "toml",
         format!(
-            "listen = {}\n\n[storage]\nkind = \"filesystem\"\nroot = {}\n",
+            "listen = {}\n\n[storage]\nkind = \"filesystem\"\nroot = {}\n\n\
+             [[auth.users]]\nname = \"builder\"\npassword_sha256 = {}\n\n\
+             [[auth.users]]\nname = \"puller\"\npassword_sha256 = {}\n\n\
+             [[auth.access]]\nprefix = \"apps/\"\npull = [\"*\"]\npush = [\"builder\"]\n",
             q(plan.registry_host()),
-            qp(&data.dir("registry"))
+            qp(&data.dir("registry")),
+            q(sha256(&builder_pw)),
+            q(sha256(&puller_pw)),
         ),
     )?;
     std::fs::create_dir_all(data.apps())?;
@@ -361,11 +380,13 @@ pub fn write_configs(plan: &Plan, data: &DataDir, manager_auth: bool) -> anyhow:
         "builder",
         "toml",
         format!(
-            "listen = {}\nregistry = {}\ncache_dir = {}\nallowed_dirs = [{}]\n",
+            "listen = {}\nregistry = {}\ncache_dir = {}\nallowed_dirs = [{}]\n\
+             registry_user = \"builder\"\nregistry_password = {}\n",
             q(format!("127.0.0.1:{}", plan.builder_port)),
             q(plan.registry_host()),
             qp(&data.dir("builder").join("cache")),
-            qp(&data.apps())
+            qp(&data.apps()),
+            q(&builder_pw),
         ),
     )?;
     let networks: Vec<String> = plan.zones.iter().map(|z| q(z.subnet())).collect();
@@ -377,6 +398,7 @@ pub fn write_configs(plan: &Plan, data: &DataDir, manager_auth: bool) -> anyhow:
                 "listen = {listen}\nhost = {host}\nzone = {zone}\nregion = {region}\ntoken_file = {token}\n\
                  data_dir = {dir}\norphan_grace_ms = 60000\nreconcile_interval_ms = 5000\n\n\
                  [docker]\nsocket = {socket}\nsubnet = \"172.30.0.0\"\nprefix_len = 24\npull_timeout_ms = 120000\n\n\
+                 [docker.registry_auth]\nserver = {registry}\nusername = \"puller\"\npassword_file = {puller}\n\n\
                  [capacity]\nslots = 8\ncpu_millis = 4000\nmemory_mb = 2048\n\n\
                  [ports]\nmin_port = 42000\nper_slot = 4\npublish_ip = {publish}\n\n\
                  [firewall]\ncluster_networks = [{networks}]\nnetns = {netns}\n\n\
@@ -391,6 +413,8 @@ pub fn write_configs(plan: &Plan, data: &DataDir, manager_auth: bool) -> anyhow:
                 publish = q(z.ns_ip.to_string()),
                 networks = networks.join(", "),
                 netns = qp(&z.netns_path()),
+                registry = q(plan.registry_host()),
+                puller = qp(&data.registry_password("puller")),
             ),
         )?;
     }
@@ -404,13 +428,14 @@ pub fn write_configs(plan: &Plan, data: &DataDir, manager_auth: bool) -> anyhow:
         "toml",
         format!(
             "listen = {listen}\nhost = \"aquarium-manager\"\ndata_dir = {dir}\nsecret_key_file = {key}\n\
-             supervisor_token_file = {token}\n\n[registry]\nurl = {registry}\n\n\
+             supervisor_token_file = {token}\n\n[registry]\nurl = {registry}\nuser = \"puller\"\npassword_file = {puller}\n\n\
              [deploy]\nswitch_wait_ms = 15000\ndrain_ms = 2000\nstart_timeout_ms = 120000\n\n{zk_section}{auth}",
             listen = q(format!("{}:{}", plan.manager_ip, plan.manager_port)),
             dir = qp(&data.dir("manager")),
             key = qp(&data.secret_key()),
             token = qp(&data.cluster_token()),
             registry = q(format!("http://{}", plan.registry_host())),
+            puller = qp(&data.registry_password("puller")),
         ),
     )?;
     for z in &plan.zones {
@@ -446,7 +471,12 @@ pub fn ensure_secrets(data: &DataDir) -> anyhow::Result<()> {
     let dir = data.secrets();
     std::fs::create_dir_all(&dir)?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))?;
-    for f in [data.cluster_token(), data.secret_key()] {
+    for f in [
+        data.cluster_token(),
+        data.secret_key(),
+        data.registry_password("builder"),
+        data.registry_password("puller"),
+    ] {
         if f.exists() {
             continue;
         }

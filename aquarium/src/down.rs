@@ -39,8 +39,65 @@ pub fn leftovers(plan: &Plan, data: &DataDir) -> Vec<String> {
     left
 }
 
+/// An app.env that was deployed when the cluster went down, redeployed by the next `up`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Deployed {
+    /// App.
+    pub app: String,
+    /// Env.
+    pub env: String,
+    /// The sha of its current release.
+    pub sha: String,
+}
+
+/// The file listing what to redeploy.
+pub fn deployed_file(data: &DataDir) -> PathBuf {
+    data.root().join("deployed.json")
+}
+
+/// Tears down every deployed app through the manager (so ZooKeeper holds no instance or backend whose
+/// container is about to disappear) and records them for the next `up`. Best effort: a manager that is
+/// not there is reported and skipped.
+async fn teardown_apps(plan: &Plan, data: &DataDir) -> anyhow::Result<Vec<Deployed>> {
+    use reqwest::Method;
+    let mgr = crate::client::Manager::new(plan.manager_url(), data.admin_token());
+    let apps = mgr.expect(Method::GET, "/v1/apps", None, &[200]).await?;
+    let envs = mgr.expect(Method::GET, "/v1/envs", None, &[200]).await?;
+    let mut out = Vec::new();
+    for app in apps.as_array().into_iter().flatten() {
+        let Some(app) = app["name"].as_str() else { continue };
+        let mut any = false;
+        for env in envs.as_array().into_iter().flatten() {
+            let Some(env) = env["name"].as_str() else { continue };
+            let (s, c) = mgr
+                .call(Method::GET, &format!("/v1/apps/{app}/envs/{env}/containers"), None)
+                .await?;
+            if s != 200 || c.as_array().is_none_or(Vec::is_empty) {
+                continue;
+            }
+            any = true;
+            if let Some(sha) = crate::sample::current_sha_in(&mgr, app, env).await? {
+                out.push(Deployed {
+                    app: app.into(),
+                    env: env.into(),
+                    sha,
+                });
+            }
+        }
+        if any {
+            let v = mgr
+                .expect(Method::POST, &format!("/v1/apps/{app}/teardown"), None, &[202])
+                .await?;
+            let id = v["task_id"].as_str().unwrap_or_default().to_owned();
+            let t = mgr.wait_task(&id, Duration::from_secs(120), |_| {}).await?;
+            println!("{app}: torn down ({})", t["state"].as_str().unwrap_or("?"));
+        }
+    }
+    Ok(out)
+}
+
 /// Runs `down`.
-pub fn down(data: &DataDir, purge: bool) -> anyhow::Result<()> {
+pub async fn down(data: &DataDir, purge: bool) -> anyhow::Result<()> {
     let Some(plan) = Plan::load(data)? else {
         println!("no aquarium in {}", data.root().display());
         if purge && data.root().exists() {
@@ -54,6 +111,16 @@ pub fn down(data: &DataDir, purge: bool) -> anyhow::Result<()> {
         return Ok(());
     };
     let comps = components::all(&plan, data, &Bins { dir: PathBuf::new() })?;
+    match teardown_apps(&plan, data).await {
+        Ok(apps) => {
+            if !apps.is_empty() {
+                std::fs::write(deployed_file(data), serde_json::to_vec_pretty(&apps)?)?;
+            }
+        }
+        Err(e) => println!(
+            "apps: not torn down through the manager ({e:#}); the next `up` may need `atlantis teardown` first"
+        ),
+    }
     for c in comps.iter().rev() {
         let Some(pid) = process::running(&data.pid(&c.name), &c.marker(data)) else {
             let _ = std::fs::remove_file(data.pid(&c.name));

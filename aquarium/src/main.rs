@@ -133,6 +133,6 @@ fn main() -> anyhow::Result<()> {
             lines,
         } => logs::logs(&data, &component, lines, follow),
         Cmd::Verify { app } => rt.block_on(verify::verify(&data, &app)),
-        Cmd::Down { purge } => down::down(&data, purge),
+        Cmd::Down { purge } => rt.block_on(down::down(&data, purge)),
     }
 }

@@ -85,6 +85,11 @@ impl DataDir {
         self.secrets().join("admin.token")
     }
 
+    /// The password of a registry user (`builder` pushes, `puller` pulls).
+    pub fn registry_password(&self, user: &str) -> PathBuf {
+        self.secrets().join(format!("registry-{user}.password"))
+    }
+
     /// Snapshots of app directories that were built (the builder only reads under this folder).
     pub fn apps(&self) -> PathBuf {
         self.root.join("apps")

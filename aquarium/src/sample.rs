@@ -218,12 +218,13 @@ pub async fn ensure_setup(mgr: &Manager, plan: &Plan, app: &str) -> anyhow::Resu
 
 /// The sha of the current release of `app` in the plan's env, if any.
 pub async fn current_sha(mgr: &Manager, plan: &Plan, app: &str) -> anyhow::Result<Option<String>> {
+    current_sha_in(mgr, app, &plan.env).await
+}
+
+/// The sha of the newest release of `app` in `env`, if any.
+pub async fn current_sha_in(mgr: &Manager, app: &str, env: &str) -> anyhow::Result<Option<String>> {
     let (s, v) = mgr
-        .call(
-            Method::GET,
-            &format!("/v1/apps/{app}/envs/{}/releases", plan.env),
-            None,
-        )
+        .call(Method::GET, &format!("/v1/apps/{app}/envs/{env}/releases"), None)
         .await?;
     Ok(if s == 200 {
         v.get(0).and_then(|r| r["sha"].as_str()).map(str::to_owned)
@@ -241,10 +242,21 @@ pub async fn deploy(
     sha: &str,
     on_step: impl FnMut(&Value),
 ) -> anyhow::Result<Value> {
+    deploy_in(mgr, app, &plan.env, sha, on_step).await
+}
+
+/// Deploys `sha` of `app` to `env` and waits for the task.
+pub async fn deploy_in(
+    mgr: &Manager,
+    app: &str,
+    env: &str,
+    sha: &str,
+    on_step: impl FnMut(&Value),
+) -> anyhow::Result<Value> {
     let v = mgr
         .expect(
             Method::POST,
-            &format!("/v1/apps/{app}/envs/{}/deploy", plan.env),
+            &format!("/v1/apps/{app}/envs/{env}/deploy"),
             Some(json!({"sha": sha})),
             &[202],
         )

@@ -73,8 +73,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             ))
         })
         .await?;
-    let mut manager_auth = !data.config("manager", "noauth").exists();
-    components::write_configs(&plan, data, manager_auth)?;
+    components::write_configs(&plan, data, true)?;
     let comps = components::all(&plan, data, &bins)?;
     let http = crate::health::http_client();
     for z in &plan.zones {
@@ -94,24 +93,17 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         .await?;
     }
     for c in &comps {
-        let r = p.step(&c.name, start(c, data, &plan, &http)).await;
-        match r {
-            Err(e) if c.name == "manager" && manager_auth && refuses_auth(data) => {
-                // This manager predates `[auth]`: start it without (and remember that).
-                tracing::info!(error = %e, "The manager does not know [auth] yet; starting it without.");
-                manager_auth = false;
-                std::fs::write(data.config("manager", "noauth"), "")?;
-                components::write_configs(&plan, data, false)?;
-                p.step("manager (without [auth])", start(c, data, &plan, &http))
-                    .await?;
-            }
-            r => r?,
+        if c.name == "manager" {
+            p.step(&c.name, start_manager(c, data, &plan, &http)).await?;
+        } else {
+            p.step(&c.name, start(c, data, &plan, &http)).await?;
         }
     }
     let mgr = Manager::new(plan.manager_url(), data.admin_token());
     p.step("registrations", wait_registered(&mgr, &plan)).await?;
     let app_dir = opts.app_dir.clone();
     let app = sample::app_name(&app_dir)?;
+    redeploy_after_down(&p, &mgr, data, &app, &plan.env).await?;
     deploy_dir(&p, &mgr, &plan, data, &app_dir, false).await?;
     print_summary(&plan, data, &app, p.elapsed());
     Ok(())
@@ -137,7 +129,7 @@ pub async fn deploy_dir(
     let current = sample::current_sha(mgr, plan, &app).await?;
     if !force && current.as_deref() == Some(sha.as_str()) {
         let served = match &want {
-            Some(w) => sample::wait_served(plan, &app, w, Duration::from_secs(3))
+            Some(w) => sample::wait_served(plan, &app, w, Duration::from_secs(2))
                 .await
                 .is_ok(),
             None => true,
@@ -178,6 +170,52 @@ pub async fn deploy_dir(
         .await?;
     }
     Ok(sha)
+}
+
+/// Redeploys what `down` tore down (but the sample app, which the next step handles).
+async fn redeploy_after_down(
+    p: &Progress,
+    mgr: &Manager,
+    data: &DataDir,
+    sample_app: &str,
+    sample_env: &str,
+) -> anyhow::Result<()> {
+    let file = crate::down::deployed_file(data);
+    let Ok(bytes) = std::fs::read(&file) else {
+        return Ok(());
+    };
+    let list: Vec<crate::down::Deployed> = serde_json::from_slice(&bytes)
+        .with_context(|| format!("reading {}", file.display()))?;
+    for d in list {
+        if d.app == sample_app && d.env == sample_env {
+            continue;
+        }
+        p.step(&format!("{}.{}: redeploy {}", d.app, d.env, d.sha), async {
+            let t = sample::deploy_in(mgr, &d.app, &d.env, &d.sha, |_| {}).await?;
+            Ok(((), format!("release {}", t["release"])))
+        })
+        .await?;
+    }
+    std::fs::remove_file(&file)?;
+    Ok(())
+}
+
+/// Starts the manager with `[auth]` (it then requires a token and writes the admin token file); a
+/// manager that does not know that section yet refuses the config, and is started without it.
+async fn start_manager(
+    c: &Component,
+    data: &DataDir,
+    plan: &Plan,
+    http: &reqwest::Client,
+) -> anyhow::Result<((), String)> {
+    match start(c, data, plan, http).await {
+        Err(_) if refuses_auth(data) => {
+            components::write_configs(plan, data, false)?;
+            let ((), d) = start(c, data, plan, http).await?;
+            Ok(((), format!("{d}; without [auth]: this manager does not know it yet")))
+        }
+        r => r,
+    }
 }
 
 fn refuses_auth(data: &DataDir) -> bool {
@@ -328,9 +366,18 @@ fn ports_text(c: &Component) -> String {
     format!("{}, ", p.join(" "))
 }
 
-/// True when something accepts connections at `addr`.
+/// True when a TCP socket of this machine listens at `addr` (or on the wildcard address with its port),
+/// from `ss -Hltn`. (Connecting is no test: a vanished address may be answered by whatever routes it.)
 pub fn listening(addr: std::net::SocketAddr) -> bool {
-    std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).is_ok()
+    let out = crate::net::output("ss", &["-Hltn"]).unwrap_or_default();
+    let port = format!(":{}", addr.port());
+    out.lines()
+        .filter_map(|l| l.split_whitespace().nth(3))
+        .any(|local| {
+            local.strip_suffix(&port).is_some_and(|ip| {
+                ip == addr.ip().to_string() || ip == "0.0.0.0" || ip == "*" || ip == "[::]"
+            })
+        })
 }
 
 async fn wait_healthy(

@@ -14,6 +14,13 @@ use crate::paths::DataDir;
 use crate::plan::Plan;
 use crate::sample;
 
+/// Credentials for a metrics endpoint.
+enum Cred {
+    None,
+    Bearer(String),
+    Basic(String, String),
+}
+
 /// Results so far.
 #[derive(Default)]
 struct Report {
@@ -137,21 +144,26 @@ pub async fn verify(data: &DataDir, app: &str) -> anyhow::Result<()> {
         .trim()
         .to_owned();
     let admin = mgr.token();
-    let metrics = |url: String, token: Option<String>| {
+    let puller = std::fs::read_to_string(data.registry_password("puller"))
+        .unwrap_or_default()
+        .trim()
+        .to_owned();
+    let metrics = |url: String, cred: Cred| {
         let http = http.clone();
         async move {
-            let mut r = http.get(&url);
-            if let Some(t) = token {
-                r = r.bearer_auth(t);
-            }
+            let r = match cred {
+                Cred::None => http.get(&url),
+                Cred::Bearer(t) => http.get(&url).bearer_auth(t),
+                Cred::Basic(u, p) => http.get(&url).basic_auth(u, Some(p)),
+            };
             match r.send().await {
                 Ok(resp) if resp.status() == 200 => {
                     let body = resp.text().await.unwrap_or_default();
                     let n = body.lines().filter(|l| !l.starts_with('#')).count();
-                    if n > 0 {
+                    if n > 0 || body.ends_with("# EOF\n") {
                         Ok(format!("{url}: {n} samples"))
                     } else {
-                        Err(format!("{url}: no samples"))
+                        Err(format!("{url}: not Prometheus text: {:?}", body.chars().take(80).collect::<String>()))
                     }
                 }
                 Ok(resp) => Err(format!("{url} answered {}", resp.status())),
@@ -161,11 +173,19 @@ pub async fn verify(data: &DataDir, app: &str) -> anyhow::Result<()> {
     };
     rep.check(
         "manager metrics",
-        metrics(format!("{}/metrics", plan.manager_url()), admin.clone()).await,
+        metrics(
+            format!("{}/metrics", plan.manager_url()),
+            admin.clone().map_or(Cred::None, Cred::Bearer),
+        )
+        .await,
     );
     rep.check(
         "registry metrics",
-        metrics(format!("http://{}/metrics", plan.registry_host()), None).await,
+        metrics(
+            format!("http://{}/metrics", plan.registry_host()),
+            Cred::Basic("puller".into(), puller.clone()),
+        )
+        .await,
     );
     for z in &plan.zones {
         for (kind, port) in [
@@ -174,13 +194,13 @@ pub async fn verify(data: &DataDir, app: &str) -> anyhow::Result<()> {
         ] {
             rep.check(
                 &format!("router-{kind}-{} metrics", z.key),
-                metrics(format!("http://127.0.0.1:{port}/metrics"), None).await,
+                metrics(format!("http://127.0.0.1:{port}/metrics"), Cred::None).await,
             );
         }
         let url = format!("http://{}:{}/metrics", z.host_ip, z.supervisor_port);
         rep.check(
             &format!("supervisor-{} metrics", z.key),
-            metrics(url.clone(), Some(token.clone())).await,
+            metrics(url.clone(), Cred::Bearer(token.clone())).await,
         );
         let anon = crate::health::http_status(&http, &url, None).await;
         rep.check(
@@ -246,14 +266,14 @@ fn container_get(socket: &std::path::Path, container: &str, url: &str) -> bool {
         .unwrap_or(false)
 }
 
-/// True when `url` answers from inside the namespace (busybox wget, outside any container).
+/// True when `url` answers (any HTTP status) from inside the namespace, outside any container.
 fn netns_get(netns: &std::path::Path, url: &str) -> bool {
     Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
-        .args(["busybox", "wget", "-q", "-T", "3", "-O", "/dev/null", url])
+        .args(["curl", "-s", "-o", "/dev/null", "-m", "3", url])
         .stdin(Stdio::null())
         .output()
-        .map(|o| answered(&o))
+        .map(|o| o.status.success())
         .unwrap_or(false)
 }
 

@@ -257,7 +257,7 @@ async fn up_verify_deploy_fail_over_and_down() {
     }
     for p in ports {
         assert!(
-            !listening.lines().any(|l| l.split_whitespace().nth(2).is_some_and(|a| a.ends_with(&format!(":{p}")))),
+            !listening.lines().any(|l| l.split_whitespace().nth(3).is_some_and(|a| a.ends_with(&format!(":{p}")))),
             "port {p} still listening:\n{listening}"
         );
     }
