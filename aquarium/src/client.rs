@@ -120,7 +120,12 @@ impl Manager {
         let mut seen = 0;
         loop {
             let v = self
-                .expect(reqwest::Method::GET, &format!("/v1/tasks/{id}"), None, &[200])
+                .expect(
+                    reqwest::Method::GET,
+                    &format!("/v1/tasks/{id}"),
+                    None,
+                    &[200],
+                )
                 .await?;
             if let Some(steps) = v["steps"].as_array() {
                 for s in steps.iter().skip(seen) {

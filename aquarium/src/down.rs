@@ -13,7 +13,14 @@ use crate::{net, process};
 /// What `down` found left over (empty when clean).
 pub fn leftovers(plan: &Plan, data: &DataDir) -> Vec<String> {
     let mut left = Vec::new();
-    let comps = components::all(plan, data, &Bins { dir: PathBuf::new() }).unwrap_or_default();
+    let comps = components::all(
+        plan,
+        data,
+        &Bins {
+            dir: PathBuf::new(),
+        },
+    )
+    .unwrap_or_default();
     for c in &comps {
         if let Some(pid) = process::running(&data.pid(&c.name), &c.marker(data)) {
             left.push(format!("{} still running (pid {pid})", c.name));
@@ -65,12 +72,20 @@ async fn teardown_apps(plan: &Plan, data: &DataDir) -> anyhow::Result<Vec<Deploy
     let envs = mgr.expect(Method::GET, "/v1/envs", None, &[200]).await?;
     let mut out = Vec::new();
     for app in apps.as_array().into_iter().flatten() {
-        let Some(app) = app["name"].as_str() else { continue };
+        let Some(app) = app["name"].as_str() else {
+            continue;
+        };
         let mut any = false;
         for env in envs.as_array().into_iter().flatten() {
-            let Some(env) = env["name"].as_str() else { continue };
+            let Some(env) = env["name"].as_str() else {
+                continue;
+            };
             let (s, c) = mgr
-                .call(Method::GET, &format!("/v1/apps/{app}/envs/{env}/containers"), None)
+                .call(
+                    Method::GET,
+                    &format!("/v1/apps/{app}/envs/{env}/containers"),
+                    None,
+                )
                 .await?;
             if s != 200 || c.as_array().is_none_or(Vec::is_empty) {
                 continue;
@@ -86,7 +101,12 @@ async fn teardown_apps(plan: &Plan, data: &DataDir) -> anyhow::Result<Vec<Deploy
         }
         if any {
             let v = mgr
-                .expect(Method::POST, &format!("/v1/apps/{app}/teardown"), None, &[202])
+                .expect(
+                    Method::POST,
+                    &format!("/v1/apps/{app}/teardown"),
+                    None,
+                    &[202],
+                )
                 .await?;
             let id = v["task_id"].as_str().unwrap_or_default().to_owned();
             let t = mgr.wait_task(&id, Duration::from_secs(120), |_| {}).await?;
@@ -110,7 +130,13 @@ pub async fn down(data: &DataDir, purge: bool) -> anyhow::Result<()> {
         }
         return Ok(());
     };
-    let comps = components::all(&plan, data, &Bins { dir: PathBuf::new() })?;
+    let comps = components::all(
+        &plan,
+        data,
+        &Bins {
+            dir: PathBuf::new(),
+        },
+    )?;
     match teardown_apps(&plan, data).await {
         Ok(apps) => {
             if !apps.is_empty() {
@@ -131,7 +157,11 @@ pub async fn down(data: &DataDir, purge: bool) -> anyhow::Result<()> {
             let n = remove_containers(&socket);
             println!("{}: removed {n} containers", c.name);
         }
-        let grace = if c.name.starts_with("dockerd-") { 20 } else { 10 };
+        let grace = if c.name.starts_with("dockerd-") {
+            20
+        } else {
+            10
+        };
         process::stop(pid, Duration::from_secs(grace));
         let _ = std::fs::remove_file(data.pid(&c.name));
         println!("{}: stopped (pid {pid})", c.name);

@@ -10,10 +10,16 @@ use crate::plan::Plan;
 /// Prints the last `lines` lines of a component's log, then follows it with `follow`.
 pub fn logs(data: &DataDir, component: &str, lines: usize, follow: bool) -> anyhow::Result<()> {
     let plan = Plan::require(data)?;
-    let names: Vec<String> = components::all(&plan, data, &Bins { dir: Default::default() })?
-        .into_iter()
-        .map(|c| c.name)
-        .collect();
+    let names: Vec<String> = components::all(
+        &plan,
+        data,
+        &Bins {
+            dir: Default::default(),
+        },
+    )?
+    .into_iter()
+    .map(|c| c.name)
+    .collect();
     anyhow::ensure!(
         names.iter().any(|n| n == component),
         "no component {component:?}; one of: {}",

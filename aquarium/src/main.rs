@@ -57,6 +57,10 @@ enum Cmd {
         /// Deploy even when this sha is already the current release.
         #[arg(long)]
         force: bool,
+        /// How long new containers may take to pass their health check (the manager's default
+        /// otherwise).
+        #[arg(long)]
+        start_timeout_ms: Option<u64>,
     },
     /// A table of components: pid, addresses, health.
     Status,
@@ -112,11 +116,24 @@ fn main() -> anyhow::Result<()> {
             public_ip,
             app_dir,
         })),
-        Cmd::Deploy { dir, force } => rt.block_on(async {
+        Cmd::Deploy {
+            dir,
+            force,
+            start_timeout_ms,
+        } => rt.block_on(async {
             let plan = Plan::require(&data)?;
             let mgr = Manager::new(plan.manager_url(), data.admin_token());
             let p = Progress::default();
-            let sha = up::deploy_dir(&p, &mgr, &plan, &data, &dir, force).await?;
+            let sha = up::deploy_dir(
+                &p,
+                &mgr,
+                &plan,
+                &data,
+                &dir,
+                up::Mode::Change { force },
+                start_timeout_ms,
+            )
+            .await?;
             let app = sample::app_name(&dir)?;
             println!(
                 "{app} {sha} is live at http://{}:{}/ (roll back: atlantis rollback {app} {})",

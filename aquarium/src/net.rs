@@ -61,32 +61,55 @@ pub fn setup(z: &ZonePlan) -> anyhow::Result<()> {
         run(
             "ip",
             &[
-                "link", "add", &z.veth_host, "type", "veth", "peer", "name", &z.veth_ns, "netns",
+                "link",
+                "add",
+                &z.veth_host,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &z.veth_ns,
+                "netns",
                 &z.netns,
             ],
         )?;
     }
     let host_cidr = format!("{}/30", z.host_ip);
     let ns_cidr = format!("{}/30", z.ns_ip);
-    let host_addrs = output("ip", &["-4", "-o", "addr", "show", "dev", &z.veth_host]).unwrap_or_default();
+    let host_addrs =
+        output("ip", &["-4", "-o", "addr", "show", "dev", &z.veth_host]).unwrap_or_default();
     if !host_addrs.contains(&format!(" {host_cidr} ")) {
         run("ip", &["addr", "add", &host_cidr, "dev", &z.veth_host])?;
     }
     run("ip", &["link", "set", &z.veth_host, "up"])?;
     let ns_addrs = output(
         "ip",
-        &["-n", &z.netns, "-4", "-o", "addr", "show", "dev", &z.veth_ns],
+        &[
+            "-n", &z.netns, "-4", "-o", "addr", "show", "dev", &z.veth_ns,
+        ],
     )
     .unwrap_or_default();
     if !ns_addrs.contains(&format!(" {ns_cidr} ")) {
-        run("ip", &["-n", &z.netns, "addr", "add", &ns_cidr, "dev", &z.veth_ns])?;
+        run(
+            "ip",
+            &["-n", &z.netns, "addr", "add", &ns_cidr, "dev", &z.veth_ns],
+        )?;
     }
     run("ip", &["-n", &z.netns, "link", "set", &z.veth_ns, "up"])?;
-    let routes = output("ip", &["-n", &z.netns, "-4", "route", "show", "default"]).unwrap_or_default();
+    let routes =
+        output("ip", &["-n", &z.netns, "-4", "route", "show", "default"]).unwrap_or_default();
     if routes.trim().is_empty() {
         run(
             "ip",
-            &["-n", &z.netns, "route", "add", "default", "via", &z.host_ip.to_string()],
+            &[
+                "-n",
+                &z.netns,
+                "route",
+                "add",
+                "default",
+                "via",
+                &z.host_ip.to_string(),
+            ],
         )?;
     }
     Ok(())

@@ -142,7 +142,8 @@ impl Plan {
     }
 
     fn create(data: &DataDir, opts: &PlanOptions) -> anyhow::Result<Plan> {
-        let id = hex::encode(&sha2::Sha256::digest(data.root().display().to_string().as_bytes())[..3]);
+        let id =
+            hex::encode(&sha2::Sha256::digest(data.root().display().to_string().as_bytes())[..3]);
         let mut ports = PortPicker::default();
         let public = opts.public_ip.unwrap_or(Ipv4Addr::LOCALHOST);
         let zk_port = ports.pick(2181);

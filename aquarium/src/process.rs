@@ -75,7 +75,11 @@ pub fn spawn(spec: &Spec, log: &Path, pid_file: &Path) -> anyhow::Result<u32> {
 /// The pid in `pid_file` when that process is alive and is still the one we started: one of its
 /// arguments is `marker` (a path under the data directory that only this component is given).
 pub fn running(pid_file: &Path, marker: &str) -> Option<u32> {
-    let pid: u32 = std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()?;
+    let pid: u32 = std::fs::read_to_string(pid_file)
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
     is_ours(pid, marker).then_some(pid)
 }
 
@@ -87,7 +91,9 @@ pub fn is_ours(pid: u32, marker: &str) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    cmdline.split(|b| *b == 0).any(|arg| arg == marker.as_bytes())
+    cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg == marker.as_bytes())
 }
 
 /// True when `pid` exists and is not a zombie.

@@ -81,8 +81,8 @@ pub fn content_sha(dir: &Path) -> anyhow::Result<String> {
 /// The app name from `atlantis.toml` (the builder checks the whole file).
 pub fn app_name(dir: &Path) -> anyhow::Result<String> {
     let path = dir.join("atlantis.toml");
-    let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("reading {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     for line in text.lines() {
         let l = line.trim();
         if let Some(rest) = l.strip_prefix("name")
@@ -140,7 +140,10 @@ pub async fn build(
     if let Ok(r) = &head
         && r.status() == 200
     {
-        return Ok(format!("{}/apps/{app}:{sha} already in the registry", plan.registry_host()));
+        return Ok(format!(
+            "{}/apps/{app}:{sha} already in the registry",
+            plan.registry_host()
+        ));
     }
     let snap = snapshot(data, dir, app, sha)?;
     let r = http
@@ -151,8 +154,13 @@ pub async fn build(
         .context("calling the builder")?;
     let status = r.status();
     let v: Value = r.json().await.unwrap_or(Value::Null);
-    anyhow::ensure!(status == 202, "the builder refused the build ({status}): {v}");
-    let id = v["id"].as_str().context("the builder answered no build id")?;
+    anyhow::ensure!(
+        status == 202,
+        "the builder refused the build ({status}): {v}"
+    );
+    let id = v["id"]
+        .as_str()
+        .context("the builder answered no build id")?;
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let v: Value = http
@@ -224,7 +232,11 @@ pub async fn current_sha(mgr: &Manager, plan: &Plan, app: &str) -> anyhow::Resul
 /// The sha of the newest release of `app` in `env`, if any.
 pub async fn current_sha_in(mgr: &Manager, app: &str, env: &str) -> anyhow::Result<Option<String>> {
     let (s, v) = mgr
-        .call(Method::GET, &format!("/v1/apps/{app}/envs/{env}/releases"), None)
+        .call(
+            Method::GET,
+            &format!("/v1/apps/{app}/envs/{env}/releases"),
+            None,
+        )
         .await?;
     Ok(if s == 200 {
         v.get(0).and_then(|r| r["sha"].as_str()).map(str::to_owned)
@@ -240,9 +252,10 @@ pub async fn deploy(
     plan: &Plan,
     app: &str,
     sha: &str,
+    start_timeout_ms: Option<u64>,
     on_step: impl FnMut(&Value),
 ) -> anyhow::Result<Value> {
-    deploy_in(mgr, app, &plan.env, sha, on_step).await
+    deploy_in(mgr, app, &plan.env, sha, start_timeout_ms, on_step).await
 }
 
 /// Deploys `sha` of `app` to `env` and waits for the task.
@@ -251,13 +264,18 @@ pub async fn deploy_in(
     app: &str,
     env: &str,
     sha: &str,
+    start_timeout_ms: Option<u64>,
     on_step: impl FnMut(&Value),
 ) -> anyhow::Result<Value> {
+    let mut body = json!({"sha": sha});
+    if let Some(t) = start_timeout_ms {
+        body["start_timeout_ms"] = json!(t);
+    }
     let v = mgr
         .expect(
             Method::POST,
             &format!("/v1/apps/{app}/envs/{env}/deploy"),
-            Some(json!({"sha": sha})),
+            Some(body),
             &[202],
         )
         .await?;
@@ -292,8 +310,13 @@ pub async fn get_through_router(
     Ok((s, r.text().await.unwrap_or_default()))
 }
 
-/// Waits until both zones' external routers serve `want` (the page's content) for `app`.
-pub async fn wait_served(plan: &Plan, app: &str, want: &str, timeout: Duration) -> anyhow::Result<()> {
+/// Waits until every zone's external router serves `app` with 200 (and the body `want`, if given).
+pub async fn wait_served(
+    plan: &Plan,
+    app: &str,
+    want: Option<&str>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let http = crate::health::http_client();
     let deadline = Instant::now() + timeout;
     loop {
@@ -301,10 +324,13 @@ pub async fn wait_served(plan: &Plan, app: &str, want: &str, timeout: Duration) 
         let mut all = true;
         for z in 0..plan.zones.len() {
             match get_through_router(&http, plan, z, app, "/").await {
-                Ok((200, body)) if body == want => {}
+                Ok((200, body)) if want.is_none_or(|w| body == w) => {}
                 Ok((s, body)) => {
                     all = false;
-                    last = format!("zone {z}: {s} {:?}", body.chars().take(80).collect::<String>());
+                    last = format!(
+                        "zone {z}: {s} {:?}",
+                        body.chars().take(80).collect::<String>()
+                    );
                 }
                 Err(e) => {
                     all = false;

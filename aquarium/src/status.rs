@@ -21,7 +21,13 @@ pub struct Row {
 /// Probes every component.
 pub async fn rows(plan: &Plan, data: &DataDir) -> anyhow::Result<Vec<Row>> {
     let http = crate::health::http_client();
-    let comps = components::all(plan, data, &Bins { dir: Default::default() })?;
+    let comps = components::all(
+        plan,
+        data,
+        &Bins {
+            dir: Default::default(),
+        },
+    )?;
     let mut out = Vec::new();
     for c in &comps {
         let pid = process::running(&data.pid(&c.name), &c.marker(data));

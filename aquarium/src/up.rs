@@ -94,53 +94,77 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
     }
     for c in &comps {
         if c.name == "manager" {
-            p.step(&c.name, start_manager(c, data, &plan, &http)).await?;
+            p.step(&c.name, start_manager(c, data, &plan, &http))
+                .await?;
         } else {
             p.step(&c.name, start(c, data, &plan, &http)).await?;
         }
     }
     let mgr = Manager::new(plan.manager_url(), data.admin_token());
-    p.step("registrations", wait_registered(&mgr, &plan)).await?;
+    p.step("registrations", wait_registered(&mgr, &plan))
+        .await?;
     let app_dir = opts.app_dir.clone();
     let app = sample::app_name(&app_dir)?;
-    redeploy_after_down(&p, &mgr, data, &app, &plan.env).await?;
-    deploy_dir(&p, &mgr, &plan, data, &app_dir, false).await?;
+    redeploy_after_down(&p, &mgr, data).await?;
+    deploy_dir(&p, &mgr, &plan, data, &app_dir, Mode::Ensure, None).await?;
     print_summary(&plan, data, &app, p.elapsed());
     Ok(())
 }
 
-/// Builds `dir` and deploys it unless its sha is the current release and is served (or `force`).
+/// When [`deploy_dir`] deploys.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `up`: only when the app has no release that is served (a release of any sha that is served is
+    /// left alone, so `up` never undoes a deploy).
+    Ensure,
+    /// `deploy`: unless this very sha is the current release and serves this page (or `force`).
+    Change {
+        /// Deploy anyway.
+        force: bool,
+    },
+}
+
+/// Builds `dir` and deploys it, as `mode` says; returns the sha that is current afterwards.
 pub async fn deploy_dir(
     p: &Progress,
     mgr: &Manager,
     plan: &Plan,
     data: &DataDir,
     dir: &Path,
-    force: bool,
+    mode: Mode,
+    start_timeout_ms: Option<u64>,
 ) -> anyhow::Result<String> {
     let app = sample::app_name(dir)?;
     let sha = sample::content_sha(dir)?;
     let want = std::fs::read_to_string(dir.join("www/index.html")).ok();
     p.step(&format!("{app}: setup"), async {
         sample::ensure_setup(mgr, plan, &app).await?;
-        Ok(((), format!("env {}, app {app}, port {}", plan.env, plan.http_port)))
+        Ok((
+            (),
+            format!("env {}, app {app}, port {}", plan.env, plan.http_port),
+        ))
     })
     .await?;
     let current = sample::current_sha(mgr, plan, &app).await?;
-    if !force && current.as_deref() == Some(sha.as_str()) {
-        let served = match &want {
-            Some(w) => sample::wait_served(plan, &app, w, Duration::from_secs(2))
+    let skip = match (mode, &current) {
+        (Mode::Ensure, Some(cur)) => sample::wait_served(plan, &app, None, Duration::from_secs(2))
+            .await
+            .is_ok()
+            .then(|| cur.clone()),
+        (Mode::Change { force: false }, Some(cur)) if *cur == sha => {
+            sample::wait_served(plan, &app, want.as_deref(), Duration::from_secs(2))
                 .await
-                .is_ok(),
-            None => true,
-        };
-        if served {
-            println!(
-                "[{:>6.1}s] {app}: sha {sha} is the current release and is served",
-                p.elapsed()
-            );
-            return Ok(sha);
+                .is_ok()
+                .then(|| cur.clone())
         }
+        _ => None,
+    };
+    if let Some(cur) = skip {
+        println!(
+            "[{:>6.1}s] {app}: sha {cur} is the current release and is served",
+            p.elapsed()
+        );
+        return Ok(cur);
     }
     p.step(&format!("{app}: build {sha}"), async {
         let d = sample::build(plan, data, dir, &app, &sha).await?;
@@ -148,7 +172,7 @@ pub async fn deploy_dir(
     })
     .await?;
     p.step(&format!("{app}: deploy {sha}"), async {
-        let t = sample::deploy(mgr, plan, &app, &sha, |s| {
+        let t = sample::deploy(mgr, plan, &app, &sha, start_timeout_ms, |s| {
             println!(
                 "           - {} {}",
                 s["name"].as_str().unwrap_or("?"),
@@ -161,11 +185,8 @@ pub async fn deploy_dir(
     .await?;
     if let Some(w) = want {
         p.step(&format!("{app}: served"), async {
-            sample::wait_served(plan, &app, &w, Duration::from_secs(60)).await?;
-            Ok((
-                (),
-                format!("through {} external routers", plan.zones.len()),
-            ))
+            sample::wait_served(plan, &app, Some(&w), Duration::from_secs(60)).await?;
+            Ok(((), format!("through {} external routers", plan.zones.len())))
         })
         .await?;
     }
@@ -173,25 +194,16 @@ pub async fn deploy_dir(
 }
 
 /// Redeploys what `down` tore down (but the sample app, which the next step handles).
-async fn redeploy_after_down(
-    p: &Progress,
-    mgr: &Manager,
-    data: &DataDir,
-    sample_app: &str,
-    sample_env: &str,
-) -> anyhow::Result<()> {
+async fn redeploy_after_down(p: &Progress, mgr: &Manager, data: &DataDir) -> anyhow::Result<()> {
     let file = crate::down::deployed_file(data);
     let Ok(bytes) = std::fs::read(&file) else {
         return Ok(());
     };
-    let list: Vec<crate::down::Deployed> = serde_json::from_slice(&bytes)
-        .with_context(|| format!("reading {}", file.display()))?;
+    let list: Vec<crate::down::Deployed> =
+        serde_json::from_slice(&bytes).with_context(|| format!("reading {}", file.display()))?;
     for d in list {
-        if d.app == sample_app && d.env == sample_env {
-            continue;
-        }
         p.step(&format!("{}.{}: redeploy {}", d.app, d.env, d.sha), async {
-            let t = sample::deploy_in(mgr, &d.app, &d.env, &d.sha, |_| {}).await?;
+            let t = sample::deploy_in(mgr, &d.app, &d.env, &d.sha, None, |_| {}).await?;
             Ok(((), format!("release {}", t["release"])))
         })
         .await?;
@@ -212,7 +224,10 @@ async fn start_manager(
         Err(_) if refuses_auth(data) => {
             components::write_configs(plan, data, false)?;
             let ((), d) = start(c, data, plan, http).await?;
-            Ok(((), format!("{d}; without [auth]: this manager does not know it yet")))
+            Ok((
+                (),
+                format!("{d}; without [auth]: this manager does not know it yet"),
+            ))
         }
         r => r,
     }
@@ -239,10 +254,18 @@ async fn install(opts: &UpOptions) -> anyhow::Result<((), String)> {
         anyhow::ensure!(st.success(), "{} failed ({st})", script.display());
         return Ok(((), format!("{} --packages-only", script.display())));
     }
-    let missing: Vec<&str> = ["java", "dockerd", "ip", "nsenter", "iptables", "conntrack", "busybox"]
-        .into_iter()
-        .filter(|b| components::which(b).is_none())
-        .collect();
+    let missing: Vec<&str> = [
+        "java",
+        "dockerd",
+        "ip",
+        "nsenter",
+        "iptables",
+        "conntrack",
+        "busybox",
+    ]
+    .into_iter()
+    .filter(|b| components::which(b).is_none())
+    .collect();
     anyhow::ensure!(
         missing.is_empty(),
         "missing programs: {} (install the packages listed in .ci/install)",
@@ -287,7 +310,8 @@ async fn build(opts: &UpOptions) -> anyhow::Result<(Bins, String)> {
         opts.source.display()
     );
     let mut cmd = Command::new("cargo");
-    cmd.current_dir(&opts.source).args(["build", "--locked", "--bins"]);
+    cmd.current_dir(&opts.source)
+        .args(["build", "--locked", "--bins"]);
     if !opts.debug {
         cmd.arg("--release");
     }
@@ -312,7 +336,10 @@ async fn build(opts: &UpOptions) -> anyhow::Result<(Bins, String)> {
         .context("running cargo (is the Rust toolchain installed?)")?;
     anyhow::ensure!(st.success(), "cargo build failed ({st})");
     bins.check()?;
-    Ok((bins.clone(), format!("cargo build --{profile} into {}", bins.dir.display())))
+    Ok((
+        bins.clone(),
+        format!("cargo build --{profile} into {}", bins.dir.display()),
+    ))
 }
 
 /// Starts a component unless it already runs healthy; waits for its health.
@@ -393,7 +420,10 @@ async fn wait_healthy(
             Ok(d) => return Ok(d),
             Err(e) => {
                 anyhow::ensure!(process::alive(pid), "it exited ({e})");
-                anyhow::ensure!(Instant::now() < deadline, "not healthy after {timeout:?}: {e}");
+                anyhow::ensure!(
+                    Instant::now() < deadline,
+                    "not healthy after {timeout:?}: {e}"
+                );
             }
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -428,7 +458,10 @@ async fn wait_registered(mgr: &Manager, plan: &Plan) -> anyhow::Result<((), Stri
         let n_sup = sup.1.as_array().map_or(0, Vec::len);
         let n_rt = rt.1.as_array().map_or(0, Vec::len);
         if sup.0 == 200 && rt.0 == 200 && n_sup >= plan.zones.len() && n_rt >= want_routers {
-            return Ok(((), format!("{n_sup} supervisors, {n_rt} routers in ZooKeeper")));
+            return Ok((
+                (),
+                format!("{n_sup} supervisors, {n_rt} routers in ZooKeeper"),
+            ));
         }
         anyhow::ensure!(
             Instant::now() < deadline,

@@ -98,7 +98,10 @@ pub async fn verify(data: &DataDir, app: &str) -> anyhow::Result<()> {
                 plan.app_host(app),
                 body.trim().chars().take(60).collect::<String>()
             )),
-            Ok((s, body)) => Err(format!("{s} {:?}", body.chars().take(100).collect::<String>())),
+            Ok((s, body)) => Err(format!(
+                "{s} {:?}",
+                body.chars().take(100).collect::<String>()
+            )),
             Err(e) => Err(e),
         };
         rep.check(&format!("{app} served by router-external-{}", z.key), r);
@@ -163,7 +166,10 @@ pub async fn verify(data: &DataDir, app: &str) -> anyhow::Result<()> {
                     if n > 0 || body.ends_with("# EOF\n") {
                         Ok(format!("{url}: {n} samples"))
                     } else {
-                        Err(format!("{url}: not Prometheus text: {:?}", body.chars().take(80).collect::<String>()))
+                        Err(format!(
+                            "{url}: not Prometheus text: {:?}",
+                            body.chars().take(80).collect::<String>()
+                        ))
                     }
                 }
                 Ok(resp) => Err(format!("{url} answered {}", resp.status())),
@@ -214,8 +220,9 @@ pub async fn verify(data: &DataDir, app: &str) -> anyhow::Result<()> {
     }
     match admin {
         Some(_) => {
-            let r = crate::health::http_status(&http, &format!("{}/v1/apps", plan.manager_url()), None)
-                .await;
+            let r =
+                crate::health::http_status(&http, &format!("{}/v1/apps", plan.manager_url()), None)
+                    .await;
             rep.check(
                 "manager refuses no token",
                 match r {
@@ -260,7 +267,17 @@ fn app_container(socket: &std::path::Path, app: &str) -> Option<String> {
 /// True when `wget` inside the container gets an answer (any HTTP status) from `url`.
 fn container_get(socket: &std::path::Path, container: &str, url: &str) -> bool {
     docker(socket)
-        .args(["exec", container, "wget", "-q", "-T", "3", "-O", "/dev/null", url])
+        .args([
+            "exec",
+            container,
+            "wget",
+            "-q",
+            "-T",
+            "3",
+            "-O",
+            "/dev/null",
+            url,
+        ])
         .output()
         .map(|o| answered(&o))
         .unwrap_or(false)

@@ -31,7 +31,8 @@ impl Load {
         let bodies = Arc::new(bodies);
         let tasks = (0..workers as usize)
             .map(|i| {
-                let (ok, failed, stop, bodies) = (ok.clone(), failed.clone(), stop.clone(), bodies.clone());
+                let (ok, failed, stop, bodies) =
+                    (ok.clone(), failed.clone(), stop.clone(), bodies.clone());
                 let url = format!("http://{}/", addrs[i % addrs.len()]);
                 let host = host.to_owned();
                 tokio::spawn(async move {
@@ -69,7 +70,12 @@ impl Load {
                 })
             })
             .collect();
-        Load { ok, failed, stop, tasks }
+        Load {
+            ok,
+            failed,
+            stop,
+            tasks,
+        }
     }
 
     pub async fn finish(self) -> Outcome {
@@ -90,15 +96,19 @@ impl Load {
 /// Waits (bounded) until `addr` serves `body` for the sample app.
 pub async fn expect_body(addr: &str, body: &str) {
     let http = reqwest::Client::builder().no_proxy().build().unwrap();
-    atlantis_testkit::eventually(Duration::from_secs(30), &format!("{addr} serves {body:?}"), || async {
-        let r = http
-            .get(format!("http://{addr}/"))
-            .header("host", "hello.dev.apps.localhost")
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .ok()?;
-        (r.status() == 200 && r.text().await.ok()? == body).then_some(())
-    })
+    atlantis_testkit::eventually(
+        Duration::from_secs(30),
+        &format!("{addr} serves {body:?}"),
+        || async {
+            let r = http
+                .get(format!("http://{addr}/"))
+                .header("host", "hello.dev.apps.localhost")
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200 && r.text().await.ok()? == body).then_some(())
+        },
+    )
     .await;
 }

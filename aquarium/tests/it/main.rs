@@ -106,7 +106,10 @@ fn variant(root: &Path, name: &str, page: &str, health: Option<&str>) -> PathBuf
     std::fs::create_dir_all(dst.join("www")).unwrap();
     let mut toml = std::fs::read_to_string(src.join("atlantis.toml")).unwrap();
     if let Some(h) = health {
-        toml = toml.replace("health_path = \"/healthz\"", &format!("health_path = \"{h}\""));
+        toml = toml.replace(
+            "health_path = \"/healthz\"",
+            &format!("health_path = \"{h}\""),
+        );
         assert!(toml.contains(h));
     }
     std::fs::write(dst.join("atlantis.toml"), toml).unwrap();
@@ -127,14 +130,26 @@ async fn up_verify_deploy_fail_over_and_down() {
 
     // --- From nothing: up serves the sample app and says how to use it.
     let out = aq.ok(&["up", "--bin-dir", bins, "--no-build"]);
-    assert!(out.contains("hello is served at http://hello.dev.apps.localhost:"), "{out}");
+    assert!(
+        out.contains("hello is served at http://hello.dev.apps.localhost:"),
+        "{out}"
+    );
     assert!(out.contains("export ATLANTIS_MANAGER=http://"), "{out}");
     assert!(out.contains("token file:"), "{out}");
     let verify = aq.ok(&["verify"]);
     assert!(verify.contains(" 0 failed"), "{verify}");
     assert!(!verify.contains("FAIL"), "{verify}");
-    for line in ["isolation zone-a: supervisor API", "isolation zone-b: registry", "hello served by router-external-b"] {
-        assert!(verify.lines().any(|l| l.starts_with("ok") && l.contains(line)), "{line}: {verify}");
+    for line in [
+        "isolation zone-a: supervisor API",
+        "isolation zone-b: registry",
+        "hello served by router-external-b",
+    ] {
+        assert!(
+            verify
+                .lines()
+                .any(|l| l.starts_with("ok") && l.contains(line)),
+            "{line}: {verify}"
+        );
     }
 
     // --- Again: nothing restarts, nothing is redeployed.
@@ -144,17 +159,33 @@ async fn up_verify_deploy_fail_over_and_down() {
         .collect();
     let out = aq.ok(&["up", "--bin-dir", bins, "--no-build"]);
     assert!(out.contains("already running"), "{out}");
-    assert!(!out.contains(": started"), "a second up restarted something: {out}");
-    assert!(out.contains("is the current release and is served"), "{out}");
+    assert!(
+        !out.contains(": started"),
+        "a second up restarted something: {out}"
+    );
+    assert!(
+        out.contains("is the current release and is served"),
+        "{out}"
+    );
     let again: Vec<u32> = ["zookeeper", "manager", "dockerd-a", "router-external-b"]
         .iter()
         .map(|c| aq.pid(c))
         .collect();
     assert_eq!(pids, again);
     let status = aq.ok(&["status"]);
-    for c in ["zookeeper", "registry", "builder", "dockerd-b", "supervisor-a", "manager", "router-internal-b"] {
+    for c in [
+        "zookeeper",
+        "registry",
+        "builder",
+        "dockerd-b",
+        "supervisor-a",
+        "manager",
+        "router-internal-b",
+    ] {
         assert!(
-            status.lines().any(|l| l.starts_with(c) && l.contains(" ok (")),
+            status
+                .lines()
+                .any(|l| l.starts_with(c) && l.contains(" ok (")),
             "{c} not ok in:\n{status}"
         );
     }
@@ -164,34 +195,63 @@ async fn up_verify_deploy_fail_over_and_down() {
 
     let plan = aq.plan();
     let port = plan["http_port"].as_u64().unwrap() as u16;
-    let ext_a = format!("{}:{port}", plan["zones"][0]["external_ip"].as_str().unwrap());
-    let ext_b = format!("{}:{port}", plan["zones"][1]["external_ip"].as_str().unwrap());
+    let ext_a = format!(
+        "{}:{port}",
+        plan["zones"][0]["external_ip"].as_str().unwrap()
+    );
+    let ext_b = format!(
+        "{}:{port}",
+        plan["zones"][1]["external_ip"].as_str().unwrap()
+    );
     let work = tempfile::tempdir().unwrap();
     let v1 = sample_page();
 
     // --- A new sha under load: zero failed requests, then v2 everywhere.
     let v2 = "hello v2 from the aquarium test\n".to_owned();
     let dir2 = variant(work.path(), "v2", &v2, None);
-    let load = Load::start(&[&ext_a, &ext_b], "hello.dev.apps.localhost", vec![v1.clone(), v2.clone()], 40);
+    let load = Load::start(
+        &[&ext_a, &ext_b],
+        "hello.dev.apps.localhost",
+        vec![v1.clone(), v2.clone()],
+        40,
+    );
     let out = tokio::task::spawn_blocking({
         let cmd = aq.cmd(&["deploy", dir2.to_str().unwrap()]);
         move || run_cmd(cmd)
     })
     .await
     .unwrap();
-    assert!(out.status.success(), "deploy v2: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "deploy v2: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let r = load.finish().await;
     println!("deploy v2 under load: {r:?}");
     assert!(r.ok > 20, "too little load to mean anything: {r:?}");
-    assert_eq!(r.failed, 0, "failed requests during the deploy: {r:?}");
+    assert_eq!(
+        r.failed, 0,
+        "failed requests during the deploy: {:?}",
+        r.errors
+    );
     load::expect_body(&ext_a, &v2).await;
     load::expect_body(&ext_b, &v2).await;
 
     // --- A broken sha (health path answers 404): refused, v2 keeps serving, no request fails.
     let broken = variant(work.path(), "broken", "broken\n", Some("/not-there"));
-    let load = Load::start(&[&ext_a, &ext_b], "hello.dev.apps.localhost", vec![v2.clone()], 40);
+    let load = Load::start(
+        &[&ext_a, &ext_b],
+        "hello.dev.apps.localhost",
+        vec![v2.clone()],
+        40,
+    );
     let out = tokio::task::spawn_blocking({
-        let cmd = aq.cmd(&["deploy", broken.to_str().unwrap()]);
+        let cmd = aq.cmd(&[
+            "deploy",
+            broken.to_str().unwrap(),
+            "--start-timeout-ms",
+            "10000",
+        ]);
         move || run_cmd(cmd)
     })
     .await
@@ -202,10 +262,17 @@ async fn up_verify_deploy_fail_over_and_down() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!out.status.success(), "a broken sha deployed: {text}");
-    assert!(text.contains("deploy task") && text.contains("failed"), "{text}");
+    assert!(
+        text.contains("deploy task") && text.contains("failed"),
+        "{text}"
+    );
     let r = load.finish().await;
     println!("broken sha under load: {r:?}");
-    assert_eq!(r.failed, 0, "the old release stopped serving: {r:?}");
+    assert_eq!(
+        r.failed, 0,
+        "the old release stopped serving: {:?}",
+        r.errors
+    );
     load::expect_body(&ext_a, &v2).await;
 
     // --- Kill zone a's external router under load: zone b's keeps serving.
@@ -214,13 +281,23 @@ async fn up_verify_deploy_fail_over_and_down() {
     tokio::time::sleep(Duration::from_millis(800)).await;
     let victim = aq.pid("router-external-a");
     atlantis_aquarium::process::signal(victim, "KILL");
-    assert!(atlantis_aquarium::process::wait_gone(victim, Duration::from_secs(5)));
+    assert!(atlantis_aquarium::process::wait_gone(
+        victim,
+        Duration::from_secs(5)
+    ));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let (ra, rb) = (load_a.finish().await, load_b.finish().await);
     println!("router-external-a killed: zone a {ra:?}; zone b {rb:?}");
-    assert_eq!(rb.failed, 0, "zone b's router failed requests: {rb:?}");
+    assert_eq!(
+        rb.failed, 0,
+        "zone b's router failed requests: {:?}",
+        rb.errors
+    );
     assert!(rb.ok > 20, "{rb:?}");
-    assert!(ra.failed > 0, "requests to a killed router cannot all succeed: {ra:?}");
+    assert!(
+        ra.failed > 0,
+        "requests to a killed router cannot all succeed: {ra:?}"
+    );
     // `verify` notices, `up` repairs.
     assert!(!aq.run(&["verify"]).status.success());
     let out = aq.ok(&["up", "--bin-dir", bins, "--no-build"]);
@@ -229,42 +306,105 @@ async fn up_verify_deploy_fail_over_and_down() {
     aq.ok(&["verify"]);
 
     // --- Down: nothing left running, listening, mounted or in `ip netns list`.
-    let comps = ["zookeeper", "registry", "builder", "dockerd-a", "dockerd-b", "supervisor-a", "supervisor-b", "manager", "router-external-a", "router-external-b", "router-internal-a", "router-internal-b"];
+    let comps = [
+        "zookeeper",
+        "registry",
+        "builder",
+        "dockerd-a",
+        "dockerd-b",
+        "supervisor-a",
+        "supervisor-b",
+        "manager",
+        "router-external-a",
+        "router-external-b",
+        "router-internal-a",
+        "router-internal-b",
+    ];
     let pids: Vec<u32> = comps.iter().map(|c| aq.pid(c)).collect();
     aq.ok(&["down"]);
     aq.down = true;
     for (c, pid) in comps.iter().zip(&pids) {
-        assert!(!atlantis_aquarium::process::alive(*pid), "{c} (pid {pid}) still runs");
+        assert!(
+            !atlantis_aquarium::process::alive(*pid),
+            "{c} (pid {pid}) still runs"
+        );
     }
-    let netns = String::from_utf8_lossy(&Command::new("ip").args(["netns", "list"]).output().unwrap().stdout).into_owned();
+    let netns = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
     for z in plan["zones"].as_array().unwrap() {
         let ns = z["netns"].as_str().unwrap();
         assert!(!netns.contains(ns), "{ns} left in: {netns}");
-        let link = Command::new("ip").args(["link", "show", "dev", z["veth_host"].as_str().unwrap()]).output().unwrap();
+        let link = Command::new("ip")
+            .args(["link", "show", "dev", z["veth_host"].as_str().unwrap()])
+            .output()
+            .unwrap();
         assert!(!link.status.success(), "veth left behind");
     }
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    assert!(!mounts.contains(aq.data.path().to_str().unwrap()), "mounts left: {mounts}");
-    let listening = String::from_utf8_lossy(&Command::new("ss").args(["-Hltn"]).output().unwrap().stdout).into_owned();
-    let mut ports: Vec<u64> = ["zk_port", "registry_port", "builder_port", "manager_port", "http_port"]
-        .iter()
-        .map(|k| plan[k].as_u64().unwrap())
-        .collect();
+    assert!(
+        !mounts.contains(aq.data.path().to_str().unwrap()),
+        "mounts left: {mounts}"
+    );
+    let listening =
+        String::from_utf8_lossy(&Command::new("ss").args(["-Hltn"]).output().unwrap().stdout)
+            .into_owned();
+    let mut ports: Vec<u64> = [
+        "zk_port",
+        "registry_port",
+        "builder_port",
+        "manager_port",
+        "http_port",
+    ]
+    .iter()
+    .map(|k| plan[k].as_u64().unwrap())
+    .collect();
     for z in plan["zones"].as_array().unwrap() {
-        for k in ["supervisor_port", "external_status_port", "internal_status_port"] {
+        for k in [
+            "supervisor_port",
+            "external_status_port",
+            "internal_status_port",
+        ] {
             ports.push(z[k].as_u64().unwrap());
         }
     }
     for p in ports {
         assert!(
-            !listening.lines().any(|l| l.split_whitespace().nth(3).is_some_and(|a| a.ends_with(&format!(":{p}")))),
+            !listening.lines().any(|l| l
+                .split_whitespace()
+                .nth(3)
+                .is_some_and(|a| a.ends_with(&format!(":{p}")))),
             "port {p} still listening:\n{listening}"
         );
     }
-    // Data is kept: the next up would reuse the plan; purge removes it.
+    // Data is kept: the next up reuses the plan and brings back what was deployed (v2, not the
+    // sample); purge removes everything.
     assert!(aq.data.path().join("cluster.json").exists());
+    aq.down = false;
+    let out = aq.ok(&["up", "--bin-dir", bins, "--no-build"]);
+    assert!(out.contains("hello.dev: redeploy"), "{out}");
+    load::expect_body(&ext_a, &v2).await;
+    load::expect_body(&ext_b, &v2).await;
     aq.ok(&["down", "--purge"]);
-    assert!(!aq.data.path().join("cluster.json").exists());
+    aq.down = true;
+    assert!(!aq.data.path().exists());
+    let netns = String::from_utf8_lossy(
+        &Command::new("ip")
+            .args(["netns", "list"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .into_owned();
+    assert!(
+        !netns.contains(plan["zones"][0]["netns"].as_str().unwrap()),
+        "{netns}"
+    );
 }
 
 fn run_cmd(mut c: Command) -> Output {
@@ -290,8 +430,15 @@ fn vagrantfile_validates() {
         .output()
         .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("Vagrantfile validated successfully"), "{text}");
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("Vagrantfile validated successfully"),
+        "{text}"
+    );
 }
 
 #[test]
@@ -300,5 +447,8 @@ fn status_without_a_cluster_says_so() {
     let out = aq.run(&["status"]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("no aquarium in") && err.contains("aquarium up"), "{err}");
+    assert!(
+        err.contains("no aquarium in") && err.contains("aquarium up"),
+        "{err}"
+    );
 }
