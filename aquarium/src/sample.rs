@@ -348,3 +348,44 @@ pub async fn wait_served(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn content_sha_follows_the_content_only() {
+        let a = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(a.path().join("www")).unwrap();
+        std::fs::write(
+            a.path().join("atlantis.toml"),
+            "name = \"hello\" # the app\n",
+        )
+        .unwrap();
+        std::fs::write(a.path().join("www/index.html"), "one\n").unwrap();
+        let s1 = content_sha(a.path()).unwrap();
+        assert_eq!(s1.len(), 12);
+        assert!(
+            s1.parse::<atlantis_common::Sha>().is_ok(),
+            "{s1} is a valid sha"
+        );
+        assert_eq!(content_sha(a.path()).unwrap(), s1, "stable");
+        std::fs::write(a.path().join("www/index.html"), "two\n").unwrap();
+        let s2 = content_sha(a.path()).unwrap();
+        assert_ne!(s1, s2, "an edit gives a new sha");
+        std::fs::write(a.path().join("www/index.html"), "one\n").unwrap();
+        assert_eq!(content_sha(a.path()).unwrap(), s1, "same content, same sha");
+        assert_eq!(app_name(a.path()).unwrap(), "hello");
+        std::os::unix::fs::symlink("/etc/passwd", a.path().join("www/link")).unwrap();
+        let e = content_sha(a.path()).unwrap_err().to_string();
+        assert!(e.contains("only regular files"), "{e}");
+    }
+
+    #[test]
+    fn the_sample_app_has_a_name_and_a_page() {
+        let d = sample_dir();
+        assert_eq!(app_name(&d).unwrap(), "hello");
+        assert!(d.join("www/index.html").is_file());
+        assert!(d.join("www/healthz").is_file());
+    }
+}

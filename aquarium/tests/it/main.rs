@@ -351,6 +351,27 @@ async fn up_verify_deploy_fail_over_and_down() {
         !mounts.contains(aq.data.path().to_str().unwrap()),
         "mounts left: {mounts}"
     );
+    // No iptables rule of the root namespace names our interfaces or addresses (every chain lived in
+    // the zones' namespaces).
+    for table in ["filter", "nat"] {
+        let rules = String::from_utf8_lossy(
+            &Command::new("iptables")
+                .args(["-t", table, "-S"])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .into_owned();
+        for z in plan["zones"].as_array().unwrap() {
+            for k in ["veth_host", "host_ip", "ns_ip"] {
+                let v = z[k].as_str().unwrap();
+                assert!(
+                    !rules.contains(v),
+                    "iptables -t {table} still names {v}:\n{rules}"
+                );
+            }
+        }
+    }
     let listening =
         String::from_utf8_lossy(&Command::new("ss").args(["-Hltn"]).output().unwrap().stdout)
             .into_owned();
@@ -438,6 +459,31 @@ fn vagrantfile_validates() {
     assert!(
         text.contains("Vagrantfile validated successfully"),
         "{text}"
+    );
+}
+
+#[test]
+fn a_failing_step_says_which_and_why() {
+    let aq = Aq::new();
+    let out = aq.run(&[
+        "up",
+        "--bin-dir",
+        "/nonexistent",
+        "--no-build",
+        "--no-install",
+    ]);
+    assert!(!out.status.success());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stdout.contains("binaries: FAILED"), "{stdout}");
+    assert!(
+        stderr.contains("step `binaries` failed")
+            && stderr.contains("missing binaries in /nonexistent"),
+        "{stderr}"
+    );
+    assert!(
+        !aq.data.path().join("cluster.json").exists(),
+        "nothing was set up"
     );
 }
 
