@@ -447,6 +447,7 @@ fn vagrantfile_validates() {
         .args(["validate", "--ignore-provider"])
         .current_dir(root)
         .env("VAGRANT_HOME", home.path())
+        .env("VAGRANT_DOTFILE_PATH", home.path().join("dot"))
         .stdin(Stdio::null())
         .output()
         .unwrap();
