@@ -40,10 +40,7 @@ pub async fn rows(plan: &Plan, data: &DataDir) -> anyhow::Result<Vec<Row>> {
             name: c.name.clone(),
             pid,
             ports: if ports.is_empty() {
-                components::docker_socket(data, &plan.zones[0])
-                    .parent()
-                    .map(|_| "unix socket".to_owned())
-                    .unwrap_or_default()
+                "unix socket".to_owned()
             } else {
                 ports.join(" ")
             },
