@@ -315,7 +315,9 @@ async fn build(opts: &UpOptions) -> anyhow::Result<(Bins, String)> {
     if !opts.debug {
         cmd.arg("--release");
     }
+    // The same package set as the bench and the docs, so cargo reuses one feature resolution.
     for b in [
+        "atlantis-aquarium",
         "atlantis-manager",
         "atlantis-supervisor",
         "atlantis-router",
