@@ -77,6 +77,23 @@ async fn the_cli_drives_a_real_cluster() {
     let cfg = d.path();
     atl(cfg, &["config", "set", "manager", &c.base]).await.ok();
 
+    // --- The real manager refuses a CLI with no token; the admin token stored as `login` stores one
+    // (a 0600 file) lets it in.
+    atl(cfg, &["status"]).await.fails(4, "atlantis login");
+    {
+        use std::io::Write as _;
+        use std::os::unix::fs::OpenOptionsExt as _;
+        let mut f = std::fs::OpenOptions::new()
+            .create_new(true)
+            .write(true)
+            .mode(0o600)
+            .open(cfg.join("atlantis/token"))
+            .unwrap();
+        f.write_all(c.token.as_bytes()).unwrap();
+    }
+    let v = atl(cfg, &["whoami", "--json"]).await.ok().json();
+    assert_eq!(v["superuser"], true, "{v}");
+
     // --- The cluster as the CLI sees it.
     let v = atl(cfg, &["status", "--json"]).await.ok().json();
     let r = atl(cfg, &["status"]).await.ok();
