@@ -322,9 +322,8 @@ fn qp(p: &Path) -> String {
     q(p.display().to_string())
 }
 
-/// Writes every generated config file. `manager_auth` adds the `[auth]` section (a manager that does
-/// not know it yet refuses to start with it).
-pub fn write_configs(plan: &Plan, data: &DataDir, manager_auth: bool) -> anyhow::Result<()> {
+/// Writes every generated config file.
+pub fn write_configs(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
     std::fs::create_dir_all(data.root().join("etc"))?;
     let zk_section = format!(
         "[zookeeper]\nservers = {}\nregion = {}\nsession_timeout_ms = 10000\n",
@@ -418,11 +417,7 @@ pub fn write_configs(plan: &Plan, data: &DataDir, manager_auth: bool) -> anyhow:
             ),
         )?;
     }
-    let auth = if manager_auth {
-        format!("\n[auth]\nadmin_token_file = {}\n", qp(&data.admin_token()))
-    } else {
-        String::new()
-    };
+    let auth = format!("\n[auth]\nadmin_token_file = {}\n", qp(&data.admin_token()));
     write(
         "manager",
         "toml",

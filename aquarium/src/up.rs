@@ -73,7 +73,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
             ))
         })
         .await?;
-    components::write_configs(&plan, data, true)?;
+    components::write_configs(&plan, data)?;
     let comps = components::all(&plan, data, &bins)?;
     let http = crate::health::http_client();
     for z in &plan.zones {
@@ -212,30 +212,15 @@ async fn redeploy_after_down(p: &Progress, mgr: &Manager, data: &DataDir) -> any
     Ok(())
 }
 
-/// Starts the manager with `[auth]` (it then requires a token and writes the admin token file); a
-/// manager that does not know that section yet refuses the config, and is started without it.
+/// Starts the manager; it requires a token on every call and writes the admin token file at its
+/// first start (`[auth] admin_token_file`).
 async fn start_manager(
     c: &Component,
     data: &DataDir,
     plan: &Plan,
     http: &reqwest::Client,
 ) -> anyhow::Result<((), String)> {
-    match start(c, data, plan, http).await {
-        Err(_) if refuses_auth(data) => {
-            components::write_configs(plan, data, false)?;
-            let ((), d) = start(c, data, plan, http).await?;
-            Ok((
-                (),
-                format!("{d}; without [auth]: this manager does not know it yet"),
-            ))
-        }
-        r => r,
-    }
-}
-
-fn refuses_auth(data: &DataDir) -> bool {
-    let log = process::tail(&data.log("manager"), 40);
-    log.contains("unknown field `auth`")
+    start(c, data, plan, http).await
 }
 
 async fn install(opts: &UpOptions) -> anyhow::Result<((), String)> {
@@ -488,14 +473,7 @@ pub fn print_summary(plan: &Plan, data: &DataDir, app: &str, secs: f64) {
     println!("CLI settings:");
     println!("  region:     {}", plan.region);
     println!("  manager:    {}", plan.manager_url());
-    if token.exists() {
-        println!("  token file: {}", token.display());
-    } else {
-        println!(
-            "  token file: {} (not written: this manager does not require a token yet)",
-            token.display()
-        );
-    }
+    println!("  token file: {}", token.display());
     println!("  export ATLANTIS_MANAGER={}", plan.manager_url());
     println!("  export ATLANTIS_TOKEN=$(cat {})", token.display());
     println!();

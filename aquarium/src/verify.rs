@@ -232,9 +232,12 @@ pub async fn verify(data: &DataDir, app: &str) -> anyhow::Result<()> {
                 },
             );
         }
-        None => println!(
-            "note  manager authentication: no admin token file at {} (this manager does not require one)",
-            data.admin_token().display()
+        None => rep.check(
+            "manager admin token",
+            Err(format!(
+                "no admin token file at {}",
+                data.admin_token().display()
+            )),
         ),
     }
 

@@ -275,6 +275,76 @@ async fn up_verify_deploy_fail_over_and_down() {
     );
     load::expect_body(&ext_a, &v2).await;
 
+    // --- Through the `atlantis` CLI with the printed settings: the releases, then a rollback to the
+    // first release under load: zero failed requests, v1 everywhere.
+    let manager = {
+        let ip = plan["manager_ip"].as_str().unwrap();
+        let ip = if ip == "0.0.0.0" { "127.0.0.1" } else { ip };
+        format!("http://{ip}:{}", plan["manager_port"].as_u64().unwrap())
+    };
+    let token_file = aq.data.path().join("secrets/admin.token");
+    let cli_home = tempfile::tempdir().unwrap();
+    let atlantis = |args: &[&str]| {
+        let mut c = Command::new(Path::new(&bins).join("atlantis"));
+        c.arg("--manager")
+            .arg(&manager)
+            .arg("--token-file")
+            .arg(&token_file)
+            .args(args)
+            .env("XDG_CONFIG_HOME", cli_home.path())
+            .env("NO_COLOR", "1")
+            .env_remove("ATLANTIS_TOKEN")
+            .stdin(Stdio::null());
+        c
+    };
+    let out = run_cmd(atlantis(&["--json", "releases", "hello", "dev"]));
+    assert!(out.status.success(), "atlantis releases: {out:?}");
+    let releases: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        releases.as_array().is_some_and(|r| r.len() >= 2),
+        "two releases (the sample and v2): {releases}"
+    );
+    let load = Load::start(
+        &[&ext_a, &ext_b],
+        "hello.dev.apps.localhost",
+        vec![v1.clone(), v2.clone()],
+        40,
+    );
+    let out = tokio::task::spawn_blocking({
+        let cmd = atlantis(&["rollback", "hello", "dev"]);
+        move || run_cmd(cmd)
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "atlantis rollback: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = load.finish().await;
+    println!("atlantis rollback under load: {r:?}");
+    assert_eq!(
+        r.failed, 0,
+        "failed requests during the rollback: {:?}",
+        r.errors
+    );
+    load::expect_body(&ext_a, &v1).await;
+    load::expect_body(&ext_b, &v1).await;
+    // Without the token the CLI is refused by the real manager (exit 4, one line).
+    let mut c = Command::new(Path::new(&bins).join("atlantis"));
+    c.args(["--manager", &manager, "apps"])
+        .env("XDG_CONFIG_HOME", cli_home.path())
+        .env_remove("ATLANTIS_TOKEN")
+        .stdin(Stdio::null());
+    let out = run_cmd(c);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    // And forward again to release 2 (v2) with --to.
+    let out = run_cmd(atlantis(&["rollback", "hello", "dev", "--to", "2"]));
+    assert!(out.status.success(), "atlantis rollback --to 2: {out:?}");
+    load::expect_body(&ext_a, &v2).await;
+    load::expect_body(&ext_b, &v2).await;
+
     // --- Kill zone a's external router under load: zone b's keeps serving.
     let load_b = Load::start(&[&ext_b], "hello.dev.apps.localhost", vec![v2.clone()], 30);
     let load_a = Load::start(&[&ext_a], "hello.dev.apps.localhost", vec![v2.clone()], 30);
