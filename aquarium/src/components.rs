@@ -236,7 +236,7 @@ pub fn all(plan: &Plan, data: &DataDir, bins: &Bins) -> anyhow::Result<Vec<Compo
             ),
             ports: vec![addr],
             health: Health::Http {
-                url: format!("http://{addr}/healthz"),
+                url: format!("https://{addr}/healthz"),
                 token_file: None,
             },
             zone: Some(z.zone.clone()),
@@ -324,6 +324,7 @@ fn qp(p: &Path) -> String {
 
 /// Writes every generated config file.
 pub fn write_configs(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
+    ensure_ca(plan, data)?;
     std::fs::create_dir_all(data.root().join("etc"))?;
     let zk_section = format!(
         "[zookeeper]\nservers = {}\nregion = {}\nsession_timeout_ms = 10000\n",
@@ -401,7 +402,8 @@ pub fn write_configs(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
                  [capacity]\nslots = 8\ncpu_millis = 4000\nmemory_mb = 2048\n\n\
                  [ports]\nmin_port = 42000\nper_slot = 4\npublish_ip = {publish}\n\n\
                  [firewall]\ncluster_networks = [{networks}]\nnetns = {netns}\n\n\
-                 [limits]\nstop_timeout_ms = 2000\n\n{zk_section}",
+                 [limits]\nstop_timeout_ms = 2000\n\n\
+                 [tls]\ncert_file = {cert}\nkey_file = {cert_key}\nclient_ca_file = {ca}\n\n{zk_section}",
                 listen = q(format!("{}:{}", z.host_ip, z.supervisor_port)),
                 host = q(&z.host),
                 zone = q(&z.zone),
@@ -414,6 +416,9 @@ pub fn write_configs(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
                 netns = qp(&z.netns_path()),
                 registry = q(plan.registry_host()),
                 puller = qp(&data.registry_password("puller")),
+                cert = qp(&data.ca_dir().join("server.pem")),
+                cert_key = qp(&data.ca_dir().join("server-key.pem")),
+                ca = qp(&data.ca_dir().join("ca.pem")),
             ),
         )?;
     }
@@ -424,13 +429,17 @@ pub fn write_configs(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
         format!(
             "listen = {listen}\nhost = \"aquarium-manager\"\ndata_dir = {dir}\nsecret_key_file = {key}\n\
              supervisor_token_file = {token}\n\n[registry]\nurl = {registry}\nuser = \"puller\"\npassword_file = {puller}\n\n\
-             [deploy]\nswitch_wait_ms = 15000\ndrain_ms = 2000\nstart_timeout_ms = 120000\n\n{zk_section}{auth}",
+             [deploy]\nswitch_wait_ms = 15000\ndrain_ms = 2000\nstart_timeout_ms = 120000\n\n\
+             [supervisor_tls]\nca_file = {ca}\ncert_file = {client}\nkey_file = {client_key}\n\n{zk_section}{auth}",
             listen = q(format!("{}:{}", plan.manager_ip, plan.manager_port)),
             dir = qp(&data.dir("manager")),
             key = qp(&data.secret_key()),
             token = qp(&data.cluster_token()),
             registry = q(format!("http://{}", plan.registry_host())),
             puller = qp(&data.registry_password("puller")),
+            ca = qp(&data.ca_dir().join("ca.pem")),
+            client = qp(&data.ca_dir().join("client.pem")),
+            client_key = qp(&data.ca_dir().join("client-key.pem")),
         ),
     )?;
     for z in &plan.zones {
@@ -461,6 +470,22 @@ pub fn write_configs(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
 
 /// Creates the secrets (0600 files in a 0700 folder) that are missing: the cluster token and the
 /// manager's sealing key, 32 random bytes each, hex.
+/// The development CA for mutual TLS between the manager and the supervisors: made once, and again only
+/// when the supervisors' addresses (the server certificate's names) change.
+fn ensure_ca(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
+    let dir = data.ca_dir();
+    let names: Vec<String> = plan.zones.iter().map(|z| z.host_ip.to_string()).collect();
+    let stamp = dir.join("names");
+    let want = names.join("\n");
+    if dir.join("ca.pem").exists() && std::fs::read_to_string(&stamp).ok().as_deref() == Some(&want)
+    {
+        return Ok(());
+    }
+    atlantis_common::tls::dev_ca(&dir, &names).context("generating the development CA")?;
+    std::fs::write(&stamp, want)?;
+    Ok(())
+}
+
 pub fn ensure_secrets(data: &DataDir) -> anyhow::Result<()> {
     use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
     let dir = data.secrets();

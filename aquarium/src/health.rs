@@ -10,14 +10,32 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 /// How long one probe may take.
 pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// A client for probes and API calls: no proxy, bounded timeouts.
+/// The cluster CA directory, once `main` knows the data dir: `https://` calls (the supervisors) trust
+/// that CA and present the manager's client certificate, as the manager does.
+static CLUSTER_CA: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Uses the development CA in `dir` for `https://` calls.
+pub fn use_cluster_ca(dir: &Path) {
+    let _ = CLUSTER_CA.set(dir.to_owned());
+}
+
+/// A client for probes and API calls: no proxy, bounded timeouts; mutual TLS with the cluster CA when
+/// it exists.
 pub fn http_client() -> reqwest::Client {
-    reqwest::Client::builder()
+    let mut b = reqwest::Client::builder()
         .no_proxy()
         .connect_timeout(PROBE_TIMEOUT)
-        .timeout(Duration::from_secs(30))
-        .build()
-        .expect("an HTTP client without TLS always builds")
+        .timeout(Duration::from_secs(30));
+    if let Some(dir) = CLUSTER_CA.get()
+        && let Ok(tls) = atlantis_common::tls::client_config(
+            &dir.join("ca.pem"),
+            Some((&dir.join("client.pem"), &dir.join("client-key.pem"))),
+        )
+    {
+        b = b.use_preconfigured_tls(tls);
+    }
+    b.build()
+        .expect("an HTTP client with a checked TLS config builds")
 }
 
 /// `GET url` (with `Authorization: Bearer token` when given); the status, or an error text.

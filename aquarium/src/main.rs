@@ -93,6 +93,7 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     atlantis_common::telemetry::init("aquarium");
     let data = DataDir::new(&args.data_dir.unwrap_or_else(DataDir::default_root));
+    atlantis_aquarium::health::use_cluster_ca(&data.ca_dir());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -80,6 +80,12 @@ impl DataDir {
         self.secrets().join("secret.key")
     }
 
+    /// The development cluster CA: `ca.pem`, the supervisors' `server.pem`, the manager's `client.pem`
+    /// (and their keys), written by `atlantis_common::tls::dev_ca`.
+    pub fn ca_dir(&self) -> PathBuf {
+        self.secrets().join("ca")
+    }
+
     /// The admin token the manager writes when it requires authentication (`auth.admin_token_file`).
     pub fn admin_token(&self) -> PathBuf {
         self.secrets().join("admin.token")

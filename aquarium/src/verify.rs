@@ -117,7 +117,8 @@ pub async fn verify(data: &DataDir, app: &str) -> anyhow::Result<()> {
             );
             continue;
         };
-        let sup = format!("http://{}:{}/healthz", z.host_ip, z.supervisor_port);
+        // The supervisor API speaks mutual TLS only: reaching its port at all is the escape.
+        let sup = format!("tcp://{}:{}", z.host_ip, z.supervisor_port);
         let reg = format!("http://{}/v2/", plan.registry_host());
         let zk = format!("http://{}:{}/", z.host_ip, plan.zk_port);
         for (what, url, control) in [
@@ -125,8 +126,16 @@ pub async fn verify(data: &DataDir, app: &str) -> anyhow::Result<()> {
             ("registry", &reg, true),
             ("ZooKeeper port", &zk, false),
         ] {
-            let from_container = container_get(&socket, &container, url);
-            let from_netns = control.then(|| netns_get(&z.netns_path(), url));
+            let (from_container, from_netns) = match url.strip_prefix("tcp://") {
+                Some(addr) => (
+                    container_connect(&socket, &container, addr),
+                    control.then(|| netns_connect(&z.netns_path(), addr)),
+                ),
+                None => (
+                    container_get(&socket, &container, url),
+                    control.then(|| netns_get(&z.netns_path(), url)),
+                ),
+            };
             let r = match (from_container, from_netns) {
                 (true, _) => Err(format!("{container} reached {url}")),
                 (false, Some(false)) => Err(format!(
@@ -203,18 +212,33 @@ pub async fn verify(data: &DataDir, app: &str) -> anyhow::Result<()> {
                 metrics(format!("http://127.0.0.1:{port}/metrics"), Cred::None).await,
             );
         }
-        let url = format!("http://{}:{}/metrics", z.host_ip, z.supervisor_port);
+        // Mutual TLS: the manager's client certificate is the credential (the token is not used).
+        let url = format!("https://{}:{}/metrics", z.host_ip, z.supervisor_port);
         rep.check(
             &format!("supervisor-{} metrics", z.key),
             metrics(url.clone(), Cred::Bearer(token.clone())).await,
         );
-        let anon = crate::health::http_status(&http, &url, None).await;
+        let anon = match atlantis_common::tls::client_config(&data.ca_dir().join("ca.pem"), None) {
+            Ok(tls) => match reqwest::Client::builder()
+                .no_proxy()
+                .use_preconfigured_tls(tls)
+                .build()
+            {
+                Ok(c) => crate::health::http_status(&c, &url, Some(&token)).await,
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
         rep.check(
-            &format!("supervisor-{} refuses no token", z.key),
+            &format!(
+                "supervisor-{} refuses a caller without the cluster certificate",
+                z.key
+            ),
             match anon {
-                Ok(401) => Ok(format!("{url} without a token: 401")),
-                Ok(s) => Err(format!("{url} without a token answered {s}")),
-                Err(e) => Err(e),
+                Err(e) => Ok(format!(
+                    "{url} with the token but no client certificate: refused ({e})"
+                )),
+                Ok(s) => Err(format!("{url} without a client certificate answered {s}")),
             },
         );
     }
@@ -291,6 +315,41 @@ fn netns_get(netns: &std::path::Path, url: &str) -> bool {
     Command::new("nsenter")
         .arg(format!("--net={}", netns.display()))
         .args(["curl", "-s", "-o", "/dev/null", "-m", "3", url])
+        .stdin(Stdio::null())
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// True when a TCP connection to `addr` (`ip:port`) opens from inside the container (busybox `nc`).
+fn container_connect(socket: &std::path::Path, container: &str, addr: &str) -> bool {
+    let Some((ip, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    docker(socket)
+        .args(["exec", container, "nc", "-z", "-w", "3", ip, port])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false)
+}
+
+/// True when a TCP connection to `addr` opens from inside the namespace (bash's `/dev/tcp`; the address
+/// is passed as arguments, not spliced into the script).
+fn netns_connect(netns: &std::path::Path, addr: &str) -> bool {
+    let Some((ip, port)) = addr.rsplit_once(':') else {
+        return false;
+    };
+    Command::new("nsenter")
+        .arg(format!("--net={}", netns.display()))
+        .args([
+            "timeout",
+            "3",
+            "bash",
+            "-c",
+            "exec 3<>\"/dev/tcp/$0/$1\"",
+            ip,
+            port,
+        ])
         .stdin(Stdio::null())
         .output()
         .map(|o| o.status.success())

@@ -238,10 +238,16 @@ pub async fn switch_in(
         }
         for b in new {
             let p = l.pool_backend(kind, &name, &b.backend);
-            txn = txn.create(
-                &p,
-                &serde_json::json!({"version": 1, "container": b.instance.container_id}),
-            );
+            let doc = serde_json::json!({"version": 1, "container": b.instance.container_id});
+            // The supervisor just gave this address to the new container, so a backend already at it
+            // names a container that is gone (lost with its host, removed by hand): it is replaced.
+            txn = match coord.stat(&p).await? {
+                None => txn.create(&p, &doc),
+                Some(st) => {
+                    tracing::warn!(backend = %b.backend, pool = %name, "Replacing a stale backend at the new container's address.");
+                    txn.set(&p, &doc, Some(st.version))
+                }
+            };
             let ip = l.instance(app, env, &b.instance.container_id);
             let mut rec = b.instance.clone();
             rec.state = InstanceState::Serving;

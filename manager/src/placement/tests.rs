@@ -1,3 +1,6 @@
+//! Placement tests: worked examples, and properties over random fleets (no host over capacity, zones
+//! even, the same input giving the same answer).
+
 use super::*;
 use proptest::prelude::*;
 

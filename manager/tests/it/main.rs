@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod deploy;
 mod history;
+mod routing;
 mod support;
 
 use std::time::Duration;
