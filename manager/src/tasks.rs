@@ -238,6 +238,10 @@ impl Tasks {
 
     /// A task's status: live here, in flight in ZooKeeper (on another manager), or from the history.
     pub async fn get(&self, id: &str) -> Option<TaskStatus> {
+        // IDs come from request paths: only what `new_id` makes can name a task (and a ZooKeeper node).
+        if !is_task_id(id) {
+            return None;
+        }
         if let Some(rx) = self.live.lock().get(id) {
             return Some(rx.borrow().clone());
         }
@@ -439,4 +443,12 @@ fn close_step(s: &mut TaskStatus) {
     {
         last.took_ms = Some(now_ms().saturating_sub(last.started_ms));
     }
+}
+
+/// A task ID as [`Tasks::new_id`] makes them: 32 lowercase hex digits.
+pub fn is_task_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }

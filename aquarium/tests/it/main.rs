@@ -13,8 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-use load::Load;
-
 const AQUARIUM: &str = env!("CARGO_BIN_EXE_aquarium");
 
 /// The `aquarium` binary on one data directory; `down --purge` on drop if the test did not get there.
@@ -209,7 +207,7 @@ async fn up_verify_deploy_fail_over_and_down() {
     // --- A new sha under load: zero failed requests, then v2 everywhere.
     let v2 = "hello v2 from the aquarium test\n".to_owned();
     let dir2 = variant(work.path(), "v2", &v2, None);
-    let load = Load::start(
+    let load = load::start(
         &[&ext_a, &ext_b],
         "hello.dev.apps.localhost",
         vec![v1.clone(), v2.clone()],
@@ -239,7 +237,7 @@ async fn up_verify_deploy_fail_over_and_down() {
 
     // --- A broken sha (health path answers 404): refused, v2 keeps serving, no request fails.
     let broken = variant(work.path(), "broken", "broken\n", Some("/not-there"));
-    let load = Load::start(
+    let load = load::start(
         &[&ext_a, &ext_b],
         "hello.dev.apps.localhost",
         vec![v2.clone()],
@@ -304,7 +302,7 @@ async fn up_verify_deploy_fail_over_and_down() {
         releases.as_array().is_some_and(|r| r.len() >= 2),
         "two releases (the sample and v2): {releases}"
     );
-    let load = Load::start(
+    let load = load::start(
         &[&ext_a, &ext_b],
         "hello.dev.apps.localhost",
         vec![v1.clone(), v2.clone()],
@@ -346,8 +344,8 @@ async fn up_verify_deploy_fail_over_and_down() {
     load::expect_body(&ext_b, &v2).await;
 
     // --- Kill zone a's external router under load: zone b's keeps serving.
-    let load_b = Load::start(&[&ext_b], "hello.dev.apps.localhost", vec![v2.clone()], 30);
-    let load_a = Load::start(&[&ext_a], "hello.dev.apps.localhost", vec![v2.clone()], 30);
+    let load_b = load::start(&[&ext_b], "hello.dev.apps.localhost", vec![v2.clone()], 30);
+    let load_a = load::start(&[&ext_a], "hello.dev.apps.localhost", vec![v2.clone()], 30);
     tokio::time::sleep(Duration::from_millis(800)).await;
     let victim = aq.pid("router-external-a");
     atlantis_aquarium::process::signal(victim, "KILL");

@@ -10,6 +10,7 @@
 
 pub mod docker;
 pub mod ensemble;
+pub mod load;
 pub mod ports;
 pub mod postgres;
 pub mod process;

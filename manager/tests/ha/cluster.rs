@@ -5,12 +5,11 @@
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use atlantis_common::api::manager::{TaskState, TaskStatus};
 use atlantis_common::zk::{Coord, RouterKind, ZkConfig};
+use atlantis_testkit::load::Load;
 use atlantis_testkit::{Ensemble, eventually};
 
 use crate::support::{self, Host, Registry, Router, TOKEN};
@@ -100,6 +99,7 @@ cooldown_ms = 1000
         cmd.arg("--config")
             .arg(cfg)
             .env("RUST_LOG", "info")
+            .env("RUST_BACKTRACE", "0")
             .env("NO_PROXY", "127.0.0.1")
             .env_remove("ATLANTIS_MANAGER_TEST_PAUSE_AT")
             .stdin(Stdio::null())
@@ -182,6 +182,8 @@ pub struct HaCluster {
     pub http: reqwest::Client,
     /// The admin token every [`HaCluster::call`] carries.
     pub token: String,
+    /// The cluster CA the supervisors trust, with the managers' client certificate.
+    pub ca: atlantis_common::tls::DevCa,
     _dir: tempfile::TempDir,
 }
 
@@ -209,6 +211,13 @@ impl HaCluster {
             Ipv4Addr::LOCALHOST,
         )
         .await;
+        // The region's managers share one token key file (an operator file: 64 hex digits, 0600).
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let key = dir.path().join("auth.key");
+            std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
+            std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+        }
         let mut managers = Vec::new();
         for name in ["manager-1", "manager-2"] {
             let d = dir.path().join(name);
@@ -236,6 +245,7 @@ impl HaCluster {
             .to_owned();
         HaCluster {
             token,
+            ca,
             ensemble,
             zk,
             coord,
@@ -345,82 +355,15 @@ impl HaCluster {
     }
 }
 
-/// Paced load through the router, counting answers by body and failures.
-pub struct Load {
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
-}
-
-impl Load {
-    /// `workers` clients, each one request every `every`, accepting bodies in `accept`.
-    pub fn start(port: u16, host: &str, accept: &[&str], workers: usize, every: Duration) -> Load {
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let accept: Arc<Vec<String>> = Arc::new(accept.iter().map(|s| (*s).to_owned()).collect());
-        let tasks = (0..workers)
-            .map(|_| {
-                let (ok, failed, stop, accept) =
-                    (ok.clone(), failed.clone(), stop.clone(), accept.clone());
-                let host = host.to_owned();
-                tokio::spawn(async move {
-                    let http = reqwest::Client::builder()
-                        .no_proxy()
-                        .timeout(Duration::from_secs(5))
-                        .build()
-                        .unwrap();
-                    let mut errors = Vec::new();
-                    let mut tick = tokio::time::interval(every);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    while !stop.load(SeqCst) {
-                        tick.tick().await;
-                        let r = http
-                            .get(format!("http://127.0.0.1:{port}/version"))
-                            .header("host", &host)
-                            .send()
-                            .await;
-                        match r {
-                            Ok(r) if r.status() == 200 => {
-                                let b = r.text().await.unwrap_or_default();
-                                if accept.iter().any(|a| a == b.trim()) {
-                                    ok.fetch_add(1, SeqCst);
-                                } else {
-                                    failed.fetch_add(1, SeqCst);
-                                    errors.push(format!("body {b:?}"));
-                                }
-                            }
-                            Ok(r) => {
-                                failed.fetch_add(1, SeqCst);
-                                errors.push(format!("status {}", r.status()));
-                            }
-                            Err(e) => {
-                                failed.fetch_add(1, SeqCst);
-                                errors.push(e.to_string());
-                            }
-                        }
-                    }
-                    errors
-                })
-            })
-            .collect();
-        Load {
-            ok,
-            failed,
-            stop,
-            tasks,
-        }
-    }
-
-    /// Stops; returns (answered, failed, a few error texts).
-    pub async fn finish(self) -> (u64, u64, Vec<String>) {
-        self.stop.store(true, SeqCst);
-        let mut errors = Vec::new();
-        for t in self.tasks {
-            errors.extend(t.await.unwrap());
-        }
-        errors.truncate(10);
-        (self.ok.load(SeqCst), self.failed.load(SeqCst), errors)
-    }
+/// Paced load on `/version` through the router on `port`: `workers` clients, one request every
+/// `every` each, accepting the bodies in `accept`.
+pub fn load(port: u16, host: &str, accept: &[&str], workers: usize, every: Duration) -> Load {
+    let accept: Vec<String> = accept.iter().map(|a| (*a).to_owned()).collect();
+    Load::start(
+        &[format!("http://127.0.0.1:{port}/version")],
+        host,
+        &accept,
+        workers,
+        every,
+    )
 }

@@ -29,7 +29,7 @@ use atlantis_testkit::eventually;
 use reqwest::Method;
 use serde_json::json;
 
-use cluster::{HaCluster, Load};
+use cluster::HaCluster;
 
 const HOST: &str = "hello.prod.apps.localhost";
 
@@ -123,7 +123,7 @@ async fn kill_at(c: &mut HaCluster, step: &str, serving: &str, new: &str, want: 
     c.restart(0, Some(step)).await;
     let id = deploy(c, 0, new).await;
     c.managers[0].paused_at(step).await;
-    let load = Load::start(
+    let load = cluster::load(
         c.router_port,
         HOST,
         &[serving, new],
@@ -144,7 +144,9 @@ async fn kill_at(c: &mut HaCluster, step: &str, serving: &str, new: &str, want: 
     };
     c.router_serves(HOST, final_sha, Duration::from_secs(20))
         .await;
-    let (ok, failed, errors) = load.finish().await;
+    let atlantis_testkit::load::Outcome {
+        ok, failed, errors, ..
+    } = load.finish().await;
     println!(
         "kill -9 at {step}: task {:?} {took:?} after the kill; router load {ok} answered, {failed} failed {errors:?}",
         t.state
@@ -354,7 +356,7 @@ async fn flapping_host(c: &HaCluster) {
 }
 
 async fn zk_leader_dies(c: &mut HaCluster) {
-    let load = Load::start(
+    let load = cluster::load(
         c.router_port,
         HOST,
         &[&sha(5), &sha(6)],
@@ -388,7 +390,9 @@ async fn zk_leader_dies(c: &mut HaCluster) {
     let t = c.task_end(&id, Duration::from_secs(90)).await;
     assert_eq!(t.state, TaskState::Done, "{t:?}");
     let acked = writer.await.unwrap();
-    let (ok, failed, errors) = load.finish().await;
+    let atlantis_testkit::load::Outcome {
+        ok, failed, errors, ..
+    } = load.finish().await;
     println!(
         "ZooKeeper leader killed during a deploy: task {:?}, router load {ok} answered, {failed} failed {errors:?}, {} writes acknowledged",
         t.state,
@@ -442,7 +446,7 @@ async fn host_dies(c: &mut HaCluster) {
         1
     };
     let other = 1 - victim;
-    let load = Load::start(
+    let load = cluster::load(
         c.router_port,
         HOST,
         &[&sha(6)],
@@ -473,7 +477,9 @@ async fn host_dies(c: &mut HaCluster) {
     c.router_serves(HOST, &sha(6), Duration::from_secs(20))
         .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (ok, failed, errors) = load.finish().await;
+    let atlantis_testkit::load::Outcome {
+        ok, failed, errors, ..
+    } = load.finish().await;
     println!(
         "host {} died: container {} replaced by {} on {} after {took:?}; router load {ok} answered, {failed} failed (in flight on the dead host or routed to it before the router's health check caught up) {errors:?}",
         victim_rec.host, victim_rec.container_id, moved.container_id, moved.host
@@ -500,9 +506,19 @@ async fn contract_on_a_real_supervisor(c: &HaCluster) {
         .await
         .unwrap()
         .expect("host-b registered");
-    let client = atlantis_supervisor::client::SupervisorClient::new(&rec.address, support::TOKEN)
-        .unwrap()
-        .with_deploy_timeout(Duration::from_secs(60));
+    // Over mutual TLS, as managers call it.
+    let tls = atlantis_common::tls::client_config(
+        &c.ca.ca,
+        Some((c.ca.client.0.as_path(), c.ca.client.1.as_path())),
+    )
+    .unwrap();
+    let client = atlantis_supervisor::client::SupervisorClient::with_tls(
+        &rec.address,
+        support::TOKEN,
+        Some(tls),
+    )
+    .unwrap()
+    .with_deploy_timeout(Duration::from_secs(60));
     let (app, sha, env) = (
         "contract".parse().unwrap(),
         "abcdef1234567".parse().unwrap(),

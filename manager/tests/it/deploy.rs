@@ -5,12 +5,11 @@
 //! concurrent deploys give one 409 naming the task; rollback, scale, maintenance, and teardown by
 //! container, app.env and app leave nothing behind.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::SeqCst};
 use std::time::{Duration, Instant};
 
 use atlantis_common::api::manager::TaskState;
 use atlantis_common::zk::{RouterKind, Section};
+use atlantis_testkit::load::Load;
 use reqwest::Method;
 use serde_json::json;
 
@@ -49,91 +48,16 @@ async fn pool_backends(c: &Cluster) -> Vec<String> {
         .await
 }
 
-/// Load: `workers` clients in a loop, paced to `rate` requests/s in total, until `stop`; counts
-/// successes (200 with a known body) and failures.
-struct Load {
-    ok: Arc<AtomicU64>,
-    failed: Arc<AtomicU64>,
-    stop: Arc<AtomicBool>,
-    tasks: Vec<tokio::task::JoinHandle<Vec<String>>>,
-    started: Instant,
-}
-
-impl Load {
-    fn start(port: u16, rate: u32, workers: u32) -> Load {
-        let ok = Arc::new(AtomicU64::new(0));
-        let failed = Arc::new(AtomicU64::new(0));
-        let stop = Arc::new(AtomicBool::new(false));
-        let interval = Duration::from_secs_f64(f64::from(workers) / f64::from(rate));
-        let tasks = (0..workers)
-            .map(|_| {
-                let (ok, failed, stop) = (ok.clone(), failed.clone(), stop.clone());
-                tokio::spawn(async move {
-                    let http = reqwest::Client::builder()
-                        .no_proxy()
-                        .timeout(Duration::from_secs(10))
-                        .build()
-                        .unwrap();
-                    let mut errors = Vec::new();
-                    let mut tick = tokio::time::interval(interval);
-                    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-                    while !stop.load(SeqCst) {
-                        tick.tick().await;
-                        let r = http
-                            .get(format!("http://127.0.0.1:{port}/version"))
-                            .header("host", HOST)
-                            .send()
-                            .await;
-                        match r {
-                            Ok(r) if r.status() == 200 => {
-                                let body = r.text().await.unwrap_or_default();
-                                if body.trim() == SHA1 || body.trim() == SHA2 {
-                                    ok.fetch_add(1, SeqCst);
-                                } else {
-                                    failed.fetch_add(1, SeqCst);
-                                    errors.push(format!("body {body:?}"));
-                                }
-                            }
-                            Ok(r) => {
-                                failed.fetch_add(1, SeqCst);
-                                errors.push(format!(
-                                    "status {} {:?}",
-                                    r.status(),
-                                    r.headers().get("x-atlantis-error")
-                                ));
-                            }
-                            Err(e) => {
-                                failed.fetch_add(1, SeqCst);
-                                errors.push(e.to_string());
-                            }
-                        }
-                    }
-                    errors
-                })
-            })
-            .collect();
-        Load {
-            ok,
-            failed,
-            stop,
-            tasks,
-            started: Instant::now(),
-        }
-    }
-
-    async fn finish(self) -> (u64, u64, Duration, Vec<String>) {
-        self.stop.store(true, SeqCst);
-        let mut errors = Vec::new();
-        for t in self.tasks {
-            errors.extend(t.await.unwrap());
-        }
-        (
-            self.ok.load(SeqCst),
-            self.failed.load(SeqCst),
-            self.started.elapsed(),
-            errors,
-        )
-    }
+/// Load on `/version` through the router: `workers` clients paced to `rate` requests/s in total,
+/// accepting either release's body.
+fn load(port: u16, rate: u32, workers: u32) -> Load {
+    Load::start(
+        &[format!("http://127.0.0.1:{port}/version")],
+        HOST,
+        &[SHA1.to_owned(), SHA2.to_owned()],
+        workers as usize,
+        Duration::from_secs_f64(f64::from(workers) / f64::from(rate)),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -222,7 +146,7 @@ async fn releases_end_to_end() {
     assert_eq!(pool_backends(&c).await.len(), 2);
 
     // --- Redeploy under load: no failed request.
-    let load = Load::start(c.router_port, 400, 16);
+    let load = load(c.router_port, 400, 16);
     let t0 = Instant::now();
     let t = c
         .run_task("/v1/apps/hello/envs/prod/deploy", deploy_body(SHA2))
@@ -230,9 +154,14 @@ async fn releases_end_to_end() {
     let deploy_took = t0.elapsed();
     assert_eq!(t.state, TaskState::Done, "{t:?}");
     assert!(t.warnings.is_empty(), "{:?}", t.warnings);
-    let remaining = Duration::from_secs(11).saturating_sub(load.started.elapsed());
+    let remaining = Duration::from_secs(11).saturating_sub(load.elapsed());
     tokio::time::sleep(remaining).await;
-    let (ok, failed, took, errors) = load.finish().await;
+    let atlantis_testkit::load::Outcome {
+        ok,
+        failed,
+        elapsed: took,
+        errors,
+    } = load.finish().await;
     let rate = ok as f64 / took.as_secs_f64();
     eprintln!(
         "redeploy under load: {ok} ok, {failed} failed in {took:?} ({rate:.0} req/s); deploy task took {deploy_took:?}"
