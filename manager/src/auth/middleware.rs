@@ -117,11 +117,7 @@ pub async fn check(State(auth): State<Auth>, req: Request, next: Next) -> Respon
     if let Some(j) = &json
         && template.as_deref().is_some_and(|t| t.ends_with("/exec"))
     {
-        let cmd = j
-            .get("command")
-            .or_else(|| j.get("cmd"))
-            .unwrap_or(j)
-            .to_string();
+        let cmd = j.get("argv").unwrap_or(j).to_string();
         rec.detail = truncate(format!("command: {cmd}"));
     }
     let need = policy::classify(&method, template.as_deref(), &params);

@@ -559,6 +559,31 @@ async fn the_cli_drives_a_real_cluster() {
     assert_eq!(r.code, 3, "{r:?}");
     assert_eq!(r.stdout, "out-3\n");
     assert_eq!(r.stderr, "err\n");
+    // The run is in the manager's audit log with its argv, who ran it and the result, as `atlantis
+    // audit` shows it.
+    let v = atl(
+        cfg,
+        &["audit", "--app", "hello", "--since", "10m", "--json"],
+    )
+    .await
+    .ok()
+    .json();
+    let exec = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| {
+            e["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("echo out-$((1+2))"))
+        })
+        .unwrap_or_else(|| panic!("no audit entry of the exec: {v}"));
+    assert_eq!(exec["user"], "admin", "{exec}");
+    assert_eq!(exec["app"], "hello", "{exec}");
+    assert!(
+        exec["detail"].as_str().unwrap().contains(r#"["sh","-c","#),
+        "the argv as given: {exec}"
+    );
     let r = atl(
         cfg,
         &[
