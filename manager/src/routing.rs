@@ -236,17 +236,18 @@ pub async fn switch_in(
                 }
             }
         }
+        // One read of the pool's backends (empty while the pool does not exist yet).
+        let present = coord.children(&pool_path).await?;
         for b in new {
             let p = l.pool_backend(kind, &name, &b.backend);
             let doc = serde_json::json!({"version": 1, "container": b.instance.container_id});
             // The supervisor just gave this address to the new container, so a backend already at it
             // names a container that is gone (lost with its host, removed by hand): it is replaced.
-            txn = match coord.stat(&p).await? {
-                None => txn.create(&p, &doc),
-                Some(st) => {
-                    tracing::warn!(backend = %b.backend, pool = %name, "Replacing a stale backend at the new container's address.");
-                    txn.set(&p, &doc, Some(st.version))
-                }
+            txn = if present.contains(&b.backend) {
+                tracing::warn!(backend = %b.backend, pool = %name, "Replacing a stale backend at the new container's address.");
+                txn.set(&p, &doc, None)
+            } else {
+                txn.create(&p, &doc)
             };
             let ip = l.instance(app, env, &b.instance.container_id);
             let mut rec = b.instance.clone();

@@ -346,14 +346,17 @@ async fn up_verify_deploy_fail_over_and_down() {
     // --- Kill zone a's external router under load: zone b's keeps serving.
     let load_b = load::start(&[&ext_b], "hello.dev.apps.localhost", vec![v2.clone()], 30);
     let load_a = load::start(&[&ext_a], "hello.dev.apps.localhost", vec![v2.clone()], 30);
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    load_a.settle(20, Duration::from_secs(10)).await;
+    load_b.settle(20, Duration::from_secs(10)).await;
     let victim = aq.pid("router-external-a");
     atlantis_aquarium::process::signal(victim, "KILL");
     assert!(atlantis_aquarium::process::wait_gone(
         victim,
         Duration::from_secs(5)
     ));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Zone b keeps being asked after the kill; zone a's clients meet the dead router.
+    load_b.settle(40, Duration::from_secs(10)).await;
+    load_a.settle(20, Duration::from_secs(30)).await;
     let (ra, rb) = (load_a.finish().await, load_b.finish().await);
     println!("router-external-a killed: zone a {ra:?}; zone b {rb:?}");
     assert_eq!(

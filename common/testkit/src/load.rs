@@ -106,6 +106,22 @@ impl Load {
         }
     }
 
+    /// Waits until `more` requests have been answered or have failed from now on (bounded by `limit`),
+    /// so a test lets the load run across an event by counting requests, not by sleeping.
+    pub async fn settle(&self, more: u64, limit: Duration) {
+        let seen = || self.ok.load(SeqCst) + self.failed.load(SeqCst);
+        let want = seen() + more;
+        let deadline = Instant::now() + limit;
+        while seen() < want {
+            assert!(
+                Instant::now() < deadline,
+                "the load made {} of {more} requests in {limit:?}",
+                more + seen() - want
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// How long it has run.
     pub fn elapsed(&self) -> Duration {
         self.started.elapsed()

@@ -329,20 +329,7 @@ impl HaCluster {
 
     /// GET through the router.
     pub async fn through_router(&self, host: &str, path: &str) -> (u16, String) {
-        let r = self
-            .http
-            .get(format!("http://127.0.0.1:{}{path}", self.router_port))
-            .header("host", host)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        match r {
-            Ok(r) => {
-                let s = r.status().as_u16();
-                (s, r.text().await.unwrap_or_default())
-            }
-            Err(_) => (0, String::new()),
-        }
+        support::via_router(&self.http, self.router_port, host, path).await
     }
 
     /// Waits until the router answers `want`.

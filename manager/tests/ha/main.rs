@@ -381,7 +381,14 @@ async fn zk_leader_dies(c: &mut HaCluster) {
             acked
         })
     };
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The writer and the router load are under way before the leader dies.
+    eventually(
+        Duration::from_secs(10),
+        "marker writes under way",
+        || async { (c.coord.children(&marks).await.ok()?.len() >= 10).then_some(()) },
+    )
+    .await;
+    load.settle(20, Duration::from_secs(10)).await;
     let leader = tokio::task::block_in_place(|| {
         let leader = c.ensemble.leader();
         c.ensemble.kill(leader);
@@ -453,7 +460,7 @@ async fn host_dies(c: &mut HaCluster) {
         4,
         Duration::from_millis(20),
     );
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load.settle(20, Duration::from_secs(10)).await;
     c.hosts[victim].crash().await;
     let died = Instant::now();
     let moved = eventually(
@@ -476,7 +483,7 @@ async fn host_dies(c: &mut HaCluster) {
     let took = died.elapsed();
     c.router_serves(HOST, &sha(6), Duration::from_secs(20))
         .await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    load.settle(100, Duration::from_secs(20)).await;
     let atlantis_testkit::load::Outcome {
         ok, failed, errors, ..
     } = load.finish().await;

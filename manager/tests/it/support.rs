@@ -529,20 +529,7 @@ impl Cluster {
 
     /// GET through the router with `Host: <host>`; returns status and body.
     pub async fn through_router(&self, host: &str, path: &str) -> (u16, String) {
-        let r = self
-            .http
-            .get(format!("http://127.0.0.1:{}{path}", self.router_port))
-            .header("host", host)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await;
-        match r {
-            Ok(r) => {
-                let s = r.status().as_u16();
-                (s, r.text().await.unwrap_or_default())
-            }
-            Err(_) => (0, String::new()),
-        }
+        via_router(&self.http, self.router_port, host, path).await
     }
 
     /// Waits until the router answers `want` for `host` `path`.
@@ -568,5 +555,28 @@ impl Cluster {
     /// Children of a ZooKeeper path under the cluster root (empty if absent).
     pub async fn zk_children(&self, path: &str) -> Vec<String> {
         self.coord.children(path).await.unwrap()
+    }
+}
+
+/// GET `path` through the router on loopback `port` with `Host: <host>`: status and body (status 0 when
+/// the request failed).
+pub async fn via_router(
+    http: &reqwest::Client,
+    port: u16,
+    host: &str,
+    path: &str,
+) -> (u16, String) {
+    let r = http
+        .get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", host)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    match r {
+        Ok(r) => {
+            let s = r.status().as_u16();
+            (s, r.text().await.unwrap_or_default())
+        }
+        Err(_) => (0, String::new()),
     }
 }
