@@ -238,7 +238,14 @@ impl Builder {
                 std::fs::create_dir_all(&copy).map_err(io("creating the build copy"))?;
                 std::fs::create_dir_all(&work).map_err(io("creating the build dir"))?;
                 crate::debian::copy_tree(&tree, &copy)?;
-                crate::debian::run_commands(&droot, &copy, &work, &steps, log)?;
+                crate::debian::run_commands(
+                    &droot,
+                    &copy,
+                    &work,
+                    &steps,
+                    &self.settings.debian.sandbox,
+                    log,
+                )?;
                 tree = source::collect(&copy, self.settings.limits)?;
                 log(format!(
                     "build output: {} entries, {} bytes",

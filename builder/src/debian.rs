@@ -3,11 +3,10 @@
 //!
 //! The root is made once per (suite, mirror, package set) and kept under the cache's `roots/` directory;
 //! its layer is cached like any other. Build commands run in a copy of the app at `/app` inside that
-//! root, each in fresh namespaces made by `unshare` (mount, PID, IPC, UTS, and network unless the config
-//! asks for it): the root is an overlay whose writes are thrown away, so only `/app` comes out of the
-//! build, and it is then checked like any other input (no escaping symlinks, no special files, limits).
-//! All commands together have the config's time limit; when it runs out the PID namespace is killed.
-//! The user's arguments are passed as positional parameters, never spliced into a shell string.
+//! root, each in the build sandbox ([`crate::sandbox`]): the root is read-only, so only `/app` comes out
+//! of the build, and it is then checked like any other input (no escaping symlinks, no special files,
+//! limits). All commands together have the config's time limit; when it runs out the command's cgroup
+//! is killed. The user's arguments are passed as an argument vector, never spliced into a shell string.
 
 use std::collections::BTreeMap;
 use std::io::Read as _;
@@ -22,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 use crate::build::Log;
 use crate::error::{BuildError, io};
 use crate::layer::{Content, Entry};
+use crate::sandbox::{self, SandboxSettings};
 
 /// Where debootstrap gets Debian from, and which release.
 #[derive(Debug, Clone)]
@@ -32,6 +32,8 @@ pub struct DebianSettings {
     pub suite: String,
     /// Time allowed for one debootstrap.
     pub bootstrap_timeout: Duration,
+    /// How build commands are confined.
+    pub sandbox: SandboxSettings,
 }
 
 impl Default for DebianSettings {
@@ -40,6 +42,7 @@ impl Default for DebianSettings {
             mirror: "http://deb.debian.org/debian".into(),
             suite: "bookworm".into(),
             bootstrap_timeout: Duration::from_secs(1800),
+            sandbox: SandboxSettings::default(),
         }
     }
 }
@@ -81,10 +84,11 @@ pub fn root(
             settings.suite, settings.mirror
         )));
     }
+    check_packages(packages)?;
     let key = root_key(settings, packages);
     let dir = cache_dir.join("roots").join(&key);
     if dir.join(".complete").exists() {
-        return Ok(dir.join("root"));
+        return app_mount_point(dir.join("root"));
     }
     std::fs::create_dir_all(cache_dir.join("roots")).map_err(io("creating the roots dir"))?;
     let work = tempfile::Builder::new()
@@ -125,11 +129,44 @@ pub fn root(
         let _ = std::fs::remove_dir_all(&kept);
     }
     log(format!("debian: root ready in {} s", t.elapsed().as_secs()));
-    Ok(dir.join("root"))
+    app_mount_point(dir.join("root"))
+}
+
+/// Debian's package-name grammar (Debian Policy 5.6.7): at least two characters of `[a-z0-9+.-]`,
+/// starting with a letter or digit. Checked again here (the config parser checks it too) because a
+/// name reaches debootstrap's `--include=` list, where a comma or an option would change its meaning.
+pub fn check_packages(packages: &[String]) -> Result<(), BuildError> {
+    for p in packages {
+        let ok = p.len() >= 2
+            && p.len() <= 100
+            && p.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && p.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '.' | '-')
+            });
+        if !ok {
+            return Err(BuildError::Input(format!(
+                "build.packages: {p:?} is not a Debian package name ([a-z0-9][a-z0-9+.-]+)"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// `root` with an empty `app` directory, where the sandbox mounts the app over the read-only root.
+fn app_mount_point(root: PathBuf) -> Result<PathBuf, BuildError> {
+    match std::fs::create_dir(root.join("app")) {
+        Ok(()) => Ok(root),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(root),
+        Err(e) => Err(BuildError::Io {
+            what: format!("creating {}/app", root.display()),
+            source: e,
+        }),
+    }
 }
 
 /// The layer entries of a Debian root: every directory, file and symlink with its mode (set-id bits
-/// kept), except what the runtime provides (`dev`, `proc`, `sys`, `run` and `tmp` are kept empty).
+/// kept), except what the runtime provides (`dev`, `proc`, `sys`, `run` and `tmp` are kept empty, and
+/// so is `app`, the sandbox's mount point, which the app layer fills).
 /// The root comes from the Debian archive, so its symlinks are not checked against a root.
 pub fn root_entries(root: &Path) -> Result<Vec<Entry>, BuildError> {
     let mut map = BTreeMap::new();
@@ -163,7 +200,7 @@ fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Content>) -> Result
         } else if ft.is_dir() {
             out.insert(rel.clone(), Content::Dir(mode));
             let skip = prefix.is_empty()
-                && matches!(name.as_str(), "dev" | "proc" | "sys" | "run" | "tmp");
+                && matches!(name.as_str(), "dev" | "proc" | "sys" | "run" | "tmp" | "app");
             if !skip {
                 walk(&e.path(), &rel, out)?;
             }
@@ -186,7 +223,6 @@ fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Content>) -> Result
 struct Ended {
     success: bool,
     timed_out: bool,
-    code: Option<i32>,
 }
 
 /// Runs `c` with stdout and stderr to `log_file`, killing it when `limit` runs out.
@@ -203,7 +239,6 @@ fn run_limited(mut c: Command, log_file: &Path, limit: Duration) -> Result<Ended
             return Ok(Ended {
                 success: st.success(),
                 timed_out: false,
-                code: st.code(),
             });
         }
         if Instant::now() >= deadline {
@@ -212,7 +247,6 @@ fn run_limited(mut c: Command, log_file: &Path, limit: Duration) -> Result<Ended
             return Ok(Ended {
                 success: false,
                 timed_out: true,
-                code: None,
             });
         }
         std::thread::sleep(Duration::from_millis(25));
@@ -229,78 +263,55 @@ fn tail(path: &Path, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
-/// The script run by `sh` in the new namespaces: mounts an overlay over the root (writes go to `work`),
-/// binds the app at `/app`, mounts `/proc`, and runs the command in `/app` with a clean environment.
-/// Paths and the command arrive as positional parameters.
-const SCRIPT: &str = r#"lower=$1; work=$2; app=$3; shift 3
-mkdir -p "$work/upper" "$work/w" "$work/m"
-mount -t overlay overlay -o "lowerdir=$lower,upperdir=$work/upper,workdir=$work/w" "$work/m"
-mkdir -p "$work/m/app"
-mount --bind "$app" "$work/m/app"
-mount -t proc proc "$work/m/proc"
-mount -t tmpfs -o size=256m tmpfs "$work/m/tmp"
-cd /
-exec chroot "$work/m" /usr/bin/env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root LANG=C.UTF-8 /bin/sh -c 'cd /app && exec "$@"' build "$@"
-"#;
-
-/// Runs the build commands of `steps` over `app` (a private copy of the app) in `root`.
+/// Runs the build commands of `steps` over `app` (a private copy of the app) in `root`, each in the
+/// build sandbox ([`crate::sandbox`]). `work` takes the commands' logs.
 pub fn run_commands(
     root: &Path,
     app: &Path,
     work: &Path,
     steps: &BuildSteps,
+    sandbox: &SandboxSettings,
     log: &Log,
 ) -> Result<(), BuildError> {
-    for p in [root, app, work] {
-        let s = p.to_string_lossy();
-        if s.contains([',', ':', '\n']) {
-            return Err(BuildError::Input(format!(
-                "the build path {s} holds ',' or ':', which overlay mounts cannot take"
-            )));
-        }
-    }
+    sandbox::check_network(sandbox, steps.network)?;
+    sandbox::give_app(sandbox, app)?;
     let limit = Duration::from_secs(steps.timeout_secs.0);
     let deadline = Instant::now() + limit;
     for (i, cmd) in steps.commands.0.iter().enumerate() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let mut c = Command::new("unshare");
-        c.args([
-            "--mount",
-            "--pid",
-            "--fork",
-            "--kill-child",
-            "--ipc",
-            "--uts",
-        ]);
-        if !steps.network {
-            c.arg("--net");
-        }
-        c.args(["--", "/bin/sh", "-ec", SCRIPT, "sh"])
-            .arg(root)
-            .arg(work)
-            .arg(app)
-            .args(cmd);
         log(format!("build step {}: {cmd:?}", i + 1));
         let out = work.join(format!("step-{}.log", i + 1));
         let t = Instant::now();
-        let ended = run_limited(c, &out, left)?;
+        let outcome = sandbox::run(
+            sandbox,
+            &sandbox::Job {
+                root,
+                app,
+                argv: cmd,
+                network: steps.network,
+                timeout: deadline.saturating_duration_since(Instant::now()),
+                log_file: &out,
+            },
+        )?;
         let tail = tail(&out, 20);
         for line in tail.lines() {
             log(format!("  | {line}"));
         }
-        if ended.timed_out {
-            return Err(BuildError::Input(format!(
-                "build step {} {cmd:?} did not finish within the time limit of {} s",
-                i + 1,
-                limit.as_secs()
-            )));
-        }
-        if !ended.success {
-            return Err(BuildError::Input(format!(
-                "build step {} {cmd:?} failed with exit code {}:\n{tail}",
-                i + 1,
-                ended.code.map_or("none (killed)".into(), |c| c.to_string())
-            )));
+        let notes = limit_notes(sandbox, &outcome.events);
+        match outcome.exit {
+            sandbox::Exit::TimedOut => {
+                return Err(BuildError::Input(format!(
+                    "build step {} {cmd:?} did not finish within the time limit of {} s{notes}",
+                    i + 1,
+                    limit.as_secs()
+                )));
+            }
+            sandbox::Exit::Code(0) => {}
+            sandbox::Exit::Code(code) => {
+                return Err(BuildError::Input(format!(
+                    "build step {} {cmd:?} failed with exit code {code}{notes}:\n{tail}",
+                    i + 1,
+                )));
+            }
         }
         log(format!(
             "build step {} done in {} ms",
@@ -309,6 +320,25 @@ pub fn run_commands(
         ));
     }
     Ok(())
+}
+
+/// What the sandbox's limits did, as the end of an error message ("" when nothing).
+fn limit_notes(s: &SandboxSettings, ev: &sandbox::Events) -> String {
+    let mut notes = String::new();
+    if ev.oom_kills > 0 {
+        notes.push_str(&format!(
+            "; it went over the memory limit of {} MiB and the kernel killed {} process(es)",
+            s.limits.memory_bytes >> 20,
+            ev.oom_kills
+        ));
+    }
+    if ev.fork_refusals > 0 {
+        notes.push_str(&format!(
+            "; it hit the process limit of {} ({} fork(s) refused)",
+            s.limits.max_processes, ev.fork_refusals
+        ));
+    }
+    notes
 }
 
 /// Copies the checked app tree into `dest` (a fresh directory), so build commands never touch the

@@ -19,6 +19,7 @@ pub mod git;
 pub mod image;
 pub mod layer;
 pub mod push;
+pub mod sandbox;
 pub mod source;
 pub mod template;
 
@@ -80,6 +81,54 @@ pub struct Config {
     /// The Debian suite of the debian template.
     #[serde(default = "default_suite")]
     pub debian_suite: String,
+    /// The bubblewrap binary of the build sandbox.
+    #[serde(default = "default_bwrap")]
+    pub bwrap: PathBuf,
+    /// The unprivileged host uid build commands run as.
+    #[serde(default = "default_build_id")]
+    pub build_uid: u32,
+    /// Their gid.
+    #[serde(default = "default_build_id")]
+    pub build_gid: u32,
+    /// Memory limit of each build command (bytes).
+    #[serde(default = "default_build_memory")]
+    pub build_memory_bytes: u64,
+    /// Processes and threads a build command may have at once.
+    #[serde(default = "default_build_processes")]
+    pub build_max_processes: u64,
+    /// CPUs a build command may use.
+    #[serde(default = "default_build_cpus")]
+    pub build_cpus: f64,
+    /// Size of the build's `/tmp` (bytes).
+    #[serde(default = "default_build_tmp")]
+    pub build_tmp_bytes: u64,
+    /// Whether apps may ask for `network = true` in `[build]` (see docs/builder.md).
+    #[serde(default)]
+    pub allow_network_builds: bool,
+}
+
+fn default_bwrap() -> PathBuf {
+    sandbox::SandboxSettings::default().bwrap
+}
+
+fn default_build_id() -> u32 {
+    sandbox::SandboxSettings::default().uid
+}
+
+fn default_build_memory() -> u64 {
+    sandbox::SandboxSettings::default().limits.memory_bytes
+}
+
+fn default_build_processes() -> u64 {
+    sandbox::SandboxSettings::default().limits.max_processes
+}
+
+fn default_build_cpus() -> f64 {
+    sandbox::SandboxSettings::default().limits.cpus
+}
+
+fn default_build_tmp() -> u64 {
+    sandbox::SandboxSettings::default().tmp_bytes
 }
 
 impl Default for Config {
@@ -100,6 +149,14 @@ impl Default for Config {
             registry_token: None,
             debian_mirror: default_mirror(),
             debian_suite: default_suite(),
+            bwrap: default_bwrap(),
+            build_uid: default_build_id(),
+            build_gid: default_build_id(),
+            build_memory_bytes: default_build_memory(),
+            build_max_processes: default_build_processes(),
+            build_cpus: default_build_cpus(),
+            build_tmp_bytes: default_build_tmp(),
+            allow_network_builds: false,
         }
     }
 }
@@ -128,6 +185,19 @@ impl Config {
             debian: debian::DebianSettings {
                 mirror: self.debian_mirror.clone(),
                 suite: self.debian_suite.clone(),
+                sandbox: sandbox::SandboxSettings {
+                    bwrap: self.bwrap.clone(),
+                    uid: self.build_uid,
+                    gid: self.build_gid,
+                    limits: sandbox::Limits {
+                        memory_bytes: self.build_memory_bytes,
+                        max_processes: self.build_max_processes,
+                        cpus: self.build_cpus,
+                    },
+                    tmp_bytes: self.build_tmp_bytes,
+                    allow_network: self.allow_network_builds,
+                    ..sandbox::SandboxSettings::default()
+                },
                 ..debian::DebianSettings::default()
             },
         }

@@ -7,4 +7,5 @@ mod cli;
 mod common;
 mod debian;
 mod docker;
+mod hostile;
 mod push;
