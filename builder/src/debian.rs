@@ -305,7 +305,14 @@ pub fn run_commands(
                     limit.as_secs()
                 )));
             }
-            sandbox::Exit::Code(0) => {}
+            // A command that got past a limit fails even when it says it succeeded.
+            sandbox::Exit::Code(0) if notes.is_empty() => {}
+            sandbox::Exit::Code(0) => {
+                return Err(BuildError::Input(format!(
+                    "build step {} {cmd:?} exited 0 but broke a limit{notes}:\n{tail}",
+                    i + 1,
+                )));
+            }
             sandbox::Exit::Code(code) => {
                 return Err(BuildError::Input(format!(
                     "build step {} {cmd:?} failed with exit code {code}{notes}:\n{tail}",

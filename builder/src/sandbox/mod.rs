@@ -14,17 +14,17 @@
 //!   [`check_network`]).
 //!
 //! The child enters the cgroup and drops to `uid`/`gid` (no supplementary groups) before it executes
-//! bwrap, so bwrap runs unprivileged and every process of the build is counted. Paths reach bwrap as
-//! open descriptors (`--ro-bind-fd`, `--bind-fd`), which bwrap closes after mounting: the unprivileged
-//! uid never needs to traverse the builder's cache directories, and no other descriptor of the builder
-//! survives into the sandbox. When a step ends, whatever is left in its cgroup is killed and the cgroup
+//! bwrap, so bwrap runs unprivileged and every process of the build is counted. Before that it binds
+//! the root and the app onto fixed stage directories in a mount namespace of its own (see
+//! [`confine`]): the unprivileged uid never needs to traverse the builder's cache directories, and no
+//! descriptor of the builder but the seccomp filter's (which bwrap reads and closes) reaches bwrap. When a step ends, whatever is left in its cgroup is killed and the cgroup
 //! removed; a step whose cgroup cannot be emptied fails the build.
 
 pub mod cgroup;
 pub mod seccomp;
 
 use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::ffi::CString;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,6 +34,11 @@ use std::time::{Duration, Instant};
 use crate::error::{BuildError, io};
 
 pub use cgroup::{Events, Limits};
+
+/// Where the child binds the root and the app before bwrap mounts them. The binds are made in the
+/// child's own mount namespace, so the same paths serve every build at once and the host sees none.
+const STAGE_ROOT: &str = "/run/atlantis-builder/stage-root";
+const STAGE_APP: &str = "/run/atlantis-builder/stage-app";
 
 /// The search PATH inside the sandbox.
 const PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -166,13 +171,11 @@ fn pipe_with(data: &[u8]) -> Result<OwnedFd, BuildError> {
     Ok(r.into())
 }
 
-fn open_dir(p: &Path) -> Result<OwnedFd, BuildError> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
-        .open(p)
-        .map(OwnedFd::from)
-        .map_err(io(format!("opening {}", p.display())))
+fn cstring(p: &Path) -> Result<CString, BuildError> {
+    use std::os::unix::ffi::OsStrExt as _;
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| {
+        BuildError::Request(format!("the build path {} holds a NUL byte", p.display()))
+    })
 }
 
 /// Runs one command in the sandbox until it ends or its time runs out.
@@ -196,8 +199,13 @@ pub fn run(settings: &SandboxSettings, job: &Job<'_>) -> Result<Outcome, BuildEr
     );
     let cg = cgroup::Cgroup::create(&settings.cgroup_parent, &name, &settings.limits)?;
     let procs = cg.procs_files()?;
-    let root = open_dir(job.root)?;
-    let app = open_dir(job.app)?;
+    for d in [STAGE_ROOT, STAGE_APP] {
+        std::fs::create_dir_all(d).map_err(io(format!("creating {d}")))?;
+    }
+    let binds = [
+        (cstring(job.root)?, cstring(Path::new(STAGE_ROOT))?),
+        (cstring(job.app)?, cstring(Path::new(STAGE_APP))?),
+    ];
     let filter = pipe_with(&seccomp::program())?;
     let fd = |f: &OwnedFd| f.as_raw_fd().to_string();
 
@@ -206,9 +214,11 @@ pub fn run(settings: &SandboxSettings, job: &Job<'_>) -> Result<Outcome, BuildEr
         .args(["--unshare-user", "--unshare-ipc", "--unshare-pid"])
         .args(["--unshare-uts", "--unshare-cgroup", "--unshare-net"])
         .args(["--disable-userns", "--die-with-parent", "--new-session"])
+        // The command is the namespace's pid 1 and bwrap's direct child, which bwrap reaps before it
+        // exits (with its own init in between, that init outlives bwrap as an orphan of the host).
+        .arg("--as-pid-1")
         .args(["--hostname", "atlantis-build"])
-        .args(["--ro-bind-fd", &fd(&root), "/"])
-        .args(["--bind-fd", &fd(&app), "/app"])
+        .args(["--ro-bind", STAGE_ROOT, "/", "--bind", STAGE_APP, "/app"])
         .args(["--proc", "/proc", "--dev", "/dev"])
         .args(["--perms", "1777", "--size", &settings.tmp_bytes.to_string()])
         .args(["--tmpfs", "/tmp"])
@@ -221,13 +231,20 @@ pub fn run(settings: &SandboxSettings, job: &Job<'_>) -> Result<Outcome, BuildEr
     let log2 = log.try_clone().map_err(io("creating a build log"))?;
     c.stdin(Stdio::null()).stdout(log).stderr(log2);
 
-    let keep = [root.as_raw_fd(), app.as_raw_fd(), filter.as_raw_fd()];
-    let procs_raw: Vec<RawFd> = procs.iter().map(|f| f.as_raw_fd()).collect();
-    confine(&mut c, procs_raw, keep, settings.uid, settings.gid);
+    confine(
+        &mut c,
+        Confinement {
+            procs: procs.iter().map(|f| f.as_raw_fd()).collect(),
+            keep: filter.as_raw_fd(),
+            binds,
+            uid: settings.uid,
+            gid: settings.gid,
+        },
+    );
     let mut child = c
         .spawn()
         .map_err(io(format!("starting {}", settings.bwrap.display())))?;
-    drop((root, app, filter, procs));
+    drop((filter, procs));
     let deadline = Instant::now() + job.timeout;
     let exit = loop {
         if let Some(st) = child.try_wait().map_err(io("waiting for a build step"))? {
@@ -251,47 +268,81 @@ pub fn run(settings: &SandboxSettings, job: &Job<'_>) -> Result<Outcome, BuildEr
     Ok(Outcome { exit, events })
 }
 
-/// Makes `c`'s child enter the cgroup (writing `0` to each of `procs`), keep only `keep` of the
-/// descriptors beyond stdio, drop to `uid`/`gid` without supplementary groups, and die with the
-/// builder's thread, all before it executes the program.
+/// What the child does before it executes bwrap.
+struct Confinement {
+    /// `cgroup.procs` files to write `0` to.
+    procs: Vec<RawFd>,
+    /// The one descriptor beyond stdio that bwrap gets (the seccomp filter).
+    keep: RawFd,
+    /// (source, stage) bind mounts made in a private mount namespace of the child.
+    binds: [(CString, CString); 2],
+    uid: u32,
+    gid: u32,
+}
+
+/// Makes `c`'s child enter the cgroup, bind the root and the app onto the stage directories in a
+/// mount namespace of its own (so the unprivileged bwrap reaches them whatever the modes of the
+/// directories above them, and the host sees no mount), keep only the filter's descriptor beyond
+/// stdio, drop to the build uid and gid without supplementary groups, and die with the builder's
+/// thread, all before it executes bwrap.
 ///
-/// The only `unsafe` of the builder: `pre_exec` and the system calls it makes between fork and exec.
+/// The builder's only `unsafe`: `pre_exec` and the system calls it makes between fork and exec.
 #[allow(unsafe_code)]
-fn confine(c: &mut Command, procs: Vec<RawFd>, keep: [RawFd; 3], uid: u32, gid: u32) {
+fn confine(c: &mut Command, cf: Confinement) {
     // SAFETY: the closure runs in the child between fork and exec and only makes async-signal-safe
     // system calls on memory prepared before the fork (no allocation, no locks).
     unsafe {
         c.pre_exec(move || {
+            let fail = || Err(std::io::Error::last_os_error());
             // Into the cgroup while still root, so the build never runs outside it.
-            for &f in &procs {
+            for &f in &cf.procs {
                 if libc::write(f, b"0".as_ptr().cast(), 1) != 1 {
-                    return Err(std::io::Error::last_os_error());
+                    return fail();
                 }
             }
-            // Every inherited descriptor but the three bwrap consumes is closed at exec.
+            if libc::unshare(libc::CLONE_NEWNS) != 0
+                || libc::mount(
+                    std::ptr::null(),
+                    c"/".as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_REC | libc::MS_PRIVATE,
+                    std::ptr::null(),
+                ) != 0
+            {
+                return fail();
+            }
+            for (src, dst) in &cf.binds {
+                if libc::mount(
+                    src.as_ptr(),
+                    dst.as_ptr(),
+                    std::ptr::null(),
+                    libc::MS_BIND | libc::MS_REC,
+                    std::ptr::null(),
+                ) != 0
+                {
+                    return fail();
+                }
+            }
+            // Every inherited descriptor but the filter is closed at exec.
             if libc::syscall(
                 libc::SYS_close_range,
                 3u32,
                 u32::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             ) != 0
+                || libc::fcntl(cf.keep, libc::F_SETFD, 0) != 0
             {
-                return Err(std::io::Error::last_os_error());
-            }
-            for f in keep {
-                if libc::fcntl(f, libc::F_SETFD, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
+                return fail();
             }
             if libc::setgroups(0, std::ptr::null()) != 0
-                || libc::setresgid(gid, gid, gid) != 0
-                || libc::setresuid(uid, uid, uid) != 0
+                || libc::setresgid(cf.gid, cf.gid, cf.gid) != 0
+                || libc::setresuid(cf.uid, cf.uid, cf.uid) != 0
             {
-                return Err(std::io::Error::last_os_error());
+                return fail();
             }
             // After the uid change, which clears it: bwrap dies with the builder's thread.
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                return Err(std::io::Error::last_os_error());
+                return fail();
             }
             Ok(())
         });
