@@ -247,6 +247,7 @@ async fn install(opts: &UpOptions) -> anyhow::Result<((), String)> {
         "iptables",
         "conntrack",
         "busybox",
+        "bwrap",
     ]
     .into_iter()
     .filter(|b| components::which(b).is_none())

@@ -200,7 +200,10 @@ fn walk(dir: &Path, prefix: &str, out: &mut BTreeMap<String, Content>) -> Result
         } else if ft.is_dir() {
             out.insert(rel.clone(), Content::Dir(mode));
             let skip = prefix.is_empty()
-                && matches!(name.as_str(), "dev" | "proc" | "sys" | "run" | "tmp" | "app");
+                && matches!(
+                    name.as_str(),
+                    "dev" | "proc" | "sys" | "run" | "tmp" | "app"
+                );
             if !skip {
                 walk(&e.path(), &rel, out)?;
             }

@@ -59,7 +59,10 @@ pub fn is_v2() -> bool {
     info.lines().any(|l| {
         let mut f = l.split_whitespace();
         let mount_point = f.nth(4);
-        let fstype = l.split(" - ").nth(1).and_then(|r| r.split_whitespace().next());
+        let fstype = l
+            .split(" - ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next());
         mount_point == Some(ROOT) && fstype == Some("cgroup2")
     })
 }
@@ -137,7 +140,10 @@ impl Cgroup {
                     "pids" => write(&d.join("pids.max"), &limits.max_processes.to_string())?,
                     _ => {
                         write(&d.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
-                        write(&d.join("cpu.cfs_quota_us"), &quota_us(limits.cpus).to_string())?;
+                        write(
+                            &d.join("cpu.cfs_quota_us"),
+                            &quota_us(limits.cpus).to_string(),
+                        )?;
                     }
                 }
             }

@@ -23,8 +23,8 @@
 pub mod cgroup;
 pub mod seccomp;
 
-use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
 use std::ffi::CString;
+use std::os::fd::{AsRawFd as _, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -249,10 +249,7 @@ pub fn run(settings: &SandboxSettings, job: &Job<'_>) -> Result<Outcome, BuildEr
     let exit = loop {
         if let Some(st) = child.try_wait().map_err(io("waiting for a build step"))? {
             use std::os::unix::process::ExitStatusExt as _;
-            break Exit::Code(
-                st.code()
-                    .unwrap_or_else(|| 128 + st.signal().unwrap_or(0)),
-            );
+            break Exit::Code(st.code().unwrap_or_else(|| 128 + st.signal().unwrap_or(0)));
         }
         if Instant::now() >= deadline {
             cg.kill_all();

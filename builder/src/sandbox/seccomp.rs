@@ -137,7 +137,7 @@ pub const DENIED_NAMES: &[&str] = &[
 ];
 
 // Classic BPF opcodes (linux/filter.h, linux/bpf_common.h).
-const LD_W_ABS: u16 = 0x00 | 0x00 | 0x20; // BPF_LD | BPF_W | BPF_ABS
+const LD_W_ABS: u16 = 0x20; // BPF_LD (0) | BPF_W (0) | BPF_ABS (0x20)
 const JMP_JEQ_K: u16 = 0x05 | 0x10; // BPF_JMP | BPF_JEQ | BPF_K
 const JMP_JGE_K: u16 = 0x05 | 0x30; // BPF_JMP | BPF_JGE | BPF_K
 const JMP_JSET_K: u16 = 0x05 | 0x40; // BPF_JMP | BPF_JSET | BPF_K
@@ -288,7 +288,10 @@ mod tests {
         let (ok, out) = filtered(&["unshare", "--user", "true"]);
         assert!(!ok && out.contains("Operation not permitted"), "{out}");
         let (ok, out) = filtered(&["unshare", "--mount", "true"]);
-        assert!(!ok, "unshare --mount as root is not a new userns, but mount: {out}");
+        assert!(
+            !ok,
+            "unshare --mount as root is not a new userns, but mount: {out}"
+        );
         let (ok, out) = filtered(&["chroot", "/", "true"]);
         assert!(!ok && out.contains("Operation not permitted"), "{out}");
     }

@@ -40,8 +40,9 @@ fn cache_dir() -> PathBuf {
 
 impl Host {
     fn new(case: u32) -> Host {
-        assert!(
-            cfg!(target_arch = "x86_64"),
+        assert_eq!(
+            std::env::consts::ARCH,
+            "x86_64",
             "the scripts use x86_64 syscall numbers"
         );
         atlantis_testkit::require_bin("bwrap", "bubblewrap");
@@ -173,8 +174,15 @@ impl Host {
             }
         }
         let now = list_root();
-        let added: Vec<_> = now.iter().filter(|f| !self.root_files.contains(f)).collect();
-        let removed: Vec<_> = self.root_files.iter().filter(|f| !now.contains(f)).collect();
+        let added: Vec<_> = now
+            .iter()
+            .filter(|f| !self.root_files.contains(f))
+            .collect();
+        let removed: Vec<_> = self
+            .root_files
+            .iter()
+            .filter(|f| !now.contains(f))
+            .collect();
         assert!(
             added.is_empty() && removed.is_empty() && !now.is_empty(),
             "the Debian root changed: added {added:?}, removed {removed:?}"
@@ -220,7 +228,11 @@ fn list_root() -> Vec<String> {
         for sub in ["", "etc", "usr", "app", "tmp", "root"] {
             if let Ok(rd) = std::fs::read_dir(root.join(sub)) {
                 for e in rd {
-                    out.push(format!("{}/{sub}/{:?}", root.display(), e.unwrap().file_name()));
+                    out.push(format!(
+                        "{}/{sub}/{:?}",
+                        root.display(),
+                        e.unwrap().file_name()
+                    ));
                 }
             }
         }
@@ -241,10 +253,19 @@ fn processes_of(uid: u32) -> Vec<String> {
             continue;
         };
         if let Some(line) = status.lines().find(|l| l.starts_with("Uid:"))
-            && line.split_whitespace().skip(1).any(|u| u == uid.to_string())
+            && line
+                .split_whitespace()
+                .skip(1)
+                .any(|u| u == uid.to_string())
         {
-            let state = status.lines().find(|l| l.starts_with("State:")).unwrap_or("");
-            let ppid = status.lines().find(|l| l.starts_with("PPid:")).unwrap_or("");
+            let state = status
+                .lines()
+                .find(|l| l.starts_with("State:"))
+                .unwrap_or("");
+            let ppid = status
+                .lines()
+                .find(|l| l.starts_with("PPid:"))
+                .unwrap_or("");
             let cmd = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
             out.push(format!(
                 "{name} {state} {ppid} {:?}",
@@ -486,7 +507,8 @@ exit 6
         .await;
     let out = r.unwrap_or_else(|e| panic!("{e}\n{log}"));
     assert!(log.contains(&format!("-rwsr-xr-x 1 {uid} {uid}")), "{log}");
-    let f = std::fs::File::open(h.builder().cache().blob_path(&out.image.layers[1].digest)).unwrap();
+    let f =
+        std::fs::File::open(h.builder().cache().blob_path(&out.image.layers[1].digest)).unwrap();
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
     let mode = ar
         .entries()
@@ -584,9 +606,7 @@ for my $a (@ARGV) {
 }
 exit($ok ? 0 : 9);
 "#;
-    let cmd = format!(
-        r#"[["perl", "connect.pl", "127.0.0.1:{port}", "{addr}:{port}"]]"#
-    );
+    let cmd = format!(r#"[["perl", "connect.pl", "127.0.0.1:{port}", "{addr}:{port}"]]"#);
     let (r, log) = h.build(&[("connect.pl", script)], &cmd, 60).await;
     h.assert_failed(
         &r,
@@ -703,7 +723,8 @@ async fn sandboxed_build_still_builds() {
         )
         .await;
     let out = r.unwrap_or_else(|e| panic!("{e}\n{log}"));
-    let f = std::fs::File::open(h.builder().cache().blob_path(&out.image.layers[1].digest)).unwrap();
+    let f =
+        std::fs::File::open(h.builder().cache().blob_path(&out.image.layers[1].digest)).unwrap();
     let mut ar = tar::Archive::new(flate2::read::GzDecoder::new(f));
     let mut files = std::collections::BTreeMap::new();
     for e in ar.entries().unwrap() {
