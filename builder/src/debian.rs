@@ -372,3 +372,40 @@ pub fn copy_tree(tree: &crate::source::Tree, dest: &Path) -> Result<(), BuildErr
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn package_names_follow_debian_grammar() {
+        let ok = ["busybox", "python3-minimal", "g++", "libc6.1", "0ad"];
+        check_packages(&ok.map(String::from)).unwrap();
+        for bad in [
+            "",
+            "a",
+            "-oops",
+            "Bad",
+            "x,y",
+            "--include=evil",
+            "a b",
+            ".dot",
+            "ü1",
+        ] {
+            let e = check_packages(&[bad.to_owned()]).unwrap_err();
+            assert!(e.is_input_error(), "{bad}: {e}");
+            assert!(e.to_string().contains("build.packages"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn network_builds_are_refused_by_default_and_not_implemented_when_allowed() {
+        let mut s = SandboxSettings::default();
+        sandbox::check_network(&s, false).unwrap();
+        let e = sandbox::check_network(&s, true).unwrap_err().to_string();
+        assert!(e.contains("allow_network_builds"), "{e}");
+        s.allow_network = true;
+        let e = sandbox::check_network(&s, true).unwrap_err().to_string();
+        assert!(e.contains("not implemented yet"), "{e}");
+    }
+}

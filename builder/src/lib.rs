@@ -243,3 +243,40 @@ fn default_suite() -> String {
 fn default_concurrency() -> usize {
     2
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sandbox_keys_reach_the_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("builder.toml");
+        std::fs::write(
+            &path,
+            "build_uid = 1234\nbuild_gid = 1235\nbuild_memory_bytes = 1048576\n\
+             build_max_processes = 7\nbuild_cpus = 0.5\nbuild_tmp_bytes = 4096\n",
+        )
+        .unwrap();
+        let env = [(
+            "ATLANTIS_BUILDER__ALLOW_NETWORK_BUILDS".to_owned(),
+            "true".to_owned(),
+        )];
+        let c: Config =
+            atlantis_common::config::load_with_env(Some(&path), "ATLANTIS_BUILDER", env).unwrap();
+        let s = c.settings().debian.sandbox;
+        assert_eq!((s.uid, s.gid, s.tmp_bytes), (1234, 1235, 4096));
+        assert_eq!(
+            s.limits,
+            sandbox::Limits {
+                memory_bytes: 1 << 20,
+                max_processes: 7,
+                cpus: 0.5
+            }
+        );
+        assert!(s.allow_network);
+        let d = Config::default().settings().debian.sandbox;
+        assert_eq!(d, sandbox::SandboxSettings::default());
+        assert!(!d.allow_network);
+    }
+}
