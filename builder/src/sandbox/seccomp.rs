@@ -285,6 +285,13 @@ mod tests {
     fn filter_denies_namespaces_mounts_and_chroot_but_runs_programs() {
         let (ok, out) = filtered(&["/bin/sh", "-c", "echo hello; ls / >/dev/null"]);
         assert!(ok && out.contains("hello"), "{out}");
+        // Threads: glibc's clone3 gets ENOSYS and falls back to clone.
+        let (ok, out) = filtered(&[
+            "python3",
+            "-c",
+            "import threading; t = threading.Thread(target=print, args=('in a thread',)); t.start(); t.join()",
+        ]);
+        assert!(ok && out.contains("in a thread"), "{out}");
         let (ok, out) = filtered(&["unshare", "--user", "true"]);
         assert!(!ok && out.contains("Operation not permitted"), "{out}");
         let (ok, out) = filtered(&["unshare", "--mount", "true"]);
