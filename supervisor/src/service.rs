@@ -64,6 +64,8 @@ pub struct Supervisor {
     pub(crate) inner: Mutex<Inner>,
     pub(crate) advertise_url: Mutex<String>,
     pub(crate) metrics: SupervisorMetrics,
+    /// Registry hosts of the images run here (refused to containers: [`crate::control_plane`]).
+    registries: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
 }
 
 impl Supervisor {
@@ -93,6 +95,19 @@ impl Supervisor {
                 entries: BTreeMap::new(),
             }),
             metrics,
+            registries: tokio::sync::watch::channel(Default::default()).0,
+        }
+    }
+
+    /// The registry hosts of the images run here, and every change.
+    pub fn registries(&self) -> tokio::sync::watch::Receiver<std::collections::BTreeSet<String>> {
+        self.registries.subscribe()
+    }
+
+    /// Notes the registry `image` comes from.
+    pub(crate) fn note_registry(&self, image: &str) {
+        if let Some(r) = crate::control_plane::image_registry(image) {
+            self.registries.send_if_modified(|s| s.insert(r));
         }
     }
 
@@ -155,6 +170,7 @@ impl Supervisor {
     /// Deploys a container and returns once it is healthy, or fails having removed everything it made.
     pub async fn deploy(&self, spec: ContainerSpec) -> Result<ContainerInfo, ApiError> {
         spec.validate()?;
+        self.note_registry(&spec.image);
         let id = spec.container_id.clone();
         let guard: OwnedMutexGuard<()> = {
             let mut inner = self.lock();
