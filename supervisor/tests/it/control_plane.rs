@@ -45,16 +45,15 @@ const INTERNET: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 77);
 /// How long a new registration may take to be refused.
 const DEADLINE: Duration = Duration::from_secs(10);
 
-/// Forwards `ip:2181` in the namespace at `ns` to the ZooKeeper at `zk` in this (the root) namespace:
-/// busybox nc accepts there and runs, per connection, an nc that `nsenter` puts back into our namespace.
-fn zk_forwarder(ns: &Path, dir: &Path, ip: Ipv4Addr, zk: SocketAddr) -> Guarded {
+/// Forwards port 2181 of the namespace at `ns` (every address there, ZK_PUBLIC among them: busybox nc
+/// cannot bind one) to the ZooKeeper at `zk` in this (the root) namespace: busybox nc accepts there and
+/// runs, per connection, an nc that `nsenter` puts back into our namespace.
+fn zk_forwarder(ns: &Path, dir: &Path, zk: SocketAddr) -> Guarded {
     let busybox = atlantis_testkit::require_bin("busybox", "busybox-static");
     let nsenter = atlantis_testkit::require_bin("nsenter", "util-linux");
     let args: Vec<String> = vec![
         "nc".into(),
         "-ll".into(),
-        "-s".into(),
-        ip.to_string(),
         "-p".into(),
         "2181".into(),
         "-e".into(),
@@ -71,7 +70,7 @@ fn zk_forwarder(ns: &Path, dir: &Path, ip: Ipv4Addr, zk: SocketAddr) -> Guarded 
 /// ZooKeeper's `ruok` to `ip:2181` from the host (`None`) or from inside container `cid`: Ok(answer) or
 /// Err(what nc said).
 fn ruok(host: &Host, cid: Option<&str>, ip: Ipv4Addr) -> Result<String, String> {
-    let script = "printf ruok | nc -w 3 \"$0\" 2181";
+    let script = "printf ruok | busybox nc -w 3 \"$0\" 2181";
     let out = match cid {
         Some(cid) => host
             .docker
@@ -111,7 +110,7 @@ async fn control_plane_on_public_addresses_is_refused_from_inside_a_container() 
     let dir = host.dir.path().to_owned();
     let ons = outside.path();
     let _servers = [
-        zk_forwarder(&ons, &dir, ZK_PUBLIC, zk.addr()),
+        zk_forwarder(&ons, &dir, zk.addr()),
         httpd(&ons, &dir, MANAGER, 7700, "manager-api\n"),
         httpd(&ons, &dir, ROUTER, 9090, "router-status\n"),
         httpd(&ons, &dir, ROUTER, 8080, "internal-app\n"),
