@@ -599,8 +599,7 @@ impl Supervisor {
 
 /// The kernel settings of a container: no IPv6 (the container network and the firewall are IPv4; a
 /// link-local IPv6 address would reach the host around the rules), and no group may open unprivileged
-/// ICMP echo ("ping") sockets (the empty range "1 0"; the engine's default opens them to every group)
-/// unless the spec asks.
+/// ICMP echo ("ping") sockets (the empty range "1 0") unless the spec asks (groups 0 to 65535).
 pub fn container_sysctls(spec: &ContainerSpec) -> std::collections::HashMap<String, String> {
     let mut s = std::collections::HashMap::new();
     s.insert("net.ipv6.conf.all.disable_ipv6".to_owned(), "1".to_owned());
@@ -608,9 +607,11 @@ pub fn container_sysctls(spec: &ContainerSpec) -> std::collections::HashMap<Stri
         "net.ipv6.conf.default.disable_ipv6".to_owned(),
         "1".to_owned(),
     );
-    if !spec.allow_ping {
-        s.insert("net.ipv4.ping_group_range".to_owned(), "1 0".to_owned());
-    }
+    // Explicit both ways: under `userns-remap` the engine sets no default (the kernel's "1 0", closed),
+    // and a range is read in the container's user namespace, where 2147483647 has no mapping (the
+    // container would not start); 0-65535 is the default remapped range (docs/operations.md).
+    let range = if spec.allow_ping { "0 65535" } else { "1 0" };
+    s.insert("net.ipv4.ping_group_range".to_owned(), range.to_owned());
     s
 }
 

@@ -517,18 +517,31 @@ async fn escape_matrix_from_inside_a_container_with_the_default_config() {
     assert!(v6.is_empty(), "IPv6 addresses in the container: {v6}");
 
     // Unprivileged ping sockets: closed by default, open when the spec asks.
-    let range = |c: &str| {
-        host.docker
-            .docker_ok(&["exec", c, "cat", "/proc/sys/net/ipv4/ping_group_range"])
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
+    // Read from the host's user namespace (inside a remapped container, group ids the container's map
+    // lacks read as 65534): "1 0" is the empty range. With allow_ping, groups 0-65535 of the container,
+    // which are the remapped range outside.
+    let range = |c: &str, inside: bool| {
+        let text = if inside {
+            host.docker
+                .docker_ok(&["exec", c, "cat", "/proc/sys/net/ipv4/ping_group_range"])
+        } else {
+            let pid = host.docker.docker_ok(&["inspect", "-f", "{{.State.Pid}}", c]);
+            let out = Command::new("nsenter")
+                .args(["-t", &pid, "-n", "cat", "/proc/sys/net/ipv4/ping_group_range"])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
     };
-    assert_eq!(range(&cid), "1 0", "no group may open ping sockets");
+    assert_eq!(range(&cid, false), "1 0", "no group may open ping sockets");
+    let remapped = atlantis_testkit::docker::ensure_remap_user();
+    let other_id = other.container_id.as_str();
+    assert_eq!(range(other_id, true), "0 65535", "allow_ping");
     assert_eq!(
-        range(other.container_id.as_str()),
-        "0 2147483647",
-        "allow_ping leaves the engine's default"
+        range(other_id, false),
+        format!("{remapped} {}", remapped + 65535),
+        "allow_ping, outside"
     );
 
     // /metrics needs the token like the rest of the API; liveness and the API document do not.
