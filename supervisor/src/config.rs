@@ -375,7 +375,9 @@ impl Config {
             if crate::control_plane::string_target(&format!("x://{h}")).is_none() {
                 return err(
                     "firewall.control_plane",
-                    format!("{h:?}: expected a host name or an IPv4 address, optionally with :PORT"),
+                    format!(
+                        "{h:?}: expected a host name or an IPv4 address, optionally with :PORT"
+                    ),
                 );
             }
         }

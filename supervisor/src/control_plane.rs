@@ -365,13 +365,8 @@ mod tests {
         let router = br#"{"version":1,"host":"rtr-1","zone":"zone-a","status_addr":"0.0.0.0:9090",
             "router_version":"0.1.0","listen":["203.0.113.7:80","203.0.113.8:8080"]}"#;
         let got = registration_targets("rtr-1", router);
-        let want: BTreeSet<Target> = [
-            n("rtr-1"),
-            a("0.0.0.0"),
-            a("203.0.113.7"),
-            a("203.0.113.8"),
-        ]
-        .into();
+        let want: BTreeSet<Target> =
+            [n("rtr-1"), a("0.0.0.0"), a("203.0.113.7"), a("203.0.113.8")].into();
         assert_eq!(got, want);
         let manager = br#"{"version":1,"addr":"198.51.100.20:7700","software":"0.1.0"}"#;
         assert!(registration_targets("mgr-a", manager).contains(&a("198.51.100.20")));

@@ -63,7 +63,9 @@ impl Supervisor {
                 };
                 let mut deployed = deployed;
                 self.note_registry(&deployed.image);
-                if let Some(deps) = crate::dependencies::load(&self.cfg.data_dir, &deployed.container_id) {
+                if let Some(deps) =
+                    crate::dependencies::load(&self.cfg.data_dir, &deployed.container_id)
+                {
                     deployed.dependencies = deps;
                 }
                 let id = deployed.container_id.clone();

@@ -6,7 +6,7 @@ use std::process::Stdio;
 
 use tokio::io::AsyncWriteExt as _;
 
-use super::render::{first_rule, fingerprint, hook_rule, render};
+use super::render::{fingerprint, first_rule, hook_rule, render};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
@@ -47,6 +47,9 @@ pub struct Iptables {
     control_plane: std::sync::Arc<std::sync::Mutex<Vec<Ipv4Addr>>>,
 }
 
+/// What installed rules allow: the control-plane addresses refused, and each container's dependencies.
+type Applied = (Vec<Ipv4Addr>, BTreeMap<ContainerId, Vec<Dependency>>);
+
 #[derive(Debug, Default)]
 struct Known {
     /// Chains installed last.
@@ -56,7 +59,7 @@ struct Known {
     /// The fingerprint of the kernel's rules after our last change.
     snapshot: Option<String>,
     /// What the installed rules allow: the control plane refused and each container's dependencies.
-    applied: Option<(Vec<Ipv4Addr>, BTreeMap<ContainerId, Vec<Dependency>>)>,
+    applied: Option<Applied>,
 }
 
 impl Iptables {
@@ -366,7 +369,7 @@ impl Firewall for Iptables {
 /// every container when a control-plane address is new, else those that lost a dependency. New
 /// containers have no connections yet.
 fn narrowed<'a>(
-    applied: Option<&(Vec<Ipv4Addr>, BTreeMap<ContainerId, Vec<Dependency>>)>,
+    applied: Option<&Applied>,
     desired: &'a [ContainerRules],
     policy: &Policy,
 ) -> Vec<&'a ContainerRules> {
@@ -389,4 +392,3 @@ fn narrowed<'a>(
         })
         .collect()
 }
-

@@ -2,7 +2,8 @@
 //! the firewall owns (see the module documentation of [`crate::firewall`]).
 
 use super::{
-    CHAIN_PREFIX, ContainerRules, DEFAULT_CHAIN, DISPATCH, HOOK_COMMENT, Policy, REFUSE_CHAIN, chain_name,
+    CHAIN_PREFIX, ContainerRules, DEFAULT_CHAIN, DISPATCH, HOOK_COMMENT, Policy, REFUSE_CHAIN,
+    chain_name,
 };
 
 /// The `iptables-restore` input that installs `desired` under `policy`, given the chains that exist now

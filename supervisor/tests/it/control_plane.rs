@@ -246,7 +246,10 @@ async fn control_plane_on_public_addresses_is_refused_from_inside_a_container() 
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    eprintln!("new registration refused {:?} after it appeared", t.elapsed());
+    eprintln!(
+        "new registration refused {:?} after it appeared",
+        t.elapsed()
+    );
     atlantis_testkit::wait_until(Duration::from_secs(5), "open connection cut", || {
         stream_state(&host, &cid, "/tmp/late-stream")
             .1

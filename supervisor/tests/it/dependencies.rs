@@ -93,7 +93,8 @@ async fn replaced_dependencies_cut_connections_and_survive_a_restart() {
     assert!(refused(&r), "new connections refused: {r:?}");
     assert!(probe(&host, &cid, ns_ip, 18181).is_ok(), "the other stays");
     let file = atlantis_supervisor::dependencies::path(&cfg.data_dir, &id);
-    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&file).unwrap().permissions());
     assert_eq!(mode & 0o777, 0o600, "{}", file.display());
 
     // A restart rebuilds the same rules (the labels still carry the old set).

@@ -153,10 +153,21 @@ impl Outside {
     /// Puts `a` on the outside namespace and routes it there from the host.
     pub(crate) fn add_address(&self, host: &Host, a: Ipv4Addr) {
         let (n, p) = (host.docker.netns(), self.name.as_str());
-        run_ok("ip", &["-n", p, "addr", "add", &format!("{a}/32"), "dev", "lo"]);
         run_ok(
             "ip",
-            &["-n", n, "route", "add", &format!("{a}/32"), "via", &LINK_PEER.to_string()],
+            &["-n", p, "addr", "add", &format!("{a}/32"), "dev", "lo"],
+        );
+        run_ok(
+            "ip",
+            &[
+                "-n",
+                n,
+                "route",
+                "add",
+                &format!("{a}/32"),
+                "via",
+                &LINK_PEER.to_string(),
+            ],
         );
     }
 
@@ -174,7 +185,13 @@ impl Drop for Outside {
 }
 
 /// Runs `program args` in the namespace at `ns`, logging to `dir/<label>.log`.
-pub(crate) fn spawn_in(ns: &Path, dir: &Path, label: &str, program: &Path, args: &[String]) -> Guarded {
+pub(crate) fn spawn_in(
+    ns: &Path,
+    dir: &Path,
+    label: &str,
+    program: &Path,
+    args: &[String],
+) -> Guarded {
     Guarded::spawn(
         label,
         program,
@@ -525,9 +542,17 @@ async fn escape_matrix_from_inside_a_container_with_the_default_config() {
             host.docker
                 .docker_ok(&["exec", c, "cat", "/proc/sys/net/ipv4/ping_group_range"])
         } else {
-            let pid = host.docker.docker_ok(&["inspect", "-f", "{{.State.Pid}}", c]);
+            let pid = host
+                .docker
+                .docker_ok(&["inspect", "-f", "{{.State.Pid}}", c]);
             let out = Command::new("nsenter")
-                .args(["-t", &pid, "-n", "cat", "/proc/sys/net/ipv4/ping_group_range"])
+                .args([
+                    "-t",
+                    &pid,
+                    "-n",
+                    "cat",
+                    "/proc/sys/net/ipv4/ping_group_range",
+                ])
                 .output()
                 .unwrap();
             String::from_utf8_lossy(&out.stdout).into_owned()

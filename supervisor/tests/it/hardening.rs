@@ -74,12 +74,9 @@ async fn container_root_is_not_host_root() {
     // A file root creates in the container belongs to the remapped uid on the host.
     host.docker
         .docker_ok(&["exec", &cid, "sh", "-c", "echo x > /tmp/made-by-root"]);
-    let merged = host.docker.docker_ok(&[
-        "inspect",
-        "-f",
-        "{{.GraphDriver.Data.MergedDir}}",
-        &cid,
-    ]);
+    let merged = host
+        .docker
+        .docker_ok(&["inspect", "-f", "{{.GraphDriver.Data.MergedDir}}", &cid]);
     let made = PathBuf::from(merged).join("tmp/made-by-root");
     let meta = std::fs::metadata(&made).unwrap();
     assert_eq!(
