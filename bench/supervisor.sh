@@ -71,7 +71,7 @@ docker import -c 'CMD ["/bin/busybox","httpd","-f","-p","8080","-h","/www"]' "$W
 
 # The supervisor.
 TOKEN=bench-token-0123456789abcdef
-echo "$TOKEN" >"$W/token"
+(umask 077; echo "$TOKEN" >"$W/token")
 cat >"$W/supervisor.toml" <<TOML
 listen = "127.0.0.1:0"
 host = "bench-host"

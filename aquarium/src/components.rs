@@ -216,6 +216,9 @@ pub fn all(plan: &Plan, data: &DataDir, bins: &Bins) -> anyhow::Result<Vec<Compo
                     "172.29.0.1/24".into(),
                     "--insecure-registry".into(),
                     plan.registry_host(),
+                    // Container root is not host root (ensure_userns_remap makes its ids).
+                    "--userns-remap".into(),
+                    "default".into(),
                 ],
                 Some(z.netns_path()),
             ),
@@ -483,6 +486,44 @@ fn ensure_ca(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
     }
     atlantis_common::tls::dev_ca(&dir, &names).context("generating the development CA")?;
     std::fs::write(&stamp, want)?;
+    Ok(())
+}
+
+/// Makes what `dockerd --userns-remap=default` needs, when missing: the `dockremap` system user and its
+/// `/etc/subuid` and `/etc/subgid` ranges (65536 ids from 100000), so the zones' engines, started in
+/// parallel, do not race to create them. Idempotent; see docs/operations.md.
+pub fn ensure_userns_remap() -> anyhow::Result<()> {
+    let known = std::process::Command::new("getent")
+        .args(["passwd", "dockremap"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !known {
+        let st = std::process::Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                "dockremap",
+            ])
+            .status()
+            .context("running useradd")?;
+        anyhow::ensure!(st.success(), "useradd dockremap failed ({st})");
+    }
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        if text.lines().any(|l| l.starts_with("dockremap:")) {
+            continue;
+        }
+        let mut t = text;
+        if !t.is_empty() && !t.ends_with('\n') {
+            t.push('\n');
+        }
+        t.push_str("dockremap:100000:65536\n");
+        let tmp = format!("{file}.aquarium-tmp");
+        std::fs::write(&tmp, t).with_context(|| format!("writing {tmp}"))?;
+        std::fs::rename(&tmp, file).with_context(|| format!("replacing {file}"))?;
+    }
     Ok(())
 }
 

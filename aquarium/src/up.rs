@@ -74,6 +74,7 @@ pub async fn up(opts: UpOptions) -> anyhow::Result<()> {
         })
         .await?;
     components::write_configs(&plan, data)?;
+    components::ensure_userns_remap()?;
     let comps = components::all(&plan, data, &bins)?;
     let http = crate::health::http_client();
     for z in &plan.zones {

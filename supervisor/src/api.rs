@@ -9,6 +9,7 @@
 //! | DELETE | `/v1/containers/{id}` | teardown of one container |
 //! | POST | `/v1/teardown` | teardown by IDs, or of an app (and env) |
 //! | GET | `/v1/containers/{id}/logs?follow=true&tail=100` | output, streamed while it runs with `follow` |
+//! | PUT | `/v1/containers/{id}/dependencies` | replace a running container's dependencies ([`crate::dependencies`]): rules re-rendered, refused connections cut, kept across restarts |
 //! | POST | `/v1/containers/{id}/exec` | run a command (argv, bounded time), ndjson output and exit code ([`crate::exec`]) |
 //! | GET | `/v1/health` | capacity, free, version |
 //! | GET | `/metrics` | Prometheus metrics; needs the token too (they tell what runs here and how much is free) |
@@ -19,14 +20,14 @@
 use std::sync::Arc;
 
 use atlantis_common::ContainerId;
-use atlantis_common::api::supervisor::{ContainerSpec, TeardownRequest};
+use atlantis_common::api::supervisor::{ContainerSpec, DependenciesRequest, TeardownRequest};
 use atlantis_common::telemetry::METRICS_CONTENT_TYPE;
 use axum::body::Body;
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use futures::StreamExt as _;
 use serde::Deserialize;
@@ -58,6 +59,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/containers", post(deploy).get(list))
         .route("/containers/{id}", get(get_one).delete(delete_one))
         .route("/containers/{id}/logs", get(logs))
+        .route("/containers/{id}/dependencies", put(replace_dependencies))
         .route("/containers/{id}/exec", post(crate::exec::exec))
         .route("/teardown", post(teardown))
         .route("/health", get(health))
@@ -168,6 +170,20 @@ async fn delete_one(
         return Err(ApiError::NotFound(id.to_string()));
     }
     Ok(Json(resp).into_response())
+}
+
+async fn replace_dependencies(
+    State(st): State<ApiState>,
+    Path(id): Path<String>,
+    JsonBody(req): JsonBody<DependenciesRequest>,
+) -> Result<Response, ApiError> {
+    let id = parse_id(&id)?;
+    let sup = st.supervisor.clone();
+    // In its own task: a client that hangs up does not leave the rules half-changed.
+    let info = tokio::spawn(async move { sup.replace_dependencies(&id, req).await })
+        .await
+        .map_err(|e| ApiError::Internal(format!("dependencies task failed: {e}")))??;
+    Ok(Json(info).into_response())
 }
 
 async fn teardown(

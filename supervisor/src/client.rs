@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use atlantis_common::ContainerId;
 use atlantis_common::api::supervisor::{
-    ContainerInfo, ContainerSpec, ErrorBody, SupervisorHealth, TeardownRequest, TeardownResponse,
+    ContainerInfo, ContainerSpec, DependenciesRequest, Dependency, ErrorBody, SupervisorHealth,
+    TeardownRequest, TeardownResponse,
 };
 use bytes::Bytes;
 use futures::stream::BoxStream;
@@ -125,6 +126,25 @@ impl SupervisorClient {
                 .post(format!("{}/v1/teardown", self.base))
                 .json(req),
             self.deploy_timeout,
+        )
+        .await
+    }
+
+    /// Replaces the dependencies of a running container (its whole set: an empty list takes them all
+    /// away). The supervisor changes its rules at once, cuts the connections they now refuse and keeps
+    /// the set across its restarts. `not_found` when it does not run the container.
+    pub async fn set_dependencies(
+        &self,
+        id: &ContainerId,
+        dependencies: &[Dependency],
+    ) -> Result<ContainerInfo, ClientError> {
+        self.call(
+            self.http
+                .put(format!("{}/v1/containers/{id}/dependencies", self.base))
+                .json(&DependenciesRequest {
+                    dependencies: dependencies.to_vec(),
+                }),
+            self.timeout,
         )
         .await
     }

@@ -216,6 +216,11 @@ pub struct FirewallConfig {
     /// More address groups (CIDRs such as `203.0.113.0/24`) refused as well: public addresses of other
     /// hosts and infrastructure (ZooKeeper, managers, registries). Private ones are refused anyway.
     pub cluster_networks: Vec<String>,
+    /// More control-plane hosts refused to containers whatever their range, as names or addresses
+    /// (optionally `:port`; the whole address is refused): a registry or manager behind a load balancer.
+    /// The ZooKeeper servers, every registered supervisor, manager and router, and the registry of
+    /// `docker.registry_auth` and of every image run here are refused anyway (`crate::control_plane`).
+    pub control_plane: Vec<String>,
     /// Public egress: `open` (default) or `deny` (containers reach only what they declared).
     pub egress: Egress,
     /// Addresses and ports every container may reach, as `ADDRESS:PORT/tcp` or `ADDRESS:PORT/udp`: for
@@ -252,6 +257,7 @@ impl Default for FirewallConfig {
         FirewallConfig {
             enabled: true,
             cluster_networks: vec![],
+            control_plane: vec![],
             egress: Egress::Open,
             allow: vec![],
             iptables_restore: PathBuf::from("iptables-restore"),
@@ -363,6 +369,16 @@ impl Config {
         for n in &self.firewall.cluster_networks {
             if let Err(m) = parse_cidr(n) {
                 return err("firewall.cluster_networks", m);
+            }
+        }
+        for h in &self.firewall.control_plane {
+            if crate::control_plane::string_target(&format!("x://{h}")).is_none() {
+                return err(
+                    "firewall.control_plane",
+                    format!(
+                        "{h:?}: expected a host name or an IPv4 address, optionally with :PORT"
+                    ),
+                );
             }
         }
         for g in &self.firewall.allow {

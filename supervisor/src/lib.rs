@@ -16,6 +16,8 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod conntrack;
+pub mod control_plane;
+pub mod dependencies;
 pub mod error;
 pub mod exec;
 pub mod firewall;
@@ -38,6 +40,7 @@ pub use config::Config;
 pub use service::Supervisor;
 
 use crate::cluster::{Cluster, Standalone, ZkCluster};
+use crate::control_plane::ControlPlane;
 use crate::firewall::{Firewall, Grant, Iptables, IptablesOptions, NoFirewall, Policy};
 use crate::runtime::ContainerRuntime;
 use crate::runtime::docker::DockerRuntime;
@@ -88,6 +91,15 @@ pub fn read_token(path: &std::path::Path) -> Result<String, BuildError> {
         path: path.display().to_string(),
         message,
     };
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(err(format!(
+            "readable or writable by group or others (mode {mode:04o}): anyone on this host could call the \
+             supervisor as a manager; run chmod 600 on it"
+        )));
+    }
     let raw = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
     let token = raw.trim().to_owned();
     if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
@@ -121,6 +133,51 @@ pub fn iptables_options(cfg: &Config) -> IptablesOptions {
         netns: f.netns.clone(),
         forward_chain: f.forward_chain.clone(),
         policy: Policy::new(&nets, f.egress == config::Egress::Deny, grants),
+    }
+}
+
+/// The longest a start waits for the control-plane addresses before installing rules (the rest follow
+/// as soon as they are known).
+const CONTROL_PLANE_START_WAIT: Duration = Duration::from_secs(10);
+
+/// The control-plane hosts the configuration names: the ZooKeeper servers, the registry of
+/// `docker.registry_auth`, and `firewall.control_plane`.
+pub fn control_plane_targets(cfg: &Config) -> Vec<control_plane::Target> {
+    let mut out = Vec::new();
+    if let Some(zk) = &cfg.zookeeper {
+        out.extend(control_plane::zk_server_targets(&zk.servers));
+    }
+    let names = cfg
+        .docker
+        .registry_auth
+        .iter()
+        .map(|a| &a.server)
+        .chain(&cfg.firewall.control_plane);
+    out.extend(names.filter_map(|h| control_plane::string_target(&format!("x://{h}"))));
+    out
+}
+
+/// Applies every change of the control-plane addresses to the firewall at once (the reconcile loop
+/// retries a failed sync with the new addresses already in place).
+async fn follow_control_plane(
+    mut rx: tokio::sync::watch::Receiver<Option<std::collections::BTreeSet<std::net::Ipv4Addr>>>,
+    supervisor: Arc<Supervisor>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            r = rx.changed() => if r.is_err() { return },
+        }
+        let Some(set) = rx.borrow_and_update().clone() else {
+            continue;
+        };
+        let set: Vec<_> = set.into_iter().collect();
+        if supervisor.firewall.set_control_plane(&set)
+            && let Err(e) = supervisor.sync_firewall().await
+        {
+            tracing::error!(error = %e, "Cannot install the new control-plane refusals; the reconcile loop retries.");
+        }
     }
 }
 
@@ -176,18 +233,31 @@ impl App {
                 (Arc::new(Standalone), None)
             }
         };
-        let mut app = App::build_with(cfg, token, Arc::new(runtime), firewall, cluster).await?;
+        let zk = coord.clone();
+        let mut app =
+            App::build_inner(cfg, token, Arc::new(runtime), firewall, cluster, zk).await?;
         app.coord = coord;
         Ok(app)
     }
 
-    /// As [`App::build`], with the seams given.
+    /// As [`App::build`], with the seams given (the control plane is then only what the config names).
     pub async fn build_with(
         cfg: Config,
         token: String,
         runtime: Arc<dyn ContainerRuntime>,
         firewall: Arc<dyn Firewall>,
         cluster: Arc<dyn Cluster>,
+    ) -> Result<App, BuildError> {
+        App::build_inner(cfg, token, runtime, firewall, cluster, None).await
+    }
+
+    async fn build_inner(
+        cfg: Config,
+        token: String,
+        runtime: Arc<dyn ContainerRuntime>,
+        firewall: Arc<dyn Firewall>,
+        cluster: Arc<dyn Cluster>,
+        coord: Option<Coord>,
     ) -> Result<App, BuildError> {
         cfg.check()?;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
@@ -230,6 +300,27 @@ impl App {
             .advertise_url
             .lock()
             .unwrap_or_else(|p| p.into_inner()) = advertise;
+        let mut tasks = Vec::new();
+        if supervisor.cfg.firewall.enabled {
+            let cp = ControlPlane::start(
+                coord,
+                control_plane_targets(&supervisor.cfg),
+                supervisor.registries(),
+                stop.clone(),
+            );
+            let first: Vec<_> = cp
+                .ready(CONTROL_PLANE_START_WAIT)
+                .await
+                .into_iter()
+                .collect();
+            tracing::info!(addresses = ?first, "Control-plane addresses refused to containers.");
+            supervisor.firewall.set_control_plane(&first);
+            tasks.push(tokio::spawn(follow_control_plane(
+                cp.subscribe(),
+                supervisor.clone(),
+                stop.clone(),
+            )));
+        }
         supervisor.rebuild().await?;
         supervisor.refresh_registration().await;
 
@@ -255,11 +346,12 @@ impl App {
         });
         let loops = tokio::spawn(supervisor.clone().run_loops(stop.clone()));
         tracing::info!(%addr, host = %supervisor.cfg.host, zone = %supervisor.cfg.zone, "Supervisor ready.");
+        tasks.extend([server, loops]);
         Ok(App {
             addr,
             supervisor,
             stop,
-            tasks: vec![server, loops],
+            tasks,
             coord: None,
         })
     }

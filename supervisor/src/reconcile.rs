@@ -61,6 +61,13 @@ impl Supervisor {
                         continue;
                     }
                 };
+                let mut deployed = deployed;
+                self.note_registry(&deployed.image);
+                if let Some(deps) =
+                    crate::dependencies::load(&self.cfg.data_dir, &deployed.container_id)
+                {
+                    deployed.dependencies = deps;
+                }
                 let id = deployed.container_id.clone();
                 if let Err(e) = inner.alloc.restore(&id, deployed.reservation()) {
                     tracing::error!(container = %id, error = %e, "Container does not fit the allocator; removing it.");

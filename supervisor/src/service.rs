@@ -64,6 +64,8 @@ pub struct Supervisor {
     pub(crate) inner: Mutex<Inner>,
     pub(crate) advertise_url: Mutex<String>,
     pub(crate) metrics: SupervisorMetrics,
+    /// Registry hosts of the images run here (refused to containers: [`crate::control_plane`]).
+    registries: tokio::sync::watch::Sender<std::collections::BTreeSet<String>>,
 }
 
 impl Supervisor {
@@ -93,6 +95,19 @@ impl Supervisor {
                 entries: BTreeMap::new(),
             }),
             metrics,
+            registries: tokio::sync::watch::channel(Default::default()).0,
+        }
+    }
+
+    /// The registry hosts of the images run here, and every change.
+    pub fn registries(&self) -> tokio::sync::watch::Receiver<std::collections::BTreeSet<String>> {
+        self.registries.subscribe()
+    }
+
+    /// Notes the registry `image` comes from.
+    pub(crate) fn note_registry(&self, image: &str) {
+        if let Some(r) = crate::control_plane::image_registry(image) {
+            self.registries.send_if_modified(|s| s.insert(r));
         }
     }
 
@@ -155,6 +170,7 @@ impl Supervisor {
     /// Deploys a container and returns once it is healthy, or fails having removed everything it made.
     pub async fn deploy(&self, spec: ContainerSpec) -> Result<ContainerInfo, ApiError> {
         spec.validate()?;
+        self.note_registry(&spec.image);
         let id = spec.container_id.clone();
         let guard: OwnedMutexGuard<()> = {
             let mut inner = self.lock();
@@ -583,8 +599,7 @@ impl Supervisor {
 
 /// The kernel settings of a container: no IPv6 (the container network and the firewall are IPv4; a
 /// link-local IPv6 address would reach the host around the rules), and no group may open unprivileged
-/// ICMP echo ("ping") sockets (the empty range "1 0"; the engine's default opens them to every group)
-/// unless the spec asks.
+/// ICMP echo ("ping") sockets (the empty range "1 0") unless the spec asks (groups 0 to 65535).
 pub fn container_sysctls(spec: &ContainerSpec) -> std::collections::HashMap<String, String> {
     let mut s = std::collections::HashMap::new();
     s.insert("net.ipv6.conf.all.disable_ipv6".to_owned(), "1".to_owned());
@@ -592,9 +607,11 @@ pub fn container_sysctls(spec: &ContainerSpec) -> std::collections::HashMap<Stri
         "net.ipv6.conf.default.disable_ipv6".to_owned(),
         "1".to_owned(),
     );
-    if !spec.allow_ping {
-        s.insert("net.ipv4.ping_group_range".to_owned(), "1 0".to_owned());
-    }
+    // Explicit both ways: under `userns-remap` the engine sets no default (the kernel's "1 0", closed),
+    // and a range is read in the container's user namespace, where 2147483647 has no mapping (the
+    // container would not start); 0-65535 is the default remapped range (docs/operations.md).
+    let range = if spec.allow_ping { "0 65535" } else { "1 0" };
+    s.insert("net.ipv4.ping_group_range".to_owned(), range.to_owned());
     s
 }
 

@@ -74,6 +74,55 @@ pub struct ContainerSpec {
     pub allow_ping: bool,
 }
 
+/// Checks a list of dependencies: at most [`MAX_DEPENDENCIES`], valid names, ports 1-65535, unicast
+/// addresses. Field names are `dependencies[i].<field>`.
+pub fn validate_dependencies(deps: &[Dependency]) -> Result<(), SpecError> {
+    if deps.len() > MAX_DEPENDENCIES {
+        return Err(bad(
+            "dependencies",
+            format!("at most {MAX_DEPENDENCIES} dependencies"),
+        ));
+    }
+    for (i, d) in deps.iter().enumerate() {
+        let field = format!("dependencies[{i}]");
+        if d.name.parse::<AppName>().is_err() {
+            return Err(bad(
+                format!("{field}.name"),
+                "must match [a-z][a-z0-9-]{0,62}",
+            ));
+        }
+        if d.port == 0 {
+            return Err(bad(
+                format!("{field}.port"),
+                "port 0 is out of range 1-65535",
+            ));
+        }
+        if d.address.is_unspecified() || d.address.is_broadcast() || d.address.is_multicast() {
+            return Err(bad(
+                format!("{field}.address"),
+                format!("{} is not a unicast address", d.address),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The body of `PUT /v1/containers/{id}/dependencies`: the container's whole new set of dependencies
+/// (what its firewall chain allows from then on; its environment keeps what it was started with).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DependenciesRequest {
+    /// Every dependency the container may reach (an empty list takes them all away).
+    pub dependencies: Vec<Dependency>,
+}
+
+impl DependenciesRequest {
+    /// See [`validate_dependencies`].
+    pub fn validate(&self) -> Result<(), SpecError> {
+        validate_dependencies(&self.dependencies)
+    }
+}
+
 /// A dependency resolved to an address: traffic to `address:port` (TCP) is allowed.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -211,33 +260,7 @@ impl ContainerSpec {
                 format!("at most {MAX_CONFIG_BYTES} bytes, got {}", c.len()),
             ));
         }
-        if self.dependencies.len() > MAX_DEPENDENCIES {
-            return Err(bad(
-                "dependencies",
-                format!("at most {MAX_DEPENDENCIES} dependencies"),
-            ));
-        }
-        for (i, d) in self.dependencies.iter().enumerate() {
-            let field = format!("dependencies[{i}]");
-            if d.name.parse::<AppName>().is_err() {
-                return Err(bad(
-                    format!("{field}.name"),
-                    "must match [a-z][a-z0-9-]{0,62}",
-                ));
-            }
-            if d.port == 0 {
-                return Err(bad(
-                    format!("{field}.port"),
-                    "port 0 is out of range 1-65535",
-                ));
-            }
-            if d.address.is_unspecified() || d.address.is_broadcast() || d.address.is_multicast() {
-                return Err(bad(
-                    format!("{field}.address"),
-                    format!("{} is not a unicast address", d.address),
-                ));
-            }
-        }
+        validate_dependencies(&self.dependencies)?;
         if let Some(cmd) = &self.command {
             if cmd.is_empty() || cmd.len() > MAX_ARGS {
                 return Err(bad(

@@ -11,6 +11,12 @@
 //! killed before that, the next [`Dockerd::start`] on the machine reaps what dead processes left behind
 //! (names carry the owner's PID).
 //!
+//! Every engine runs with `--userns-remap=default`, as production hosts should (docs/operations.md): uid 0
+//! in a container is uid 100000 (the first subordinate id of `dockremap`) on the host. [`ensure_remap_user`]
+//! creates the `dockremap` user and its `/etc/subuid` and `/etc/subgid` ranges idempotently, under a lock,
+//! so engines started in parallel do not race to create them; the temp dir gets `o+x`, which the engine
+//! needs to reach its remapped data root.
+//!
 //! [`busybox_rootfs_tar`] and [`Dockerd::import_busybox`] build a test image locally from Debian's static
 //! busybox (`docker import` of a rootfs tar): nothing is pulled from the internet.
 
@@ -72,6 +78,13 @@ impl Dockerd {
             .prefix(&format!("{DIR_PREFIX}{pid}-{n}-"))
             .tempdir()
             .expect("temp dir for dockerd");
+        ensure_remap_user();
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            // The remapped root must traverse it to reach its data root (dockerd refuses otherwise).
+            std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))
+                .expect("o+x on the dockerd temp dir");
+        }
 
         run_ok("ip", &["netns", "add", &netns]);
         let mut this = Dockerd {
@@ -139,6 +152,9 @@ impl Dockerd {
             // A private bridge range, so that two engines' containers never look alike in logs.
             "--bip".into(),
             "172.29.0.1/24".into(),
+            // Container root is not host root.
+            "--userns-remap".into(),
+            REMAP.into(),
         ];
         args.extend(extra.iter().map(|a| (*a).to_owned()));
         let ns_path = this.netns_path();
@@ -361,6 +377,72 @@ impl Drop for Dockerd {
             let _ = run("ip", &["netns", "del", &self.netns]);
         }
     }
+}
+
+/// The user whose subordinate ids containers run as (`--userns-remap=default` means `dockremap`).
+pub const REMAP_USER: &str = "dockremap";
+/// The dockerd flag value.
+const REMAP: &str = "default";
+/// The first subordinate id given to [`REMAP_USER`] when it has none: uid 0 in a container is this uid
+/// on the host.
+pub const REMAP_FIRST_ID: u32 = 100_000;
+/// How many ids it gets.
+pub const REMAP_COUNT: u32 = 65_536;
+
+/// Creates the `dockremap` system user and its `/etc/subuid` and `/etc/subgid` ranges when missing
+/// (idempotent, under an exclusive lock on `/etc/.atlantis-subid.lock` so parallel tests do not race).
+/// Returns the first host id of its uid range.
+pub fn ensure_remap_user() -> u32 {
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open("/etc/.atlantis-subid.lock")
+        .expect("open /etc/.atlantis-subid.lock");
+    // Released when `lock` is dropped (also when the process dies).
+    lock.lock().expect("lock /etc/.atlantis-subid.lock");
+    let known = Command::new("getent")
+        .args(["passwd", REMAP_USER])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !known {
+        crate::require_bin("useradd", "passwd");
+        run_ok(
+            "useradd",
+            &[
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                REMAP_USER,
+            ],
+        );
+    }
+    let mut first = None;
+    for file in ["/etc/subuid", "/etc/subgid"] {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let existing = text.lines().find_map(|l| {
+            let mut f = l.split(':');
+            (f.next() == Some(REMAP_USER)).then(|| f.next()?.parse::<u32>().ok())?
+        });
+        let start = match existing {
+            Some(s) => s,
+            None => {
+                let mut t = text.clone();
+                if !t.is_empty() && !t.ends_with('\n') {
+                    t.push('\n');
+                }
+                t.push_str(&format!("{REMAP_USER}:{REMAP_FIRST_ID}:{REMAP_COUNT}\n"));
+                let tmp = format!("{file}.atlantis-tmp");
+                std::fs::write(&tmp, t).unwrap_or_else(|e| panic!("write {tmp}: {e}"));
+                std::fs::rename(&tmp, file).unwrap_or_else(|e| panic!("replace {file}: {e}"));
+                REMAP_FIRST_ID
+            }
+        };
+        first.get_or_insert(start);
+    }
+    drop(lock);
+    first.expect("two files read")
 }
 
 /// Builds `dir/busybox-rootfs.tar`: `/bin/busybox` (Debian's static one) with a symlink per applet,

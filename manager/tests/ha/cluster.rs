@@ -30,7 +30,7 @@ impl Manager {
         let key = self.dir.join("secret.key");
         std::fs::write(&key, "42".repeat(32)).unwrap();
         std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-        std::fs::write(self.dir.join("token"), TOKEN).unwrap();
+        atlantis_testkit::write_secret(&self.dir.join("token"), TOKEN);
         let cfg = format!(
             r#"listen = "127.0.0.1:{port}"
 host = "{name}"

@@ -60,7 +60,7 @@ impl Host {
                     .prefix("atlantis-mgr-it-")
                     .tempdir()
                     .unwrap();
-                std::fs::write(dir.path().join("token"), TOKEN).unwrap();
+                atlantis_testkit::write_secret(&dir.path().join("token"), TOKEN);
                 (d, dir)
             })
             .await
@@ -326,7 +326,7 @@ pub fn manager_config(
     let key = dir.join("secret.key");
     std::fs::write(&key, "42".repeat(32)).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    std::fs::write(dir.join("token"), TOKEN).unwrap();
+    atlantis_testkit::write_secret(&dir.join("token"), TOKEN);
     atlantis_manager::Config {
         listen: "127.0.0.1:0".parse().unwrap(),
         host: "manager-1".parse().unwrap(),

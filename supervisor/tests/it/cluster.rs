@@ -217,12 +217,12 @@ async fn openapi_matches_the_router(client: &Client) {
     assert!(paths.len() >= 8, "{paths:?}");
     for (path, item) in paths {
         let path = path.replace("{id}", "nobody-0123456-prod-aaaaaa");
-        for method in ["get", "post", "delete"] {
+        for method in ["get", "post", "put", "delete"] {
             if item.get(method).is_none() {
                 continue;
             }
             let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
-            let body = (method == "post").then(|| "{}".to_string());
+            let body = (method == "post" || method == "put").then(|| "{}".to_string());
             let (s, text) = client.send(m.clone(), &path, body).await;
             assert!(
                 s != 405 && !text.contains("no such route"),

@@ -31,9 +31,9 @@ use reqwest::Method;
 use crate::{Client, Host, curl, dep, init_tracing, spec, unique};
 
 /// The supervisor host's end of the link to the outside namespace.
-const LINK_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
+pub(crate) const LINK_HOST: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 1);
 /// The outside namespace's end: a private address outside any configured network.
-const LINK_PEER: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 7);
+pub(crate) const LINK_PEER: Ipv4Addr = Ipv4Addr::new(192, 168, 77, 7);
 /// Another cluster host.
 const OTHER_HOST: Ipv4Addr = Ipv4Addr::new(10, 123, 45, 6);
 /// Cloud instance metadata.
@@ -47,11 +47,11 @@ const PUBLIC_REMOTE: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 7);
 /// The supervisor host's own public address.
 const PUBLIC_HOST: Ipv4Addr = Ipv4Addr::new(203, 0, 113, 10);
 /// The supervisor API port on the host.
-const API_PORT: u16 = 7070;
+pub(crate) const API_PORT: u16 = 7070;
 /// The published port of a container the engine runs outside Atlantis.
 const FOREIGN_PORT: u16 = 18090;
 
-fn run_ok(program: &str, args: &[&str]) {
+pub(crate) fn run_ok(program: &str, args: &[&str]) {
     let out = Command::new(program).args(args).output().unwrap();
     assert!(
         out.status.success(),
@@ -61,12 +61,12 @@ fn run_ok(program: &str, args: &[&str]) {
 }
 
 /// The namespace playing the rest of the world, linked to the supervisor host's namespace.
-struct Outside {
+pub(crate) struct Outside {
     name: String,
 }
 
 impl Outside {
-    fn new(host: &Host) -> Outside {
+    pub(crate) fn new(host: &Host) -> Outside {
         let name = format!("atkesc-{}", unique());
         run_ok("ip", &["netns", "add", &name]);
         let outside = Outside { name };
@@ -150,7 +150,28 @@ impl Outside {
         outside
     }
 
-    fn path(&self) -> PathBuf {
+    /// Puts `a` on the outside namespace and routes it there from the host.
+    pub(crate) fn add_address(&self, host: &Host, a: Ipv4Addr) {
+        let (n, p) = (host.docker.netns(), self.name.as_str());
+        run_ok(
+            "ip",
+            &["-n", p, "addr", "add", &format!("{a}/32"), "dev", "lo"],
+        );
+        run_ok(
+            "ip",
+            &[
+                "-n",
+                n,
+                "route",
+                "add",
+                &format!("{a}/32"),
+                "via",
+                &LINK_PEER.to_string(),
+            ],
+        );
+    }
+
+    pub(crate) fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)
     }
 }
@@ -164,7 +185,13 @@ impl Drop for Outside {
 }
 
 /// Runs `program args` in the namespace at `ns`, logging to `dir/<label>.log`.
-fn spawn_in(ns: &Path, dir: &Path, label: &str, program: &Path, args: &[String]) -> Guarded {
+pub(crate) fn spawn_in(
+    ns: &Path,
+    dir: &Path,
+    label: &str,
+    program: &Path,
+    args: &[String],
+) -> Guarded {
     Guarded::spawn(
         label,
         program,
@@ -175,7 +202,7 @@ fn spawn_in(ns: &Path, dir: &Path, label: &str, program: &Path, args: &[String])
 }
 
 /// Serves `body` on `ip:port` with busybox httpd in the namespace at `ns`.
-fn httpd(ns: &Path, dir: &Path, ip: Ipv4Addr, port: u16, body: &str) -> Guarded {
+pub(crate) fn httpd(ns: &Path, dir: &Path, ip: Ipv4Addr, port: u16, body: &str) -> Guarded {
     let www = dir.join(format!("www-{ip}-{port}"));
     std::fs::create_dir_all(&www).unwrap();
     std::fs::write(www.join("index.html"), body).unwrap();
@@ -192,7 +219,7 @@ fn httpd(ns: &Path, dir: &Path, ip: Ipv4Addr, port: u16, body: &str) -> Guarded 
 }
 
 /// An echo server on every address of the namespace at `ns`, port `port`.
-fn echo_server(ns: &Path, dir: &Path, port: u16) -> Guarded {
+pub(crate) fn echo_server(ns: &Path, dir: &Path, port: u16) -> Guarded {
     let busybox = atlantis_testkit::require_bin("busybox", "busybox-static");
     let cat = atlantis_testkit::require_bin("cat", "coreutils");
     let args = vec![
@@ -207,7 +234,7 @@ fn echo_server(ns: &Path, dir: &Path, port: u16) -> Guarded {
 }
 
 /// True when `ip:port` answers HTTP from the supervisor host itself (outside any container).
-fn answers_from_host(host: &Host, ip: Ipv4Addr, port: u16) -> bool {
+pub(crate) fn answers_from_host(host: &Host, ip: Ipv4Addr, port: u16) -> bool {
     let out = host
         .docker
         .in_netns("curl")
@@ -221,7 +248,7 @@ fn answers_from_host(host: &Host, ip: Ipv4Addr, port: u16) -> bool {
 
 /// Sends `GET /` to `ip:port` from inside container `cid` with busybox nc: Ok(status line) when an HTTP
 /// server answered, Err(what nc said) otherwise.
-fn probe(host: &Host, cid: &str, ip: Ipv4Addr, port: u16) -> Result<String, String> {
+pub(crate) fn probe(host: &Host, cid: &str, ip: Ipv4Addr, port: u16) -> Result<String, String> {
     let script = "printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 \"$0\" \"$1\"";
     let out = host.docker.docker_output(&[
         "exec",
@@ -245,7 +272,7 @@ fn probe(host: &Host, cid: &str, ip: Ipv4Addr, port: u16) -> Result<String, Stri
 
 /// Starts, inside `cid`, a connection to `ip:port` that sends a line every 200 ms and writes what
 /// comes back to `file`; `file.ended` appears when the connection ends.
-fn start_stream(host: &Host, cid: &str, ip: Ipv4Addr, port: u16, file: &str) {
+pub(crate) fn start_stream(host: &Host, cid: &str, ip: Ipv4Addr, port: u16, file: &str) {
     let script = "while :; do echo tick; sleep 0.2; done | nc \"$0\" \"$1\" > \"$2\"; echo $? > \"$2.ended\"";
     host.docker.docker_ok(&[
         "exec",
@@ -261,7 +288,7 @@ fn start_stream(host: &Host, cid: &str, ip: Ipv4Addr, port: u16, file: &str) {
 }
 
 /// Bytes received so far on a stream, and whether it ended.
-fn stream_state(host: &Host, cid: &str, file: &str) -> (u64, bool) {
+pub(crate) fn stream_state(host: &Host, cid: &str, file: &str) -> (u64, bool) {
     let out = host.docker.docker_output(&[
         "exec",
         cid,
@@ -282,7 +309,7 @@ fn stream_state(host: &Host, cid: &str, file: &str) -> (u64, bool) {
 /// Starts the supervisor binary inside the host's namespace with the default config (only the engine's
 /// socket, the identity, the files and a short reconcile period are set, plus `firewall` lines when
 /// given) and waits until it listens.
-fn start_supervisor(host: &Host, log: &str, firewall: &str) -> Guarded {
+pub(crate) fn start_supervisor(host: &Host, log: &str, firewall: &str) -> Guarded {
     let cfg = host.dir.path().join("escape.toml");
     std::fs::write(
         &cfg,
@@ -507,18 +534,39 @@ async fn escape_matrix_from_inside_a_container_with_the_default_config() {
     assert!(v6.is_empty(), "IPv6 addresses in the container: {v6}");
 
     // Unprivileged ping sockets: closed by default, open when the spec asks.
-    let range = |c: &str| {
-        host.docker
-            .docker_ok(&["exec", c, "cat", "/proc/sys/net/ipv4/ping_group_range"])
-            .split_whitespace()
-            .collect::<Vec<_>>()
-            .join(" ")
+    // Read from the host's user namespace (inside a remapped container, group ids the container's map
+    // lacks read as 65534): "1 0" is the empty range. With allow_ping, groups 0-65535 of the container,
+    // which are the remapped range outside.
+    let range = |c: &str, inside: bool| {
+        let text = if inside {
+            host.docker
+                .docker_ok(&["exec", c, "cat", "/proc/sys/net/ipv4/ping_group_range"])
+        } else {
+            let pid = host
+                .docker
+                .docker_ok(&["inspect", "-f", "{{.State.Pid}}", c]);
+            let out = Command::new("nsenter")
+                .args([
+                    "-t",
+                    &pid,
+                    "-n",
+                    "cat",
+                    "/proc/sys/net/ipv4/ping_group_range",
+                ])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        };
+        text.split_whitespace().collect::<Vec<_>>().join(" ")
     };
-    assert_eq!(range(&cid), "1 0", "no group may open ping sockets");
+    assert_eq!(range(&cid, false), "1 0", "no group may open ping sockets");
+    let remapped = atlantis_testkit::docker::ensure_remap_user();
+    let other_id = other.container_id.as_str();
+    assert_eq!(range(other_id, true), "0 65535", "allow_ping");
     assert_eq!(
-        range(other.container_id.as_str()),
-        "0 2147483647",
-        "allow_ping leaves the engine's default"
+        range(other_id, false),
+        format!("{remapped} {}", remapped + 65535),
+        "allow_ping, outside"
     );
 
     // /metrics needs the token like the rest of the API; liveness and the API document do not.

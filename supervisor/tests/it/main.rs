@@ -8,8 +8,11 @@
 
 mod bad_input;
 mod cluster;
+mod control_plane;
+mod dependencies;
 mod escape;
 mod firewall;
+mod hardening;
 mod lifecycle;
 mod mtls;
 
@@ -51,7 +54,7 @@ impl Host {
             .prefix("atlantis-sup-it-")
             .tempdir()
             .unwrap();
-        std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
+        write_secret(&dir.path().join("token"), &format!("{TOKEN}\n"));
         Host {
             docker,
             dir,
@@ -325,6 +328,13 @@ pub fn unique() -> String {
             .as_nanos()
             % 1_000_000_000
     )
+}
+
+/// Writes a secret file readable by its owner only (the supervisor refuses a token file others can read).
+pub fn write_secret(path: &Path, text: &str) {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
 }
 
 /// Path of a file under the test's data dir.

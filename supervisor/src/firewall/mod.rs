@@ -20,6 +20,10 @@
 //!                   -m addrtype --dst-type BROADCAST|MULTICAST -j ATLANTIS-REFUSE
 //!                   -d <net> -j ATLANTIS-REFUSE                   RFC 1918, 100.64/10, 169.254/16,
 //!                                                                 cluster networks, the container network
+//!                   -d <addr>/32 -j ATLANTIS-REFUSE               the control plane: ZooKeeper servers,
+//!                                                                 registered supervisors, managers, routers,
+//!                                                                 the registry (crate::control_plane), when
+//!                                                                 not inside a refused network already
 //!                  [-j ATLANTIS-REFUSE]                           only with firewall.egress = "deny"
 //! ATLANTIS-REFUSE:  -p tcp -j REJECT --reject-with tcp-reset
 //!                   -j REJECT --reject-with icmp-port-unreachable
@@ -32,19 +36,27 @@
 //! therefore rebuilds exactly the same rules. When a repair finds the kernel's rules differ from what was
 //! installed last (or at the first pass after a start), the connections the containers opened that the
 //! rules now refuse are deleted from conntrack ([`crate::conntrack`]). Programs run with argument
-//! vectors, never a shell.
+//! vectors, never a shell. The control-plane addresses change at run time ([`Firewall::set_control_plane`]);
+//! a change that refuses more, and a container's dependencies replaced by fewer, cut the connections the
+//! new rules refuse at once.
+//!
+//! Files: this one holds the model (policy, grants, the seam); `render` the rules as text; `iptables`
+//! the programs that install them.
 
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
-use std::process::Stdio;
 use std::str::FromStr;
 
 use atlantis_common::ContainerId;
 use atlantis_common::api::supervisor::Dependency;
 use sha2::{Digest as _, Sha256};
-use tokio::io::AsyncWriteExt as _;
 
-use crate::conntrack::{self, Flow};
+use crate::conntrack::Flow;
+
+mod iptables;
+mod render;
+
+pub use iptables::{Iptables, IptablesOptions};
+pub use render::{hook_rule, render};
 
 /// The dispatch chain.
 pub const DISPATCH: &str = "ATLANTIS";
@@ -57,7 +69,7 @@ pub const CHAIN_PREFIX: &str = "ATL-";
 /// The comment that marks our hooks in `INPUT` and the forward chain.
 pub const HOOK_COMMENT: &str = "atlantis-dispatch";
 /// Most connections deleted in one repair (the per-packet rules cut the rest at their next packet).
-const MAX_CUTS: usize = 4096;
+pub(crate) const MAX_CUTS: usize = 4096;
 
 /// Networks every container is refused unless declared, whatever the configuration: the RFC 1918
 /// private networks, the shared address space of carrier-grade NAT (RFC 6598) and link-local (where
@@ -132,6 +144,9 @@ pub struct Policy {
     /// Refused networks: [`ALWAYS_REFUSED`], then the configured cluster networks and the container
     /// network (duplicates removed).
     pub refused: Vec<(Ipv4Addr, u8)>,
+    /// Control-plane addresses refused whatever their range (sorted, no duplicates): see
+    /// [`crate::control_plane`].
+    pub control_plane: Vec<Ipv4Addr>,
     /// Refuse public egress too (`firewall.egress = "deny"`).
     pub deny_egress: bool,
     /// Open to every container.
@@ -152,9 +167,29 @@ impl Policy {
         grants.dedup();
         Policy {
             refused,
+            control_plane: Vec::new(),
             deny_egress,
             grants,
         }
+    }
+
+    /// This policy with `addrs` as its control-plane addresses.
+    pub fn with_control_plane(&self, addrs: &[Ipv4Addr]) -> Policy {
+        let mut control_plane = addrs.to_vec();
+        control_plane.sort();
+        control_plane.dedup();
+        Policy {
+            control_plane,
+            ..self.clone()
+        }
+    }
+
+    /// The control-plane addresses that need a rule of their own (not in a refused network already).
+    pub fn control_plane_rules(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.control_plane
+            .iter()
+            .copied()
+            .filter(|a| !self.refused.iter().any(|n| in_net(*a, *n)))
     }
 
     /// True when the rules refuse `flow` for a container with `deps`, on a host with addresses `local`.
@@ -177,6 +212,7 @@ impl Policy {
             || flow.dst.is_broadcast()
             || flow.dst.is_multicast()
             || self.refused.iter().any(|n| in_net(flow.dst, *n))
+            || self.control_plane.contains(&flow.dst)
             || self.deny_egress
     }
 }
@@ -245,413 +281,17 @@ pub trait Firewall: Send + Sync {
     async fn repair(&self, desired: &[ContainerRules]) -> Result<(), FirewallError> {
         self.sync(desired).await
     }
+    /// Replaces the control-plane addresses refused to every container; true when they changed. They
+    /// take effect at the next [`Firewall::sync`] (the caller runs one).
+    fn set_control_plane(&self, _addrs: &[Ipv4Addr]) -> bool {
+        false
+    }
 }
 
 /// The chain name of a container.
 pub fn chain_name(id: &ContainerId) -> String {
     let digest = Sha256::digest(id.as_str().as_bytes());
     format!("{CHAIN_PREFIX}{}", &hex::encode(digest)[..20])
-}
-
-/// The `iptables-restore` input that installs `desired` under `policy`, given the chains that exist now
-/// (stale ones are deleted).
-pub fn render(desired: &[ContainerRules], policy: &Policy, existing: &[String]) -> String {
-    let mut sorted: Vec<&ContainerRules> = desired.iter().collect();
-    sorted.sort_by(|a, b| a.id.cmp(&b.id));
-    let wanted: Vec<String> = sorted.iter().map(|c| chain_name(&c.id)).collect();
-    let stale: Vec<&String> = existing
-        .iter()
-        .filter(|c| c.starts_with(CHAIN_PREFIX) && !wanted.contains(c))
-        .collect();
-    let mut out = String::from("*filter\n");
-    for c in [DISPATCH, DEFAULT_CHAIN, REFUSE_CHAIN] {
-        out.push_str(&format!(":{c} - [0:0]\n"));
-    }
-    for c in wanted.iter().chain(stale.iter().copied()) {
-        out.push_str(&format!(":{c} - [0:0]\n"));
-    }
-    out.push_str(&format!(
-        "-A {REFUSE_CHAIN} -p tcp -j REJECT --reject-with tcp-reset\n"
-    ));
-    out.push_str(&format!(
-        "-A {REFUSE_CHAIN} -j REJECT --reject-with icmp-port-unreachable\n"
-    ));
-    let d = DEFAULT_CHAIN;
-    for g in &policy.grants {
-        out.push_str(&format!(
-            "-A {d} -p {p} -m conntrack --ctorigdst {}/32 --ctorigdstport {} -j ACCEPT\n",
-            g.address,
-            g.port,
-            p = g.proto.name()
-        ));
-    }
-    out.push_str(&format!(
-        "-A {d} -m conntrack --ctstate DNAT -j {REFUSE_CHAIN}\n"
-    ));
-    for t in ["LOCAL", "BROADCAST", "MULTICAST"] {
-        out.push_str(&format!(
-            "-A {d} -m addrtype --dst-type {t} -j {REFUSE_CHAIN}\n"
-        ));
-    }
-    for (net, len) in &policy.refused {
-        out.push_str(&format!("-A {d} -d {net}/{len} -j {REFUSE_CHAIN}\n"));
-    }
-    if policy.deny_egress {
-        out.push_str(&format!("-A {d} -j {REFUSE_CHAIN}\n"));
-    }
-    for (c, chain) in sorted.iter().zip(&wanted) {
-        out.push_str(&format!("-A {DISPATCH} -s {}/32 -j {chain}\n", c.ip));
-    }
-    for (c, chain) in sorted.iter().zip(&wanted) {
-        out.push_str(&format!(
-            "-A {chain} -m conntrack --ctdir REPLY -j ACCEPT\n"
-        ));
-        let mut deps = c.dependencies.clone();
-        deps.sort();
-        deps.dedup_by(|a, b| a.address == b.address && a.port == b.port);
-        for dep in &deps {
-            out.push_str(&format!(
-                "-A {chain} -p tcp -m conntrack --ctorigdst {}/32 --ctorigdstport {} -j ACCEPT\n",
-                dep.address, dep.port
-            ));
-        }
-        out.push_str(&format!("-A {chain} -j {DEFAULT_CHAIN}\n"));
-    }
-    for c in stale {
-        out.push_str(&format!("-X {c}\n"));
-    }
-    out.push_str("COMMIT\n");
-    out
-}
-
-/// The rule that hooks the dispatch chain into `chain`, as `iptables -S` prints it.
-pub fn hook_rule(chain: &str) -> String {
-    format!("-A {chain} -m comment --comment {HOOK_COMMENT} -j {DISPATCH}")
-}
-
-/// The first rule of `chain` in `iptables -S` output.
-fn first_rule<'a>(table: &'a str, chain: &str) -> Option<&'a str> {
-    let prefix = format!("-A {chain} ");
-    table.lines().find(|l| l.starts_with(&prefix))
-}
-
-/// What of the filter table the firewall owns: our chains' rules and whether each hook comes first.
-/// Two equal fingerprints mean nothing of ours changed in between.
-fn fingerprint(table: &str, hooked: &[&str]) -> String {
-    let mut out: String = table
-        .lines()
-        .filter(|l| l.contains(DISPATCH) || l.contains(CHAIN_PREFIX))
-        .flat_map(|l| [l, "\n"])
-        .collect();
-    for chain in hooked {
-        let first = first_rule(table, chain) == Some(hook_rule(chain).as_str());
-        out.push_str(&format!("first {chain}: {first}\n"));
-    }
-    out
-}
-
-/// The programs and settings of [`Iptables`].
-#[derive(Debug, Clone)]
-pub struct IptablesOptions {
-    /// `iptables`.
-    pub iptables: PathBuf,
-    /// `iptables-restore`.
-    pub restore: PathBuf,
-    /// `conntrack`.
-    pub conntrack: PathBuf,
-    /// `ip` (lists the host's addresses).
-    pub ip: PathBuf,
-    /// Run them in this network namespace (`/run/netns/NAME`).
-    pub netns: Option<PathBuf>,
-    /// The chain forwarded packets pass first (`DOCKER-USER`; `FORWARD` when it does not exist).
-    pub forward_chain: String,
-    /// What is refused.
-    pub policy: Policy,
-}
-
-/// The iptables implementation (Debian's default nft backend or legacy: the same commands).
-#[derive(Debug, Clone)]
-pub struct Iptables {
-    opts: IptablesOptions,
-    /// Serialises changes and remembers what was installed last (`None`: read the kernel first).
-    state: std::sync::Arc<tokio::sync::Mutex<Known>>,
-}
-
-#[derive(Debug, Default)]
-struct Known {
-    /// Chains installed last.
-    chains: Option<Vec<String>>,
-    /// The hooks were checked.
-    hooked: bool,
-    /// The fingerprint of the kernel's rules after our last change.
-    snapshot: Option<String>,
-}
-
-impl Iptables {
-    /// A firewall over the given programs; the policy must already include the container network.
-    pub fn new(opts: IptablesOptions) -> Iptables {
-        Iptables {
-            opts,
-            state: Default::default(),
-        }
-    }
-
-    /// The policy it installs.
-    pub fn policy(&self) -> &Policy {
-        &self.opts.policy
-    }
-
-    fn command(&self, program: &PathBuf) -> tokio::process::Command {
-        let mut c = match &self.opts.netns {
-            Some(ns) => {
-                let mut c = tokio::process::Command::new("nsenter");
-                c.arg(format!("--net={}", ns.display())).arg(program);
-                c
-            }
-            None => tokio::process::Command::new(program),
-        };
-        c.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true);
-        c
-    }
-
-    async fn run(
-        &self,
-        program: &PathBuf,
-        args: &[&str],
-        input: Option<&str>,
-    ) -> Result<String, FirewallError> {
-        let name = program.display().to_string();
-        let mut cmd = self.command(program);
-        cmd.args(args);
-        if input.is_some() {
-            cmd.stdin(Stdio::piped());
-        }
-        let mut child = cmd.spawn().map_err(|source| FirewallError::Spawn {
-            program: name.clone(),
-            source,
-        })?;
-        if let (Some(text), Some(mut stdin)) = (input, child.stdin.take()) {
-            stdin
-                .write_all(text.as_bytes())
-                .await
-                .map_err(|source| FirewallError::Spawn {
-                    program: name.clone(),
-                    source,
-                })?;
-        }
-        let out =
-            tokio::time::timeout(std::time::Duration::from_secs(30), child.wait_with_output())
-                .await
-                .map_err(|_| FirewallError::Failed {
-                    program: name.clone(),
-                    stderr: "timed out after 30 s".into(),
-                })?
-                .map_err(|source| FirewallError::Spawn {
-                    program: name.clone(),
-                    source,
-                })?;
-        if !out.status.success() {
-            return Err(FirewallError::Failed {
-                program: name,
-                stderr: String::from_utf8_lossy(&out.stderr).trim().to_owned(),
-            });
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    /// The filter table (`iptables -S`).
-    async fn table(&self) -> Result<String, FirewallError> {
-        self.run(&self.opts.iptables, &["-w", "5", "-S"], None)
-            .await
-    }
-
-    async fn iptables(&self, args: &[&str]) -> Result<String, FirewallError> {
-        let mut a = vec!["-w", "5"];
-        a.extend_from_slice(args);
-        self.run(&self.opts.iptables, &a, None).await
-    }
-
-    /// Makes the dispatch hook the first rule of `chain`, exactly once, never leaving the chain without a
-    /// hook on the way: a plain hook goes first, then the marked ones are removed, the marked hook is
-    /// inserted first, and the plain ones are removed.
-    async fn hook(&self, chain: &str, table: &str) -> Result<(), FirewallError> {
-        let ours = hook_rule(chain);
-        let count = table
-            .lines()
-            .filter(|l| {
-                l.starts_with(&format!("-A {chain} ")) && l.ends_with(&format!("-j {DISPATCH}"))
-            })
-            .count();
-        if first_rule(table, chain) == Some(ours.as_str()) && count == 1 {
-            return Ok(());
-        }
-        let marked = ["-m", "comment", "--comment", HOOK_COMMENT, "-j", DISPATCH];
-        self.iptables(&["-I", chain, "1", "-j", DISPATCH]).await?;
-        for _ in 0..32 {
-            let mut a = vec!["-D", chain];
-            a.extend_from_slice(&marked);
-            if self.iptables(&a).await.is_err() {
-                break;
-            }
-        }
-        let mut a = vec!["-I", chain, "1"];
-        a.extend_from_slice(&marked);
-        self.iptables(&a).await?;
-        for _ in 0..32 {
-            if self.iptables(&["-D", chain, "-j", DISPATCH]).await.is_err() {
-                break;
-            }
-        }
-        tracing::info!(chain, "Hooked the Atlantis dispatch chain first.");
-        Ok(())
-    }
-
-    /// The chains the dispatch chain is hooked into, given the table.
-    fn hooked_chains(&self, table: &str) -> [String; 2] {
-        let f = &self.opts.forward_chain;
-        let forward = if f == "FORWARD" || table.lines().any(|l| l == format!("-N {f}")) {
-            f.clone()
-        } else {
-            // No Docker-managed chain (engine without iptables): hook FORWARD itself.
-            "FORWARD".to_owned()
-        };
-        ["INPUT".to_owned(), forward]
-    }
-
-    /// Deletes the connections the containers opened that the policy refuses; returns how many.
-    async fn cut(&self, desired: &[ContainerRules]) -> Result<usize, FirewallError> {
-        if desired.is_empty() {
-            return Ok(0);
-        }
-        let local = conntrack::parse_local_addresses(
-            &self
-                .run(&self.opts.ip, &["-4", "-o", "addr", "show"], None)
-                .await?,
-        );
-        let mut cut = 0;
-        for c in desired {
-            let ip = c.ip.to_string();
-            let listed = self
-                .run(&self.opts.conntrack, &["-L", "-f", "ipv4", "-s", &ip], None)
-                .await?;
-            for flow in conntrack::parse(&listed) {
-                if flow.src != c.ip || !self.opts.policy.refuses(&c.dependencies, &flow, &local) {
-                    continue;
-                }
-                if cut >= MAX_CUTS {
-                    tracing::warn!(
-                        max = MAX_CUTS,
-                        "More refused connections than one repair deletes; the rules cut the rest at their next packet."
-                    );
-                    return Ok(cut);
-                }
-                let args = flow.delete_args();
-                let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                match self.run(&self.opts.conntrack, &args, None).await {
-                    Ok(_) => {
-                        cut += 1;
-                        tracing::info!(container = %c.id, proto = %flow.proto, dst = %flow.dst, port = ?flow.dport(), "Cut a connection the rules refuse.");
-                    }
-                    // Gone meanwhile (closed, timed out): nothing to cut.
-                    Err(e) => {
-                        tracing::debug!(container = %c.id, error = %e, "Connection not deleted.")
-                    }
-                }
-            }
-        }
-        Ok(cut)
-    }
-
-    async fn apply(
-        &self,
-        known: &mut Known,
-        desired: &[ContainerRules],
-    ) -> Result<(), FirewallError> {
-        let before = match (&known.chains, known.hooked) {
-            (Some(_), true) => None,
-            _ => Some(self.table().await?),
-        };
-        let existing = match (&before, known.chains.take()) {
-            (Some(t), _) => t
-                .lines()
-                .filter_map(|l| l.strip_prefix("-N "))
-                .map(str::to_owned)
-                .collect(),
-            (None, Some(c)) => c,
-            (None, None) => unreachable!("the table is read when the chains are unknown"),
-        };
-        let text = render(desired, &self.opts.policy, &existing);
-        let drift = before.as_ref().map(|t| {
-            let hooked = self.hooked_chains(t);
-            let hooked: Vec<&str> = hooked.iter().map(String::as_str).collect();
-            known.snapshot.as_deref() != Some(fingerprint(t, &hooked).as_str())
-        });
-        if let Err(e) = self
-            .run(&self.opts.restore, &["-w", "5", "--noflush"], Some(&text))
-            .await
-        {
-            // Unknown kernel state now: read it again next time.
-            *known = Known::default();
-            return Err(e);
-        }
-        known.chains = Some(desired.iter().map(|c| chain_name(&c.id)).collect());
-        if let Some(t) = &before
-            && !known.hooked
-        {
-            for chain in self.hooked_chains(t) {
-                if let Err(e) = self.hook(&chain, t).await {
-                    *known = Known::default();
-                    return Err(e);
-                }
-            }
-            known.hooked = true;
-        }
-        let after = match self.table().await {
-            Ok(t) => t,
-            Err(e) => {
-                *known = Known::default();
-                return Err(e);
-            }
-        };
-        let hooked = self.hooked_chains(&after);
-        let hooked: Vec<&str> = hooked.iter().map(String::as_str).collect();
-        known.snapshot = Some(fingerprint(&after, &hooked));
-        if drift == Some(true) {
-            match self.cut(desired).await {
-                Ok(0) => {}
-                Ok(n) => tracing::warn!(
-                    connections = n,
-                    "Cut the connections containers opened that the rules refuse (opened while the rules were missing or different)."
-                ),
-                Err(e) => {
-                    // The rules are in place and refuse such connections at their next packet; the
-                    // cut is tried again at the next repair.
-                    known.snapshot = None;
-                    tracing::error!(error = %e, "Cannot cut the connections the rules refuse (is the conntrack program installed?); retrying at the next repair.");
-                }
-            }
-        }
-        tracing::debug!(containers = desired.len(), drift, "Firewall in sync.");
-        Ok(())
-    }
-}
-
-#[async_trait::async_trait]
-impl Firewall for Iptables {
-    async fn sync(&self, desired: &[ContainerRules]) -> Result<(), FirewallError> {
-        let mut known = self.state.lock().await;
-        self.apply(&mut known, desired).await
-    }
-
-    async fn repair(&self, desired: &[ContainerRules]) -> Result<(), FirewallError> {
-        let mut known = self.state.lock().await;
-        known.chains = None;
-        known.hooked = false;
-        self.apply(&mut known, desired).await
-    }
 }
 
 /// No isolation at all (`firewall.enabled = false`, development only).
@@ -667,6 +307,7 @@ impl Firewall for NoFirewall {
 
 #[cfg(test)]
 mod tests {
+    use super::render::fingerprint;
     use super::*;
 
     fn rules(id: &str, ip: [u8; 4], deps: &[([u8; 4], u16)]) -> ContainerRules {
