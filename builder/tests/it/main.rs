@@ -7,4 +7,7 @@ mod cli;
 mod common;
 mod debian;
 mod docker;
+mod guard;
 mod push;
+mod scoped_push;
+mod source_swap;
