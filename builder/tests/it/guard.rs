@@ -64,6 +64,37 @@ impl TokenReg {
         };
         self.signer.sign_for("build:test", &[g], 600)
     }
+
+    /// The catalog as a reader of every repository the tests use sees it.
+    pub async fn catalog(&self) -> Vec<String> {
+        let grants: Vec<Grant> = ["apps/busybox-web", "apps/other-web", "base/debian"]
+            .iter()
+            .map(|r| Grant {
+                kind: "repository".into(),
+                name: (*r).to_owned(),
+                actions: vec!["pull".into()],
+            })
+            .collect();
+        let token = self.signer.sign_for("reader", &grants, 600);
+        let v: serde_json::Value = reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap()
+            .get(format!("http://{}/v2/_catalog", self.reg.addr))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let mut out: Vec<String> = v["repositories"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect())
+            .unwrap_or_default();
+        out.sort();
+        out
+    }
 }
 
 /// A builder API serving on loopback.

@@ -86,7 +86,7 @@ async fn builds_push_only_their_app_to_the_configured_registry_with_a_scoped_tok
         "the foreign host was contacted: {:?}",
         foreign.heads.lock().unwrap()
     );
-    assert!(tr.reg.catalog().await.is_empty(), "nothing was pushed");
+    assert!(tr.catalog().await.is_empty(), "nothing was pushed");
 
     // The app's own token: built and pushed; the token appears in neither the status nor the log.
     let (code, v) = api
@@ -103,7 +103,7 @@ async fn builds_push_only_their_app_to_the_configured_registry_with_a_scoped_tok
             "a credential leaked: {text}"
         );
     }
-    assert_eq!(tr.reg.catalog().await, ["apps/busybox-web"]);
+    assert_eq!(tr.catalog().await, ["apps/busybox-web"]);
     let out = skopeo(&[
         "inspect",
         "--tls-verify=false",
@@ -134,7 +134,7 @@ async fn builds_push_only_their_app_to_the_configured_registry_with_a_scoped_tok
         "{}",
         e.message
     );
-    assert_eq!(tr.reg.catalog().await, ["apps/busybox-web"]);
+    assert_eq!(tr.catalog().await, ["apps/busybox-web"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,7 +166,7 @@ async fn the_registry_refuses_a_token_of_another_app() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("DENIED") || e.contains("403"), "{e}");
-    assert!(tr.reg.catalog().await.is_empty());
+    assert!(tr.catalog().await.is_empty());
     assert_eq!(tr.reg.uploads().await, 0);
 }
 
