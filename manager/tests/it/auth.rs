@@ -1388,7 +1388,9 @@ async fn build_tokens_push_only_their_app() {
         .filter(|a| a["action"] == "POST /v1/apps/{app}/build-token")
         .collect();
     assert!(
-        entries.iter().any(|a| a["user"] == "ci" && a["result"] == "ok"),
+        entries
+            .iter()
+            .any(|a| a["user"] == "admin/ci" && a["result"] == "ok"),
         "{text}"
     );
     assert!(
