@@ -386,8 +386,8 @@ pub fn read_config_at(root: &crate::beneath::RootDir) -> Result<AppConfig, Build
         )));
     }
     let bytes = root.read_file(name, max)?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| BuildError::Input(format!("{name} is not UTF-8")))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| BuildError::Input(format!("{name} is not UTF-8")))?;
     Ok(AppConfig::parse(&text)?)
 }
 

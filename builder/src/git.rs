@@ -64,7 +64,9 @@ pub fn classify(repo: &str) -> Result<Repo, BuildError> {
         .unwrap_or(repo.len());
     let rest = &repo[scheme_len..];
     if scheme_len > 0 && rest.starts_with("::") {
-        return Err(bad("names a git transport helper (ext::, fd::...), which is refused"));
+        return Err(bad(
+            "names a git transport helper (ext::, fd::...), which is refused",
+        ));
     }
     if scheme_len > 0 && rest.starts_with("://") {
         let scheme = repo[..scheme_len].to_ascii_lowercase();
@@ -104,7 +106,9 @@ pub fn classify(repo: &str) -> Result<Repo, BuildError> {
     if let Some(colon) = repo.find(':')
         && !repo[..colon].contains('/')
     {
-        return Err(bad("looks like an scp-style ssh address; write ssh://HOST/PATH"));
+        return Err(bad(
+            "looks like an scp-style ssh address; write ssh://HOST/PATH",
+        ));
     }
     Ok(Repo::Local(std::path::PathBuf::from(repo)))
 }

@@ -70,7 +70,8 @@ impl Tree {
     /// Opens the regular file `rel` of the tree below the root's descriptor, never following a link,
     /// and checks it is still a regular file of its listed size.
     pub fn open(&self, rel: &str) -> Result<std::fs::File, BuildError> {
-        let (Some(root), Some(Kind::File { size, .. })) = (&self.root, self.entries.get(rel)) else {
+        let (Some(root), Some(Kind::File { size, .. })) = (&self.root, self.entries.get(rel))
+        else {
             return Err(BuildError::Input(format!("{rel} is not a listed file")));
         };
         root.open_file(rel, Some(*size))

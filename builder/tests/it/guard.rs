@@ -44,6 +44,7 @@ impl TokenReg {
                 service: "atlantis-registry".into(),
                 issuer: "atlantis-manager".into(),
                 public_key,
+                advertise: true,
             }),
             ..AuthConfig::default()
         };
@@ -90,7 +91,11 @@ impl TokenReg {
             .unwrap();
         let mut out: Vec<String> = v["repositories"]
             .as_array()
-            .map(|a| a.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|r| r.as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default();
         out.sort();
         out

@@ -77,7 +77,10 @@ async fn builds_push_only_their_app_to_the_configured_registry_with_a_scoped_tok
         let msg = v["message"].as_str().unwrap_or_default();
         assert!(msg.contains(want), "{what}: {v}");
         for t in [&token, &other_token, &pull_only] {
-            assert!(!msg.contains(t.as_str()), "{what}: the message echoes a token");
+            assert!(
+                !msg.contains(t.as_str()),
+                "{what}: the message echoes a token"
+            );
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -159,7 +162,9 @@ async fn the_registry_refuses_a_token_of_another_app() {
                         .unwrap(),
                 ),
             },
-            Some(Credentials::Bearer(tr.token("busybox-web", &["pull", "push"]))),
+            Some(Credentials::Bearer(
+                tr.token("busybox-web", &["pull", "push"]),
+            )),
             l,
         )
         .await
@@ -184,7 +189,9 @@ async fn credentials_never_follow_a_redirect_an_upload_location_or_a_realm() {
             )
         }),
         ("upload location", |other, m, _p| match m {
-            "HEAD" => "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into(),
+            "HEAD" => {
+                "HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".into()
+            }
             _ => format!(
                 "HTTP/1.1 202 Accepted\r\nlocation: http://{other}/v2/apps/busybox-web/blobs/uploads/1\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
             ),
@@ -218,9 +225,15 @@ async fn credentials_never_follow_a_redirect_an_upload_location_or_a_realm() {
             .unwrap_err()
             .to_string();
         assert!(!e.contains("the-scoped-token"), "{what}: {e}");
-        assert!(hostile.authorizations() > 0, "{what}: the registry got the token");
+        assert!(
+            hostile.authorizations() > 0,
+            "{what}: the registry got the token"
+        );
         if what == "upload location" {
-            assert!(e.contains("sent the upload to another place"), "{what}: {e}");
+            assert!(
+                e.contains("sent the upload to another place"),
+                "{what}: {e}"
+            );
         }
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -263,9 +276,21 @@ async fn git_sources_are_limited_to_allowed_dirs_and_https_or_ssh() {
     let marker = outside_dir.path().join("pwned");
     let m = marker.display().to_string();
     let cases: Vec<(String, &str, &str)> = vec![
-        (format!("file://{}", outside.display()), &sha_out, "allowed_dirs"),
-        (format!("file://{}/link", allowed.path().display()), &sha_out, "allowed_dirs"),
-        (format!("file://{}/repo/../../", allowed.path().display()), &sha, "allowed_dirs"),
+        (
+            format!("file://{}", outside.display()),
+            &sha_out,
+            "allowed_dirs",
+        ),
+        (
+            format!("file://{}/link", allowed.path().display()),
+            &sha_out,
+            "allowed_dirs",
+        ),
+        (
+            format!("file://{}/repo/../../", allowed.path().display()),
+            &sha,
+            "allowed_dirs",
+        ),
         (outside.display().to_string(), &sha_out, "allowed_dirs"),
         (format!("ext::sh -c touch% {m}"), &sha, "spaces"),
         (format!("ext::touch%20{m}"), &sha, "transport helper"),
@@ -280,8 +305,10 @@ async fn git_sources_are_limited_to_allowed_dirs_and_https_or_ssh() {
     ];
     for (repo, sha, want) in cases {
         let (code, v) = api
-            .start_build(json!({"source": {"git": {"repo": repo, "sha": sha, "root": "web"}},
-                               "app": "busybox-web", "registry_token": token}))
+            .start_build(
+                json!({"source": {"git": {"repo": repo, "sha": sha, "root": "web"}},
+                               "app": "busybox-web", "registry_token": token}),
+            )
             .await;
         assert_eq!(code, 400, "{repo}: {v}");
         assert!(

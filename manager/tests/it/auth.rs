@@ -808,6 +808,7 @@ async fn token_registry(
                 service: "atlantis-registry".into(),
                 issuer: "atlantis-manager".into(),
                 public_key,
+                advertise: true,
             }),
             ..Default::default()
         }),
