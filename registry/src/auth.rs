@@ -462,4 +462,35 @@ mod tests {
             Err(RegistryError::Denied)
         ));
     }
+
+    #[test]
+    fn token_auth_may_keep_basic_challenges() {
+        let cfg = |advertise| AuthConfig {
+            users: vec![UserConfig {
+                name: "puller".into(),
+                password: Some("pw".into()),
+                password_sha256: None,
+            }],
+            token: Some(TokenAuthConfig {
+                realm: "http://manager/v1/registry/token".into(),
+                service: default_service(),
+                issuer: default_issuer(),
+                public_key: "00".repeat(32),
+                advertise,
+            }),
+            ..AuthConfig::default()
+        };
+        let on = Auth::new(&cfg(true)).unwrap();
+        assert!(
+            on.challenge(Some("apps/web"), Action::Pull)
+                .unwrap()
+                .contains("realm=\"http://manager/v1/registry/token\"")
+        );
+        let off = Auth::new(&cfg(false)).unwrap();
+        assert_eq!(off.challenge(Some("apps/web"), Action::Pull), None);
+        assert_eq!(
+            off.authenticate(&basic("puller", "pw")).unwrap(),
+            Principal::User("puller".into())
+        );
+    }
 }
