@@ -334,7 +334,7 @@ pub fn write_configs(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
         q(plan.zk_servers()),
         q(&plan.region)
     );
-    // Configs name secret files, and the builder's holds its registry password: owner only.
+    // Configs name secret files: owner only.
     let write = |name: &str, ext: &str, text: String| -> anyhow::Result<()> {
         use std::os::unix::fs::PermissionsExt as _;
         let p = data.config(name, ext);
@@ -349,8 +349,10 @@ pub fn write_configs(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
             .to_owned())
     };
     let sha256 = |s: &str| hex::encode(sha2::Sha256::digest(s.as_bytes()));
-    let builder_pw = secret(data.registry_password("builder"))?;
     let puller_pw = secret(data.registry_password("puller"))?;
+    // The manager signs registry tokens with this seed; the registry checks them with its public key.
+    let token_key = registry_token_key(data);
+    let token_public = registry_public_key(&secret(token_key.clone())?)?;
     let zk_data = data.dir("zookeeper");
     std::fs::create_dir_all(&zk_data)?;
     write(
@@ -369,13 +371,14 @@ pub fn write_configs(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
         "toml",
         format!(
             "listen = {}\n\n[storage]\nkind = \"filesystem\"\nroot = {}\n\n\
-             [[auth.users]]\nname = \"builder\"\npassword_sha256 = {}\n\n\
              [[auth.users]]\nname = \"puller\"\npassword_sha256 = {}\n\n\
-             [[auth.access]]\nprefix = \"apps/\"\npull = [\"*\"]\npush = [\"builder\"]\n",
+             [[auth.access]]\nprefix = \"apps/\"\npull = [\"*\"]\npush = []\n\n\
+             [auth.token]\nrealm = {}\npublic_key = {}\nadvertise = false\n",
             q(plan.registry_host()),
             qp(&data.dir("registry")),
-            q(sha256(&builder_pw)),
             q(sha256(&puller_pw)),
+            q(format!("{}/v1/registry/token", plan.manager_url())),
+            q(&token_public),
         ),
     )?;
     std::fs::create_dir_all(data.apps())?;
@@ -383,13 +386,11 @@ pub fn write_configs(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
         "builder",
         "toml",
         format!(
-            "listen = {}\nregistry = {}\ncache_dir = {}\nallowed_dirs = [{}]\n\
-             registry_user = \"builder\"\nregistry_password = {}\n",
+            "listen = {}\nregistry = {}\ncache_dir = {}\nallowed_dirs = [{}]\n",
             q(format!("127.0.0.1:{}", plan.builder_port)),
             q(plan.registry_host()),
             qp(&data.dir("builder").join("cache")),
             qp(&data.apps()),
-            q(&builder_pw),
         ),
     )?;
     let networks: Vec<String> = plan.zones.iter().map(|z| q(z.subnet())).collect();
@@ -425,7 +426,11 @@ pub fn write_configs(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
             ),
         )?;
     }
-    let auth = format!("\n[auth]\nadmin_token_file = {}\n", qp(&data.admin_token()));
+    let auth = format!(
+        "\n[auth]\nadmin_token_file = {}\n\n[auth.registry]\nkey_file = {}\n",
+        qp(&data.admin_token()),
+        qp(&token_key)
+    );
     write(
         "manager",
         "toml",
@@ -471,8 +476,25 @@ pub fn write_configs(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Creates the secrets (0600 files in a 0700 folder) that are missing: the cluster token and the
-/// manager's sealing key, 32 random bytes each, hex.
+/// The seed of the manager's registry token key (`[auth.registry] key_file`): the builder pushes with
+/// the tokens it signs, scoped to one app (`POST /v1/apps/{app}/build-token`).
+pub fn registry_token_key(data: &DataDir) -> PathBuf {
+    data.secrets().join("registry-token.key")
+}
+
+/// The Ed25519 public key (hex) of a registry token seed, as `atlantis-manager registry-public-key`
+/// prints it.
+fn registry_public_key(seed_hex: &str) -> anyhow::Result<String> {
+    use ring::signature::KeyPair as _;
+    let seed = hex::decode(seed_hex.trim()).context("the registry token key is not hex")?;
+    let key = ring::signature::Ed25519KeyPair::from_seed_unchecked(&seed)
+        .map_err(|e| anyhow::anyhow!("the registry token key: {e}"))?;
+    Ok(hex::encode(key.public_key().as_ref()))
+}
+
+/// Creates the secrets (0600 files in a 0700 folder) that are missing: the cluster token, the
+/// manager's sealing key, the registry password of the pullers and the registry token key, 32 random
+/// bytes each, hex.
 /// The development CA for mutual TLS between the manager and the supervisors: made once, and again only
 /// when the supervisors' addresses (the server certificate's names) change.
 fn ensure_ca(plan: &Plan, data: &DataDir) -> anyhow::Result<()> {
@@ -535,8 +557,8 @@ pub fn ensure_secrets(data: &DataDir) -> anyhow::Result<()> {
     for f in [
         data.cluster_token(),
         data.secret_key(),
-        data.registry_password("builder"),
         data.registry_password("puller"),
+        registry_token_key(data),
     ] {
         if f.exists() {
             continue;

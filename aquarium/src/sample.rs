@@ -116,8 +116,10 @@ pub fn snapshot(data: &DataDir, dir: &Path, app: &str, sha: &str) -> anyhow::Res
 }
 
 /// Builds `dir` with the builder and pushes `apps/<app>:<sha>`, unless the registry has it already.
-/// Returns a one-line description.
+/// The push uses a registry token the manager scopes to `apps/<app>` (the builder holds none of its
+/// own). Returns a one-line description.
 pub async fn build(
+    mgr: &Manager,
     plan: &Plan,
     data: &DataDir,
     dir: &Path,
@@ -125,12 +127,26 @@ pub async fn build(
     sha: &str,
 ) -> anyhow::Result<String> {
     let http = crate::health::http_client();
+    let token = mgr
+        .expect(
+            Method::POST,
+            &format!("/v1/apps/{app}/build-token"),
+            None,
+            &[200],
+        )
+        .await
+        .context("asking the manager for a build token")?;
+    let token = token["token"]
+        .as_str()
+        .context("the manager answered no build token")?
+        .to_owned();
     let manifest = format!(
         "http://{}/v2/apps/{app}/manifests/{sha}",
         plan.registry_host()
     );
     let head = http
         .head(&manifest)
+        .bearer_auth(&token)
         .header(
             "accept",
             "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json",
@@ -148,7 +164,7 @@ pub async fn build(
     let snap = snapshot(data, dir, app, sha)?;
     let r = http
         .post(format!("{}/v1/builds", plan.builder_url()))
-        .json(&json!({"source": {"dir": snap}, "app": app, "sha": sha}))
+        .json(&json!({"source": {"dir": snap}, "app": app, "sha": sha, "registry_token": token}))
         .send()
         .await
         .context("calling the builder")?;

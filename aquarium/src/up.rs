@@ -168,7 +168,7 @@ pub async fn deploy_dir(
         return Ok(cur);
     }
     p.step(&format!("{app}: build {sha}"), async {
-        let d = sample::build(plan, data, dir, &app, &sha).await?;
+        let d = sample::build(mgr, plan, data, dir, &app, &sha).await?;
         Ok(((), d))
     })
     .await?;

@@ -1,16 +1,22 @@
 //! The HTTP API: start a build, read its status (digest and app config when done), stream its log.
 //!
 //! - `POST /v1/builds` `{"source": {"dir": PATH} | {"git": {"repo", "sha", "root"}}, "push"?: REF,
-//!   "app"?: NAME, "sha"?: SHA}` answers 202 with the build's `id` at once. The image goes to `push`, or
-//!   to `<registry>/apps/<app>:<sha>` of the configured registry.
+//!   "app"?: NAME, "sha"?: SHA, "registry_token"?: TOKEN}` answers 202 with the build's `id` at once.
+//!   The image goes to `<registry>/apps/<app>:<sha>` of the configured registry; `push` may only name
+//!   that registry and `apps/<app>` (400 otherwise), and the app's `atlantis.toml` must name the same
+//!   app. `registry_token` is the manager's token for this app (`POST /v1/apps/{app}/build-token`):
+//!   it must grant push on `apps/<app>` and nothing else, is sent to the configured registry only,
+//!   and is never logged nor shown in the status. Without it the build is refused (400
+//!   `registry_token_required`) when the registry asks for credentials.
 //! - `GET /v1/builds/{id}`: state (`queued`, `running`, `succeeded`, `failed`), and when done the image
 //!   reference, digest, app config and push counts, or the error code and message.
 //! - `GET /v1/builds/{id}/log`: the log as plain text, streamed until the build ends.
 //! - `GET /healthz`.
 //!
 //! Every route but `/healthz` needs `Authorization: Bearer <api_token>` when a token is configured; a
-//! builder without a token only listens on loopback. Directory and local git sources must lie under
-//! `allowed_dirs`. Requests are bounded (64 KiB bodies), builds run a bounded number at once, at most
+//! builder without a token only listens on loopback. Directory and local git sources (paths and
+//! `file:///` URLs) must lie under `allowed_dirs`; remote git sources are `https://` or `ssh://` URLs
+//! ([`crate::git::classify`]). Requests are bounded (64 KiB bodies), builds run a bounded number at once, at most
 //! [`MAX_JOBS`] builds are remembered and [`MAX_LOG_LINES`] lines per build kept.
 
 use std::collections::{HashMap, VecDeque};
@@ -33,7 +39,7 @@ use tokio::sync::{Semaphore, watch};
 use crate::Config;
 use crate::build::{BuildRequest, Builder, Source};
 use crate::error::BuildError;
-use crate::push::{ImageRef, PushStats};
+use crate::push::{Credentials, ImageRef, PushStats, Secret};
 
 /// Builds remembered; the oldest finished ones are forgotten first.
 pub const MAX_JOBS: usize = 1000;
@@ -76,6 +82,9 @@ pub struct StartBuild {
     /// The commit (taken from a git source when absent).
     #[serde(default)]
     pub sha: Option<Sha>,
+    /// The manager-issued registry token scoped to `apps/<app>` (never logged, never echoed).
+    #[serde(default)]
+    pub registry_token: Option<Secret>,
 }
 
 /// Where a build is.
@@ -290,12 +299,18 @@ fn check_allowed(allowed: &[PathBuf], p: &Path) -> Result<PathBuf, BuildError> {
     }
 }
 
-fn to_request(st: &AppState, mut body: StartBuild) -> Result<BuildRequest, BuildError> {
+/// A checked request: what to build, and the credentials of its push.
+struct Checked {
+    req: BuildRequest,
+    credentials: Option<Credentials>,
+}
+
+fn to_request(st: &AppState, mut body: StartBuild) -> Result<Checked, BuildError> {
     match &mut body.source {
         Source::Dir(d) => *d = check_allowed(&st.allowed, d)?,
         Source::Git(g) => {
-            if !crate::git::is_url(&g.repo) {
-                let real = check_allowed(&st.allowed, Path::new(&g.repo))?;
+            if let crate::git::Repo::Local(p) = crate::git::classify(&g.repo)? {
+                let real = check_allowed(&st.allowed, &p)?;
                 g.repo = real
                     .to_str()
                     .ok_or_else(|| BuildError::Request("the repository path is not UTF-8".into()))?
@@ -316,15 +331,55 @@ fn to_request(st: &AppState, mut body: StartBuild) -> Result<BuildRequest, Build
         }
         _ => {
             return Err(BuildError::Request(
-                "give push (REGISTRY/apps/NAME:SHA), or app and sha".into(),
+                "give app and sha (or push: REGISTRY/apps/NAME:SHA)".into(),
             ));
         }
     };
-    Ok(BuildRequest {
-        source: body.source,
-        sha,
-        push: Some(push),
+    check_target(&st.config.registry, body.app.as_ref(), &push)?;
+    let credentials = match &body.registry_token {
+        Some(t) => {
+            crate::push::check_scoped_token(t.expose(), &push.repository)?;
+            Some(Credentials::Bearer(t.expose().to_owned()))
+        }
+        None => None,
+    };
+    Ok(Checked {
+        req: BuildRequest {
+            source: body.source,
+            sha,
+            push: Some(push),
+        },
+        credentials,
     })
+}
+
+/// A build pushes only to the configured registry, and only `apps/<app>` of the app it builds.
+fn check_target(registry: &str, app: Option<&AppName>, push: &ImageRef) -> Result<(), BuildError> {
+    if !push.registry.eq_ignore_ascii_case(registry) {
+        return Err(BuildError::Request(format!(
+            "push host {} is not this builder's registry {registry}: builds push only to the configured registry",
+            push.registry
+        )));
+    }
+    let name = push
+        .repository
+        .strip_prefix("apps/")
+        .and_then(|n| n.parse::<AppName>().ok());
+    let Some(name) = name else {
+        return Err(BuildError::Request(format!(
+            "push repository {} is not apps/<app>: builds push only their app's repository",
+            push.repository
+        )));
+    };
+    if let Some(app) = app
+        && *app != name
+    {
+        return Err(BuildError::Request(format!(
+            "the build of app {app} may push only apps/{app}, not {}",
+            push.repository
+        )));
+    }
+    Ok(())
 }
 
 async fn start(State(st): State<Arc<AppState>>, body: axum::body::Bytes) -> Response {
@@ -332,10 +387,21 @@ async fn start(State(st): State<Arc<AppState>>, body: axum::body::Bytes) -> Resp
         Ok(b) => b,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_request", e.to_string()),
     };
-    let req = match to_request(&st, body) {
+    let Checked { req, credentials } = match to_request(&st, body) {
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.code(), e.to_string()),
     };
+    if credentials.is_none() && crate::push::requires_auth(&st.config.registry, "http").await {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "registry_token_required",
+            format!(
+                "the registry {} needs credentials: pass registry_token, the manager's token for this app \
+                 (POST /v1/apps/{{app}}/build-token); the builder has none of its own",
+                st.config.registry
+            ),
+        );
+    }
     let id = uuid::Uuid::new_v4().to_string();
     let image = req
         .push
@@ -398,7 +464,7 @@ async fn start(State(st): State<Arc<AppState>>, body: axum::body::Bytes) -> Resp
         job.update(|j| j.status.state = BuildState::Running);
         let j2 = job.clone();
         let log: crate::build::Log = Arc::new(move |line: String| j2.append(line));
-        let result = st2.builder.build(req, log.clone()).await;
+        let result = st2.builder.build_as(req, credentials, log.clone()).await;
         match result {
             Ok(out) => job.update(|j| {
                 j.status.state = BuildState::Succeeded;

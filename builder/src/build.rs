@@ -110,8 +110,19 @@ impl Builder {
         &self.cache
     }
 
-    /// Runs one build.
+    /// Runs one build, pushing with the settings' credentials.
     pub async fn build(&self, req: BuildRequest, log: Log) -> Result<BuildOutput, BuildError> {
+        self.build_as(req, None, log).await
+    }
+
+    /// Runs one build; `credentials`, when given, replace the settings' for this build's push (the
+    /// API passes the request's scoped registry token).
+    pub async fn build_as(
+        &self,
+        req: BuildRequest,
+        credentials: Option<Credentials>,
+        log: Log,
+    ) -> Result<BuildOutput, BuildError> {
         let started = Instant::now();
         let this = self.clone();
         let req2 = req.clone();
@@ -129,7 +140,9 @@ impl Builder {
         ));
         let pushed = match &req.push {
             Some(target) => {
-                let stats = self.push(target, &prepared.image, &log).await?;
+                let stats = self
+                    .push(target, &prepared.image, credentials, &log)
+                    .await?;
                 log(format!(
                     "pushed {target}@{} in {} ms: {} uploaded ({} bytes), {} mounted, {} already there",
                     prepared.image.digest,
@@ -158,6 +171,9 @@ impl Builder {
             .prefix("atlantis-build-")
             .tempdir_in(self.cache.dir().join("tmp"))
             .map_err(io("creating a build dir"))?;
+        // The builder's own dir: its real path, so roots below it open without symlinks.
+        let scratch_path =
+            std::fs::canonicalize(scratch.path()).map_err(io("resolving the build dir"))?;
         let mut revision = None;
         let root = match &req.source {
             Source::Dir(d) => d.clone(),
@@ -171,10 +187,10 @@ impl Builder {
                     )));
                 }
                 sha = Some(g.sha.clone());
-                let dest = scratch.path().join("app");
+                let dest = scratch_path.join("app");
                 std::fs::create_dir(&dest).map_err(io("creating the export dir"))?;
                 let t = Instant::now();
-                let full = crate::git::export(g, &dest, scratch.path(), self.settings.limits)?;
+                let full = crate::git::export(g, &dest, &scratch_path, self.settings.limits)?;
                 log(format!(
                     "git: exported {}:{} ({full}) in {} ms",
                     g.repo,
@@ -191,19 +207,19 @@ impl Builder {
         {
             sha = Some(s);
         }
-        let app = read_config(&root)?;
-        if let Some(t) = &req.push {
-            let last = t.repository.rsplit('/').next().unwrap_or("");
-            if last != app.name.as_str() {
-                return Err(BuildError::Request(format!(
-                    "the app is named {:?} in atlantis.toml but would be pushed to {}; push it to REGISTRY/apps/{}:SHA",
-                    app.name.as_str(),
-                    t.repository,
-                    app.name
-                )));
-            }
+        let dir = Arc::new(crate::beneath::RootDir::open(&root)?);
+        let app = read_config_at(&dir)?;
+        if let Some(t) = &req.push
+            && t.repository != format!("apps/{}", app.name)
+        {
+            return Err(BuildError::Request(format!(
+                "the app is named {:?} in atlantis.toml but would be pushed to {}; a build pushes only apps/{}",
+                app.name.as_str(),
+                t.repository,
+                app.name
+            )));
         }
-        let mut tree = source::collect(&root, self.settings.limits)?;
+        let mut tree = source::collect_at(dir, self.settings.limits)?;
         log(format!(
             "app {} (template {}): {} entries, {} bytes",
             app.name,
@@ -233,11 +249,11 @@ impl Builder {
             };
             if !steps.commands.0.is_empty() {
                 // The commands work on a private copy; what they leave in /app is checked again.
-                let copy = scratch.path().join("app-build");
-                let work = scratch.path().join("work");
+                let copy = scratch_path.join("app-build");
+                let work = scratch_path.join("work");
                 std::fs::create_dir_all(&copy).map_err(io("creating the build copy"))?;
                 std::fs::create_dir_all(&work).map_err(io("creating the build dir"))?;
-                crate::debian::copy_tree(&tree, &copy)?;
+                tree.copy_into(&copy)?;
                 crate::debian::run_commands(
                     &droot,
                     &copy,
@@ -262,7 +278,7 @@ impl Builder {
         log(layer_line("base", &base_layer, base_hit, t));
 
         let t = Instant::now();
-        let files = app_entries(&tree);
+        let files = app_entries(&Arc::new(tree));
         let app_key = key_of("app", &files)?;
         let (app_layer, app_hit) = self.cache.layer(&app_key, &files)?;
         log(layer_line("app", &app_layer, app_hit, t));
@@ -291,9 +307,14 @@ impl Builder {
         &self,
         target: &ImageRef,
         image: &Image,
+        credentials: Option<Credentials>,
         log: &Log,
     ) -> Result<PushStats, BuildError> {
-        let pusher = Pusher::new(&target.registry, self.settings.push.clone())?;
+        let mut options = self.settings.push.clone();
+        if credentials.is_some() {
+            options.credentials = credentials;
+        }
+        let pusher = Pusher::new(&target.registry, options)?;
         let mut blobs: Vec<Blob> = image
             .layers
             .iter()
@@ -340,42 +361,45 @@ impl Builder {
     }
 }
 
-/// Reads and checks `atlantis.toml` in `root`.
+/// Reads and checks `atlantis.toml` in `root` (opened below the root's descriptor, never through a
+/// link).
 pub fn read_config(root: &std::path::Path) -> Result<AppConfig, BuildError> {
-    let path = root.join(app_config::FILE_NAME);
-    let meta = match std::fs::symlink_metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(BuildError::MissingConfig(root.display().to_string()));
+    let dir = crate::beneath::RootDir::open(root)?;
+    read_config_at(&dir)
+}
+
+/// Reads and checks `atlantis.toml` below an open root.
+pub fn read_config_at(root: &crate::beneath::RootDir) -> Result<AppConfig, BuildError> {
+    let name = app_config::FILE_NAME;
+    let st = match rustix::fs::statat(root.fd(), name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+        Ok(st) => st,
+        Err(rustix::io::Errno::NOENT) => {
+            return Err(BuildError::MissingConfig(root.path().display().to_string()));
         }
-        Err(e) => {
-            return Err(BuildError::Input(format!(
-                "cannot read {}: {e}",
-                path.display()
-            )));
-        }
+        Err(e) => return Err(BuildError::Input(format!("cannot read {name}: {e}"))),
     };
-    if !meta.is_file() {
+    if !rustix::fs::FileType::from_raw_mode(st.st_mode).is_file() {
         return Err(BuildError::Input(format!(
             "{} must be a regular file",
-            path.display()
+            root.path().join(name).display()
         )));
     }
-    if meta.len() > app_config::MAX_FILE_BYTES as u64 {
+    let max = app_config::MAX_FILE_BYTES as u64;
+    if st.st_size as u64 > max {
         return Err(BuildError::Input(format!(
-            "{} is {} bytes, at most {} are accepted",
-            path.display(),
-            meta.len(),
-            app_config::MAX_FILE_BYTES
+            "{} is {} bytes, at most {max} are accepted",
+            root.path().join(name).display(),
+            st.st_size
         )));
     }
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| BuildError::Input(format!("cannot read {}: {e}", path.display())))?;
+    let bytes = root.read_file(name, max)?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| BuildError::Input(format!("{name} is not UTF-8")))?;
     Ok(AppConfig::parse(&text)?)
 }
 
 /// The app layer's entries: `app/` and every tree entry under it, with normalised modes.
-fn app_entries(tree: &source::Tree) -> Vec<Entry> {
+fn app_entries(tree: &Arc<source::Tree>) -> Vec<Entry> {
     let base = image::APP_DIR.trim_start_matches('/');
     let mut out = vec![Entry {
         path: base.to_owned(),
@@ -384,8 +408,9 @@ fn app_entries(tree: &source::Tree) -> Vec<Entry> {
     for (rel, kind) in &tree.entries {
         let content = match kind {
             Kind::Dir => Content::Dir(0o755),
-            Kind::File { path, size, exec } => Content::File {
-                path: path.clone(),
+            Kind::File { size, exec, .. } => Content::FileAt {
+                tree: tree.clone(),
+                rel: rel.clone(),
                 mode: if *exec { 0o755 } else { 0o644 },
                 size: *size,
             },

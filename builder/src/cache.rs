@@ -172,6 +172,26 @@ fn write_atomic(cache: &Path, dest: &Path, data: &[u8]) -> Result<(), BuildError
     Ok(())
 }
 
+fn hash_file(
+    h: &mut Sha256,
+    mut f: std::fs::File,
+    name: &str,
+    mode: u32,
+    size: u64,
+) -> Result<(), BuildError> {
+    let mut fh = Sha256::new();
+    let n = std::io::copy(&mut f, &mut fh)
+        .map_err(|e| BuildError::Input(format!("cannot read {name}: {e}")))?;
+    if n != size {
+        return Err(BuildError::Input(format!(
+            "{name} changed size while the build read it"
+        )));
+    }
+    h.update(format!("f{mode:o}:{size}:"));
+    h.update(fh.finalize());
+    Ok(())
+}
+
 /// Computes the cache key of a layer: SHA-256 over a version tag and every entry's path, kind, mode
 /// and content hash. Reads every file once.
 pub fn key_of(tag: &str, entries: &[Entry]) -> Result<String, BuildError> {
@@ -194,20 +214,16 @@ pub fn key_of(tag: &str, entries: &[Entry]) -> Result<String, BuildError> {
                 h.update(Sha256::digest(data));
             }
             layer::Content::File { path, mode, size } => {
-                let mut f = std::fs::File::open(path)
+                let f = std::fs::File::open(path)
                     .map_err(|e| BuildError::Input(format!("cannot read {}: {e}", e_path(path))))?;
-                let mut fh = Sha256::new();
-                let n = std::io::copy(&mut f, &mut fh)
-                    .map_err(|e| BuildError::Input(format!("cannot read {}: {e}", e_path(path))))?;
-                if n != *size {
-                    return Err(BuildError::Input(format!(
-                        "{} changed size while the build read it",
-                        e_path(path)
-                    )));
-                }
-                h.update(format!("f{mode:o}:{size}:"));
-                h.update(fh.finalize());
+                hash_file(&mut h, f, &e_path(path), *mode, *size)?;
             }
+            layer::Content::FileAt {
+                tree,
+                rel,
+                mode,
+                size,
+            } => hash_file(&mut h, tree.open(rel)?, rel, *mode, *size)?,
         }
     }
     Ok(hex::encode(h.finalize()))

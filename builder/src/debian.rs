@@ -351,28 +351,6 @@ fn limit_notes(s: &SandboxSettings, ev: &sandbox::Events) -> String {
     notes
 }
 
-/// Copies the checked app tree into `dest` (a fresh directory), so build commands never touch the
-/// caller's files.
-pub fn copy_tree(tree: &crate::source::Tree, dest: &Path) -> Result<(), BuildError> {
-    use crate::source::Kind;
-    for (rel, kind) in &tree.entries {
-        let p = dest.join(rel);
-        match kind {
-            Kind::Dir => std::fs::create_dir_all(&p).map_err(io(format!("copying {rel}")))?,
-            Kind::File { path, exec, .. } => {
-                std::fs::copy(path, &p).map_err(io(format!("copying {rel}")))?;
-                let mode = if *exec { 0o755 } else { 0o644 };
-                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
-                    .map_err(io(format!("copying {rel}")))?;
-            }
-            Kind::Symlink(t) => {
-                std::os::unix::fs::symlink(t, &p).map_err(io(format!("copying {rel}")))?
-            }
-        }
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,14 +13,16 @@ use atlantis_common::names::Sha;
 use crate::error::BuildError;
 use crate::source::Limits;
 
-/// Transports git may use, for the clone and for anything it would fetch on its own.
-const ALLOWED_PROTOCOLS: &str = "http:https:git:file";
+/// Transports git may use, for the clone and for anything it would fetch on its own (submodules
+/// included): `GIT_ALLOW_PROTOCOL` and `protocol.allow`. Local repositories are never cloned (they are
+/// read in place, after the caller checked them against `allowed_dirs`), so `file` is not among them.
+const ALLOWED_PROTOCOLS: &str = "https:ssh";
 
 /// A git input.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GitSource {
-    /// A local repository path, or an `http(s)://`, `git://` or `file://` URL.
+    /// A local repository path, a `file:///` URL, or an `https://` or `ssh://` URL.
     pub repo: String,
     /// The commit to build.
     pub sha: Sha,
@@ -29,11 +31,91 @@ pub struct GitSource {
     pub root: String,
 }
 
-/// True when `repo` is a URL rather than a local path.
+/// Where a repository is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repo {
+    /// On this host (a path, or the path of a `file:///` URL).
+    Local(std::path::PathBuf),
+    /// An `https://` or `ssh://` URL, cloned bare.
+    Remote(String),
+}
+
+/// Classifies a repository string, refusing what git could take for another transport or an option:
+/// a leading `-`, `<transport>::<address>` helpers (`ext::`, `fd::`...), schemes other than https,
+/// ssh and file, `file://` URLs naming a host or holding `%` escapes, scp-like `host:path` addresses
+/// (write `ssh://`), and URLs whose host or user starts with `-`.
+pub fn classify(repo: &str) -> Result<Repo, BuildError> {
+    let bad = |why: &str| {
+        BuildError::Request(format!(
+            "git repository {repo:?} {why} (give a local path, file:///PATH, https:// or ssh://)"
+        ))
+    };
+    if repo.is_empty() || repo.len() > 2048 {
+        return Err(bad("is empty or too long"));
+    }
+    if repo.starts_with('-') {
+        return Err(bad("looks like an option"));
+    }
+    if repo.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(bad("holds spaces or control characters"));
+    }
+    let scheme_len = repo
+        .find(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.')))
+        .unwrap_or(repo.len());
+    let rest = &repo[scheme_len..];
+    if scheme_len > 0 && rest.starts_with("::") {
+        return Err(bad(
+            "names a git transport helper (ext::, fd::...), which is refused",
+        ));
+    }
+    if scheme_len > 0 && rest.starts_with("://") {
+        let scheme = repo[..scheme_len].to_ascii_lowercase();
+        let after = &rest[3..];
+        return match scheme.as_str() {
+            "file" => {
+                let Some(path) = after.strip_prefix('/') else {
+                    return Err(bad("is a file URL with a host (write file:///PATH)"));
+                };
+                if path.contains('%') {
+                    return Err(bad("is a file URL with % escapes"));
+                }
+                Ok(Repo::Local(std::path::PathBuf::from(format!("/{path}"))))
+            }
+            "https" | "ssh" => {
+                let authority = after.split('/').next().unwrap_or("");
+                let host = authority.rsplit('@').next().unwrap_or("");
+                if authority.is_empty()
+                    || host.is_empty()
+                    || host.starts_with('-')
+                    || authority.starts_with('-')
+                    || !after.contains('/')
+                {
+                    return Err(bad("has no usable host and path"));
+                }
+                Ok(Repo::Remote(repo.to_owned()))
+            }
+            other => Err(bad(&format!(
+                "uses the {other}:// transport; only https, ssh and file are allowed"
+            ))),
+        };
+    }
+    if repo.contains("::") {
+        return Err(bad("holds ::, which git reads as a transport helper"));
+    }
+    // git reads `host:path` (a colon before any slash) as an scp-like ssh address.
+    if let Some(colon) = repo.find(':')
+        && !repo[..colon].contains('/')
+    {
+        return Err(bad(
+            "looks like an scp-style ssh address; write ssh://HOST/PATH",
+        ));
+    }
+    Ok(Repo::Local(std::path::PathBuf::from(repo)))
+}
+
+/// True when `repo` is a remote URL (cloned) rather than a repository on this host.
 pub fn is_url(repo: &str) -> bool {
-    ["http://", "https://", "git://", "file://"]
-        .iter()
-        .any(|p| repo.starts_with(p))
+    matches!(classify(repo), Ok(Repo::Remote(_)))
 }
 
 /// Checks an app root: relative, plain components only.
@@ -64,9 +146,24 @@ fn git() -> Command {
     c.env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_CONFIG_NOSYSTEM", "1")
         .env("GIT_ALLOW_PROTOCOL", ALLOWED_PROTOCOLS)
+        .env("GIT_PROTOCOL_FROM_USER", "0")
         .env_remove("GIT_DIR")
         .env_remove("GIT_WORK_TREE")
+        .env_remove("GIT_SSH_COMMAND")
+        .env_remove("GIT_CONFIG_PARAMETERS")
         .stdin(Stdio::null());
+    // The same allow-list as config (it wins over a repository's own), no hooks, no fsmonitor
+    // program, and no redirect of an https clone to another place.
+    for kv in [
+        "protocol.allow=never",
+        "protocol.https.allow=always",
+        "protocol.ssh.allow=always",
+        "core.hooksPath=/dev/null",
+        "core.fsmonitor=false",
+        "http.followRedirects=false",
+    ] {
+        c.args(["-c", kv]);
+    }
     c
 }
 
@@ -92,38 +189,35 @@ pub fn export(
     limits: Limits,
 ) -> Result<String, BuildError> {
     let root = check_root(&src.root)?;
-    if src.repo.is_empty() || src.repo.starts_with('-') || src.repo.contains('\0') {
-        return Err(BuildError::Request(format!(
-            "git repository {:?} is not a path or URL",
-            src.repo
-        )));
-    }
-    let repo_dir = if is_url(&src.repo) {
-        let bare = scratch.join("repo.git");
-        let mut c = git();
-        c.args([
-            "-c",
-            "http.lowSpeedLimit=1000",
-            "-c",
-            "http.lowSpeedTime=30",
-            "clone",
-            "--bare",
-            "--quiet",
-            "--",
-            &src.repo,
-        ])
-        .arg(&bare);
-        run(c, "git clone")?;
-        bare
-    } else {
-        let p = Path::new(&src.repo).to_owned();
-        if !p.is_dir() {
-            return Err(BuildError::Git(format!(
-                "repository {} is not a directory",
-                p.display()
-            )));
+    let repo_dir = match classify(&src.repo)? {
+        Repo::Remote(url) => {
+            let bare = scratch.join("repo.git");
+            let mut c = git();
+            c.args([
+                "-c",
+                "http.lowSpeedLimit=1000",
+                "-c",
+                "http.lowSpeedTime=30",
+                "clone",
+                "--bare",
+                "--quiet",
+                "--no-recurse-submodules",
+                "--",
+                &url,
+            ])
+            .arg(&bare);
+            run(c, "git clone")?;
+            bare
         }
-        p
+        Repo::Local(p) => {
+            if !p.is_dir() {
+                return Err(BuildError::Git(format!(
+                    "repository {} is not a directory",
+                    p.display()
+                )));
+            }
+            p
+        }
     };
     let mut c = git();
     c.arg("-C")
@@ -340,16 +434,35 @@ mod tests {
             ..src.clone()
         });
         assert!(e.contains("plain names"), "{e}");
-        let e = bad(GitSource {
-            repo: "--upload-pack=touch /tmp/x".into(),
-            ..src.clone()
-        });
-        assert!(e.contains("not a path or URL"), "{e}");
-        let e = bad(GitSource {
-            repo: "ext::sh -c touch% /tmp/pwned".into(),
-            ..src.clone()
-        });
-        assert!(e.contains("not a directory"), "{e}");
+        for (repo, why) in [
+            ("--upload-pack=touch /tmp/x", "option"),
+            ("-uhttps://x/y", "option"),
+            ("ext::sh -c touch% /tmp/pwned", "spaces"),
+            ("ext::sh", "transport helper"),
+            ("fd::3", "transport helper"),
+            ("git://example.test/r", "git:// transport"),
+            ("http://example.test/r", "http:// transport"),
+            ("file://host/srv/r", "with a host"),
+            ("file:///srv/%2e%2e/r", "% escapes"),
+            ("example.test:org/r", "scp-style"),
+            ("ssh://-oProxyCommand=x/r", "host and path"),
+            ("https://x", "host and path"),
+            ("a/b::c", "::"),
+        ] {
+            let e = bad(GitSource {
+                repo: repo.into(),
+                ..src.clone()
+            });
+            assert!(e.contains(why), "{repo}: {e}");
+        }
+        assert_eq!(
+            classify("file:///srv/r").unwrap(),
+            Repo::Local("/srv/r".into())
+        );
+        assert_eq!(
+            classify("ssh://git@example.test/r.git").unwrap(),
+            Repo::Remote("ssh://git@example.test/r.git".into())
+        );
         let o = tempfile::tempdir().unwrap();
         let small = Limits {
             max_bytes: 1,

@@ -7,6 +7,7 @@
 
 use std::io::{self, Read, Write};
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use flate2::{Compression, GzBuilder};
 use sha2::{Digest as _, Sha256};
@@ -27,6 +28,18 @@ pub enum Content {
     },
     /// A file given in memory, with its mode.
     Bytes(Vec<u8>, u32),
+    /// A file of an app tree, opened below the tree's root descriptor without following links
+    /// ([`crate::source::Tree::open`]).
+    FileAt {
+        /// The tree (its root descriptor and listing).
+        tree: Arc<crate::source::Tree>,
+        /// The file's path in the tree.
+        rel: String,
+        /// Mode (0644 or 0755).
+        mode: u32,
+        /// Size when listed.
+        size: u64,
+    },
     /// A symlink to the target.
     Symlink(String),
 }
@@ -144,7 +157,22 @@ fn append<W: Write>(tar: &mut tar::Builder<W>, e: &Entry) -> io::Result<()> {
             let mut r = ExactReader {
                 inner: f.take(*size + 1),
                 left: *size,
-                path,
+                name: path.display().to_string(),
+            };
+            tar.append_data(&mut h, &e.path, &mut r)
+        }
+        Content::FileAt {
+            tree,
+            rel,
+            mode,
+            size,
+        } => {
+            let f = tree.open(rel).map_err(io::Error::other)?;
+            let mut h = header(tar::EntryType::Regular, *mode, *size);
+            let mut r = ExactReader {
+                inner: f.take(*size + 1),
+                left: *size,
+                name: rel.clone(),
             };
             tar.append_data(&mut h, &e.path, &mut r)
         }
@@ -156,20 +184,20 @@ fn append<W: Write>(tar: &mut tar::Builder<W>, e: &Entry) -> io::Result<()> {
 }
 
 /// Reads exactly `left` bytes, failing if the source ends early or has more.
-struct ExactReader<'a, R> {
+struct ExactReader<R> {
     inner: R,
     left: u64,
-    path: &'a PathBuf,
+    name: String,
 }
 
-impl<R: Read> Read for ExactReader<'_, R> {
+impl<R: Read> Read for ExactReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.left == 0 {
             let mut probe = [0u8; 1];
             if self.inner.read(&mut probe)? != 0 {
                 return Err(io::Error::other(format!(
                     "{} grew while the layer was written",
-                    self.path.display()
+                    self.name
                 )));
             }
             return Ok(0);
@@ -179,7 +207,7 @@ impl<R: Read> Read for ExactReader<'_, R> {
         if n == 0 {
             return Err(io::Error::other(format!(
                 "{} shrank while the layer was written",
-                self.path.display()
+                self.name
             )));
         }
         self.left -= n as u64;

@@ -1,7 +1,8 @@
 //! Atlantis builder: turns an app (a directory, or a git repository at a commit) into a reproducible
 //! OCI image and pushes it to the registry.
 //!
-//! - [`source`] and [`git`] read the input, with its safety checks and limits.
+//! - [`source`] and [`git`] read the input, with its safety checks and limits; [`beneath`] opens app
+//!   files by descriptor below the root without following links.
 //! - [`template`], [`layer`] and [`image`] assemble deterministic layers, the config and the manifest;
 //!   [`cache`] keeps layers on disk by content.
 //! - [`push`] speaks the OCI Distribution API; [`build`] runs one build end to end.
@@ -11,6 +12,7 @@
 //! the manager reads it back from the image label.
 
 pub mod api;
+pub mod beneath;
 pub mod build;
 pub mod cache;
 pub mod debian;
@@ -38,7 +40,8 @@ pub struct Config {
     /// Where the HTTP API listens.
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The registry images are pushed to when a build request names none, `host:port`.
+    /// The registry, `host:port`: the only one API builds push to (a request naming another is
+    /// refused). The builder holds no credentials for it: each request brings a token scoped to its app.
     #[serde(default = "default_registry")]
     pub registry: String,
     /// The layer cache directory.
@@ -66,15 +69,6 @@ pub struct Config {
     /// Builds running at once; more wait their turn.
     #[serde(default = "default_concurrency")]
     pub max_concurrent_builds: usize,
-    /// Registry user (HTTP Basic), with `registry_password`.
-    #[serde(default)]
-    pub registry_user: Option<String>,
-    /// Registry password.
-    #[serde(default)]
-    pub registry_password: Option<String>,
-    /// Registry bearer token (instead of a user).
-    #[serde(default)]
-    pub registry_token: Option<String>,
     /// The Debian mirror of the debian template.
     #[serde(default = "default_mirror")]
     pub debian_mirror: String,
@@ -144,9 +138,6 @@ impl Default for Config {
             api_token: None,
             allowed_dirs: Vec::new(),
             max_concurrent_builds: default_concurrency(),
-            registry_user: None,
-            registry_password: None,
-            registry_token: None,
             debian_mirror: default_mirror(),
             debian_suite: default_suite(),
             bwrap: default_bwrap(),
@@ -162,26 +153,17 @@ impl Default for Config {
 }
 
 impl Config {
-    /// The build settings this config gives.
+    /// The build settings this config gives. They hold no registry credentials: an API build pushes
+    /// with the scoped token of its request (`registry_token`), or anonymously to a registry that
+    /// allows it.
     pub fn settings(&self) -> Settings {
-        let credentials = match (&self.registry_token, &self.registry_user) {
-            (Some(t), _) => Some(push::Credentials::Bearer(t.clone())),
-            (None, Some(u)) => Some(push::Credentials::Basic {
-                username: u.clone(),
-                password: self.registry_password.clone().unwrap_or_default(),
-            }),
-            (None, None) => None,
-        };
         Settings {
             limits: source::Limits {
                 max_bytes: self.max_input_bytes,
                 max_entries: self.max_input_entries,
             },
             busybox: self.busybox.clone(),
-            push: push::PushOptions {
-                credentials,
-                ..push::PushOptions::default()
-            },
+            push: push::PushOptions::default(),
             debian: debian::DebianSettings {
                 mirror: self.debian_mirror.clone(),
                 suite: self.debian_suite.clone(),

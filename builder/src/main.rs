@@ -29,7 +29,7 @@ enum Command {
     /// Build an app (a directory with atlantis.toml, or a git repository at a commit) and push it.
     ///
     /// Registry credentials come from ATLANTIS_REGISTRY_TOKEN, or ATLANTIS_REGISTRY_USER and
-    /// ATLANTIS_REGISTRY_PASSWORD.
+    /// ATLANTIS_REGISTRY_PASSWORD (operator use on the builder's host; the API never uses them).
     Build {
         /// The app directory (holding atlantis.toml). Not with --git.
         dir: Option<PathBuf>,
@@ -100,7 +100,10 @@ async fn main() -> anyhow::Result<()> {
             quiet,
         } => {
             let source = match (dir, git) {
-                (Some(d), None) => Source::Dir(d),
+                (Some(d), None) => Source::Dir(
+                    std::fs::canonicalize(&d)
+                        .with_context(|| format!("cannot use {}", d.display()))?,
+                ),
                 (None, Some(repo)) => Source::Git(GitSource {
                     repo,
                     sha: sha.clone().context("--git needs --sha")?,

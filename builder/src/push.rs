@@ -6,7 +6,10 @@
 //! closing `PUT` above it. Blobs go up in parallel (a bounded number at once), the manifest last, and
 //! the digest the registry answers must be the one computed here.
 //!
-//! Credentials: HTTP Basic (user and password) or a static bearer token, sent with every request.
+//! Credentials: HTTP Basic (user and password) or a bearer token (for API builds, the manager-issued
+//! token scoped to `apps/<app>`), sent with every request to that one registry and nowhere else:
+//! redirects are not followed, an upload `Location` on another host or port is refused, and a
+//! `WWW-Authenticate` realm is never visited (the token is sent as it is).
 //! The registry is spoken to over plain HTTP (it sits on the cluster network); the scheme can be set.
 
 use std::path::PathBuf;
@@ -87,6 +90,109 @@ impl FromStr for ImageRef {
             tag: tag.to_owned(),
         })
     }
+}
+
+/// A secret from a request (a registry token): never printed, never serialised back.
+#[derive(Clone, serde::Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(s: impl Into<String>) -> Secret {
+        Secret(s.into())
+    }
+
+    /// The secret itself, to send where it belongs.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("***")
+    }
+}
+
+/// The claims of a manager-issued registry token the builder looks at.
+#[derive(serde::Deserialize)]
+struct TokenClaims {
+    exp: u64,
+    #[serde(default)]
+    access: Vec<TokenGrant>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenGrant {
+    #[serde(rename = "type")]
+    kind: String,
+    name: String,
+    #[serde(default)]
+    actions: Vec<String>,
+}
+
+/// Checks, before anything is sent, that `token` is a manager-issued registry token (a JWT; its
+/// signature is the registry's to check) that is not expired and grants push on `repository` and
+/// on nothing else. The registry decides in the end; this refuses a token meant for another app
+/// early, with a clear message that never includes the token.
+pub fn check_scoped_token(token: &str, repository: &str) -> Result<(), BuildError> {
+    let bad = |why: &str| BuildError::Request(format!("registry_token {why}"));
+    let mut parts = token.split('.');
+    let (Some(_), Some(claims), Some(_), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad(
+            "is not a manager-issued registry token (ask the manager: POST /v1/apps/{app}/build-token)",
+        ));
+    };
+    let claims: TokenClaims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| bad("has unreadable claims"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    if claims.exp <= now {
+        return Err(bad("has expired; ask the manager for a new one"));
+    }
+    if let Some(other) = claims
+        .access
+        .iter()
+        .find(|g| g.kind != "repository" || g.name != repository)
+    {
+        return Err(bad(&format!(
+            "grants access to {} too; a build token is scoped to {repository} only",
+            other.name
+        )));
+    }
+    if !claims
+        .access
+        .iter()
+        .any(|g| g.actions.iter().any(|a| a == "push"))
+    {
+        return Err(bad(&format!("does not grant push on {repository}")));
+    }
+    Ok(())
+}
+
+/// True when the registry refuses an anonymous `GET /v2/` with 401 (it wants credentials).
+/// An unreachable registry answers false: the push then fails with its own error.
+pub async fn requires_auth(registry: &str, scheme: &str) -> bool {
+    let Ok(client) = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+    else {
+        return false;
+    };
+    matches!(
+        client.get(format!("{scheme}://{registry}/v2/")).send().await,
+        Ok(r) if r.status() == reqwest::StatusCode::UNAUTHORIZED
+    )
 }
 
 /// Registry credentials.

@@ -1,15 +1,22 @@
 //! Reading an app directory into a checked, sorted list of entries.
 //!
-//! Symlinks are never followed while reading. Each one must resolve, through any other symlinks of the
+//! The tree is listed through descriptors (`openat2` below the root, see [`crate::beneath`]) and files
+//! are read the same way later ([`Tree::open`]): symlinks are never followed while reading, not even
+//! one swapped in after the listing. Each one must resolve, through any other symlinks of the
 //! tree, to a path inside the app root: absolute targets and targets that climb above the root are
 //! refused. Devices, FIFOs and sockets are refused, and so is input over the size or file-count limits.
 //! `.git` directories are left out. File modes are normalised (0644, or 0755 when any execute bit is
 //! set; directories 0755), so a checkout with another umask gives the same layer.
 
 use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
+use rustix::fs::{AtFlags, FileType};
+
+use crate::beneath::RootDir;
 use crate::error::BuildError;
 
 /// Bounds on what one build may read.
@@ -37,7 +44,7 @@ pub enum Kind {
     Dir,
     /// A regular file on disk.
     File {
-        /// Where to read it.
+        /// Its path (for messages; reads go through [`Tree::open`], below the root's descriptor).
         path: PathBuf,
         /// Its size when it was listed.
         size: u64,
@@ -55,46 +62,105 @@ pub struct Tree {
     pub entries: BTreeMap<String, Kind>,
     /// Total bytes of regular files.
     pub bytes: u64,
+    /// The root the entries were listed from, open as a directory.
+    pub root: Option<Arc<RootDir>>,
 }
 
-/// Reads the directory `root` (not following symlinks) and checks it.
-pub fn collect(root: &Path, limits: Limits) -> Result<Tree, BuildError> {
-    let meta = std::fs::metadata(root)
-        .map_err(|e| BuildError::Input(format!("cannot read app root {}: {e}", root.display())))?;
-    if !meta.is_dir() {
-        return Err(BuildError::Input(format!(
-            "app root {} is not a directory",
-            root.display()
-        )));
+impl Tree {
+    /// Opens the regular file `rel` of the tree below the root's descriptor, never following a link,
+    /// and checks it is still a regular file of its listed size.
+    pub fn open(&self, rel: &str) -> Result<std::fs::File, BuildError> {
+        let (Some(root), Some(Kind::File { size, .. })) = (&self.root, self.entries.get(rel))
+        else {
+            return Err(BuildError::Input(format!("{rel} is not a listed file")));
+        };
+        root.open_file(rel, Some(*size))
     }
+
+    /// Copies the tree into `dest` (a fresh directory), reading files as [`Tree::open`] does: so build
+    /// commands work on a private copy and never touch the caller's files.
+    pub fn copy_into(&self, dest: &Path) -> Result<(), BuildError> {
+        let io = |rel: &str| {
+            let what = format!("copying {rel}");
+            move |source| BuildError::Io { what, source }
+        };
+        for (rel, kind) in &self.entries {
+            let p = dest.join(rel);
+            match kind {
+                Kind::Dir => std::fs::create_dir_all(&p).map_err(io(rel))?,
+                Kind::File { exec, .. } => {
+                    let mut from = self.open(rel)?;
+                    let mut to = std::fs::OpenOptions::new()
+                        .write(true)
+                        .create_new(true)
+                        .open(&p)
+                        .map_err(io(rel))?;
+                    std::io::copy(&mut from, &mut to).map_err(io(rel))?;
+                    let mode = if *exec { 0o755 } else { 0o644 };
+                    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode))
+                        .map_err(io(rel))?;
+                }
+                Kind::Symlink(t) => std::os::unix::fs::symlink(t, &p).map_err(io(rel))?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Reads the directory `root` (through descriptors, never following symlinks) and checks it. `root`
+/// must be a path without symlinks (see [`RootDir::open`]).
+pub fn collect(root: &Path, limits: Limits) -> Result<Tree, BuildError> {
+    collect_at(Arc::new(RootDir::open(root)?), limits)
+}
+
+/// As [`collect`], below an open root.
+pub fn collect_at(dir: Arc<RootDir>, limits: Limits) -> Result<Tree, BuildError> {
     let mut tree = Tree::default();
-    walk(root, "", &mut tree, limits)?;
+    let top = dir.open_dir("")?;
+    walk(&dir, &top, "", &mut tree, limits)?;
     for (path, kind) in &tree.entries {
         if let Kind::Symlink(target) = kind {
             check_symlink(&tree.entries, path, target)?;
         }
     }
+    tree.root = Some(dir);
     Ok(tree)
 }
 
-fn walk(dir: &Path, prefix: &str, tree: &mut Tree, limits: Limits) -> Result<(), BuildError> {
-    let read = std::fs::read_dir(dir)
-        .map_err(|e| BuildError::Input(format!("cannot list {}: {e}", dir.display())))?;
-    for entry in read {
-        let entry =
-            entry.map_err(|e| BuildError::Input(format!("cannot list {}: {e}", dir.display())))?;
-        let name = entry.file_name();
-        let Some(name) = name.to_str() else {
+fn walk(
+    root: &RootDir,
+    dir: &OwnedFd,
+    prefix: &str,
+    tree: &mut Tree,
+    limits: Limits,
+) -> Result<(), BuildError> {
+    let shown = if prefix.is_empty() { "." } else { prefix };
+    let list_err = |e: rustix::io::Errno| BuildError::Input(format!("cannot list {shown}: {e}"));
+    let mut names = Vec::new();
+    let mut reader = rustix::fs::Dir::read_from(dir).map_err(list_err)?;
+    while let Some(entry) = reader.read() {
+        let entry = entry.map_err(list_err)?;
+        let name = entry.file_name().to_bytes();
+        if name == b"." || name == b".." {
+            continue;
+        }
+        names.push(name.to_vec());
+        if names.len() > limits.max_entries {
+            break;
+        }
+    }
+    for raw in names {
+        let Ok(name) = String::from_utf8(raw.clone()) else {
             return Err(BuildError::Input(format!(
                 "file name {:?} in {prefix:?} is not UTF-8",
-                entry.file_name()
+                String::from_utf8_lossy(&raw)
             )));
         };
         if name == ".git" {
             continue;
         }
         let rel = if prefix.is_empty() {
-            name.to_owned()
+            name.clone()
         } else {
             format!("{prefix}/{name}")
         };
@@ -109,36 +175,37 @@ fn walk(dir: &Path, prefix: &str, tree: &mut Tree, limits: Limits) -> Result<(),
                 limits.max_entries
             )));
         }
-        let path = entry.path();
-        let meta = std::fs::symlink_metadata(&path)
+        let st = rustix::fs::statat(dir, name.as_str(), AtFlags::SYMLINK_NOFOLLOW)
             .map_err(|e| BuildError::Input(format!("cannot stat {rel}: {e}")))?;
-        let ft = meta.file_type();
+        let ft = FileType::from_raw_mode(st.st_mode);
         if ft.is_symlink() {
-            let target = std::fs::read_link(&path)
+            let target = rustix::fs::readlinkat(dir, name.as_str(), Vec::new())
                 .map_err(|e| BuildError::Input(format!("cannot read symlink {rel}: {e}")))?;
-            let Some(target) = target.to_str() else {
+            let Ok(target) = target.into_string() else {
                 return Err(BuildError::Input(format!(
                     "symlink {rel} has a target that is not UTF-8"
                 )));
             };
-            tree.entries.insert(rel, Kind::Symlink(target.to_owned()));
+            tree.entries.insert(rel, Kind::Symlink(target));
         } else if ft.is_dir() {
             tree.entries.insert(rel.clone(), Kind::Dir);
-            walk(&path, &rel, tree, limits)?;
+            let sub = root.open_dir(&rel)?;
+            walk(root, &sub, &rel, tree, limits)?;
         } else if ft.is_file() {
-            tree.bytes += meta.len();
+            let size = st.st_size as u64;
+            tree.bytes += size;
             if tree.bytes > limits.max_bytes {
                 return Err(BuildError::Input(format!(
                     "the app's files exceed the limit of {} bytes (at {rel})",
                     limits.max_bytes
                 )));
             }
-            let exec = meta.permissions().mode() & 0o111 != 0;
+            let exec = st.st_mode & 0o111 != 0;
             tree.entries.insert(
-                rel,
+                rel.clone(),
                 Kind::File {
-                    path,
-                    size: meta.len(),
+                    path: root.path().join(&rel),
+                    size,
                     exec,
                 },
             );

@@ -49,6 +49,15 @@ pub struct TokenAuthConfig {
     pub issuer: String,
     /// The manager's Ed25519 public key, 64 hex digits (`atlantis-manager registry-public-key`).
     pub public_key: String,
+    /// Challenge clients without credentials with `Bearer realm=...` (default). Off: the manager's
+    /// tokens are still accepted when sent (the builder sends its build token as it is), but clients
+    /// are challenged for Basic, so pullers with Basic users need not reach the realm.
+    #[serde(default = "default_advertise")]
+    pub advertise: bool,
+}
+
+fn default_advertise() -> bool {
+    true
 }
 
 fn default_service() -> String {
@@ -232,7 +241,7 @@ impl Auth {
     /// The `WWW-Authenticate` value of a refusal: a Bearer challenge naming the token endpoint, the
     /// service and the scope when token authentication is on (`None`: the Basic default).
     pub fn challenge(&self, repo: Option<&str>, action: Action) -> Option<String> {
-        let (t, _) = self.jwt.as_ref()?;
+        let (t, _) = self.jwt.as_ref().filter(|(t, _)| t.advertise)?;
         let mut c = format!("Bearer realm=\"{}\",service=\"{}\"", t.realm, t.service);
         if let Some(r) = repo {
             let actions = match action {
@@ -452,5 +461,36 @@ mod tests {
             a.check(&builder, "base/x", Action::Push),
             Err(RegistryError::Denied)
         ));
+    }
+
+    #[test]
+    fn token_auth_may_keep_basic_challenges() {
+        let cfg = |advertise| AuthConfig {
+            users: vec![UserConfig {
+                name: "puller".into(),
+                password: Some("pw".into()),
+                password_sha256: None,
+            }],
+            token: Some(TokenAuthConfig {
+                realm: "http://manager/v1/registry/token".into(),
+                service: default_service(),
+                issuer: default_issuer(),
+                public_key: "00".repeat(32),
+                advertise,
+            }),
+            ..AuthConfig::default()
+        };
+        let on = Auth::new(&cfg(true)).unwrap();
+        assert!(
+            on.challenge(Some("apps/web"), Action::Pull)
+                .unwrap()
+                .contains("realm=\"http://manager/v1/registry/token\"")
+        );
+        let off = Auth::new(&cfg(false)).unwrap();
+        assert_eq!(off.challenge(Some("apps/web"), Action::Pull), None);
+        assert_eq!(
+            off.authenticate(&basic("puller", "pw")).unwrap(),
+            Principal::User("puller".into())
+        );
     }
 }

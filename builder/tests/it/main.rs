@@ -7,5 +7,8 @@ mod cli;
 mod common;
 mod debian;
 mod docker;
+mod guard;
 mod hostile;
 mod push;
+mod scoped_push;
+mod source_swap;

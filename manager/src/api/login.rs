@@ -33,6 +33,10 @@ pub fn router(auth: Auth) -> Router {
         )
         .route("/v1/audit", get(super::audit::list))
         .route("/v1/registry/token", get(registry_token))
+        .route(
+            "/v1/apps/{app}/build-token",
+            post(super::build_token::issue),
+        )
         .with_state(auth)
 }
 

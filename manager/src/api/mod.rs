@@ -3,6 +3,7 @@
 
 pub mod apps;
 pub mod audit;
+pub mod build_token;
 pub mod cluster;
 pub mod deps;
 pub mod exec;

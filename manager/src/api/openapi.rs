@@ -5,7 +5,7 @@
 use axum::Json;
 use utoipa::OpenApi as _;
 
-use super::{apps, audit, cluster, deps, exec, login, router_config, tasks, teams};
+use super::{apps, audit, build_token, cluster, deps, exec, login, router_config, tasks, teams};
 
 /// The document.
 #[derive(utoipa::OpenApi)]
@@ -60,6 +60,7 @@ use super::{apps, audit, cluster, deps, exec, login, router_config, tasks, teams
         teams::disallow,
         audit::list,
         login::registry_token,
+        build_token::issue,
     )
 )]
 pub struct ApiDoc;

@@ -80,7 +80,10 @@ pub fn classify(method: &Method, template: Option<&str>, params: &HashMap<String
 pub fn ci_deploy_allowed(method: &Method, template: Option<&str>) -> bool {
     !mutating(method)
         || template.is_some_and(|t| {
-            t.ends_with("/deploy") || t.ends_with("/rollback") || t.ends_with("/scale")
+            t.ends_with("/deploy")
+                || t.ends_with("/rollback")
+                || t.ends_with("/scale")
+                || t == "/v1/apps/{app}/build-token"
         })
 }
 

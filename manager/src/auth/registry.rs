@@ -29,6 +29,14 @@ pub struct RegistryTokenConfig {
     /// Token lifetime, seconds.
     #[serde(default = "default_ttl")]
     pub ttl_s: u64,
+    /// Lifetime of build tokens (`POST /v1/apps/{app}/build-token`), seconds: long enough for a
+    /// build to reach its push.
+    #[serde(default = "default_build_ttl")]
+    pub build_ttl_s: u64,
+}
+
+fn default_build_ttl() -> u64 {
+    3600
 }
 
 fn default_service() -> String {
@@ -138,13 +146,18 @@ impl Signer {
 
     /// A signed token for `sub` with `access`; returns it and its lifetime in seconds.
     pub fn sign(&self, sub: &str, access: &[Grant]) -> (String, u64) {
+        (self.sign_for(sub, access, self.cfg.ttl_s), self.cfg.ttl_s)
+    }
+
+    /// A signed token for `sub` with `access`, valid `ttl_s` seconds.
+    pub fn sign_for(&self, sub: &str, access: &[Grant], ttl_s: u64) -> String {
         let now = crate::tasks::now_ms() / 1000;
         let header = B64.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
         let claims = JwtClaims {
             iss: &self.cfg.issuer,
             sub,
             aud: &self.cfg.service,
-            exp: now + self.cfg.ttl_s,
+            exp: now + ttl_s,
             nbf: now.saturating_sub(5),
             iat: now,
             jti: uuid::Uuid::new_v4().to_string(),
@@ -153,10 +166,7 @@ impl Signer {
         let body = B64.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let signing = format!("{header}.{body}");
         let sig = self.key.sign(signing.as_bytes());
-        (
-            format!("{signing}.{}", B64.encode(sig.as_ref())),
-            self.cfg.ttl_s,
-        )
+        format!("{signing}.{}", B64.encode(sig.as_ref()))
     }
 }
 

@@ -808,6 +808,7 @@ async fn token_registry(
                 service: "atlantis-registry".into(),
                 issuer: "atlantis-manager".into(),
                 public_key,
+                advertise: true,
             }),
             ..Default::default()
         }),
@@ -832,6 +833,7 @@ fn registry_token_config(
         service: "atlantis-registry".into(),
         issuer: "atlantis-manager".into(),
         ttl_s: 300,
+        build_ttl_s: 3600,
     }
 }
 
@@ -1281,4 +1283,121 @@ async fn ldaps_and_starttls_logins_check_the_directory_certificate() {
         }
         e.manager.unwrap().shutdown().await;
     }
+}
+
+/// `POST /v1/apps/{app}/build-token`: whoever may deploy the app gets a token that pushes `apps/<app>`
+/// and nothing else (the registry checks it); read tokens and other apps' tokens get none; every issue
+/// is audited without the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn build_tokens_push_only_their_app() {
+    let e = Env::start_with(None, |cfg, dir| {
+        cfg.auth.registry = Some(registry_token_config(dir));
+    })
+    .await;
+    let m = e.manager.as_ref().unwrap();
+    let admin = admin_token(m);
+    let key_file = m
+        .admin_token_file
+        .as_ref()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("registry.key");
+    let public_key = atlantis_manager::auth::registry::public_key(&key_file).unwrap();
+    let (reg_addr, stop, _store) =
+        token_registry(&e, "127.0.0.1".parse().unwrap(), public_key).await;
+    for (app, team) in [("web", "team-a"), ("other", "team-b")] {
+        let (s, v) = e
+            .call(
+                Some(&admin),
+                Method::POST,
+                "/v1/apps",
+                Some(json!({"name": app, "team": team})),
+            )
+            .await;
+        assert_eq!(s, 201, "{v}");
+    }
+    let mut ci = std::collections::HashMap::new();
+    for (app, scope) in [("web", "deploy"), ("web", "read"), ("other", "deploy")] {
+        let body = json!({"name": "ci", "apps": [app], "scope": scope, "ttl_s": 600});
+        let (s, v) = e
+            .call(Some(&admin), Method::POST, "/v1/tokens", Some(body))
+            .await;
+        assert_eq!(s, 200, "{v}");
+        ci.insert((app, scope), v["token"].as_str().unwrap().to_owned());
+    }
+    let issue = |token: String, app: &'static str| {
+        let e = &e;
+        async move {
+            e.call(
+                Some(&token),
+                Method::POST,
+                &format!("/v1/apps/{app}/build-token"),
+                None,
+            )
+            .await
+        }
+    };
+    // Refused: a read token, another app's token, no token; an unknown app.
+    for (what, token, app, want) in [
+        ("read scope", ci[&("web", "read")].clone(), "web", 403),
+        ("other app", ci[&("other", "deploy")].clone(), "web", 403),
+        ("no token", String::new(), "web", 401),
+        ("unknown app", admin.clone(), "nope", 404),
+    ] {
+        let (s, v) = issue(token, app).await;
+        assert_eq!(s, want, "{what}: {v}");
+    }
+    let (s, v) = issue(ci[&("web", "deploy")].clone(), "web").await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["repository"], "apps/web");
+    assert_eq!(v["expires_in"], 3600);
+    let token = v["token"].as_str().unwrap().to_owned();
+
+    let layout = tempfile::tempdir().unwrap();
+    oci_layout(layout.path(), "v1");
+    let src = format!("oci:{}:v1", layout.path().display());
+    let push = |repo: &str| {
+        vec![
+            "copy".to_owned(),
+            "--dest-tls-verify=false".into(),
+            "--dest-registry-token".into(),
+            token.clone(),
+            src.clone(),
+            format!("docker://{reg_addr}/{repo}:v1"),
+        ]
+    };
+    let (ok, out) = skopeo(&push("apps/web")).await;
+    assert!(ok, "the build token pushes apps/web: {out}");
+    for repo in ["apps/other", "base/debian"] {
+        let (ok, out) = skopeo(&push(repo)).await;
+        assert!(!ok, "the build token of web pushed {repo}: {out}");
+    }
+    // Audited: who asked, for which app, and never the token.
+    let (s, v) = e
+        .call(Some(&admin), Method::GET, "/v1/audit?app=web", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let text = v.to_string();
+    assert!(!text.contains(&token), "the token is in the audit log");
+    let entries: Vec<&Value> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["action"] == "POST /v1/apps/{app}/build-token")
+        .collect();
+    assert!(
+        entries
+            .iter()
+            .any(|a| a["user"] == "admin/ci" && a["result"] == "ok"),
+        "{text}"
+    );
+    assert!(
+        entries.iter().any(|a| a["result"] == "denied"),
+        "refusals are audited too: {text}"
+    );
+    stop.cancel();
+    e.manager.unwrap().shutdown().await;
 }
