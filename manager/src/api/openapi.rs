@@ -5,7 +5,7 @@
 use axum::Json;
 use utoipa::OpenApi as _;
 
-use super::{apps, audit, cluster, deps, exec, login, router_config, tasks, teams};
+use super::{apps, audit, cluster, deps, exec, grants, login, router_config, tasks, teams};
 
 /// The document.
 #[derive(utoipa::OpenApi)]
@@ -35,6 +35,12 @@ use super::{apps, audit, cluster, deps, exec, login, router_config, tasks, teams
         deps::get_one,
         deps::put,
         deps::delete,
+        grants::request,
+        grants::drop_request,
+        grants::list_requests,
+        grants::list_grants,
+        grants::grant,
+        grants::revoke,
         tasks::list,
         tasks::get_one,
         tasks::stream,
