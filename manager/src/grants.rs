@@ -16,7 +16,7 @@ pub mod replace;
 
 use atlantis_common::api::grants::{DependencyGrant, DependencyRequest};
 use atlantis_common::api::manager::AppRecord;
-use atlantis_common::zk::{CoordError, Versioned};
+use atlantis_common::zk::{CoordError, Layout, Versioned};
 use atlantis_common::{AppName, TeamName};
 
 use crate::engine::Ctx;
@@ -267,9 +267,13 @@ pub async fn all_requests(ctx: &Ctx) -> Result<Vec<DependencyRequest>, ApiError>
     Ok(out)
 }
 
-/// Every grant and request that names `app` (as depender or, for an internal app, as dependency):
-/// their paths, for deletion with the app.
-pub async fn paths_of_app(ctx: &Ctx, app: &AppName) -> Result<Vec<String>, ApiError> {
+/// Every grant and request that names `app` as depender or, with `as_dependency`, as dependency: their
+/// paths, for deletion with the app.
+pub async fn paths_of_app(
+    ctx: &Ctx,
+    app: &AppName,
+    as_dependency: bool,
+) -> Result<Vec<String>, ApiError> {
     let l = ctx.coord.layout();
     let mut out = Vec::new();
     for (root, one, of) in [
@@ -292,7 +296,7 @@ pub async fn paths_of_app(ctx: &Ctx, app: &AppName) -> Result<Vec<String>, ApiEr
                 let Ok(depender) = a.parse::<AppName>() else {
                     continue;
                 };
-                if &dep == app || &depender == app {
+                if (as_dependency && &dep == app) || &depender == app {
                     out.push(one(l, &dep, &depender));
                 }
             }
@@ -301,14 +305,15 @@ pub async fn paths_of_app(ctx: &Ctx, app: &AppName) -> Result<Vec<String>, ApiEr
     Ok(out)
 }
 
-use atlantis_common::zk::Layout;
 type PathFn = fn(&Layout, &AppName, &AppName) -> String;
 type OfFn = fn(&Layout, &AppName) -> String;
 
 /// Unregisters `app` (at `version`) together with every grant and request naming it, in one
 /// transaction: a grant written concurrently bumps the app's version and makes this fail (409).
 pub async fn purge_app(ctx: &Ctx, app: &AppName, version: i32) -> Result<usize, ApiError> {
-    let paths = paths_of_app(ctx, app).await?;
+    // A registered dependency of the same name owns `dependency_grants/<app>`: those stay.
+    let as_dependency = crate::api::deps::load(ctx, app).await?.is_none();
+    let paths = paths_of_app(ctx, app, as_dependency).await?;
     let l = ctx.coord.layout();
     let mut txn = ctx.coord.txn();
     for p in &paths {
@@ -319,8 +324,10 @@ pub async fn purge_app(ctx: &Ctx, app: &AppName, version: i32) -> Result<usize, 
         .await
         .map_err(conflict(&format!("app {app}")))?;
     // Empty parents of the app as a dependency go too (best effort).
-    for p in [l.dependency_grants_of(app), l.dependency_requests_of(app)] {
-        let _ = ctx.coord.delete(&p, None).await;
+    if as_dependency {
+        for p in [l.dependency_grants_of(app), l.dependency_requests_of(app)] {
+            let _ = ctx.coord.delete(&p, None).await;
+        }
     }
     Ok(paths.len())
 }

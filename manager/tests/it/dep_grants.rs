@@ -569,6 +569,78 @@ async fn team_a_gets_team_b_dependency_only_by_grant() {
         "forbidden",
     );
     assert!(c.all_containers().is_empty());
+
+    // --- As the dependency: an internal app's grants and the requests for it go with it too.
+    let (s, _) = c
+        .call_as(
+            &carol,
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "c-svc", "team": "team-c", "internal": true})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = c
+        .call_as(
+            &alice,
+            Method::PUT,
+            "/v1/dependencies/c-svc/requests/a-web",
+            None,
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = c
+        .call_as(
+            &carol,
+            Method::PUT,
+            "/v1/dependencies/c-svc/grants/a-web",
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "the owner of an internal app is its team");
+    let (s, _) = c
+        .call_as(
+            &alice,
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "a-two", "team": "team-a"})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = c
+        .call_as(
+            &alice,
+            Method::PUT,
+            "/v1/dependencies/c-svc/requests/a-two",
+            None,
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (s, _) = c
+        .call_as(&carol, Method::DELETE, "/v1/apps/c-svc", None)
+        .await;
+    assert_eq!(s, 204);
+    let (_, pending) = c.call(Method::GET, "/v1/dependency-requests", None).await;
+    assert_eq!(pending, json!([]));
+    for p in [
+        l.dependency_grants_of(&"c-svc".parse().unwrap()),
+        l.dependency_requests_of(&"c-svc".parse().unwrap()),
+    ] {
+        assert!(c.coord.stat(&p).await.unwrap().is_none(), "{p} removed");
+    }
+    let (s, _) = c
+        .call_as(
+            &carol,
+            Method::POST,
+            "/v1/apps",
+            Some(json!({"name": "c-svc", "team": "team-c", "internal": true})),
+        )
+        .await;
+    assert_eq!(s, 201);
+    let (_, grants) = c
+        .call(Method::GET, "/v1/dependencies/c-svc/grants", None)
+        .await;
+    assert_eq!(grants, json!([]), "a new c-svc has granted nothing");
 }
 
 /// A manager without supervisors or LDAP (admin token), registry tokens on.
