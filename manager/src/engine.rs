@@ -74,6 +74,16 @@ pub(crate) struct Spec {
     route: Route,
 }
 
+/// What resolving an app's dependencies does with one its owner has not granted it
+/// (`crate::grants::granted`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ungranted {
+    /// Refuse (403 `dependency_not_granted`): deploy, rollback, scale.
+    Refuse,
+    /// Leave it out of the containers: re-placements and the replacement after a revoke.
+    Drop,
+}
+
 /// Resolved dependencies of an app.
 struct Deps {
     common: Vec<Dependency>,
@@ -144,13 +154,32 @@ impl Ctx {
 
     /// Reads the app's dependencies: registered ones give their data (decrypted) and endpoints;
     /// internal apps resolve, per zone, to the zone's internal router and the app.env's stable port.
-    async fn dependencies(&self, app: &AppRecord, env: &EnvName) -> Result<Deps, ApiError> {
+    /// A dependency the app is not granted is refused or dropped, as `ungranted` says.
+    async fn dependencies(
+        &self,
+        app: &AppRecord,
+        env: &EnvName,
+        ungranted: Ungranted,
+    ) -> Result<Deps, ApiError> {
         let mut d = Deps {
             common: Vec::new(),
             by_zone: BTreeMap::new(),
             env: BTreeMap::new(),
         };
         for name in &app.spec.dependencies {
+            if !crate::grants::granted(self, app, name).await? {
+                match ungranted {
+                    Ungranted::Drop => continue,
+                    Ungranted::Refuse => {
+                        let owner = crate::grants::owner(self, name).await?;
+                        return Err(crate::grants::not_granted(
+                            &app.spec.name,
+                            name,
+                            &owner.team,
+                        ));
+                    }
+                }
+            }
             if let Some(rec) = crate::api::deps::load(self, name).await? {
                 let spec: DependencySpec = crate::api::deps::open(self, name, &rec)?;
                 for e in &spec.endpoints {
@@ -304,7 +333,7 @@ impl Ctx {
         image: String,
         manifest: Manifest,
     ) -> Result<(Spec, Vec<Slot>), ApiError> {
-        let deps = self.dependencies(rec, env).await?;
+        let deps = self.dependencies(rec, env, Ungranted::Refuse).await?;
         let route = self.route(rec, env).await?;
         let spec = Spec {
             app: app.clone(),
@@ -835,16 +864,17 @@ impl Ctx {
     }
 
     /// The spec of the running release `target` of app.env with `instances` per zone (dependencies and
-    /// route resolved again).
+    /// route resolved again; ungranted dependencies refused or dropped as `ungranted` says).
     pub(crate) async fn release_spec(
         &self,
         rec: &AppRecord,
         env: &EnvName,
         target: &ReleaseTarget,
         instances: u32,
+        ungranted: Ungranted,
     ) -> Result<Spec, ApiError> {
         let app = &rec.spec.name;
-        let deps = self.dependencies(rec, env).await?;
+        let deps = self.dependencies(rec, env, ungranted).await?;
         let route = self.route(rec, env).await?;
         let mut manifest = target.manifest.clone();
         manifest.instances = instances;
@@ -884,7 +914,13 @@ impl Ctx {
                 .await?
                 .ok_or_else(|| ApiError::NotFound(format!("{app}.{env} is not deployed")))?;
             let spec = self
-                .release_spec(&rec.value, &env, &current.value, instances)
+                .release_spec(
+                    &rec.value,
+                    &env,
+                    &current.value,
+                    instances,
+                    Ungranted::Refuse,
+                )
                 .await?;
             let live = state::instances(&self.coord, &app, &env).await?;
             let mut per_zone: BTreeMap<atlantis_common::ZoneName, Vec<InstanceRecord>> =

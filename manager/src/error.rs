@@ -56,6 +56,12 @@ pub enum ApiError {
     /// Authenticated, but not allowed.
     #[error("{0}")]
     Forbidden(String),
+    /// The app declares a dependency its owning team has not granted it.
+    #[error("{0}")]
+    DependencyNotGranted(String),
+    /// The audit log could not be written, so the call was not carried out.
+    #[error("{0}")]
+    AuditUnavailable(String),
 }
 
 impl ApiError {
@@ -76,6 +82,8 @@ impl ApiError {
             ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
             ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized"),
             ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            ApiError::DependencyNotGranted(_) => (StatusCode::FORBIDDEN, "dependency_not_granted"),
+            ApiError::AuditUnavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable"),
         }
     }
 }

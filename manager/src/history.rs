@@ -26,6 +26,9 @@ pub enum HistoryError {
     /// That release number exists already (a concurrent writer won).
     #[error("release {0} exists already")]
     Duplicate(i64),
+    /// A row that should be there is not.
+    #[error("{0} is missing")]
+    Missing(String),
 }
 
 /// The history database.

@@ -6,6 +6,8 @@
 //! - [`history`]: releases and finished tasks in SQL (SQLite or PostgreSQL); [`secrets`]: dependency
 //!   data sealed at rest; [`images`]: tag to digest resolution in the registry; [`state`]: ZooKeeper reads.
 //! - [`auth`]: bearer tokens, LDAP logins, teams, authorisation of every route and the audit log.
+//! - [`grants`]: dependency grants (an app uses a dependency only once its owning team granted it) and
+//!   the replacement of an app's containers after a revoke.
 //! - [`fleet`]: the host API seam (real supervisor client, in-memory fake) and its contract.
 //! - [`server`]: startup, registration and the leadership campaign; while leading, [`reconcile`] takes
 //!   over dead managers' tasks ([`recovery`]) and re-places the containers of dead hosts.
@@ -17,6 +19,7 @@ pub mod config;
 pub mod engine;
 pub mod error;
 pub mod fleet;
+pub mod grants;
 pub mod history;
 pub mod images;
 pub mod placement;

@@ -213,6 +213,7 @@ async fn replace(
                 env,
                 &current.value,
                 current.value.manifest.instances,
+                crate::engine::Ungranted::Drop,
             )
             .await
             .map_err(|e| e.to_string())?;

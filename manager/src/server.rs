@@ -166,6 +166,7 @@ impl App {
             .with_state(shared.clone())
             .merge(crate::api::router(ctx.clone()))
             .merge(crate::api::login::router(auth.clone()))
+            .merge(crate::api::grants::router(auth.clone()))
             .layer(axum::middleware::from_fn_with_state(
                 auth,
                 crate::auth::middleware::check,

@@ -216,6 +216,10 @@ pub struct DependencyView {
     pub data_keys: Vec<String>,
     /// Addresses its users may reach.
     pub endpoints: Vec<Endpoint>,
+    /// True when the caller may see only its name and owner (its team has not been granted it): the
+    /// variable names and endpoints are left out.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub restricted: bool,
 }
 
 /// The manifest of a release: how its containers run. Defaults fit the busybox/static templates.
@@ -471,6 +475,9 @@ pub enum TaskKind {
     Teardown,
     /// A command run in a container (`atlantis exec`); the first step names the command line.
     Exec,
+    /// The app's containers replaced by copies of the same release in every env it runs in, without
+    /// a dependency whose grant was revoked.
+    Replace,
 }
 
 /// Task states.

@@ -1,5 +1,6 @@
 //! api
 pub mod app_config;
 pub mod exec;
+pub mod grants;
 pub mod manager;
 pub mod supervisor;

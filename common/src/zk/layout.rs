@@ -8,6 +8,8 @@
 //! ├── apps/<app>                                   app record: owner team, repo, internal/external, allowed dependants
 //! ├── envs/<env>                                   environment record
 //! ├── dependencies/<name>                          named dependency: encrypted data, reachable endpoints
+//! ├── dependency_grants/<dependency>/<app>         the owner team's grant of a dependency to an app
+//! ├── dependency_requests/<dependency>/<app>       an app's pending request for a dependency
 //! ├── releases/<app>/<env>                         current release number and target
 //! ├── instances/<app>/<env>/<container-id>         one node per container: sha, host, zone, host port, state
 //! ├── supervisors/<host>                           EPHEMERAL: address, zone, capacity, free now, version
@@ -180,6 +182,30 @@ impl Layout {
     pub fn dependency(&self, name: &AppName) -> String {
         self.join(&["dependencies", name.as_str()])
     }
+    /// `dependency_grants`
+    pub fn dependency_grants(&self) -> String {
+        self.join(&["dependency_grants"])
+    }
+    /// `dependency_grants/<dependency>`: the apps a dependency is granted to.
+    pub fn dependency_grants_of(&self, dependency: &AppName) -> String {
+        self.join(&["dependency_grants", dependency.as_str()])
+    }
+    /// `dependency_grants/<dependency>/<app>`: one grant (written by the dependency's owner team).
+    pub fn dependency_grant(&self, dependency: &AppName, app: &AppName) -> String {
+        self.join(&["dependency_grants", dependency.as_str(), app.as_str()])
+    }
+    /// `dependency_requests`
+    pub fn dependency_requests(&self) -> String {
+        self.join(&["dependency_requests"])
+    }
+    /// `dependency_requests/<dependency>`: the pending requests for a dependency.
+    pub fn dependency_requests_of(&self, dependency: &AppName) -> String {
+        self.join(&["dependency_requests", dependency.as_str()])
+    }
+    /// `dependency_requests/<dependency>/<app>`: an app's pending request.
+    pub fn dependency_request(&self, dependency: &AppName, app: &AppName) -> String {
+        self.join(&["dependency_requests", dependency.as_str(), app.as_str()])
+    }
     /// `releases/<app>`
     pub fn app_releases(&self, app: &AppName) -> String {
         self.join(&["releases", app.as_str()])
@@ -341,6 +367,14 @@ mod tests {
             "/atlantis/us-east/router/internal/pools/web/10.0.0.1:8080"
         );
         assert_eq!(l.manager_leader(), "/atlantis/us-east/managers/leader");
+        assert_eq!(
+            l.dependency_grant(&"b-db".parse().unwrap(), &app),
+            "/atlantis/us-east/dependency_grants/b-db/hello"
+        );
+        assert_eq!(
+            l.dependency_request(&"b-db".parse().unwrap(), &app),
+            "/atlantis/us-east/dependency_requests/b-db/hello"
+        );
         assert_eq!(l.lock("hello:prod"), "/atlantis/us-east/locks/hello:prod");
     }
 

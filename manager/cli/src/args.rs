@@ -307,6 +307,48 @@ pub enum Command {
         name: AppName,
     },
 
+    /// Ask a dependency's owning team to grant it to an app (needed before the app declares it).
+    #[command(
+        after_help = "Example:\n  atlantis request-dependency b-db --app web --reason 'orders read the B database'"
+    )]
+    RequestDependency {
+        /// Dependency name.
+        dependency: AppName,
+        /// The app that needs it.
+        #[arg(long)]
+        app: AppName,
+        /// Why (shown to the owning team).
+        #[arg(long, default_value = "")]
+        reason: String,
+    },
+    /// Pending dependency requests: those asked of your teams and those your apps made.
+    #[command(after_help = "Example:\n  atlantis dependency-requests")]
+    DependencyRequests,
+    /// Grant a dependency your team owns to an app (superusers: any dependency).
+    #[command(after_help = "Example:\n  atlantis grant-dependency b-db --app web")]
+    GrantDependency {
+        /// Dependency name.
+        dependency: AppName,
+        /// The app granted it.
+        #[arg(long)]
+        app: AppName,
+    },
+    /// Take a grant back: the app's running containers are replaced without the dependency.
+    #[command(after_help = "Example:\n  atlantis revoke-dependency b-db --app web")]
+    RevokeDependency {
+        /// Dependency name.
+        dependency: AppName,
+        /// The app that loses it.
+        #[arg(long)]
+        app: AppName,
+    },
+    /// The apps a dependency is granted to.
+    #[command(after_help = "Example:\n  atlantis dependency-grants b-db")]
+    DependencyGrants {
+        /// Dependency name.
+        dependency: AppName,
+    },
+
     /// Deploy a commit of an app to an environment (a task; follows it by default).
     #[command(
         after_help = "Examples:\n  atlantis deploy hello 1a2b3c4 prod\n  atlantis deploy hello 1a2b3c4 prod --instances 3 -R us-east -R eu-west\n  atlantis deploy hello 1a2b3c4 prod --no-wait --json | jq -r .task_id"

@@ -34,23 +34,13 @@ pub async fn list(State(ctx): State<Ctx>) -> Result<Json<Vec<AppRecord>>, ApiErr
     Ok(Json(out))
 }
 
-async fn check_deps(ctx: &Ctx, spec: &AppSpec) -> Result<(), ApiError> {
-    for d in &spec.dependencies {
-        if crate::api::deps::load(ctx, d).await?.is_some() {
-            continue;
-        }
-        let internal = ctx
-            .coord
-            .get::<AppRecord>(&ctx.coord.layout().app(d))
-            .await?
-            .is_some_and(|a| a.value.spec.internal);
-        if !internal {
-            return Err(ApiError::NotFound(format!(
-                "dependency {d} is neither registered nor an internal app"
-            )));
-        }
+/// Every dependency exists (a registered one or an internal app) and is granted to the app
+/// (403 `dependency_not_granted` otherwise, see `crate::grants`).
+async fn check_deps(ctx: &Ctx, rec: &AppRecord) -> Result<(), ApiError> {
+    for d in &rec.spec.dependencies {
+        crate::grants::owner(ctx, d).await?;
     }
-    Ok(())
+    crate::grants::check_declared(ctx, rec).await
 }
 
 /// `POST /v1/apps`: registers an app (409 if it exists).
@@ -60,12 +50,12 @@ pub async fn create(
     JsonBody(spec): JsonBody<AppSpec>,
 ) -> Result<impl IntoResponse, ApiError> {
     spec.validate()?;
-    check_deps(&ctx, &spec).await?;
     let rec = AppRecord {
         version: 1,
         spec,
         created_ms: now_ms(),
     };
+    check_deps(&ctx, &rec).await?;
     match ctx
         .coord
         .create(&ctx.coord.layout().app(&rec.spec.name), &rec)
@@ -104,13 +94,13 @@ pub async fn update(
         )));
     }
     spec.validate()?;
-    check_deps(&ctx, &spec).await?;
     let cur = ctx.app(&app).await?;
     let rec = AppRecord {
         version: 1,
         spec,
         created_ms: cur.value.created_ms,
     };
+    check_deps(&ctx, &rec).await?;
     ctx.coord
         .set(&ctx.coord.layout().app(&app), &rec, Some(cur.version))
         .await
@@ -123,14 +113,16 @@ pub async fn update(
     Ok(Json(rec))
 }
 
-/// `DELETE /v1/apps/{app}`: refused while anything of it is deployed.
+/// `DELETE /v1/apps/{app}`: refused while anything of it is deployed. Its team grants, dependency
+/// grants and pending requests (as depender and, for an internal app, as dependency) go with it, so a
+/// new app of the same name inherits none.
 #[utoipa::path(delete, path = "/v1/apps/{app}", tag = "apps", params(("app" = String, Path)), responses((status = 204, description = "Unregistered"), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn delete(
     State(ctx): State<Ctx>,
     Path(app): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     let app: AppName = name(&app)?;
-    ctx.app(&app).await?;
+    let cur = ctx.app(&app).await?;
     let envs = state::app_envs(&ctx.coord, &app).await?;
     if !envs.is_empty() {
         return Err(ApiError::InUse(format!(
@@ -141,10 +133,12 @@ pub async fn delete(
                 .join(", ")
         )));
     }
-    ctx.coord
-        .delete(&ctx.coord.layout().app(&app), None)
-        .await?;
+    let teams = crate::auth::store::Store::new(ctx.history.pool().clone());
+    teams.forget_app(app.as_str()).await?;
+    crate::grants::purge_app(&ctx, &app, cur.version).await?;
     crate::routing::release_stable_ports(&ctx.coord, &app).await?;
+    // Again after the app is gone: a team grant written meanwhile does not survive it.
+    teams.forget_app(app.as_str()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

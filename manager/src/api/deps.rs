@@ -1,16 +1,18 @@
 //! Dependencies: named secret data plus reachable endpoints. The data is sealed with the operator's key
-//! before it reaches ZooKeeper, and the API never returns its values (only the variable names).
+//! before it reaches ZooKeeper, and the API never returns its values (only the variable names, and
+//! those and the endpoints only to its owning team, the teams of apps granted it, and superusers).
 
 use atlantis_common::AppName;
 use atlantis_common::TeamName;
 use atlantis_common::api::manager::ErrorBody;
 use atlantis_common::api::manager::{DependencySpec, DependencyView, Endpoint};
-use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
+use axum::{Extension, Json};
 use serde::{Deserialize, Serialize};
 
 use super::{JsonBody, name};
+use crate::auth::{Auth, Principal};
 use crate::engine::Ctx;
 use crate::error::ApiError;
 
@@ -59,12 +61,37 @@ fn view(n: AppName, rec: DependencyRecord) -> DependencyView {
         team: rec.team,
         data_keys: rec.data_keys,
         endpoints: rec.endpoints,
+        restricted: false,
     }
+}
+
+/// The view `p` may have: its name and owner only unless `p` may see it
+/// ([`super::grants::may_see`]).
+async fn view_for(
+    auth: &Auth,
+    p: &Principal,
+    n: AppName,
+    rec: DependencyRecord,
+) -> Result<DependencyView, ApiError> {
+    if super::grants::may_see(auth, p, &n).await? {
+        return Ok(view(n, rec));
+    }
+    Ok(DependencyView {
+        name: n,
+        team: rec.team,
+        data_keys: Vec::new(),
+        endpoints: Vec::new(),
+        restricted: true,
+    })
 }
 
 /// `GET /v1/dependencies`
 #[utoipa::path(get, path = "/v1/dependencies", tag = "dependencies", responses((status = 200, description = "Dependencies (variable names only)", body = [DependencyView]), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
-pub async fn list(State(ctx): State<Ctx>) -> Result<Json<Vec<DependencyView>>, ApiError> {
+pub async fn list(
+    State(ctx): State<Ctx>,
+    Extension(auth): Extension<Auth>,
+    Extension(p): Extension<Principal>,
+) -> Result<Json<Vec<DependencyView>>, ApiError> {
     let mut out = Vec::new();
     for d in ctx
         .coord
@@ -75,7 +102,7 @@ pub async fn list(State(ctx): State<Ctx>) -> Result<Json<Vec<DependencyView>>, A
             continue;
         };
         if let Some(r) = load(&ctx, &n).await? {
-            out.push(view(n, r));
+            out.push(view_for(&auth, &p, n, r).await?);
         }
     }
     Ok(Json(out))
@@ -85,13 +112,15 @@ pub async fn list(State(ctx): State<Ctx>) -> Result<Json<Vec<DependencyView>>, A
 #[utoipa::path(get, path = "/v1/dependencies/{name}", tag = "dependencies", params(("name" = String, Path)), responses((status = 200, description = "The dependency (variable names only)", body = DependencyView), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
 pub async fn get_one(
     State(ctx): State<Ctx>,
+    Extension(auth): Extension<Auth>,
+    Extension(p): Extension<Principal>,
     Path(n): Path<String>,
 ) -> Result<Json<DependencyView>, ApiError> {
     let n: AppName = name(&n)?;
     let r = load(&ctx, &n)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no dependency {n}")))?;
-    Ok(Json(view(n, r)))
+    Ok(Json(view_for(&auth, &p, n, r).await?))
 }
 
 /// `PUT /v1/dependencies/{name}`: creates or replaces it (takes effect at the users' next deploy).
@@ -131,8 +160,14 @@ pub async fn delete(State(ctx): State<Ctx>, Path(n): Path<String>) -> Result<Sta
             a.spec.name
         )));
     }
+    let l = ctx.coord.layout();
+    ctx.coord.delete(&l.dependency(&n), None).await?;
+    // Its grants and requests go with it: a new dependency of the same name inherits none.
     ctx.coord
-        .delete(&ctx.coord.layout().dependency(&n), None)
+        .delete_recursive(&l.dependency_grants_of(&n))
+        .await?;
+    ctx.coord
+        .delete_recursive(&l.dependency_requests_of(&n))
         .await?;
     Ok(StatusCode::NO_CONTENT)
 }

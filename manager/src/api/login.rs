@@ -136,10 +136,11 @@ pub async fn login(State(auth): State<Auth>, req: Request) -> Response {
         _ => "failed",
     }
     .into();
-    if let Err(e) = auth.store().audit(rec).await {
-        tracing::error!(error = %e, "Audit entry not recorded.");
+    // No token leaves without its audit entry.
+    match auth.store().audit(rec).await {
+        Ok(()) => resp,
+        Err(e) => crate::auth::middleware::audit_failed(&e),
     }
-    resp
 }
 
 /// Who the token says the caller is.
@@ -305,13 +306,73 @@ fn registry_caller(
 /// Basic credentials whose password is an Atlantis token (or the cluster token, for supervisors' pulls);
 /// the token grants the asked actions that the caller is allowed, possibly none.
 #[utoipa::path(get, path = "/v1/registry/token", tag = "auth", params(("service" = Option<String>, Query), ("scope" = Option<String>, Query)), responses((status = 200, description = "A registry token", body = RegistryToken), (status = "default", description = "Error: {code, message}", body = ErrorBody)))]
-pub async fn registry_token(
-    State(auth): State<Auth>,
-    headers: axum::http::HeaderMap,
-    axum::extract::Query(q): axum::extract::Query<Vec<(String, String)>>,
-) -> Result<Json<RegistryToken>, ApiError> {
+pub async fn registry_token(State(auth): State<Auth>, req: Request) -> Response {
+    let (parts, _) = req.into_parts();
+    let q: Vec<(String, String)> = axum::extract::Query::try_from_uri(&parts.uri)
+        .map(|q| q.0)
+        .unwrap_or_default();
+    let asked: Vec<&str> = q
+        .iter()
+        .filter(|(k, _)| k == "scope")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    let mut rec = AuditEntry {
+        at_ms: now_ms() as i64,
+        user: "-".into(),
+        action: "GET /v1/registry/token".into(),
+        target: "/v1/registry/token".into(),
+        source: source(&parts.extensions),
+        ..AuditEntry::default()
+    };
+    let result = issue_registry_token(&auth, &parts.headers, &q, &mut rec.user).await;
+    let granted = match &result {
+        Ok((_, access)) => access
+            .iter()
+            .map(|g| format!("repository:{}:{}", g.name, g.actions.join(",")))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Err(_) => String::new(),
+    };
+    let resp = match result {
+        Ok((t, _)) => Json(t).into_response(),
+        Err(e) => e.into_response(),
+    };
+    rec.status = resp.status().as_u16();
+    rec.result = match rec.status {
+        200 => "ok",
+        400 | 401 | 403 => "denied",
+        _ => "failed",
+    }
+    .into();
+    let mut detail = format!("asked: {}; granted: {granted}", asked.join(" "));
+    if detail.len() > 2000 {
+        let mut cut = 2000;
+        while !detail.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        detail.truncate(cut);
+    }
+    rec.detail = detail;
+    // The token is handed out only once its issue is in the audit log.
+    match auth.store().audit(rec).await {
+        Ok(()) => resp,
+        Err(e) => crate::auth::middleware::audit_failed(&e),
+    }
+}
+
+/// Decides and signs; sets `user` to the caller once known.
+async fn issue_registry_token(
+    auth: &Auth,
+    headers: &axum::http::HeaderMap,
+    q: &[(String, String)],
+    user: &mut String,
+) -> Result<(RegistryToken, Vec<crate::auth::registry::Grant>), ApiError> {
     use crate::auth::registry::{Grant, parse_scope};
-    let caller = registry_caller(&auth, &headers)?;
+    let caller = registry_caller(auth, headers)?;
+    *user = match &caller {
+        RegistryCaller::Supervisor => "supervisor".to_owned(),
+        RegistryCaller::Api(p) => p.user.clone(),
+    };
     let signer = auth.registry().ok_or_else(|| {
         ApiError::NotFound("registry token authentication is not configured".into())
     })?;
@@ -358,9 +419,12 @@ pub async fn registry_token(
         RegistryCaller::Api(p) => p.user.clone(),
     };
     let (token, expires_in) = signer.sign(&sub, &access);
-    Ok(Json(RegistryToken {
-        access_token: token.clone(),
-        token,
-        expires_in,
-    }))
+    Ok((
+        RegistryToken {
+            access_token: token.clone(),
+            token,
+            expires_in,
+        },
+        access,
+    ))
 }

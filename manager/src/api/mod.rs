@@ -7,6 +7,7 @@ pub mod build_token;
 pub mod cluster;
 pub mod deps;
 pub mod exec;
+pub mod grants;
 pub mod login;
 pub mod openapi;
 pub mod router_config;

@@ -5,7 +5,9 @@
 use axum::Json;
 use utoipa::OpenApi as _;
 
-use super::{apps, audit, build_token, cluster, deps, exec, login, router_config, tasks, teams};
+use super::{
+    apps, audit, build_token, cluster, deps, exec, grants, login, router_config, tasks, teams,
+};
 
 /// The document.
 #[derive(utoipa::OpenApi)]
@@ -35,6 +37,12 @@ use super::{apps, audit, build_token, cluster, deps, exec, login, router_config,
         deps::get_one,
         deps::put,
         deps::delete,
+        grants::request,
+        grants::drop_request,
+        grants::list_requests,
+        grants::list_grants,
+        grants::grant,
+        grants::revoke,
         tasks::list,
         tasks::get_one,
         tasks::stream,

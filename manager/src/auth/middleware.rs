@@ -120,6 +120,13 @@ pub async fn check(State(auth): State<Auth>, req: Request, next: Next) -> Respon
         let cmd = j.get("argv").unwrap_or(j).to_string();
         rec.detail = truncate(format!("command: {cmd}"));
     }
+    if let Some(dep) = params.get("name")
+        && template
+            .as_deref()
+            .is_some_and(|t| t.starts_with("/v1/dependencies/"))
+    {
+        rec.detail = truncate(format!("dependency: {dep}"));
+    }
     let need = policy::classify(&method, template.as_deref(), &params);
     match authorize(
         &auth,
@@ -136,16 +143,60 @@ pub async fn check(State(auth): State<Auth>, req: Request, next: Next) -> Respon
         Ok(None) => {}
         Err(e) => return finish(&auth, audited.then_some(rec), e.into_response()).await,
     }
+    // The entry is written before the call runs: a call that cannot be audited is not carried out.
+    let begun = if audited {
+        match auth.store().audit_begin(rec.clone()).await {
+            Ok(id) => Some(id),
+            Err(e) => return audit_failed(&e),
+        }
+    } else {
+        None
+    };
     parts.extensions.insert(principal);
+    parts.extensions.insert(auth.clone());
     let resp = next.run(Request::from_parts(parts, body)).await;
-    finish(&auth, audited.then_some(rec), resp).await
+    match begun {
+        Some(id) => complete(&auth, &id, rec, resp).await,
+        None => resp,
+    }
 }
 
-/// Records the audit entry (when there is one) with the response's status and error code.
+/// 503 `audit_unavailable`: the audit log refused a write, so the call was not carried out.
+pub fn audit_failed(e: &crate::history::HistoryError) -> Response {
+    tracing::error!(error = %e, "Audit entry not recorded: call refused.");
+    ApiError::AuditUnavailable(format!(
+        "the audit log cannot be written ({e}); nothing was done, try again later"
+    ))
+    .into_response()
+}
+
+/// Records the entry of a call refused before it ran (when there is one); 503 when that fails.
 async fn finish(auth: &Auth, rec: Option<AuditEntry>, resp: Response) -> Response {
-    let Some(mut rec) = rec else {
+    let Some(rec) = rec else {
         return resp;
     };
+    let (rec, resp) = outcome(rec, resp).await;
+    match auth.store().audit(rec).await {
+        Ok(()) => resp,
+        Err(e) => audit_failed(&e),
+    }
+}
+
+/// Completes the entry `id` of a call that ran. The call is done by now: a failure is logged.
+async fn complete(auth: &Auth, id: &str, rec: AuditEntry, resp: Response) -> Response {
+    let (rec, resp) = outcome(rec, resp).await;
+    if let Err(e) = auth
+        .store()
+        .audit_end(id, &rec.result, rec.status, &rec.detail)
+        .await
+    {
+        tracing::error!(error = %e, audit = id, status = rec.status, "Audit entry not completed (it says started).");
+    }
+    resp
+}
+
+/// The entry with the response's status, result and error code.
+async fn outcome(mut rec: AuditEntry, resp: Response) -> (AuditEntry, Response) {
     let status = resp.status();
     rec.status = status.as_u16();
     rec.result = match status.as_u16() {
@@ -169,10 +220,7 @@ async fn finish(auth: &Auth, rec: Option<AuditEntry>, resp: Response) -> Respons
     } else {
         resp
     };
-    if let Err(e) = auth.store().audit(rec).await {
-        tracing::error!(error = %e, "Audit entry not recorded.");
-    }
-    resp
+    (rec, resp)
 }
 
 /// Decides; returns the app the call concerns when it was looked up (tasks, containers).
@@ -246,6 +294,15 @@ async fn authorize(
             }
             app
         }
+        Need::DependencyOwner(dep) => {
+            return owner_decides(auth, p, &dep).await;
+        }
+        Need::DependencyParty { dependency, app } => {
+            if owner_decides(auth, p, &dependency).await.is_ok() {
+                return Ok(None);
+            }
+            app
+        }
         Need::Task(id) => {
             let app = match auth.ctx.tasks.get(&id).await {
                 Some(t) => Some(t.app),
@@ -272,5 +329,29 @@ async fn authorize(
         Ok(Some(app))
     } else {
         forbid(format!("{} may not act on app {app}", p.user))
+    }
+}
+
+/// Passes a member of `dep`'s owning team or a superuser (sessions only); 404 for an unknown dependency.
+async fn owner_decides(auth: &Auth, p: &Principal, dep: &str) -> Result<Option<String>, ApiError> {
+    if p.is_ci() {
+        return Err(ApiError::Forbidden(
+            "CI tokens cannot decide about dependencies".into(),
+        ));
+    }
+    if p.superuser {
+        return Ok(None);
+    }
+    let Ok(name) = dep.parse::<atlantis_common::AppName>() else {
+        return Ok(None); // the handler answers 400
+    };
+    match crate::grants::deciding_team(&auth.ctx, &name).await? {
+        Some(t) if p.teams.contains(&t) => Ok(None),
+        Some(t) => Err(ApiError::Forbidden(format!(
+            "only members of team {t}, which owns dependency {dep}, or a superuser may do that"
+        ))),
+        None => Err(ApiError::Forbidden(format!(
+            "dependency {dep} has no team: only superusers may do that"
+        ))),
     }
 }

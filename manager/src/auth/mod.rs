@@ -7,8 +7,8 @@
 //!   mutating call.
 //! - [`store`]: team -> app grants and the audit log in the history database.
 //!
-//! With no LDAP configured, an admin (superuser) token is generated at first start into a 0600 file,
-//! printed once on stderr, and read back afterwards.
+//! With no LDAP configured, an admin (superuser) token is generated at first start into a 0600 file
+//! (shown on stderr too only when stderr is a terminal, never logged) and read back afterwards.
 
 pub mod config;
 pub mod ldap;
@@ -241,10 +241,15 @@ fn ensure_admin_token(keys: &Keys, file: &Path, ttl_s: u64) -> Result<(), String
         .map_err(|e| format!("admin token file {}: {e}", file.display()))?;
     std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())
         .map_err(|e| format!("admin token file {}: {e}", file.display()))?;
-    // Printed once, on stderr only (never through the log, which may be shipped elsewhere).
-    eprintln!(
-        "atlantis-manager: no LDAP configured; admin token written to {} (shown once):\n{token}",
-        file.display()
-    );
+    // Shown once, and only to a person at a terminal: a service's stderr ends in its journal, so
+    // anywhere else only the file's path is said.
+    if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        eprintln!(
+            "atlantis-manager: no LDAP configured; admin token written to {} (shown once):\n{token}",
+            file.display()
+        );
+    } else {
+        tracing::info!(file = %file.display(), "No LDAP configured: admin token written (mode 0600).");
+    }
     Ok(())
 }

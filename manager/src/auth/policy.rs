@@ -32,6 +32,17 @@ pub enum Need {
     Container(String),
     /// Listing tasks: superuser, or `?app=` the caller may access.
     ListByApp,
+    /// Deciding about a dependency (grant, revoke): a member of its owning team or a superuser, never
+    /// the depender as such.
+    DependencyOwner(String),
+    /// Dropping a pending request: the dependency's owning team (declines) or the depender app's
+    /// (withdraws).
+    DependencyParty {
+        /// The dependency.
+        dependency: String,
+        /// The app that asked.
+        app: String,
+    },
 }
 
 /// Routes reachable without a token.
@@ -64,6 +75,19 @@ pub fn classify(method: &Method, template: Option<&str>, params: &HashMap<String
         "/v1/apps" if read => Need::Token,
         "/v1/apps" => Need::CreateApp,
         _ if t.starts_with("/v1/teams/") => Need::Superuser,
+        // Grants are the owner's to give: checked before the `{app}` rule below, which would let the
+        // depender's team decide.
+        "/v1/dependencies/{name}/grants/{app}" if !read => Need::DependencyOwner(p("name")),
+        "/v1/dependencies/{name}/requests/{app}" if *method == Method::DELETE => {
+            Need::DependencyParty {
+                dependency: p("name"),
+                app: p("app"),
+            }
+        }
+        "/v1/dependencies/{name}/requests/{app}" if !read => Need::App {
+            app: p("app"),
+            env: None,
+        },
         _ if t.starts_with("/v1/tasks/{id}") => Need::Task(p("id")),
         _ if t.starts_with("/v1/containers/{id}") => Need::Container(p("id")),
         _ if params.contains_key("app") => Need::App {
@@ -135,6 +159,40 @@ mod tests {
         assert_eq!(
             classify(&Method::PUT, Some("/v1/teams/{team}/apps/{app}"), &app),
             Need::Superuser
+        );
+        let grant = params(&[("name", "b-db"), ("app", "a-web")]);
+        for m in [Method::PUT, Method::DELETE, Method::POST] {
+            assert_eq!(
+                classify(&m, Some("/v1/dependencies/{name}/grants/{app}"), &grant),
+                Need::DependencyOwner("b-db".into()),
+                "{m}"
+            );
+        }
+        assert_eq!(
+            classify(
+                &Method::PUT,
+                Some("/v1/dependencies/{name}/requests/{app}"),
+                &grant
+            ),
+            Need::App {
+                app: "a-web".into(),
+                env: None
+            }
+        );
+        assert_eq!(
+            classify(
+                &Method::DELETE,
+                Some("/v1/dependencies/{name}/requests/{app}"),
+                &grant
+            ),
+            Need::DependencyParty {
+                dependency: "b-db".into(),
+                app: "a-web".into()
+            }
+        );
+        assert_eq!(
+            classify(&Method::GET, Some("/v1/dependency-requests"), &none),
+            Need::Token
         );
         let id = params(&[("id", "c1")]);
         assert_eq!(

@@ -27,7 +27,8 @@ pub struct AuditEntry {
     pub target: String,
     /// Peer address.
     pub source: String,
-    /// `ok`, `denied` (401/403) or `failed`.
+    /// `ok`, `denied` (401/403), `failed`, or `started` while the call runs (and if its end could not
+    /// be recorded).
     pub result: String,
     /// HTTP status.
     pub status: u16,
@@ -138,8 +139,24 @@ impl Store {
         Ok(false)
     }
 
+    /// Removes every team grant of `app` (the app is unregistered: a new app of the same name
+    /// inherits nothing); returns how many there were.
+    pub async fn forget_app(&self, app: &str) -> Result<u64, HistoryError> {
+        let r = sqlx::query("DELETE FROM team_apps WHERE app = $1")
+            .bind(app)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
     /// Appends an audit entry (its id and sequence are filled in here).
-    pub async fn audit(&self, mut e: AuditEntry) -> Result<(), HistoryError> {
+    pub async fn audit(&self, e: AuditEntry) -> Result<(), HistoryError> {
+        self.audit_begin(e).await.map(|_| ())
+    }
+
+    /// Appends an audit entry before the call it records is carried out (result `started` until
+    /// [`Store::audit_end`]); returns its id. A call whose entry cannot be written is not carried out.
+    pub async fn audit_begin(&self, mut e: AuditEntry) -> Result<String, HistoryError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) as i64;
         e.id = uuid::Uuid::new_v4().to_string();
         sqlx::query(
@@ -160,7 +177,29 @@ impl Store {
         .bind(&e.detail)
         .execute(&self.pool)
         .await?;
-        Ok(())
+        Ok(e.id)
+    }
+
+    /// Completes the entry `id` with the call's result, status and detail.
+    pub async fn audit_end(
+        &self,
+        id: &str,
+        result: &str,
+        status: u16,
+        detail: &str,
+    ) -> Result<(), HistoryError> {
+        let r = sqlx::query("UPDATE audit SET result = $1, status = $2, detail = $3 WHERE id = $4")
+            .bind(result)
+            .bind(i64::from(status))
+            .bind(detail)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 1 {
+            Ok(())
+        } else {
+            Err(HistoryError::Missing(format!("audit entry {id}")))
+        }
     }
 
     /// Audit entries matching `q`, newest first.

@@ -94,14 +94,28 @@ async fn releases_end_to_end() {
         !String::from_utf8_lossy(&raw).contains("s3cret"),
         "stored sealed in ZooKeeper"
     );
+    // A dependency is declared once granted (db has no team: a superuser grants it).
+    let hello = json!({"name": "hello", "repo": "git@example:hello", "dependencies": ["db"]});
+    let (s, v) = c.call(Method::POST, "/v1/apps", Some(hello.clone())).await;
+    assert_eq!(
+        (s, v["code"].as_str()),
+        (403, Some("dependency_not_granted")),
+        "{v}"
+    );
     let (s, _) = c
         .call(
             Method::POST,
             "/v1/apps",
-            Some(json!({"name": "hello", "repo": "git@example:hello", "dependencies": ["db"]})),
+            Some(json!({"name": "hello", "repo": "git@example:hello"})),
         )
         .await;
     assert_eq!(s, 201);
+    let (s, v) = c
+        .call(Method::PUT, "/v1/dependencies/db/grants/hello", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c.call(Method::PUT, "/v1/apps/hello", Some(hello)).await;
+    assert_eq!(s, 200, "{v}");
     let (s, v) = c
         .call(
             Method::PUT,
@@ -383,20 +397,29 @@ async fn releases_end_to_end() {
 /// is given its zone's internal router address and that port; teardown removes the listener.
 async fn internal_apps(c: &Cluster) {
     let l = c.coord.layout();
-    for (name, internal, deps) in [
-        ("inner", true, json!([])),
-        ("outer", false, json!(["inner"])),
-    ] {
+    for (name, internal) in [("inner", true), ("outer", false)] {
         let (s, v) = c
             .call(
                 Method::POST,
                 "/v1/apps",
-                Some(json!({"name": name, "internal": internal, "dependencies": deps})),
+                Some(json!({"name": name, "internal": internal})),
             )
             .await;
         assert_eq!(s, 201, "{v}");
         c.publish(name, SHA1).await;
     }
+    let (s, v) = c
+        .call(Method::PUT, "/v1/dependencies/inner/grants/outer", None)
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c
+        .call(
+            Method::PUT,
+            "/v1/apps/outer",
+            Some(json!({"name": "outer", "dependencies": ["inner"]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
     let t = c
         .run_task("/v1/apps/inner/envs/prod/deploy", deploy_body(SHA1))
         .await;

@@ -4,6 +4,7 @@
 
 mod api;
 mod auth;
+mod dep_grants;
 mod deploy;
 mod history;
 mod routing;

@@ -374,6 +374,15 @@ pub fn admin_token(m: &atlantis_manager::App) -> String {
 
 impl Cluster {
     pub async fn start() -> Cluster {
+        Self::start_with(None).await
+    }
+
+    /// As [`Cluster::start`]; with `ldap`, the manager logs users in against that directory and
+    /// [`Cluster::token`] is the session of the (superuser) `(user, password)` given with it.
+    #[allow(dead_code)] // not every test binary that includes this file logs in
+    pub async fn start_with(
+        ldap: Option<(atlantis_manager::auth::LdapConfig, &str, &str)>,
+    ) -> Cluster {
         atlantis_common::telemetry::init("manager-it");
         let zk_server = ZooKeeper::shared();
         let mut zk = ZkConfig::new(zk_server.connect_string(), "test".parse().unwrap());
@@ -406,6 +415,10 @@ impl Cluster {
             cert_file: ca.client.0.clone(),
             key_file: ca.client.1.clone(),
         });
+        let login = ldap.map(|(l, u, p)| {
+            cfg.auth.ldap = Some(l);
+            (u.to_owned(), p.to_owned())
+        });
         let manager = atlantis_manager::App::build(cfg)
             .await
             .expect("manager starts");
@@ -415,9 +428,23 @@ impl Cluster {
             .build()
             .unwrap();
         let router_port = atlantis_testkit::ports::free_port();
+        let token = match login {
+            None => admin_token(&manager),
+            Some((user, password)) => {
+                let r = http
+                    .post(format!("http://{}/v1/login", manager.addr))
+                    .json(&serde_json::json!({"user": user, "password": password}))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(r.status(), 200, "login {user}");
+                let v: serde_json::Value = r.json().await.unwrap();
+                v["token"].as_str().unwrap().to_owned()
+            }
+        };
         Cluster {
             base: format!("http://{}", manager.addr),
-            token: admin_token(&manager),
+            token,
             coord,
             hosts: vec![a, b],
             registry,

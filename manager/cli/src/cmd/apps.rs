@@ -214,6 +214,15 @@ pub async fn delete_env(ctx: &Ctx, env: &EnvName) -> Result<i32, CliError> {
 }
 
 fn dep_row(d: &DependencyView) -> Vec<String> {
+    if d.restricted {
+        let hidden = "(not granted to your teams)".to_owned();
+        return vec![
+            d.name.to_string(),
+            d.team.as_ref().map_or("-".into(), ToString::to_string),
+            hidden.clone(),
+            hidden,
+        ];
+    }
     vec![
         d.name.to_string(),
         d.team.as_ref().map_or("-".into(), ToString::to_string),

@@ -4,6 +4,7 @@ mod apps;
 mod auth;
 mod cluster;
 mod containers;
+mod grants;
 mod releases;
 
 use std::path::PathBuf;
@@ -181,6 +182,15 @@ async fn dispatch(ctx: &Ctx, command: Command) -> Result<i32, CliError> {
             endpoint,
         } => apps::set_dependency(ctx, &name, team, data_file, endpoint).await,
         C::DeleteDependency { name } => apps::delete_dependency(ctx, &name).await,
+        C::RequestDependency {
+            dependency,
+            app,
+            reason,
+        } => grants::request(ctx, &dependency, &app, reason).await,
+        C::DependencyRequests => grants::requests(ctx).await,
+        C::GrantDependency { dependency, app } => grants::grant(ctx, &dependency, &app).await,
+        C::RevokeDependency { dependency, app } => grants::revoke(ctx, &dependency, &app).await,
+        C::DependencyGrants { dependency } => grants::grants(ctx, &dependency).await,
         C::Deploy {
             app,
             sha,

@@ -251,6 +251,70 @@ async fn the_cli_drives_a_real_cluster() {
         "{r:?}"
     );
 
+    // --- Dependency grants: declared only once asked for and granted; a revoke takes it back.
+    atl(
+        cfg,
+        &[
+            "set-dependency",
+            "cache",
+            "--team",
+            "data",
+            "--endpoint",
+            "10.0.0.6:6379",
+        ],
+    )
+    .await
+    .ok();
+    atl(cfg, &["update-app", "hello", "--dep", "cache"])
+        .await
+        .fails(4, "atlantis request-dependency cache --app hello");
+    let r = atl(
+        cfg,
+        &[
+            "request-dependency",
+            "cache",
+            "--app",
+            "hello",
+            "--reason",
+            "sessions",
+        ],
+    )
+    .await
+    .ok();
+    assert!(r.stdout.starts_with("asked team data for cache"), "{r:?}");
+    let r = atl(cfg, &["dependency-requests"]).await.ok();
+    assert!(
+        r.stdout.starts_with("DEPENDENCY ")
+            && r.stdout.contains("hello")
+            && r.stdout.contains("sessions"),
+        "{r:?}"
+    );
+    let r = atl(cfg, &["grant-dependency", "cache", "--app", "hello"])
+        .await
+        .ok();
+    assert_eq!(r.stdout, "granted cache to app hello\n");
+    let v = atl(cfg, &["dependency-grants", "cache", "--json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(v[0]["app"], "hello");
+    let r = atl(cfg, &["dependency-requests"]).await.ok();
+    assert_eq!(r.stdout, "no pending requests\n");
+    atl(cfg, &["update-app", "hello", "--dep", "cache"])
+        .await
+        .ok();
+    let r = atl(cfg, &["revoke-dependency", "cache", "--app", "hello"])
+        .await
+        .ok();
+    assert_eq!(
+        r.stdout,
+        "revoked cache from app hello: nothing of hello runs\n"
+    );
+    atl(cfg, &["update-app", "hello", "--clear-deps"])
+        .await
+        .ok();
+    atl(cfg, &["delete-dependency", "cache"]).await.ok();
+
     // --- The router's port for the apps trie, from stdin.
     let doc = json!({"port": c.router_port, "trie": "apps"}).to_string();
     let cfg_owned = cfg.to_owned();
