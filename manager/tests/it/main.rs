@@ -6,6 +6,7 @@ mod api;
 mod auth;
 mod deploy;
 mod history;
+mod internal_deps;
 mod routing;
 mod support;
 
