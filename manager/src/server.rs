@@ -63,7 +63,7 @@ struct ManagerRecord<'a> {
 
 /// The client that reads router status listeners: it sends the routers' status token when one is
 /// configured (a file of mode 0600 or stricter).
-fn router_status_client(cfg: &Config) -> Result<reqwest::Client, StartError> {
+pub fn router_status_client(cfg: &Config) -> Result<reqwest::Client, StartError> {
     let mut b = reqwest::Client::builder().no_proxy();
     if let Some(path) = &cfg.routing.router_status_token_file {
         use std::os::unix::fs::PermissionsExt as _;
