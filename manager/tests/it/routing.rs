@@ -203,9 +203,7 @@ async fn router_status_is_read_with_the_status_token() {
     assert_eq!(r.status(), 401);
     // A token file others can read is refused.
     std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let e = atlantis_manager::server::router_status_client(&cfg)
-        .err()
-        .expect("refused");
+    let e = atlantis_manager::server::router_status_client(&cfg).expect_err("refused");
     assert!(
         e.to_string()
             .contains("readable or writable by group or others"),
