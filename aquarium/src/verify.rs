@@ -89,6 +89,36 @@ pub async fn verify(data: &DataDir, app: &str) -> anyhow::Result<()> {
         }),
     );
 
+    // Internal routers register where their zone's containers reach them (the root end of the zone's
+    // veth): the address the manager hands to apps as `ATLANTIS_DEP_<APP>`, never loopback.
+    let routers = mgr.call(Method::GET, "/v1/routers", None).await;
+    for z in &plan.zones {
+        let want = z.host_ip.to_string();
+        let r = match &routers {
+            Ok((200, v)) => v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|r| r["kind"] == "internal" && r["zone"] == z.zone.as_str())
+                .map_or(
+                    Err("not registered".to_owned()),
+                    |r| match r["record"]["address"].as_str() {
+                        Some(a) if a == want => Ok(format!("address {a}")),
+                        other => Err(format!("address {other:?}, want {want}")),
+                    },
+                ),
+            Ok((s, v)) => Err(format!("/v1/routers answered {s}: {v}")),
+            Err(e) => Err(e.to_string()),
+        };
+        rep.check(
+            &format!(
+                "router-internal-{} reachable from {}'s containers",
+                z.key, z.zone
+            ),
+            r,
+        );
+    }
+
     // The app answers through every zone's external router.
     for (i, z) in plan.zones.iter().enumerate() {
         let r = match sample::get_through_router(&http, &plan, i, app, "/").await {

@@ -157,6 +157,9 @@ pub struct RoutingConfig {
     pub internal_port_min: u16,
     /// Highest stable port.
     pub internal_port_max: u16,
+    /// The routers' status token (their `status_token_file`), sent to every router status listener
+    /// read after a switch. Needed when routers bind their status listener off loopback.
+    pub router_status_token_file: Option<PathBuf>,
 }
 
 impl Default for RoutingConfig {
@@ -167,6 +170,7 @@ impl Default for RoutingConfig {
             domain: "apps.localhost".into(),
             internal_port_min: 49152,
             internal_port_max: 65535,
+            router_status_token_file: None,
         }
     }
 }

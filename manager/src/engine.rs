@@ -211,15 +211,19 @@ impl Ctx {
                 .map(|s| s.zone)
                 .collect();
             for zone in zones {
-                let address = routers
-                    .iter()
-                    .filter(|r| r.zone == zone.as_str())
-                    .find_map(router_address)
-                    .ok_or_else(|| {
-                        ApiError::NotFound(format!(
-                            "no internal router registered in zone {zone} for dependency {name}"
-                        ))
-                    })?;
+                let here: Vec<_> = routers.iter().filter(|r| r.zone == zone.as_str()).collect();
+                let address = here.iter().find_map(|r| router_address(r)).ok_or_else(|| {
+                    ApiError::NotFound(if here.is_empty() {
+                        format!("no internal router registered in zone {zone} for dependency {name}")
+                    } else {
+                        format!(
+                            "no internal router of zone {zone} registered an address containers can \
+                             reach ({} registered without one: set listen_ip to a specific IPv4 \
+                             address or advertise_ip in their config) for dependency {name}",
+                            here.iter().map(|r| r.host.as_str()).collect::<Vec<_>>().join(", ")
+                        )
+                    })
+                })?;
                 d.by_zone.entry(zone).or_default().push(Dependency {
                     name: name.to_string(),
                     address,
@@ -1281,15 +1285,12 @@ fn new_backends(
     Ok(out)
 }
 
-/// The address a router registration offers to containers: its `address` field, or the IP of its
-/// `status_addr`.
+/// The address a router registration offers to containers: its `address` field (where its routed
+/// ports are reachable, registered by the router from `advertise_ip` or `listen_ip`), when it is a
+/// specific IPv4 address that is not loopback. Never the status address: the status listener is on
+/// loopback by default, which inside a container is the container itself.
 fn router_address(r: &atlantis_common::api::manager::RouterView) -> Option<std::net::Ipv4Addr> {
-    if let Some(a) = r.record.get("address").and_then(|v| v.as_str()) {
-        return a.parse().ok();
-    }
-    let s: std::net::SocketAddr = r.record.get("status_addr")?.as_str()?.parse().ok()?;
-    match s.ip() {
-        std::net::IpAddr::V4(ip) if !ip.is_unspecified() => Some(ip),
-        _ => None,
-    }
+    let ip: std::net::Ipv4Addr = r.record.get("address")?.as_str()?.parse().ok()?;
+    (!(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast()))
+        .then_some(ip)
 }

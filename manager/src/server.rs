@@ -61,6 +61,35 @@ struct ManagerRecord<'a> {
     software: &'a str,
 }
 
+/// The client that reads router status listeners: it sends the routers' status token when one is
+/// configured (a file of mode 0600 or stricter).
+pub fn router_status_client(cfg: &Config) -> Result<reqwest::Client, StartError> {
+    let mut b = reqwest::Client::builder().no_proxy();
+    if let Some(path) = &cfg.routing.router_status_token_file {
+        use std::os::unix::fs::PermissionsExt as _;
+        let bad = |e: String| {
+            StartError::Setup(format!(
+                "routing.router_status_token_file {}: {e}",
+                path.display()
+            ))
+        };
+        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
+        if meta.permissions().mode() & 0o077 != 0 {
+            return Err(bad(
+                "readable or writable by group or others: chmod 600 it".into()
+            ));
+        }
+        let token = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {}", token.trim()))
+            .map_err(|_| bad("not a valid token".into()))?;
+        value.set_sensitive(true);
+        let mut headers = reqwest::header::HeaderMap::new();
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+        b = b.default_headers(headers);
+    }
+    b.build().map_err(|e| StartError::Setup(e.to_string()))
+}
+
 /// A running manager.
 pub struct App {
     /// The bound API address.
@@ -143,10 +172,7 @@ impl App {
             metrics: Metrics::new("atlantis_manager"),
             host: cfg.host.to_string(),
         };
-        let http = reqwest::Client::builder()
-            .no_proxy()
-            .build()
-            .map_err(|e| StartError::Setup(e.to_string()))?;
+        let http = router_status_client(&cfg)?;
         let ctx = Ctx {
             coord: coord.clone(),
             tasks: Tasks::new(coord.clone(), history.clone(), cfg.host.as_str()),

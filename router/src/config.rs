@@ -5,7 +5,7 @@
 //! that protect the router from slow or oversized clients.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use atlantis_common::zk::{RouterKind, ZkConfig};
 use serde::Deserialize;
@@ -14,12 +14,21 @@ use serde::Deserialize;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
-    /// Status listener (`/healthz`, `/statusz.json`, `/metrics`, `/trace`).
+    /// Status listener (`/healthz`, `/statusz.json`, `/metrics`, `/trace`); default `127.0.0.1:8080`.
     #[serde(default = "default_status_addr")]
     pub status_addr: SocketAddr,
+    /// File holding the bearer token every status path but `/healthz` requires (mode 0600 or
+    /// stricter). Required when `status_addr` is not a loopback address.
+    #[serde(default)]
+    pub status_token_file: Option<PathBuf>,
     /// Address the routed ports bind on.
     #[serde(default = "default_listen_ip")]
     pub listen_ip: IpAddr,
+    /// The IPv4 address registered as where this router's routed ports are reachable (what the
+    /// manager hands to containers as `ATLANTIS_DEP_<APP>` for internal apps). Default: `listen_ip`
+    /// when it is a specific IPv4 address. Internal routers need one.
+    #[serde(default)]
+    pub advertise_ip: Option<Ipv4Addr>,
     /// Which fleet this router belongs to: `internal` or `external`.
     #[serde(default = "default_kind")]
     pub kind: String,
@@ -124,7 +133,7 @@ pub struct CertConfig {
 }
 
 fn default_status_addr() -> SocketAddr {
-    SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 8080)
+    SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080)
 }
 fn default_listen_ip() -> IpAddr {
     IpAddr::V4(Ipv4Addr::UNSPECIFIED)
@@ -145,6 +154,37 @@ fn default_reload_ms() -> u64 {
     5_000
 }
 
+fn usable_advertise(ip: Ipv4Addr) -> bool {
+    !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast())
+}
+
+fn read_token(path: &Path) -> Result<String, ConfigError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bad = |e: std::io::Error| {
+        ConfigError::Invalid(format!("status_token_file {}: {e}", path.display()))
+    };
+    let meta = std::fs::metadata(path).map_err(bad)?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(ConfigError::Invalid(format!(
+            "status_token_file {} is readable or writable by group or others (mode {:o}): \
+             chmod 600 it",
+            path.display(),
+            meta.permissions().mode() & 0o777
+        )));
+    }
+    let token = std::fs::read_to_string(path)
+        .map_err(bad)?
+        .trim()
+        .to_owned();
+    if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(ConfigError::Invalid(format!(
+            "status_token_file {} must hold one token of at least 16 characters, without spaces",
+            path.display()
+        )));
+    }
+    Ok(token)
+}
+
 /// Why a configuration was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -158,7 +198,9 @@ impl Config {
     pub fn for_tests() -> Config {
         Config {
             status_addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            status_token_file: None,
             listen_ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+            advertise_ip: None,
             kind: default_kind(),
             zone: default_zone(),
             host: Some("test-router".into()),
@@ -219,7 +261,66 @@ impl Config {
                 )));
             }
         }
+        if !self.status_addr.ip().is_loopback() && self.status_token_file.is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "status_addr {} is not a loopback address, so its pages (backends, rules, metrics) \
+                 need a token: set status_token_file to a file of mode 0600 holding it, or bind \
+                 status_addr to 127.0.0.1",
+                self.status_addr
+            )));
+        }
+        if let Some(ip) = self.advertise_ip
+            && !usable_advertise(ip)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "advertise_ip {ip} is not an address other hosts or containers can reach \
+                 (unspecified, loopback, multicast or broadcast)"
+            )));
+        }
+        if self.router_kind()? == RouterKind::Internal && self.advertised_ip().is_none() {
+            return Err(ConfigError::Invalid(format!(
+                "an internal router registers the address where the zone's containers reach it, and \
+                 listen_ip {} is not one: set listen_ip to that IPv4 address of this host, or set \
+                 advertise_ip",
+                self.listen_ip
+            )));
+        }
         Ok(())
+    }
+
+    /// The address this router registers as where its routed ports are reachable: `advertise_ip`,
+    /// else `listen_ip` when it is a specific, non-loopback IPv4 address.
+    pub fn advertised_ip(&self) -> Option<Ipv4Addr> {
+        if let Some(ip) = self.advertise_ip {
+            return usable_advertise(ip).then_some(ip);
+        }
+        match self.listen_ip {
+            IpAddr::V4(ip) if usable_advertise(ip) => Some(ip),
+            _ => None,
+        }
+    }
+
+    /// The registration document (`routers/<kind>/<zone>/<host>`): host, zone, the status address
+    /// and, when there is one, the `address` containers and clients reach the routed ports on.
+    pub fn registration(&self, host: &str, zone: &str, status: SocketAddr) -> serde_json::Value {
+        let mut r = serde_json::json!({
+            "version": 1, "host": host, "zone": zone, "status_addr": status.to_string(),
+            "status_token": self.status_token_file.is_some(),
+            "router_version": env!("CARGO_PKG_VERSION"),
+        });
+        if let Some(ip) = self.advertised_ip() {
+            r["address"] = serde_json::Value::String(ip.to_string());
+        }
+        r
+    }
+
+    /// Reads and checks the status token: the file must not be readable by group or others, and
+    /// the token is at least 16 bytes once trimmed. `None` when no file is configured.
+    pub fn status_token(&self) -> Result<Option<String>, ConfigError> {
+        let Some(path) = &self.status_token_file else {
+            return Ok(None);
+        };
+        read_token(path).map(Some)
     }
 
     /// The fleet kind.

@@ -75,6 +75,7 @@ pub struct App {
     shared: Arc<Shared>,
     source: Arc<dyn RouteSource>,
     tls: Option<Arc<tls::Tls>>,
+    status_token: Option<[u8; 32]>,
     generation: watch::Sender<u64>,
 }
 
@@ -118,6 +119,7 @@ impl App {
     /// Checks the config, loads certificates and binds the status listener.
     pub async fn build(cfg: Config, source: Arc<dyn RouteSource>) -> Result<App, RouterError> {
         cfg.validate()?;
+        let status_token = cfg.status_token()?.as_deref().map(status::token_digest);
         let tls = tls::Tls::load(&cfg.tls)?.map(Arc::new);
         let status_listener =
             status::bind(cfg.status_addr)
@@ -152,6 +154,7 @@ impl App {
             shared,
             source,
             tls,
+            status_token,
             generation,
         })
     }
@@ -180,6 +183,7 @@ impl App {
             shared,
             source,
             tls,
+            status_token,
             generation,
             ..
         } = self;
@@ -210,6 +214,7 @@ impl App {
         let status_state = Arc::new(status::StatusState {
             shared: shared.clone(),
             failed: listeners.failed.clone(),
+            token: status_token,
         });
         tokio::spawn(status::serve(
             status_listener,

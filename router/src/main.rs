@@ -47,10 +47,7 @@ async fn run(cfg: Config) -> anyhow::Result<()> {
     let zone: ZoneName = cfg.zone.parse()?;
     let host: HostName = cfg.host_name().parse().context("router host name")?;
     let shutdown = atlantis_common::shutdown::on_signal();
-    let registration = serde_json::json!({
-        "version": 1, "host": host.as_str(), "zone": zone.as_str(), "status_addr": cfg.status_addr.to_string(),
-        "router_version": env!("CARGO_PKG_VERSION"),
-    });
+    let registration = cfg.registration(host.as_str(), zone.as_str(), cfg.status_addr);
     let source = Arc::new(ZkSource::new(zk, kind, zone, host, registration));
     let app = atlantis_router::App::build(cfg, source).await?;
     tracing::info!(status = %app.status_addr(), "Router started.");

@@ -7,6 +7,10 @@
 //!   and served counts, and the time left in its slow start. `/statusz` is the same as text.
 //! - `/metrics`: Prometheus text.
 //! - `/trace?port=P&host=H&path=/p&query=q&header=Name:value`: how that request walks the rules.
+//!
+//! With a status token (`status_token_file`, required when the listener is not on loopback) every path
+//! but `/healthz` needs `Authorization: Bearer <token>`, else 401: the pages name backends, rules and
+//! traffic, which a client of the routed ports must not learn.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -32,6 +36,28 @@ pub struct StatusState {
     pub shared: Arc<Shared>,
     /// Ports that could not be opened.
     pub failed: Arc<parking_lot::Mutex<std::collections::BTreeMap<u16, String>>>,
+    /// SHA-256 of the status token, when one is required.
+    pub token: Option<[u8; 32]>,
+}
+
+/// The digest [`StatusState::token`] holds.
+pub fn token_digest(token: &str) -> [u8; 32] {
+    use sha2::Digest as _;
+    sha2::Sha256::digest(token.as_bytes()).into()
+}
+
+/// Whether the request carries the token. Digests of equal length are compared without an early
+/// exit, so the time taken says nothing about how much of a guess was right.
+fn authorized(want: &[u8; 32], headers: &HeaderMap) -> bool {
+    let Some(given) = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    let got = token_digest(given.trim());
+    got.iter().zip(want).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// Serves the status listener until `shutdown`.
@@ -69,6 +95,21 @@ fn handle(state: &StatusState, req: Request<Incoming>) -> Response<Full<Bytes>> 
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
     }
     let shared = &state.shared;
+    if req.uri().path() != "/healthz"
+        && let Some(want) = &state.token
+        && !authorized(want, req.headers())
+    {
+        let mut r = reply(
+            StatusCode::UNAUTHORIZED,
+            "text/plain",
+            "this status page needs Authorization: Bearer <status token>\n",
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer"),
+        );
+        return r;
+    }
     match req.uri().path() {
         "/healthz" => {
             let ok = shared.connected.load(Relaxed);

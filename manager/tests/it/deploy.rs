@@ -391,6 +391,7 @@ async fn releases_end_to_end() {
     assert_eq!(s, 204);
 
     internal_apps(&c).await;
+    crate::internal_deps::internal_dependencies(&c).await;
 }
 
 /// An internal app gets a stable port on the internal routers of every zone; an app that depends on it
@@ -435,7 +436,13 @@ async fn internal_apps(c: &Cluster) {
     let port = ports["ports"]["inner.prod"]
         .as_u64()
         .expect("a stable port") as u16;
-    for ip in ["127.0.0.1", "127.0.0.2"] {
+    // Each zone's internal router listens on the root end of that zone's veth.
+    let ips: Vec<String> = c
+        .hosts
+        .iter()
+        .map(|h| h.docker.host_ip().to_string())
+        .collect();
+    for ip in &ips {
         let url = format!("http://{ip}:{port}/version");
         atlantis_testkit::eventually(Duration::from_secs(20), &url, || async {
             let r = c.http.get(&url).send().await.ok()?;
@@ -446,7 +453,7 @@ async fn internal_apps(c: &Cluster) {
     let body = json!({"sha": SHA1, "command": ["/bin/sh", "-c", "echo $ATLANTIS_DEP_INNER > /www/inner; exec httpd -f -p 8080 -h /www"]});
     let t = c.run_task("/v1/apps/outer/envs/prod/deploy", body).await;
     assert_eq!(t.state, TaskState::Done, "{t:?}");
-    let want = [format!("127.0.0.1:{port}"), format!("127.0.0.2:{port}")];
+    let want: Vec<String> = ips.iter().map(|ip| format!("{ip}:{port}")).collect();
     let mut seen = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(20);
     while seen.len() < 2 {
@@ -479,7 +486,7 @@ async fn internal_apps(c: &Cluster) {
             "internal {s:?} inner.prod removed"
         );
     }
-    let url = format!("http://127.0.0.1:{port}/version");
+    let url = format!("http://{}:{port}/version", ips[0]);
     atlantis_testkit::eventually(
         Duration::from_secs(20),
         "internal listener closed",

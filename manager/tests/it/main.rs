@@ -7,6 +7,7 @@ mod auth;
 mod dep_grants;
 mod deploy;
 mod history;
+mod internal_deps;
 mod routing;
 mod support;
 

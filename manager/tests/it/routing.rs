@@ -102,3 +102,113 @@ async fn a_stale_backend_at_the_new_address_is_replaced() {
         .unwrap();
     assert_eq!(backends, ["10.1.2.3:42000"]);
 }
+
+/// A router whose status listener is off loopback takes a token: the manager's check that routers see
+/// new backends is refused without it (the router stays pending) and passes with
+/// `routing.router_status_token_file`; a token file group or others can read stops the manager.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn router_status_is_read_with_the_status_token() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let zk = ZooKeeper::shared();
+    let mut zc = ZkConfig::new(zk.connect_string(), "test".parse().unwrap());
+    zc.root = Some(format!("/mgr-status-token-{}", unique()));
+    let coord = Coord::connect(zc.clone()).await.unwrap();
+    let l = coord.layout();
+    coord
+        .put(
+            &l.router_item(
+                RouterKind::External,
+                atlantis_common::zk::Section::Pools,
+                "p",
+            ),
+            &serde_json::json!({"version": 1, "healthz_every_ms": 0}),
+        )
+        .await
+        .unwrap();
+    coord
+        .put(
+            &l.pool_backend(RouterKind::External, "p", "10.9.9.9:4000"),
+            &serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("status.token");
+    std::fs::write(&token, "router-status-token-0123456789\n").unwrap();
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let mut rc = atlantis_router::config::Config::for_tests();
+    rc.status_addr = "0.0.0.0:0".parse().unwrap();
+    rc.status_token_file = Some(token.clone());
+    let port = atlantis_testkit::ports::free_port();
+    rc.status_addr.set_port(port);
+    let status: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let source = std::sync::Arc::new(atlantis_router::source::ZkSource::new(
+        zc,
+        RouterKind::External,
+        "zone-a".parse().unwrap(),
+        "tok-router".parse().unwrap(),
+        rc.registration("tok-router", "zone-a", status),
+    ));
+    let app = atlantis_router::App::build(rc, source).await.unwrap();
+    let stop = atlantis_common::shutdown::CancellationToken::new();
+    let (_h, task) = app.spawn(stop.clone());
+
+    let mut cfg = crate::support::manager_config(
+        &ZkConfig::new(zk.connect_string(), "test".parse().unwrap()),
+        dir.path(),
+        "127.0.0.1:9".parse().unwrap(),
+    );
+    let backends = ["10.9.9.9:4000".to_string()];
+    let wait = |http: reqwest::Client, limit: u64| {
+        let coord = coord.clone();
+        let backends = backends.clone();
+        async move {
+            routing::wait_usable(
+                &coord,
+                &http,
+                RouterKind::External,
+                "p",
+                &backends,
+                Duration::from_millis(limit),
+            )
+            .await
+        }
+    };
+    atlantis_testkit::eventually(Duration::from_secs(15), "router registered", || async {
+        let r = atlantis_manager::state::routers(&coord, RouterKind::External)
+            .await
+            .ok()?;
+        (r.len() == 1).then_some(())
+    })
+    .await;
+    // Registered and serving: with the token the router confirms.
+    cfg.routing.router_status_token_file = Some(token.clone());
+    let with = atlantis_manager::server::router_status_client(&cfg).unwrap();
+    assert!(
+        wait(with, 15_000).await.is_empty(),
+        "confirmed with the token"
+    );
+    // Without it: 401, so the router never confirms.
+    let plain = reqwest::Client::builder().no_proxy().build().unwrap();
+    assert_eq!(
+        wait(plain.clone(), 1000).await,
+        vec!["zone-a/tok-router".to_string()]
+    );
+    let r = plain
+        .get(format!("http://{status}/statusz.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    // A token file others can read is refused.
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let e = atlantis_manager::server::router_status_client(&cfg).expect_err("refused");
+    assert!(
+        e.to_string()
+            .contains("readable or writable by group or others"),
+        "{e}"
+    );
+    stop.cancel();
+    task.await.unwrap();
+}

@@ -273,7 +273,9 @@ impl Drop for Router {
 }
 
 impl Router {
-    /// A router of `kind` in `zone`, listening on `ip`, registered with that address.
+    /// A router of `kind` in `zone`, listening on `ip`, registered as the binary registers (its status
+    /// listener on loopback; `address` is `ip` unless it is loopback). An internal router must listen
+    /// where its zone's containers reach it (the root end of the zone's veth).
     pub async fn start(
         zk: ZkConfig,
         kind: RouterKind,
@@ -287,12 +289,15 @@ impl Router {
         let mut cfg = atlantis_router::config::Config::for_tests();
         cfg.status_addr = status;
         cfg.listen_ip = ip.into();
+        cfg.kind = kind.as_str().into();
+        cfg.zone = zone.into();
+        cfg.host = Some(host.into());
         let source = std::sync::Arc::new(atlantis_router::source::ZkSource::new(
             zk,
             kind,
             zone.parse().unwrap(),
             host.parse().unwrap(),
-            serde_json::json!({"version": 1, "host": host, "zone": zone, "status_addr": status.to_string(), "address": ip.to_string()}),
+            cfg.registration(host, zone, status),
         ));
         let app = atlantis_router::App::build(cfg, source).await.unwrap();
         let stop = CancellationToken::new();
@@ -314,6 +319,22 @@ pub struct Cluster {
     /// The admin (superuser) token every call of [`Cluster::call`] carries.
     pub token: String,
     _dir: tempfile::TempDir,
+}
+
+/// How many stable ports internal apps get (two may run at once: `internal_deps`).
+const INTERNAL_PORTS: u16 = 4;
+
+/// The first of `n` consecutive ports that were all free a moment ago on every address.
+fn free_range(n: u16) -> u16 {
+    for _ in 0..100 {
+        let p = atlantis_testkit::ports::free_port();
+        if p.checked_add(n).is_some()
+            && (p..p + n).all(|q| std::net::TcpListener::bind(("0.0.0.0", q)).is_ok())
+        {
+            return p;
+        }
+    }
+    panic!("no {n} consecutive free ports");
 }
 
 /// The manager config for a cluster.
@@ -343,10 +364,10 @@ pub fn manager_config(
             image_ref: ImageRef::Tag,
         },
         routing: {
-            let p = atlantis_testkit::ports::free_port();
+            let p = free_range(INTERNAL_PORTS);
             RoutingConfig {
                 internal_port_min: p,
-                internal_port_max: p,
+                internal_port_max: p + INTERNAL_PORTS - 1,
                 ..RoutingConfig::default()
             }
         },
@@ -397,15 +418,24 @@ impl Cluster {
         );
         let registry = Registry::start().await;
         let lo = Ipv4Addr::LOCALHOST;
+        // Internal routers listen on the root end of their zone's veth: the address that zone's
+        // containers route to (the supervisor's firewall lets a declared dependency through).
         let routers = vec![
             Router::start(zk.clone(), RouterKind::External, "zone-a", "router-1", lo).await,
-            Router::start(zk.clone(), RouterKind::Internal, "zone-a", "internal-a", lo).await,
+            Router::start(
+                zk.clone(),
+                RouterKind::Internal,
+                "zone-a",
+                "internal-a",
+                a.docker.host_ip(),
+            )
+            .await,
             Router::start(
                 zk.clone(),
                 RouterKind::Internal,
                 "zone-b",
                 "internal-b",
-                Ipv4Addr::new(127, 0, 0, 2),
+                b.docker.host_ip(),
             )
             .await,
         ];

@@ -14,4 +14,5 @@ mod matchers;
 mod protocols;
 mod resilience;
 mod static_source;
+mod status_auth;
 mod support;
