@@ -1,5 +1,5 @@
 //! The seam between the engine and the supervisors: [`HostApi`] is what the manager asks of one host
-//! (deploy, teardown, list). [`SupervisorClient`] is the real one (HTTP to a supervisor); [`FakeHost`] is
+//! (deploy, teardown, list, replace a container's dependencies). [`SupervisorClient`] is the real one (HTTP to a supervisor); [`FakeHost`] is
 //! an in-memory host for scale tests and benchmarks (a thousand hosts in one process). Both pass the same
 //! contract, [`contract::check`]: the fake in this crate's unit tests, the real one against a supervisor on
 //! a real dockerd in `manager/tests/ha`.
@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use atlantis_common::api::supervisor::{
-    ContainerInfo, ContainerSpec, ContainerState, PortBinding, Resources, SupervisorRecord,
-    TeardownRequest,
+    ContainerInfo, ContainerSpec, ContainerState, Dependency, PortBinding, Resources,
+    SupervisorRecord, TeardownRequest, validate_dependencies,
 };
 use atlantis_common::{ContainerId, HostName, ZoneName};
 use atlantis_supervisor::client::{ClientError, SupervisorClient};
@@ -52,6 +52,13 @@ pub trait HostApi: Send + Sync {
     ) -> BoxFuture<'a, Result<Vec<ContainerId>, HostError>>;
     /// Every container the host runs.
     fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerInfo>, HostError>>;
+    /// Replaces what a running container may reach (its firewall grants) at once; `not_found` for a
+    /// container the host does not run.
+    fn set_dependencies<'a>(
+        &'a self,
+        id: &'a ContainerId,
+        dependencies: &'a [Dependency],
+    ) -> BoxFuture<'a, Result<ContainerInfo, HostError>>;
 }
 
 impl HostApi for SupervisorClient {
@@ -81,6 +88,16 @@ impl HostApi for SupervisorClient {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerInfo>, HostError>> {
         Box::pin(async move { Ok(SupervisorClient::list(self).await?) })
+    }
+
+    fn set_dependencies<'a>(
+        &'a self,
+        id: &'a ContainerId,
+        dependencies: &'a [Dependency],
+    ) -> BoxFuture<'a, Result<ContainerInfo, HostError>> {
+        Box::pin(
+            async move { Ok(SupervisorClient::set_dependencies(self, id, dependencies).await?) },
+        )
     }
 }
 
@@ -219,5 +236,23 @@ impl HostApi for FakeHost {
 
     fn list(&self) -> BoxFuture<'_, Result<Vec<ContainerInfo>, HostError>> {
         Box::pin(async move { Ok(self.state.lock().containers.values().cloned().collect()) })
+    }
+
+    fn set_dependencies<'a>(
+        &'a self,
+        id: &'a ContainerId,
+        dependencies: &'a [Dependency],
+    ) -> BoxFuture<'a, Result<ContainerInfo, HostError>> {
+        Box::pin(async move {
+            validate_dependencies(dependencies)
+                .map_err(|e| err("invalid_spec", format!("{}: {}", e.field, e.message)))?;
+            let mut s = self.state.lock();
+            let c = s
+                .containers
+                .get_mut(id)
+                .ok_or_else(|| err("not_found", format!("no container {id}")))?;
+            c.dependencies = dependencies.to_vec();
+            Ok(c.clone())
+        })
     }
 }

@@ -12,6 +12,7 @@
 //! when it resolves an app's dependencies (deploy, rollback, scale refuse; a re-placement or the
 //! replacement after a revoke, [`replace`], drops the dependency).
 
+pub mod cut;
 pub mod replace;
 
 use atlantis_common::api::grants::{DependencyGrant, DependencyRequest};

@@ -67,4 +67,8 @@ pub struct Revoked {
     pub task_id: Option<String>,
     /// What happens to the running containers, in words.
     pub message: String,
+    /// Running containers whose firewall no longer lets them reach the dependency (narrowed at once,
+    /// before the replacement).
+    #[serde(default)]
+    pub firewall_cut: u32,
 }

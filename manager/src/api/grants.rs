@@ -15,7 +15,7 @@ use axum::{Extension, Json, Router};
 use super::name;
 use crate::auth::{Auth, Principal};
 use crate::error::ApiError;
-use crate::grants::{self, replace};
+use crate::grants::{self, cut, replace};
 
 /// The routes of grants and requests.
 pub fn router(auth: Auth) -> Router {
@@ -159,6 +159,11 @@ pub async fn revoke(
             "app {app} has no grant of {dep} (apps of the owning team need none)"
         )));
     }
+    // The firewall grant goes at once; the data goes with the replacement below.
+    let cut = cut::cut(&auth.ctx, &app, &dep).await;
+    for f in &cut.failures {
+        tracing::warn!(%app, %dep, failure = %f, "Revoke: a host did not narrow its firewall.");
+    }
     let (task_id, message) = match replace::start(&auth.ctx, &app).await {
         Ok(replace::Started::NotRunning) => (None, format!("nothing of {app} runs")),
         Ok(replace::Started::Task(id)) => (
@@ -169,14 +174,25 @@ pub async fn revoke(
         Err(e) => (
             None,
             format!(
-                "revoked, but {app}'s containers could not be replaced ({e}): they keep {dep}                  until the app is redeployed without it"
+                "revoked, but {app}'s containers could not be replaced ({e}): they keep {dep} \
+                 until the app is redeployed without it"
             ),
         ),
     };
+    let message = format!(
+        "{message}; firewall narrowed at once on {} container(s){}",
+        cut.containers,
+        if cut.failures.is_empty() {
+            String::new()
+        } else {
+            format!(" ({} host(s) could not be asked)", cut.failures.len())
+        }
+    );
     Ok(Json(Revoked {
         dependency: dep,
         app,
         task_id,
         message,
+        firewall_cut: cut.containers as u32,
     }))
 }

@@ -2,7 +2,7 @@
 //! real dockerd, `manager/tests/ha`) and against [`super::FakeHost`] (unit tests).
 
 use atlantis_common::ContainerId;
-use atlantis_common::api::supervisor::{ContainerSpec, ContainerState};
+use atlantis_common::api::supervisor::{ContainerInfo, ContainerSpec, ContainerState, Dependency};
 
 use super::HostApi;
 
@@ -82,6 +82,42 @@ pub async fn check(host: &dyn HostApi, template: &ContainerSpec, memory_over: u6
         info.ports, info_b.ports,
         "each container has its own host ports"
     );
+
+    // A container's dependencies are replaced in place: the answer and the listing show the new set;
+    // an unknown container is `not_found`, an invalid set `invalid_spec`, and neither changes anything.
+    let dep = Dependency {
+        name: "contract-db".into(),
+        address: std::net::Ipv4Addr::new(192, 0, 2, 7),
+        port: 5432,
+    };
+    let changed = host
+        .set_dependencies(&b.container_id, std::slice::from_ref(&dep))
+        .await
+        .expect("dependencies of a running container are replaced");
+    assert_eq!(changed.dependencies, vec![dep.clone()]);
+    let listed = |list: Vec<ContainerInfo>| {
+        list.into_iter()
+            .find(|c| c.container_id == b.container_id)
+            .map(|c| c.dependencies)
+    };
+    assert_eq!(listed(host.list().await.unwrap()), Some(vec![dep.clone()]));
+    let e = host
+        .set_dependencies(&fresh(template).container_id, &[])
+        .await
+        .expect_err("an unknown container is refused");
+    assert_eq!(e.code.as_deref(), Some("not_found"), "{e}");
+    let mut bad_dep = dep.clone();
+    bad_dep.port = 0;
+    let e = host
+        .set_dependencies(&b.container_id, &[bad_dep])
+        .await
+        .expect_err("an invalid dependency is refused");
+    assert_eq!(e.code.as_deref(), Some("invalid_spec"), "{e}");
+    assert_eq!(listed(host.list().await.unwrap()), Some(vec![dep]));
+    host.set_dependencies(&b.container_id, &[])
+        .await
+        .expect("dependencies can be emptied");
+    assert_eq!(listed(host.list().await.unwrap()), Some(Vec::new()));
 
     // Teardown removes what it names and ignores unknown IDs; a second teardown is a no-op.
     let unknown = fresh(template).container_id;

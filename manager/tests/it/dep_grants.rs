@@ -455,6 +455,10 @@ async fn team_a_gets_team_b_dependency_only_by_grant() {
         )
         .await;
     assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["firewall_cut"], 2,
+        "both running containers lose the firewall grant at once, before their replacement: {v}"
+    );
     let task = v["task_id"].as_str().expect("the revoke names its task");
     let t = c.wait_task(task).await;
     assert_eq!(
@@ -654,6 +658,7 @@ async fn bare_manager(dir: &std::path::Path) -> (atlantis_manager::App, String) 
         service: "atlantis-registry".into(),
         issuer: "atlantis-manager".into(),
         ttl_s: 300,
+        build_ttl_s: 3600,
     });
     let m = atlantis_manager::App::build(cfg).await.unwrap();
     let t = admin_token(&m);
