@@ -95,7 +95,7 @@ mod tests {
             app,
             sha,
             env,
-            image: "img".into(),
+            image: "atlantis-test/busybox:1".into(),
             cpu_millis: 100,
             memory_mb: 64,
             ports: vec![8080],
