@@ -66,20 +66,14 @@ struct ManagerRecord<'a> {
 pub fn router_status_client(cfg: &Config) -> Result<reqwest::Client, StartError> {
     let mut b = reqwest::Client::builder().no_proxy();
     if let Some(path) = &cfg.routing.router_status_token_file {
-        use std::os::unix::fs::PermissionsExt as _;
         let bad = |e: String| {
             StartError::Setup(format!(
                 "routing.router_status_token_file {}: {e}",
                 path.display()
             ))
         };
-        let meta = std::fs::metadata(path).map_err(|e| bad(e.to_string()))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(bad(
-                "readable or writable by group or others: chmod 600 it".into()
-            ));
-        }
-        let token = std::fs::read_to_string(path).map_err(|e| bad(e.to_string()))?;
+        let token = atlantis_common::secret_file::read_token(path)
+            .map_err(|e| StartError::Setup(format!("routing.router_status_token_file {e}")))?;
         let mut value = reqwest::header::HeaderValue::try_from(format!("Bearer {}", token.trim()))
             .map_err(|_| bad("not a valid token".into()))?;
         value.set_sensitive(true);
@@ -105,15 +99,8 @@ impl App {
     /// Connects, registers, binds and starts serving.
     pub async fn build(cfg: Config) -> Result<App, StartError> {
         let sealer = Sealer::from_file(&cfg.secret_key_file)?;
-        let token = std::fs::read_to_string(&cfg.supervisor_token_file)
-            .map_err(|e| {
-                StartError::Setup(format!(
-                    "supervisor token file {}: {e}",
-                    cfg.supervisor_token_file.display()
-                ))
-            })?
-            .trim()
-            .to_owned();
+        let token = atlantis_common::secret_file::read_token(&cfg.supervisor_token_file)
+            .map_err(|e| StartError::Setup(format!("supervisor_token_file {e}")))?;
         let images = Images::new(cfg.registry.clone())
             .map_err(|e| StartError::Setup(format!("registry: {e}")))?;
         if cfg.database_url.is_none() {

@@ -159,30 +159,8 @@ fn usable_advertise(ip: Ipv4Addr) -> bool {
 }
 
 fn read_token(path: &Path) -> Result<String, ConfigError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let bad = |e: std::io::Error| {
-        ConfigError::Invalid(format!("status_token_file {}: {e}", path.display()))
-    };
-    let meta = std::fs::metadata(path).map_err(bad)?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(ConfigError::Invalid(format!(
-            "status_token_file {} is readable or writable by group or others (mode {:o}): \
-             chmod 600 it",
-            path.display(),
-            meta.permissions().mode() & 0o777
-        )));
-    }
-    let token = std::fs::read_to_string(path)
-        .map_err(bad)?
-        .trim()
-        .to_owned();
-    if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(ConfigError::Invalid(format!(
-            "status_token_file {} must hold one token of at least 16 characters, without spaces",
-            path.display()
-        )));
-    }
-    Ok(token)
+    atlantis_common::secret_file::read_token(path)
+        .map_err(|e| ConfigError::Invalid(format!("status_token_file {e}")))
 }
 
 /// Why a configuration was refused.

@@ -54,6 +54,9 @@ pub enum BuildError {
     /// The token file is missing or too weak.
     #[error("token file {path}: {message}")]
     Token { path: String, message: String },
+    /// The cluster token file is not private or holds no usable token.
+    #[error("token file {0}")]
+    TokenFile(atlantis_common::secret_file::SecretFileError),
     /// The engine is unreachable.
     #[error("docker engine: {0}")]
     Runtime(#[from] runtime::RuntimeError),
@@ -85,29 +88,9 @@ pub struct App {
     coord: Option<Coord>,
 }
 
-/// Reads and checks the cluster token.
+/// Reads and checks the cluster token (private file, one token: `atlantis_common::secret_file`).
 pub fn read_token(path: &std::path::Path) -> Result<String, BuildError> {
-    let err = |message: String| BuildError::Token {
-        path: path.display().to_string(),
-        message,
-    };
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path).map_err(|e| err(e.to_string()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(err(format!(
-            "readable or writable by group or others (mode {mode:04o}): anyone on this host could call the \
-             supervisor as a manager; run chmod 600 on it"
-        )));
-    }
-    let raw = std::fs::read_to_string(path).map_err(|e| err(e.to_string()))?;
-    let token = raw.trim().to_owned();
-    if token.len() < 16 || token.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(err(
-            "the token must be at least 16 characters without whitespace".into(),
-        ));
-    }
-    Ok(token)
+    atlantis_common::secret_file::read_token(path).map_err(BuildError::TokenFile)
 }
 
 /// The firewall settings of a (checked) configuration: the policy refuses the always-refused networks,
