@@ -1,5 +1,5 @@
 //! Integration tests of the builder against real parts: the Atlantis registry (in-process, on
-//! loopback), skopeo, git, a Docker Engine in a network namespace, the CLI binary and the HTTP API.
+//! loopback), skopeo, git, a Docker Engine in a network namespace, the CLI binary and the HTTP API, network namespaces standing for the outside.
 
 mod api;
 mod badinput;
@@ -8,4 +8,5 @@ mod common;
 mod debian;
 mod docker;
 mod hostile;
+mod network;
 mod push;
