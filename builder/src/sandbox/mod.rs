@@ -207,20 +207,27 @@ pub fn run(settings: &SandboxSettings, job: &Job<'_>) -> Result<Outcome, BuildEr
             let ours = job.root.join("etc/resolv.conf");
             if !std::fs::symlink_metadata(&ours).is_ok_and(|m| m.is_file()) {
                 return Err(BuildError::Io {
-                    what: format!("a networked build needs {} as a regular file", ours.display()),
+                    what: format!(
+                        "a networked build needs {} as a regular file",
+                        ours.display()
+                    ),
                     source: std::io::ErrorKind::NotFound.into(),
                 });
             }
-            Some(pipe_with(n.resolv_conf.as_bytes(), "the build's resolv.conf")?)
+            Some(pipe_with(
+                n.resolv_conf.as_bytes(),
+                "the build's resolv.conf",
+            )?)
         }
         None => None,
     };
-    let netns = match job.network {
-        Some(n) => Some(n.netns_fd().ok_or_else(|| {
-            BuildError::Request("the build network was already removed".into())
-        })?),
-        None => None,
-    };
+    let netns =
+        match job.network {
+            Some(n) => Some(n.netns_fd().ok_or_else(|| {
+                BuildError::Request("the build network was already removed".into())
+            })?),
+            None => None,
+        };
 
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = format!(
@@ -252,11 +259,16 @@ pub fn run(settings: &SandboxSettings, job: &Job<'_>) -> Result<Outcome, BuildEr
         .args(["--proc", "/proc", "--dev", "/dev"]);
     match &resolv {
         // The namespace the child joined (its own, never the host's) is kept: no --unshare-net.
-        Some(r) => c.args(["--perms", "0444", "--ro-bind-data", &fd(r), "/etc/resolv.conf"]),
+        Some(r) => c.args([
+            "--perms",
+            "0444",
+            "--ro-bind-data",
+            &fd(r),
+            "/etc/resolv.conf",
+        ]),
         None => c.arg("--unshare-net"),
     };
-    c
-        .args(["--perms", "1777", "--size", &settings.tmp_bytes.to_string()])
+    c.args(["--perms", "1777", "--size", &settings.tmp_bytes.to_string()])
         .args(["--tmpfs", "/tmp"])
         .args(["--clearenv", "--setenv", "PATH", PATH])
         .args(["--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp"])

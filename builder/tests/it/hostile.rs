@@ -129,7 +129,12 @@ impl Host {
     }
 
     /// The build failed with `expected` in its message, and did not show the secret.
-    pub(crate) fn assert_failed(&self, r: &Result<BuildOutput, BuildError>, log: &str, expected: &[&str]) {
+    pub(crate) fn assert_failed(
+        &self,
+        r: &Result<BuildOutput, BuildError>,
+        log: &str,
+        expected: &[&str],
+    ) {
         let e = match r {
             Ok(_) => panic!("the hostile build succeeded:\n{log}"),
             Err(e) => e.to_string(),
@@ -680,7 +685,10 @@ async fn hostile_network_and_package_requests_are_refused() {
         .await;
     let text = lines.lock().unwrap().join("\n");
     r.unwrap_or_else(|e| panic!("{e}\n{text}"));
-    assert!(text.contains("network: a namespace of the build's own"), "{text}");
+    assert!(
+        text.contains("network: a namespace of the build's own"),
+        "{text}"
+    );
 
     for bad in ["-oops", "Bad", "a", "x,y", "--include=evil"] {
         std::fs::write(

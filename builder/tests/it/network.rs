@@ -24,7 +24,10 @@ use atlantis_builder::sandbox::net;
 use crate::hostile::Host;
 
 fn ip(args: &[&str]) {
-    let out = Command::new("ip").args(args).output().expect("ip (iproute2)");
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2)");
     assert!(
         out.status.success(),
         "ip {args:?}: {}",
@@ -82,7 +85,15 @@ impl Stand {
         // Replies coming in here are forwarded to the builds (the uplink's forwarding, which the
         // operator turns on: docs/builder.md).
         std::fs::write(format!("/proc/sys/net/ipv4/conf/{link}/forwarding"), "1").unwrap();
-        ip(&["-n", ns, "addr", "add", &format!("{peer}/30"), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            ns,
+            "addr",
+            "add",
+            &format!("{peer}/30"),
+            "dev",
+            "eth0",
+        ]);
         ip(&["-n", ns, "link", "set", "eth0", "up"]);
         ip(&["-n", ns, "link", "set", "lo", "up"]);
         for a in served {
@@ -116,7 +127,9 @@ impl Stand {
 
 impl Drop for Stand {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.link]).output();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.link])
+            .output();
         let _ = Command::new("ip")
             .args(["netns", "del", &self.netns])
             .output();
@@ -124,7 +137,10 @@ impl Drop for Stand {
 }
 
 /// Answers one line (`answer`) to every connection, recording the peers, until dropped.
-fn serve(listener: TcpListener, answer: String) -> std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>> {
+fn serve(
+    listener: TcpListener,
+    answer: String,
+) -> std::sync::Arc<std::sync::Mutex<Vec<SocketAddr>>> {
     let peers = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
     let p = peers.clone();
     listener.set_nonblocking(false).unwrap();
@@ -271,7 +287,11 @@ fn world(h: &mut Host, c: u8) -> World {
     // The links: 10.253.C.0/30 and 10.253.C.4/30 (off the builds' pools and the testkit's dockerd
     // links, 10.200-251.x).
     let internet = Stand::new(&format!("{c}i"), Ipv4Addr::new(10, 253, c, 1), &[outside]);
-    let control = Stand::new(&format!("{c}c"), Ipv4Addr::new(10, 253, c, 5), &[private, denied]);
+    let control = Stand::new(
+        &format!("{c}c"),
+        Ipv4Addr::new(10, 253, c, 5),
+        &[private, denied],
+    );
     h.network = true;
     h.settings.allow_network = true;
     h.settings.network = net::NetSettings {
@@ -336,7 +356,10 @@ async fn network_build_reaches_the_outside_in_a_namespace_of_its_own() {
         .map(str::trim)
         .collect();
     assert_eq!(ifaces.len(), 2, "{ifaces:?}");
-    assert!(ifaces.contains(&"lo") && ifaces.contains(&"eth0"), "{ifaces:?}");
+    assert!(
+        ifaces.contains(&"lo") && ifaces.contains(&"eth0"),
+        "{ifaces:?}"
+    );
     let addr = &files["app/addr.txt"];
     assert!(addr.contains("inet 10.254.101."), "{addr}");
     assert!(!addr.contains(&host_address()), "{addr}");
@@ -425,4 +448,56 @@ async fn network_build_cannot_reach_the_host_or_the_control_plane() {
     assert_network_removed(&log);
     h.assert_unchanged();
     drop(w);
+}
+
+/// What a builder that died during a networked build leaves (namespace, veth, chains and jumps of a
+/// slot nobody holds) is removed by `reap`, which `atlantis-builder serve` runs at start and every
+/// networked build runs first.
+#[test]
+fn network_leftovers_of_dead_builds_are_reaped() {
+    atlantis_testkit::require_bin("iptables", "iptables");
+    // A slot far above those the other tests take (the lowest free one).
+    let slot = 4000 + std::process::id() % 90;
+    let n = net::Names::of(slot);
+    // Held while the leftovers are made, so that a concurrent build's reap does not take them early.
+    let lock = net::SlotLock::try_take(slot).unwrap().expect("a free slot");
+    let ipt = |args: &[&str]| {
+        let out = Command::new("iptables")
+            .arg("-w")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "iptables {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ip(&["netns", "add", &n.netns]);
+    ip(&[
+        "link", "add", &n.link, "type", "veth", "peer", "name", "eth0", "netns", &n.netns,
+    ]);
+    ipt(&["-N", &n.fwd]);
+    ipt(&["-A", &n.fwd, "-j", "ACCEPT"]);
+    ipt(&["-N", &n.input]);
+    ipt(&["-t", "nat", "-N", &n.nat]);
+    ipt(&["-I", "FORWARD", "1", "-i", &n.link, "-j", &n.fwd]);
+    ipt(&["-I", "INPUT", "1", "-i", &n.link, "-j", &n.input]);
+    ipt(&[
+        "-t",
+        "nat",
+        "-I",
+        "POSTROUTING",
+        "1",
+        "-s",
+        "10.254.200.0/30",
+        "-j",
+        &n.nat,
+    ]);
+    let before = net::leftovers(slot).unwrap();
+    assert_eq!(before.len(), 8, "{before:?}");
+    // The builder "dies": the slot is free.
+    drop(lock);
+    net::reap().unwrap();
+    assert_eq!(net::leftovers(slot).unwrap(), Vec::<String>::new());
 }

@@ -35,217 +35,22 @@ use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd as _, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::str::FromStr;
 use std::time::{Duration, Instant};
 
 use crate::error::{BuildError, io};
+
+mod plan;
+
+pub use plan::{Cidr, DENIED, NetSettings, Plan};
 
 /// Prefix of the build namespaces: `atl-build-N`.
 pub const NETNS_PREFIX: &str = "atl-build-";
 /// Where the slot locks live.
 const LOCK_DIR: &str = "/run/atlantis-builder/net";
 /// At most this many networked builds at once per host (interface names stay under 16 bytes).
-const MAX_SLOTS: u32 = 4096;
+pub(crate) const MAX_SLOTS: u32 = 4096;
 /// The interface name of the build's end, inside its namespace.
 const BUILD_IF: &str = "eth0";
-
-/// Destinations a build never reaches, whatever the config says (IPv4; the build has no IPv6 route).
-pub const DENIED: &[&str] = &[
-    "0.0.0.0/8",
-    "10.0.0.0/8",
-    "100.64.0.0/10",
-    "127.0.0.0/8",
-    "169.254.0.0/16",
-    "172.16.0.0/12",
-    "192.0.0.0/24",
-    "192.168.0.0/16",
-    "198.18.0.0/15",
-    "224.0.0.0/4",
-    "240.0.0.0/4",
-];
-
-/// The network of networked builds (config keys `build_network_*`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NetSettings {
-    /// The IPv4 pool the builds' /30 links come from (`build_network_pool`).
-    pub pool: String,
-    /// More destinations builds never reach, addresses or CIDRs (`build_network_deny`): the cluster's
-    /// networks and the registry, manager and ZooKeeper addresses.
-    pub deny: Vec<String>,
-    /// The resolvers written into the build's `/etc/resolv.conf` (`build_network_dns`); empty: the
-    /// host's resolvers (from its `/etc/resolv.conf`) that are outside every refused range.
-    pub dns: Vec<String>,
-}
-
-impl Default for NetSettings {
-    fn default() -> Self {
-        NetSettings {
-            pool: "10.254.0.0/16".into(),
-            deny: Vec::new(),
-            dns: Vec::new(),
-        }
-    }
-}
-
-/// An IPv4 network, `a.b.c.d/n` (a plain address is a /32).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    /// The first address.
-    pub addr: Ipv4Addr,
-    /// The prefix length.
-    pub prefix: u8,
-}
-
-impl Cidr {
-    fn mask(&self) -> u32 {
-        if self.prefix == 0 {
-            0
-        } else {
-            u32::MAX << (32 - u32::from(self.prefix))
-        }
-    }
-
-    /// Whether `ip` is in this network.
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        u32::from(ip) & self.mask() == u32::from(self.addr)
-    }
-}
-
-impl std::fmt::Display for Cidr {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-impl FromStr for Cidr {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Cidr, String> {
-        let (a, p) = s.split_once('/').unwrap_or((s, "32"));
-        let addr: Ipv4Addr = a
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IPv4 address or CIDR"))?;
-        let prefix: u8 = p
-            .parse()
-            .ok()
-            .filter(|p| *p <= 32)
-            .ok_or_else(|| format!("{s:?}: the prefix length must be 0 to 32"))?;
-        let c = Cidr { addr, prefix };
-        if u32::from(addr) & !c.mask() != 0 {
-            return Err(format!("{s:?} has host bits set (write {})", c.network()));
-        }
-        Ok(c)
-    }
-}
-
-impl Cidr {
-    fn network(&self) -> Cidr {
-        Cidr {
-            addr: Ipv4Addr::from(u32::from(self.addr) & self.mask()),
-            prefix: self.prefix,
-        }
-    }
-}
-
-/// [`NetSettings`] checked: the pool, every refused network, the resolvers.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Plan {
-    /// The pool of /30 links.
-    pub pool: Cidr,
-    /// Refused destinations: [`DENIED`], the pool, `build_network_deny`.
-    pub deny: Vec<Cidr>,
-    /// The resolvers.
-    pub dns: Vec<Ipv4Addr>,
-    /// Whether `dns` was configured (then reachable on port 53 even inside `deny`).
-    pub dns_configured: bool,
-}
-
-impl Plan {
-    /// Checks `s`, reading the host's resolvers from `host_resolv_conf` when none is configured.
-    pub fn new(s: &NetSettings, host_resolv_conf: &str) -> Result<Plan, BuildError> {
-        let bad = |key: &str, e: String| BuildError::Request(format!("{key}: {e}"));
-        let pool: Cidr = s.pool.parse().map_err(|e| bad("build_network_pool", e))?;
-        if !(8..=30).contains(&pool.prefix) {
-            return Err(bad(
-                "build_network_pool",
-                format!("{pool} must be a /8 to /30 (one /30 per build)"),
-            ));
-        }
-        let mut deny: Vec<Cidr> = DENIED
-            .iter()
-            .map(|d| d.parse().expect("valid built-in range"))
-            .collect();
-        deny.push(pool);
-        for d in &s.deny {
-            deny.push(d.parse().map_err(|e| bad("build_network_deny", e))?);
-        }
-        let mut dns = Vec::new();
-        for d in &s.dns {
-            let ip: Ipv4Addr = d.parse().map_err(|_| {
-                bad(
-                    "build_network_dns",
-                    format!("{d:?} is not an IPv4 address"),
-                )
-            })?;
-            let local = ["127.0.0.0/8", "0.0.0.0/8"]
-                .iter()
-                .any(|n| n.parse::<Cidr>().expect("valid").contains(ip));
-            if local || pool.contains(ip) {
-                return Err(bad(
-                    "build_network_dns",
-                    format!("{ip} is not reachable from a build (loopback or the pool)"),
-                ));
-            }
-            dns.push(ip);
-        }
-        let dns_configured = !dns.is_empty();
-        if !dns_configured {
-            dns = host_resolv_conf
-                .lines()
-                .filter_map(|l| {
-                    let mut w = l.split_whitespace();
-                    (w.next() == Some("nameserver"))
-                        .then(|| w.next()?.parse::<Ipv4Addr>().ok())
-                        .flatten()
-                })
-                .filter(|ip| !deny.iter().any(|d| d.contains(*ip)))
-                .take(3)
-                .collect();
-        }
-        Ok(Plan {
-            pool,
-            deny,
-            dns,
-            dns_configured,
-        })
-    }
-
-    /// How many builds the pool holds at once.
-    pub fn slots(&self) -> u32 {
-        (1u32 << (30 - self.pool.prefix)).min(MAX_SLOTS)
-    }
-
-    /// The host end and the build end of slot `n`'s /30.
-    pub fn addresses(&self, slot: u32) -> (Ipv4Addr, Ipv4Addr) {
-        let base = u32::from(self.pool.addr) + 4 * slot;
-        (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2))
-    }
-
-    /// The build's `/etc/resolv.conf`.
-    pub fn resolv_conf(&self) -> String {
-        let mut s = String::from("# Written by the Atlantis builder for this build (docs/builder.md).\n");
-        if self.dns.is_empty() {
-            s.push_str(
-                "# No resolver: the host's are in refused ranges and build_network_dns is empty.\n",
-            );
-        }
-        for d in &self.dns {
-            s.push_str(&format!("nameserver {d}\n"));
-        }
-        s.push_str("options timeout:2 attempts:2\n");
-        s
-    }
-}
 
 /// The names of slot `n`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -285,7 +90,9 @@ impl Names {
         }
         let r = name.strip_prefix("ATLB-")?;
         let (n, kind) = r.split_once('-')?;
-        matches!(kind, "FWD" | "IN" | "NAT").then(|| digits(n)).flatten()
+        matches!(kind, "FWD" | "IN" | "NAT")
+            .then(|| digits(n))
+            .flatten()
     }
 }
 
@@ -333,7 +140,7 @@ fn sysctl(path: &str, value: &str) -> Result<(), BuildError> {
 
 /// The exclusive lock of a slot; released when dropped.
 #[derive(Debug)]
-struct SlotLock {
+pub struct SlotLock {
     file: File,
 }
 
@@ -344,7 +151,7 @@ impl SlotLock {
 
     /// The slot's lock when nobody holds it. Lock files are never removed, so a lock always guards
     /// the same file.
-    fn try_take(n: u32) -> Result<Option<SlotLock>, BuildError> {
+    pub fn try_take(n: u32) -> Result<Option<SlotLock>, BuildError> {
         std::fs::create_dir_all(LOCK_DIR).map_err(io(format!("creating {LOCK_DIR}")))?;
         let file = std::fs::OpenOptions::new()
             .create(true)
@@ -404,8 +211,7 @@ fn remove(n: u32) -> Result<(), BuildError> {
         for line in ipt(table, &["-S", hook])?.lines() {
             let w: Vec<&str> = line.split_whitespace().collect();
             if w.first() == Some(&"-A")
-                && w
-                    .windows(2)
+                && w.windows(2)
                     .any(|p| p[0] == "-j" && ours.iter().any(|c| c.as_str() == p[1]))
             {
                 let mut del = vec!["-D"];
@@ -545,10 +351,8 @@ impl BuildNet {
             resolv_conf: plan.resolv_conf(),
             warnings: uplink_warnings(),
         };
-        if let Err(e) = net.setup(&plan) {
-            // `net` is dropped here, which removes what was made.
-            return Err(e);
-        }
+        // On failure `net` is dropped, which removes what was made.
+        net.setup(&plan)?;
         Ok(net)
     }
 
@@ -584,23 +388,51 @@ impl BuildNet {
         let est = ["-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED"];
         f(&[&["-A", fwd, "-o", link][..], &est, &["-j", "ACCEPT"]].concat())?;
         f(&["-A", fwd, "-o", link, "-j", "DROP"])?;
-        f(&["-A", fwd, "-m", "conntrack", "--ctstate", "INVALID", "-j", "DROP"])?;
-        f(&[&["-A", fwd, "-m", "conntrack", "--ctstate", "DNAT"][..], &reject].concat())?;
+        f(&[
+            "-A",
+            fwd,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "INVALID",
+            "-j",
+            "DROP",
+        ])?;
+        f(&[
+            &["-A", fwd, "-m", "conntrack", "--ctstate", "DNAT"][..],
+            &reject,
+        ]
+        .concat())?;
         if plan.dns_configured {
             for d in &plan.dns {
                 let d = d.to_string();
                 for proto in ["udp", "tcp"] {
-                    f(&["-A", fwd, "-d", &d, "-p", proto, "--dport", "53", "-j", "ACCEPT"])?;
+                    f(&[
+                        "-A", fwd, "-d", &d, "-p", proto, "--dport", "53", "-j", "ACCEPT",
+                    ])?;
                 }
             }
         }
-        f(&[&["-A", fwd, "-m", "addrtype", "--dst-type", "LOCAL"][..], &reject].concat())?;
+        f(&[
+            &["-A", fwd, "-m", "addrtype", "--dst-type", "LOCAL"][..],
+            &reject,
+        ]
+        .concat())?;
         for d in &plan.deny {
             f(&[&["-A", fwd, "-d", &d.to_string()][..], &reject].concat())?;
         }
         f(&["-A", fwd, "-j", "ACCEPT"])?;
         let input = names.input.as_str();
-        f(&["-A", input, "-p", "tcp", "-j", "REJECT", "--reject-with", "tcp-reset"])?;
+        f(&[
+            "-A",
+            input,
+            "-p",
+            "tcp",
+            "-j",
+            "REJECT",
+            "--reject-with",
+            "tcp-reset",
+        ])?;
         f(&[&["-A", input][..], &reject].concat())?;
         let src = format!("{}/32", self.build_addr);
         ipt("nat", &["-A", &names.nat, "-s", &src, "-j", "MASQUERADE"])?;
@@ -611,7 +443,18 @@ impl BuildNet {
         let sub = format!("{}/30", Ipv4Addr::from(u32::from(self.host_addr) - 1));
         ipt(
             "nat",
-            &["-I", "POSTROUTING", "1", "-s", &sub, "!", "-o", link, "-j", &names.nat],
+            &[
+                "-I",
+                "POSTROUTING",
+                "1",
+                "-s",
+                &sub,
+                "!",
+                "-o",
+                link,
+                "-j",
+                &names.nat,
+            ],
         )?;
 
         let path = Path::new("/run/netns").join(ns);
@@ -676,93 +519,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cidrs_parse_and_contain() {
-        let c: Cidr = "10.254.0.0/16".parse().unwrap();
-        assert!(c.contains("10.254.3.2".parse().unwrap()));
-        assert!(!c.contains("10.253.3.2".parse().unwrap()));
-        let one: Cidr = "198.51.100.7".parse().unwrap();
-        assert_eq!(one.to_string(), "198.51.100.7/32");
-        assert!(one.contains("198.51.100.7".parse().unwrap()));
-        for bad in ["10.0.0.1/8", "10.0.0.0/33", "x", "::1/128", "10.0.0.0/-1"] {
-            assert!(bad.parse::<Cidr>().is_err(), "{bad}");
-        }
-        let all: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(all.contains("203.0.113.1".parse().unwrap()));
-    }
-
-    #[test]
-    fn plan_checks_keys_and_picks_public_resolvers() {
-        let host = "search x\nnameserver 10.255.255.53\nnameserver 9.9.9.9\nnameserver ::1\n";
-        let p = Plan::new(&NetSettings::default(), host).unwrap();
-        assert_eq!(p.dns, ["9.9.9.9".parse::<Ipv4Addr>().unwrap()]);
-        assert!(!p.dns_configured);
-        assert_eq!(p.slots(), MAX_SLOTS);
-        assert_eq!(
-            p.addresses(3),
-            ("10.254.0.13".parse().unwrap(), "10.254.0.14".parse().unwrap())
-        );
-        assert!(p.resolv_conf().contains("nameserver 9.9.9.9\n"));
-        assert!(p.deny.contains(&"10.254.0.0/16".parse().unwrap()));
-
-        let s = NetSettings {
-            pool: "192.0.2.0/28".into(),
-            deny: vec!["198.51.100.0/24".into(), "203.0.113.9".into()],
-            dns: vec!["10.0.0.2".into()],
-        };
-        let p = Plan::new(&s, host).unwrap();
-        assert_eq!(p.slots(), 4);
-        assert!(p.dns_configured);
-        assert_eq!(p.dns, ["10.0.0.2".parse::<Ipv4Addr>().unwrap()]);
-        assert!(p.deny.contains(&"203.0.113.9/32".parse().unwrap()));
-        assert!(p.deny.contains(&"192.0.2.0/28".parse().unwrap()));
-
-        let p = Plan::new(&NetSettings::default(), "nameserver 127.0.0.53\n").unwrap();
-        assert!(p.dns.is_empty());
-        assert!(p.resolv_conf().contains("No resolver"));
-
-        for (s, key) in [
-            (
-                NetSettings {
-                    pool: "10.0.0.0/31".into(),
-                    ..NetSettings::default()
-                },
-                "build_network_pool",
-            ),
-            (
-                NetSettings {
-                    pool: "fd00::/64".into(),
-                    ..NetSettings::default()
-                },
-                "build_network_pool",
-            ),
-            (
-                NetSettings {
-                    deny: vec!["10.1.2.3/8".into()],
-                    ..NetSettings::default()
-                },
-                "build_network_deny",
-            ),
-            (
-                NetSettings {
-                    dns: vec!["127.0.0.53".into()],
-                    ..NetSettings::default()
-                },
-                "build_network_dns",
-            ),
-            (
-                NetSettings {
-                    dns: vec!["resolver.example".into()],
-                    ..NetSettings::default()
-                },
-                "build_network_dns",
-            ),
-        ] {
-            let e = Plan::new(&s, "").unwrap_err().to_string();
-            assert!(e.contains(key), "{s:?}: {e}");
-        }
-    }
-
-    #[test]
     fn names_are_bounded_and_parsed_back() {
         let n = Names::of(MAX_SLOTS - 1);
         assert!(n.link.len() <= 15, "{}", n.link);
@@ -770,7 +526,13 @@ mod tests {
         for name in [&n.netns, &n.link, &n.fwd, &n.input, &n.nat] {
             assert_eq!(Names::slot_of(name), Some(MAX_SLOTS - 1), "{name}");
         }
-        for other in ["atl-build-x", "atlb12", "ATLB-1-OTHER", "DOCKER", "atl-build-99999"] {
+        for other in [
+            "atl-build-x",
+            "atlb12",
+            "ATLB-1-OTHER",
+            "DOCKER",
+            "atl-build-99999",
+        ] {
             assert_eq!(Names::slot_of(other), None, "{other}");
         }
     }
