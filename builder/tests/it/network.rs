@@ -419,7 +419,7 @@ async fn network_build_cannot_reach_the_host_or_the_control_plane() {
         format!("denied={}:{}", w.denied, p(&denied)),
     ];
     let cmd = format!(
-        r#"[["sh", "-c", "perl connect.pl {} && echo done && exit 9"]]"#,
+        r#"[["sh", "-c", "perl connect.pl {} && busybox ip link set eth0 down 2>&1 | sed 's/^/link down: /'; busybox ip route del default 2>&1 | sed 's/^/route del: /'; echo done; exit 9"]]"#,
         targets.join(" ")
     );
     let (r, log) = h.build(&[("connect.pl", CONNECT)], &cmd, 120).await;
@@ -434,6 +434,9 @@ async fn network_build_cannot_reach_the_host_or_the_control_plane() {
             "gateway: Connection refused",
             "private: No route to host",
             "denied: No route to host",
+            // Nor can it change its network: the namespace is not its user namespace's.
+            "link down: ip: SIOCSIFFLAGS: Operation not permitted",
+            "route del: ip: RTNETLINK answers: Operation not permitted",
             "done",
         ],
     );

@@ -5,8 +5,9 @@
 //! `/run/atlantis-builder/net/slot-N.lock`, held for the life of the build) and makes:
 //! - the namespace `atl-build-N` (`ip netns add`), with its loopback up;
 //! - a veth pair: `atlbNh` in the root namespace (IPv6 off, IPv4 forwarding on for that interface
-//!   only) and `eth0` in the build's namespace, on the `N`th /30 of the pool (`build_network_pool`):
-//!   the host end is `.1`, the build `.2`, its default route the host end;
+//!   only, strict reverse-path filtering) and `eth0` in the build's namespace, on the `N`th /30 of
+//!   the pool (`build_network_pool`): the host end is `.1`, the build `.2`, its default route the
+//!   host end;
 //! - iptables chains of its own, jumped from the built-in chains for that interface only:
 //!   `ATLB-N-FWD` (filter, from `FORWARD`), `ATLB-N-IN` (filter, from `INPUT`) and `ATLB-N-NAT` (nat,
 //!   from `POSTROUTING`). Replies come back (conntrack `ESTABLISHED,RELATED`), nothing else goes in;
@@ -370,6 +371,8 @@ impl BuildNet {
         )?;
         sysctl(&format!("/proc/sys/net/ipv6/conf/{link}/disable_ipv6"), "1")?;
         sysctl(&format!("/proc/sys/net/ipv4/conf/{link}/forwarding"), "1")?;
+        // Strict reverse-path filtering: only the build's own /30 comes in from it.
+        sysctl(&format!("/proc/sys/net/ipv4/conf/{link}/rp_filter"), "1")?;
         run("ip", &["addr", "add", &host, "dev", link])?;
         run("ip", &["link", "set", link, "up"])?;
         run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
