@@ -278,6 +278,33 @@ pub fn run_commands(
 ) -> Result<(), BuildError> {
     sandbox::check_network(sandbox, steps.network)?;
     sandbox::give_app(sandbox, app)?;
+    // One network namespace for all the steps of a networked build, removed even when a step fails.
+    let net = sandbox::build_network(sandbox, steps.network)?;
+    if let Some(n) = &net {
+        log(format!(
+            "network: a namespace of the build's own (slot {}), address {} behind NAT, \
+             resolvers from its /etc/resolv.conf",
+            n.slot(),
+            n.build_addr
+        ));
+        for w in &n.warnings {
+            log(format!("network: warning: {w}"));
+        }
+    }
+    let result = run_steps(root, app, work, steps, sandbox, net.as_ref(), log);
+    let removed = net.map_or(Ok(()), |n| n.remove());
+    result.and(removed)
+}
+
+fn run_steps(
+    root: &Path,
+    app: &Path,
+    work: &Path,
+    steps: &BuildSteps,
+    sandbox: &SandboxSettings,
+    net: Option<&sandbox::net::BuildNet>,
+    log: &Log,
+) -> Result<(), BuildError> {
     let limit = Duration::from_secs(steps.timeout_secs.0);
     let deadline = Instant::now() + limit;
     for (i, cmd) in steps.commands.0.iter().enumerate() {
@@ -290,7 +317,7 @@ pub fn run_commands(
                 root,
                 app,
                 argv: cmd,
-                network: steps.network,
+                network: net,
                 timeout: deadline.saturating_duration_since(Instant::now()),
                 log_file: &out,
             },
@@ -377,13 +404,15 @@ mod tests {
     }
 
     #[test]
-    fn network_builds_are_refused_by_default_and_not_implemented_when_allowed() {
+    fn network_builds_are_refused_unless_allowed() {
         let mut s = SandboxSettings::default();
         sandbox::check_network(&s, false).unwrap();
-        let e = sandbox::check_network(&s, true).unwrap_err().to_string();
-        assert!(e.contains("allow_network_builds"), "{e}");
+        let e = sandbox::check_network(&s, true).unwrap_err();
+        assert!(e.is_input_error(), "{e}");
+        assert!(e.to_string().contains("allow_network_builds"), "{e}");
+        assert!(sandbox::build_network(&s, true).is_err());
+        assert!(sandbox::build_network(&s, false).unwrap().is_none());
         s.allow_network = true;
-        let e = sandbox::check_network(&s, true).unwrap_err().to_string();
-        assert!(e.contains("not implemented yet"), "{e}");
+        sandbox::check_network(&s, true).unwrap();
     }
 }

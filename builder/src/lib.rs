@@ -99,6 +99,20 @@ pub struct Config {
     /// Whether apps may ask for `network = true` in `[build]` (see docs/builder.md).
     #[serde(default)]
     pub allow_network_builds: bool,
+    /// The IPv4 pool the networked builds' /30 links come from.
+    #[serde(default = "default_build_network_pool")]
+    pub build_network_pool: String,
+    /// Destinations networked builds never reach besides the built-in ranges (addresses or CIDRs):
+    /// the cluster's networks, the registry, managers and ZooKeeper.
+    #[serde(default)]
+    pub build_network_deny: Vec<String>,
+    /// The resolvers of networked builds (IPv4); empty: the host's resolvers outside refused ranges.
+    #[serde(default)]
+    pub build_network_dns: Vec<String>,
+}
+
+fn default_build_network_pool() -> String {
+    sandbox::net::NetSettings::default().pool
 }
 
 fn default_bwrap() -> PathBuf {
@@ -148,6 +162,9 @@ impl Default for Config {
             build_cpus: default_build_cpus(),
             build_tmp_bytes: default_build_tmp(),
             allow_network_builds: false,
+            build_network_pool: default_build_network_pool(),
+            build_network_deny: Vec::new(),
+            build_network_dns: Vec::new(),
         }
     }
 }
@@ -178,6 +195,11 @@ impl Config {
                     },
                     tmp_bytes: self.build_tmp_bytes,
                     allow_network: self.allow_network_builds,
+                    network: sandbox::net::NetSettings {
+                        pool: self.build_network_pool.clone(),
+                        deny: self.build_network_deny.clone(),
+                        dns: self.build_network_dns.clone(),
+                    },
                     ..sandbox::SandboxSettings::default()
                 },
                 ..debian::DebianSettings::default()
@@ -237,7 +259,9 @@ mod tests {
         std::fs::write(
             &path,
             "build_uid = 1234\nbuild_gid = 1235\nbuild_memory_bytes = 1048576\n\
-             build_max_processes = 7\nbuild_cpus = 0.5\nbuild_tmp_bytes = 4096\n",
+             build_max_processes = 7\nbuild_cpus = 0.5\nbuild_tmp_bytes = 4096\n\
+             build_network_pool = \"10.99.0.0/20\"\nbuild_network_deny = [\"198.51.100.0/24\"]\n\
+             build_network_dns = [\"192.0.2.53\"]\n",
         )
         .unwrap();
         let env = [(
@@ -257,6 +281,14 @@ mod tests {
             }
         );
         assert!(s.allow_network);
+        assert_eq!(
+            s.network,
+            sandbox::net::NetSettings {
+                pool: "10.99.0.0/20".into(),
+                deny: vec!["198.51.100.0/24".into()],
+                dns: vec!["192.0.2.53".into()],
+            }
+        );
         let d = Config::default().settings().debian.sandbox;
         assert_eq!(d, sandbox::SandboxSettings::default());
         assert!(!d.allow_network);

@@ -161,6 +161,15 @@ async fn main() -> anyhow::Result<()> {
             let cfg: Config = atlantis_common::config::load(config.as_deref(), "ATLANTIS_BUILDER")
                 .context("loading the configuration")?;
             let cache = LayerCache::open(&cfg.cache_dir, cfg.cache_max_bytes)?;
+            if cfg.allow_network_builds {
+                // Checks the build_network_* keys and removes what dead builds left.
+                let settings = cfg.settings().debian.sandbox.network;
+                let cleaned = atlantis_builder::sandbox::net::prepare(&settings)
+                    .context("preparing networked builds")?;
+                if !cleaned.is_empty() {
+                    tracing::info!(?cleaned, "removed build networks left by dead builds");
+                }
+            }
             let builder = Builder::new(cache, cfg.settings());
             let app = atlantis_builder::api::App::build(cfg, builder).await?;
             app.serve(atlantis_common::shutdown::on_signal()).await?;

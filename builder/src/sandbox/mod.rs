@@ -10,8 +10,10 @@
 //!   (`--disable-userns`), a new session (no `TIOCSTI` into the builder's terminal);
 //! - a clean environment (`PATH`, `HOME=/tmp`, `TMPDIR=/tmp`, `LANG`); bwrap itself starts with an
 //!   empty environment, so `/proc/1/environ` inside holds nothing of the builder's;
-//! - no network (an empty namespace) unless the step asks for it and the operator allows it (see
-//!   [`check_network`]).
+//! - no network (an empty namespace) unless the build asks for it and the operator allows it (see
+//!   [`check_network`]); then a network namespace of the build's own with outbound access only (see
+//!   [`net`]), which the child joins before it drops its privileges, and a generated
+//!   `/etc/resolv.conf`.
 //!
 //! The child enters the cgroup and drops to `uid`/`gid` (no supplementary groups) before it executes
 //! bwrap, so bwrap runs unprivileged and every process of the build is counted. Before that it binds
@@ -21,6 +23,7 @@
 //! removed; a step whose cgroup cannot be emptied fails the build.
 
 pub mod cgroup;
+pub mod net;
 pub mod seccomp;
 
 use std::ffi::CString;
@@ -58,6 +61,8 @@ pub struct SandboxSettings {
     pub tmp_bytes: u64,
     /// Whether apps may ask for `network = true` in `[build]`.
     pub allow_network: bool,
+    /// The network of networked builds (pool, refused destinations, resolvers).
+    pub network: net::NetSettings,
     /// The parent cgroup (a plain name under each hierarchy) of the per-command cgroups.
     pub cgroup_parent: String,
 }
@@ -75,6 +80,7 @@ impl Default for SandboxSettings {
             },
             tmp_bytes: 256 << 20,
             allow_network: false,
+            network: net::NetSettings::default(),
             cgroup_parent: "atlantis-builds".into(),
         }
     }
@@ -89,8 +95,9 @@ pub struct Job<'a> {
     pub app: &'a Path,
     /// The program and its arguments, passed as they are.
     pub argv: &'a [String],
-    /// Whether the app asked for the network (checked by [`check_network`] first).
-    pub network: bool,
+    /// The build's own network namespace when it asked for the network (see [`net::BuildNet`]);
+    /// `None`: an empty network namespace.
+    pub network: Option<&'a net::BuildNet>,
     /// Time left for this command.
     pub timeout: Duration,
     /// Where stdout and stderr go.
@@ -115,26 +122,29 @@ pub struct Outcome {
     pub events: Events,
 }
 
-/// Refuses `network = true` unless the operator allows networked builds. Networked builds are not
-/// implemented yet (they need a network namespace of their own with NAT), so they are refused either
-/// way, with a message that says so.
+/// Refuses `network = true` unless the operator allows networked builds (`allow_network_builds`).
 pub fn check_network(settings: &SandboxSettings, network: bool) -> Result<(), BuildError> {
-    if !network {
-        return Ok(());
-    }
-    if !settings.allow_network {
+    if network && !settings.allow_network {
         return Err(BuildError::Input(
             "build.network = true: this builder does not allow networked builds (its operator can set \
              allow_network_builds = true); list Debian packages in build.packages instead"
                 .into(),
         ));
     }
-    Err(BuildError::Input(
-        "build.network = true: networked builds are allowed by this builder's config but not \
-         implemented yet (they would need a network namespace of their own); list Debian packages \
-         in build.packages instead"
-            .into(),
-    ))
+    Ok(())
+}
+
+/// Makes the build's own network namespace when `network` is asked for and allowed; `None` when not
+/// asked for.
+pub fn build_network(
+    settings: &SandboxSettings,
+    network: bool,
+) -> Result<Option<net::BuildNet>, BuildError> {
+    check_network(settings, network)?;
+    if !network {
+        return Ok(None);
+    }
+    net::BuildNet::create(&settings.network).map(Some)
 }
 
 /// Hands the app copy to the sandbox uid (every entry, without following symlinks).
@@ -165,9 +175,9 @@ fn check_ids(settings: &SandboxSettings) -> Result<(), BuildError> {
 }
 
 /// A pipe whose read end holds `data` (small enough for the pipe buffer) and then EOF.
-fn pipe_with(data: &[u8]) -> Result<OwnedFd, BuildError> {
+fn pipe_with(data: &[u8], what: &str) -> Result<OwnedFd, BuildError> {
     let (r, mut w) = std::io::pipe().map_err(io("creating a pipe"))?;
-    std::io::Write::write_all(&mut w, data).map_err(io("writing the seccomp filter"))?;
+    std::io::Write::write_all(&mut w, data).map_err(io(format!("writing {what}")))?;
     Ok(r.into())
 }
 
@@ -181,7 +191,7 @@ fn cstring(p: &Path) -> Result<CString, BuildError> {
 /// Runs one command in the sandbox until it ends or its time runs out.
 pub fn run(settings: &SandboxSettings, job: &Job<'_>) -> Result<Outcome, BuildError> {
     check_ids(settings)?;
-    check_network(settings, job.network)?;
+    check_network(settings, job.network.is_some())?;
     if !settings.bwrap.is_file() {
         return Err(BuildError::Io {
             what: format!(
@@ -191,6 +201,34 @@ pub fn run(settings: &SandboxSettings, job: &Job<'_>) -> Result<Outcome, BuildEr
             source: std::io::ErrorKind::NotFound.into(),
         });
     }
+    // A networked build gets its generated resolv.conf over the root's (a regular file of the root).
+    let resolv = match job.network {
+        Some(n) => {
+            let ours = job.root.join("etc/resolv.conf");
+            if !std::fs::symlink_metadata(&ours).is_ok_and(|m| m.is_file()) {
+                return Err(BuildError::Io {
+                    what: format!(
+                        "a networked build needs {} as a regular file",
+                        ours.display()
+                    ),
+                    source: std::io::ErrorKind::NotFound.into(),
+                });
+            }
+            Some(pipe_with(
+                n.resolv_conf.as_bytes(),
+                "the build's resolv.conf",
+            )?)
+        }
+        None => None,
+    };
+    let netns =
+        match job.network {
+            Some(n) => Some(n.netns_fd().ok_or_else(|| {
+                BuildError::Request("the build network was already removed".into())
+            })?),
+            None => None,
+        };
+
     static SEQ: AtomicU64 = AtomicU64::new(0);
     let name = format!(
         "build-{}-{}",
@@ -206,21 +244,31 @@ pub fn run(settings: &SandboxSettings, job: &Job<'_>) -> Result<Outcome, BuildEr
         (cstring(job.root)?, cstring(Path::new(STAGE_ROOT))?),
         (cstring(job.app)?, cstring(Path::new(STAGE_APP))?),
     ];
-    let filter = pipe_with(&seccomp::program())?;
+    let filter = pipe_with(&seccomp::program(), "the seccomp filter")?;
     let fd = |f: &OwnedFd| f.as_raw_fd().to_string();
-
     let mut c = Command::new(&settings.bwrap);
     c.env_clear()
         .args(["--unshare-user", "--unshare-ipc", "--unshare-pid"])
-        .args(["--unshare-uts", "--unshare-cgroup", "--unshare-net"])
+        .args(["--unshare-uts", "--unshare-cgroup"])
         .args(["--disable-userns", "--die-with-parent", "--new-session"])
         // The command is the namespace's pid 1 and bwrap's direct child, which bwrap reaps before it
         // exits (with its own init in between, that init outlives bwrap as an orphan of the host).
         .arg("--as-pid-1")
         .args(["--hostname", "atlantis-build"])
         .args(["--ro-bind", STAGE_ROOT, "/", "--bind", STAGE_APP, "/app"])
-        .args(["--proc", "/proc", "--dev", "/dev"])
-        .args(["--perms", "1777", "--size", &settings.tmp_bytes.to_string()])
+        .args(["--proc", "/proc", "--dev", "/dev"]);
+    match &resolv {
+        // The namespace the child joined (its own, never the host's) is kept: no --unshare-net.
+        Some(r) => c.args([
+            "--perms",
+            "0444",
+            "--ro-bind-data",
+            &fd(r),
+            "/etc/resolv.conf",
+        ]),
+        None => c.arg("--unshare-net"),
+    };
+    c.args(["--perms", "1777", "--size", &settings.tmp_bytes.to_string()])
         .args(["--tmpfs", "/tmp"])
         .args(["--clearenv", "--setenv", "PATH", PATH])
         .args(["--setenv", "HOME", "/tmp", "--setenv", "TMPDIR", "/tmp"])
@@ -235,7 +283,12 @@ pub fn run(settings: &SandboxSettings, job: &Job<'_>) -> Result<Outcome, BuildEr
         &mut c,
         Confinement {
             procs: procs.iter().map(|f| f.as_raw_fd()).collect(),
-            keep: filter.as_raw_fd(),
+            keep: [Some(&filter), resolv.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(|f| f.as_raw_fd())
+                .collect(),
+            netns,
             binds,
             uid: settings.uid,
             gid: settings.gid,
@@ -244,7 +297,7 @@ pub fn run(settings: &SandboxSettings, job: &Job<'_>) -> Result<Outcome, BuildEr
     let mut child = c
         .spawn()
         .map_err(io(format!("starting {}", settings.bwrap.display())))?;
-    drop((filter, procs));
+    drop((filter, resolv, procs));
     let deadline = Instant::now() + job.timeout;
     let exit = loop {
         if let Some(st) = child.try_wait().map_err(io("waiting for a build step"))? {
@@ -269,8 +322,10 @@ pub fn run(settings: &SandboxSettings, job: &Job<'_>) -> Result<Outcome, BuildEr
 struct Confinement {
     /// `cgroup.procs` files to write `0` to.
     procs: Vec<RawFd>,
-    /// The one descriptor beyond stdio that bwrap gets (the seccomp filter).
-    keep: RawFd,
+    /// The descriptors beyond stdio that bwrap gets (the seccomp filter, the resolv.conf).
+    keep: Vec<RawFd>,
+    /// The build's network namespace, joined while still root.
+    netns: Option<RawFd>,
     /// (source, stage) bind mounts made in a private mount namespace of the child.
     binds: [(CString, CString); 2],
     uid: u32,
@@ -297,6 +352,12 @@ fn confine(c: &mut Command, cf: Confinement) {
                     return fail();
                 }
             }
+            // Into the build's own network namespace (bwrap then keeps it).
+            if let Some(ns) = cf.netns
+                && libc::setns(ns, libc::CLONE_NEWNET) != 0
+            {
+                return fail();
+            }
             if libc::unshare(libc::CLONE_NEWNS) != 0
                 || libc::mount(
                     std::ptr::null(),
@@ -320,16 +381,20 @@ fn confine(c: &mut Command, cf: Confinement) {
                     return fail();
                 }
             }
-            // Every inherited descriptor but the filter is closed at exec.
+            // Every inherited descriptor but the filter's and the resolv.conf's is closed at exec.
             if libc::syscall(
                 libc::SYS_close_range,
                 3u32,
                 u32::MAX,
                 libc::CLOSE_RANGE_CLOEXEC,
             ) != 0
-                || libc::fcntl(cf.keep, libc::F_SETFD, 0) != 0
             {
                 return fail();
+            }
+            for &k in &cf.keep {
+                if libc::fcntl(k, libc::F_SETFD, 0) != 0 {
+                    return fail();
+                }
             }
             if libc::setgroups(0, std::ptr::null()) != 0
                 || libc::setresgid(cf.gid, cf.gid, cf.gid) != 0
