@@ -174,20 +174,18 @@ pub async fn revoke(
         Err(e) => (
             None,
             format!(
-                "revoked, but {app}'s containers could not be replaced ({e}): they keep {dep} \
+                "revoked, but {app}'s containers could not be replaced ({e}): they keep {dep}'s data \
                  until the app is redeployed without it"
             ),
         ),
     };
-    let message = format!(
-        "{message}; firewall narrowed at once on {} container(s){}",
-        cut.containers,
-        if cut.failures.is_empty() {
-            String::new()
-        } else {
-            format!(" ({} host(s) could not be asked)", cut.failures.len())
-        }
-    );
+    let message = match (cut.containers, cut.failures.len()) {
+        (0, 0) => message,
+        (n, 0) => format!("{message}; firewall narrowed at once on {n} container(s)"),
+        (n, f) => format!(
+            "{message}; firewall narrowed at once on {n} container(s), {f} host(s) could not be asked"
+        ),
+    };
     Ok(Json(Revoked {
         dependency: dep,
         app,

@@ -149,7 +149,7 @@ pub async fn check(host: &dyn HostApi, template: &ContainerSpec, memory_over: u6
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::super::FakeHost;
     use atlantis_common::ContainerId;
     use atlantis_common::api::supervisor::{ContainerSpec, HealthCheck, Resources};

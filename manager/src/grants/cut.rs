@@ -82,38 +82,22 @@ mod tests {
     use super::*;
     use crate::fleet::FakeHost;
     use atlantis_common::ContainerId;
-    use atlantis_common::api::supervisor::{ContainerSpec, HealthCheck, Resources};
+    use atlantis_common::api::supervisor::{ContainerSpec, Resources};
 
+    /// The contract's spec, for `app`, with `deps` (name, port).
     fn spec(app: &str, deps: &[(&str, u16)]) -> ContainerSpec {
-        let (app, sha, env) = (
-            app.parse().unwrap(),
-            "abcdef1".parse().unwrap(),
-            "prod".parse().unwrap(),
-        );
-        ContainerSpec {
-            container_id: ContainerId::generate(&app, &sha, &env),
-            app,
-            sha,
-            env,
-            image: "atlantis-test/busybox:1".into(),
-            cpu_millis: 100,
-            memory_mb: 64,
-            ports: vec![8080],
-            env_vars: Default::default(),
-            config: None,
-            dependencies: deps
-                .iter()
-                .map(|(n, p)| Dependency {
-                    name: (*n).into(),
-                    address: std::net::Ipv4Addr::new(10, 0, 0, 9),
-                    port: *p,
-                })
-                .collect(),
-            health: HealthCheck::default(),
-            command: None,
-            read_only_rootfs: false,
-            allow_ping: false,
-        }
+        let mut s = crate::fleet::contract::tests::template();
+        s.app = app.parse().unwrap();
+        s.container_id = ContainerId::generate(&s.app, &s.sha, &s.env);
+        s.dependencies = deps
+            .iter()
+            .map(|(n, p)| Dependency {
+                name: (*n).into(),
+                address: std::net::Ipv4Addr::new(10, 0, 0, 9),
+                port: *p,
+            })
+            .collect();
+        s
     }
 
     #[tokio::test]
