@@ -267,6 +267,11 @@ async fn api_latency(zk: &ZooKeeper, base: &ZkConfig, clients: usize, seconds: u
     std::fs::write(&key, "42".repeat(32)).unwrap();
     std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(dir.path().join("token"), "bench-token-0123456789").unwrap();
+    std::fs::set_permissions(
+        dir.path().join("token"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
     let mut z = ZkConfig::new(zk.connect_string(), "bench".parse().unwrap());
     z.root = Some(format!("{}-api", base.root.clone().unwrap_or_default()));
     let toml = format!(

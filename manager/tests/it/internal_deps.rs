@@ -59,7 +59,7 @@ pub async fn internal_dependencies(c: &Cluster) {
     for (name, internal, deps) in [
         (ONE, true, json!([])),
         (TWO, true, json!([])),
-        (CALLER, false, json!([ONE])),
+        (CALLER, false, json!([])),
     ] {
         let (s, v) = c
             .call(
@@ -71,6 +71,23 @@ pub async fn internal_dependencies(c: &Cluster) {
         assert_eq!(s, 201, "{v}");
         c.publish(name, SHA).await;
     }
+    // The caller declares the first internal app once it is granted (it has no team: a superuser grants).
+    let (s, v) = c
+        .call(
+            Method::PUT,
+            &format!("/v1/dependencies/{ONE}/grants/{CALLER}"),
+            None,
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = c
+        .call(
+            Method::PUT,
+            &format!("/v1/apps/{CALLER}"),
+            Some(json!({"name": CALLER, "dependencies": [ONE]})),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
     for (app, body) in [(ONE, "one-answers"), (TWO, "two-answers")] {
         let t = c
             .run_task(&format!("/v1/apps/{app}/envs/prod/deploy"), serving(body))
