@@ -23,7 +23,7 @@ use atlantis_common::api::supervisor::{
 };
 use atlantis_common::zk::{Coord, LockGuard, LockHolder, LockKey, Versioned};
 use atlantis_common::{AppName, ContainerId, EnvName, HostName, Sha, ZoneName};
-use atlantis_supervisor::client::SupervisorClient;
+use atlantis_common::supervisor_client::SupervisorClient;
 
 use crate::config::Config;
 use crate::error::ApiError;

@@ -3,7 +3,7 @@
 
 use atlantis_common::tls::{client_config, dev_ca};
 use atlantis_supervisor::App;
-use atlantis_supervisor::client::SupervisorClient;
+use atlantis_common::supervisor_client::SupervisorClient;
 use atlantis_supervisor::config::TlsConfig;
 
 use crate::{Host, TOKEN, init_tracing, spec};
