@@ -27,10 +27,10 @@ pub mod zk;
 pub mod config;
 #[cfg(feature = "server")]
 pub mod shutdown;
-#[cfg(feature = "server")]
-pub mod telemetry;
 #[cfg(feature = "client")]
 pub mod supervisor_client;
+#[cfg(feature = "server")]
+pub mod telemetry;
 #[cfg(feature = "tls")]
 pub mod tls;
 
