@@ -17,6 +17,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use atlantis_common::api::registry_token::{Claims, PUSH, REPOSITORY};
 use base64::Engine as _;
 use futures::{StreamExt as _, TryStreamExt as _};
 use reqwest::header::{AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, HeaderValue, LOCATION};
@@ -115,23 +116,6 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// The claims of a manager-issued registry token the builder looks at.
-#[derive(serde::Deserialize)]
-struct TokenClaims {
-    exp: u64,
-    #[serde(default)]
-    access: Vec<TokenGrant>,
-}
-
-#[derive(serde::Deserialize)]
-struct TokenGrant {
-    #[serde(rename = "type")]
-    kind: String,
-    name: String,
-    #[serde(default)]
-    actions: Vec<String>,
-}
-
 /// Checks, before anything is sent, that `token` is a manager-issued registry token (a JWT; its
 /// signature is the registry's to check) that is not expired and grants push on `repository` and
 /// on nothing else. The registry decides in the end; this refuses a token meant for another app
@@ -146,7 +130,7 @@ pub fn check_scoped_token(token: &str, repository: &str) -> Result<(), BuildErro
             "is not a manager-issued registry token (ask the manager: POST /v1/apps/{app}/build-token)",
         ));
     };
-    let claims: TokenClaims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+    let claims: Claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(claims)
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -161,18 +145,14 @@ pub fn check_scoped_token(token: &str, repository: &str) -> Result<(), BuildErro
     if let Some(other) = claims
         .access
         .iter()
-        .find(|g| g.kind != "repository" || g.name != repository)
+        .find(|g| g.kind != REPOSITORY || g.name != repository)
     {
         return Err(bad(&format!(
             "grants access to {} too; a build token is scoped to {repository} only",
             other.name
         )));
     }
-    if !claims
-        .access
-        .iter()
-        .any(|g| g.actions.iter().any(|a| a == "push"))
-    {
+    if !claims.grants(repository, PUSH) {
         return Err(bad(&format!("does not grant push on {repository}")));
     }
     Ok(())

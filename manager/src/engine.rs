@@ -21,9 +21,9 @@ use atlantis_common::api::manager::{
 use atlantis_common::api::supervisor::{
     ContainerInfo, ContainerSpec, Dependency, HealthCheck, SupervisorRecord, TeardownRequest,
 };
+use atlantis_common::supervisor_client::SupervisorClient;
 use atlantis_common::zk::{Coord, LockGuard, LockHolder, LockKey, Versioned};
 use atlantis_common::{AppName, ContainerId, EnvName, HostName, Sha, ZoneName};
-use atlantis_supervisor::client::SupervisorClient;
 
 use crate::config::Config;
 use crate::error::ApiError;

@@ -11,8 +11,8 @@ use atlantis_common::api::supervisor::{
     ContainerInfo, ContainerSpec, ContainerState, Dependency, PortBinding, Resources,
     SupervisorRecord, TeardownRequest, validate_dependencies,
 };
+use atlantis_common::supervisor_client::{ClientError, SupervisorClient};
 use atlantis_common::{ContainerId, HostName, ZoneName};
-use atlantis_supervisor::client::{ClientError, SupervisorClient};
 use futures::future::BoxFuture;
 use parking_lot::Mutex;
 

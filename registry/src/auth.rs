@@ -5,7 +5,8 @@
 //! `WWW-Authenticate: Bearer realm="<manager>/v1/registry/token",service="...",scope="repository:<name>:<actions>"`,
 //! asks the manager for a token with those values, and retries with it. The tokens are JWTs signed with
 //! Ed25519 (`alg` `EdDSA`) by the manager; the registry checks them with the manager's public key, the
-//! issuer, the audience (`service`) and the expiry, and grants exactly the `access` they list.
+//! issuer, the audience (`service`) and the expiry, and grants exactly the `access` they list. The
+//! claims are `atlantis_common::api::registry_token::Claims`, the type the manager signs.
 //!
 //! Secrets are kept as SHA-256 hashes and compared in constant time. Access rules match repository name
 //! prefixes; the longest matching prefix decides. A rule's member lists hold user names, `*` (any
@@ -13,6 +14,7 @@
 
 use std::collections::HashMap;
 
+use atlantis_common::api::registry_token::{Access, Claims, PULL, PUSH};
 use axum::http::{HeaderMap, header};
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
@@ -68,28 +70,6 @@ fn default_issuer() -> String {
     "atlantis-manager".into()
 }
 
-/// One grant of a token: actions on a repository.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    /// `repository`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// The repository name.
-    pub name: String,
-    /// `pull`, `push`.
-    pub actions: Vec<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct JwtClaims {
-    iss: String,
-    sub: String,
-    aud: String,
-    exp: u64,
-    #[serde(default)]
-    access: Vec<Grant>,
-}
-
 /// A user for HTTP Basic authentication.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -137,7 +117,7 @@ pub enum Principal {
         /// Who it was issued to.
         subject: String,
         /// What it allows.
-        access: Vec<Grant>,
+        access: Vec<Access>,
     },
 }
 
@@ -273,7 +253,7 @@ impl Auth {
             ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, key)
                 .verify(format!("{h}.{c}").as_bytes(), &sig)
                 .map_err(|_| RegistryError::Unauthorized)?;
-            let claims: JwtClaims =
+            let claims: Claims =
                 serde_json::from_slice(&b64.decode(c).map_err(|_| RegistryError::Unauthorized)?)
                     .map_err(|_| RegistryError::Unauthorized)?;
             let now = std::time::SystemTime::now()
@@ -339,12 +319,10 @@ impl Auth {
     pub fn allowed(&self, who: &Principal, repo: &str, action: Action) -> bool {
         if let Principal::Token { access, .. } = who {
             let want = match action {
-                Action::Pull => "pull",
-                Action::Push => "push",
+                Action::Pull => PULL,
+                Action::Push => PUSH,
             };
-            return access.iter().any(|g| {
-                g.kind == "repository" && g.name == repo && g.actions.iter().any(|a| a == want)
-            });
+            return access.iter().any(|g| g.grants(repo, want));
         }
         let Some(rule) = self
             .rules
@@ -492,5 +470,109 @@ mod tests {
             off.authenticate(&basic("puller", "pw")).unwrap(),
             Principal::User("puller".into())
         );
+    }
+
+    /// A token signed as the manager signs it, from the shared claims type: accepted for exactly the
+    /// access it lists; a wrong audience or issuer, an expired token or a forged signature is not.
+    #[test]
+    fn jwt_of_the_shared_claims_grants_exactly_its_access() {
+        use ring::signature::{Ed25519KeyPair, KeyPair as _};
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let key = Ed25519KeyPair::from_seed_unchecked(&[7u8; 32]).unwrap();
+        let other = Ed25519KeyPair::from_seed_unchecked(&[8u8; 32]).unwrap();
+        let a = Auth::new(&AuthConfig {
+            token: Some(TokenAuthConfig {
+                realm: "http://manager/v1/registry/token".into(),
+                service: default_service(),
+                issuer: default_issuer(),
+                public_key: hex::encode(key.public_key().as_ref()),
+                advertise: true,
+            }),
+            ..AuthConfig::default()
+        })
+        .unwrap();
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let claims = Claims {
+            iss: default_issuer(),
+            sub: "alice".into(),
+            aud: default_service(),
+            exp: now + 300,
+            nbf: now - 5,
+            iat: now,
+            jti: "j1".into(),
+            access: vec![
+                Access::repository("apps/web", &[PULL, PUSH]),
+                Access::repository("base/debian", &[PULL]),
+            ],
+        };
+        let bearer = |c: &Claims, k: &Ed25519KeyPair| {
+            let signing = format!(
+                "{}.{}",
+                b64.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#),
+                b64.encode(serde_json::to_vec(c).unwrap())
+            );
+            let sig = b64.encode(k.sign(signing.as_bytes()).as_ref());
+            let mut h = HeaderMap::new();
+            h.insert(
+                header::AUTHORIZATION,
+                format!("Bearer {signing}.{sig}").parse().unwrap(),
+            );
+            h
+        };
+        let who = a.authenticate(&bearer(&claims, &key)).unwrap();
+        assert_eq!(
+            who,
+            Principal::Token {
+                subject: "alice".into(),
+                access: claims.access.clone(),
+            }
+        );
+        assert!(a.allowed(&who, "apps/web", Action::Push));
+        assert!(a.allowed(&who, "base/debian", Action::Pull));
+        assert!(!a.allowed(&who, "base/debian", Action::Push));
+        assert!(!a.allowed(&who, "apps/other", Action::Pull));
+
+        let refused = [
+            ("another key", bearer(&claims, &other)),
+            (
+                "another audience",
+                bearer(
+                    &Claims {
+                        aud: "elsewhere".into(),
+                        ..claims.clone()
+                    },
+                    &key,
+                ),
+            ),
+            (
+                "another issuer",
+                bearer(
+                    &Claims {
+                        iss: "someone".into(),
+                        ..claims.clone()
+                    },
+                    &key,
+                ),
+            ),
+            (
+                "expired",
+                bearer(
+                    &Claims {
+                        exp: now - 1,
+                        ..claims.clone()
+                    },
+                    &key,
+                ),
+            ),
+        ];
+        for (what, h) in refused {
+            assert!(
+                matches!(a.authenticate(&h), Err(RegistryError::Unauthorized)),
+                "{what}"
+            );
+        }
     }
 }

@@ -8,11 +8,10 @@
 //! Docker labels ([`labels`]) plus ZooKeeper, never from a private file.
 //!
 //! [`App::build`] wires the real parts from a [`Config`]; [`App::build_with`] takes the seams explicitly.
-//! [`client::SupervisorClient`] is the typed client managers use.
+//! The typed client managers use is `atlantis_common::supervisor_client` (feature `client`).
 
 pub mod alloc;
 pub mod api;
-pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod conntrack;

@@ -11,8 +11,9 @@ use std::time::Duration;
 use atlantis_builder::api::{App, BuildStatus};
 use atlantis_builder::cache::LayerCache;
 use atlantis_builder::{Builder, Config};
+use atlantis_common::api::registry_token::{Access, PULL};
 use atlantis_common::shutdown::CancellationToken;
-use atlantis_manager::auth::registry::{Grant, RegistryTokenConfig, Signer};
+use atlantis_manager::auth::registry::{RegistryTokenConfig, Signer};
 use atlantis_registry::auth::{AuthConfig, TokenAuthConfig};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -58,23 +59,15 @@ impl TokenReg {
 
     /// A token granting `actions` on `apps/<app>`, as `POST /v1/apps/{app}/build-token` signs it.
     pub fn token(&self, app: &str, actions: &[&str]) -> String {
-        let g = Grant {
-            kind: "repository".into(),
-            name: format!("apps/{app}"),
-            actions: actions.iter().map(|a| (*a).to_owned()).collect(),
-        };
+        let g = Access::repository(format!("apps/{app}"), actions);
         self.signer.sign_for("build:test", &[g], 600)
     }
 
     /// The catalog as a reader of every repository the tests use sees it.
     pub async fn catalog(&self) -> Vec<String> {
-        let grants: Vec<Grant> = ["apps/busybox-web", "apps/other-web", "base/debian"]
+        let grants: Vec<Access> = ["apps/busybox-web", "apps/other-web", "base/debian"]
             .iter()
-            .map(|r| Grant {
-                kind: "repository".into(),
-                name: (*r).to_owned(),
-                actions: vec!["pull".into()],
-            })
+            .map(|r| Access::repository(*r, &[PULL]))
             .collect();
         let token = self.signer.sign_for("reader", &grants, 600);
         let v: serde_json::Value = reqwest::Client::builder()

@@ -3,4 +3,5 @@ pub mod app_config;
 pub mod exec;
 pub mod grants;
 pub mod manager;
+pub mod registry_token;
 pub mod supervisor;

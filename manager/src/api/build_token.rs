@@ -13,9 +13,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use serde::{Deserialize, Serialize};
 
-use crate::auth::registry::Grant;
 use crate::auth::{Auth, Principal};
 use crate::error::ApiError;
+use atlantis_common::api::registry_token::{Access, PULL, PUSH};
 
 /// A build token.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -52,11 +52,7 @@ pub async fn issue(
         return Err(ApiError::NotFound(format!("no app {app}")));
     }
     let repository = format!("apps/{app}");
-    let access = [Grant {
-        kind: "repository".into(),
-        name: repository.clone(),
-        actions: vec!["pull".into(), "push".into()],
-    }];
+    let access = [Access::repository(repository.clone(), &[PULL, PUSH])];
     let ttl = signer.cfg().build_ttl_s;
     let token = signer.sign_for(&format!("build:{}", p.user), &access, ttl);
     Ok(Json(BuildToken {

@@ -83,7 +83,7 @@ pub async fn logs(
         .ok_or_else(|| {
             ApiError::Unavailable(format!("supervisor {} is not registered", rec.host))
         })?;
-    let client = atlantis_supervisor::client::SupervisorClient::with_tls(
+    let client = atlantis_common::supervisor_client::SupervisorClient::with_tls(
         &sup.address,
         &ctx.token,
         ctx.supervisor_tls.as_deref().cloned(),

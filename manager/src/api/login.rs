@@ -2,6 +2,7 @@
 
 use atlantis_common::AppName;
 use atlantis_common::api::manager::ErrorBody;
+use atlantis_common::api::registry_token::{Access, PULL, PUSH, REPOSITORY};
 use axum::extract::{Request, State};
 use axum::response::{IntoResponse as _, Response};
 use axum::routing::{get, post, put};
@@ -366,8 +367,8 @@ async fn issue_registry_token(
     headers: &axum::http::HeaderMap,
     q: &[(String, String)],
     user: &mut String,
-) -> Result<(RegistryToken, Vec<crate::auth::registry::Grant>), ApiError> {
-    use crate::auth::registry::{Grant, parse_scope};
+) -> Result<(RegistryToken, Vec<Access>), ApiError> {
+    use crate::auth::registry::parse_scope;
     let caller = registry_caller(auth, headers)?;
     *user = match &caller {
         RegistryCaller::Supervisor => "supervisor".to_owned(),
@@ -404,11 +405,11 @@ async fn issue_registry_token(
         };
         let actions: Vec<String> = wanted
             .into_iter()
-            .filter(|a| (a == "pull" && pull) || (a == "push" && push))
+            .filter(|a| (a == PULL && pull) || (a == PUSH && push))
             .collect();
         if !actions.is_empty() {
-            access.push(Grant {
-                kind: "repository".into(),
+            access.push(Access {
+                kind: REPOSITORY.into(),
                 name,
                 actions,
             });

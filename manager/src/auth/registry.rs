@@ -1,6 +1,7 @@
 //! Docker token authentication for the registry: the manager issues short-lived JWTs signed with
 //! Ed25519 (`alg` `EdDSA`) listing the repository actions granted, and the registry checks them with the
-//! public key (`registry/src/auth.rs`).
+//! public key (`registry/src/auth.rs`). The claims are `atlantis_common::api::registry_token::Claims`,
+//! the one type the registry and the builder read too.
 //!
 //! Grants: `apps/<app>` pull and push for whoever may act on the app (a CI token of scope `read`: pull
 //! only); superusers anything; the cluster token (supervisors, as the Basic password) pull only; any
@@ -8,10 +9,11 @@
 
 use std::path::{Path, PathBuf};
 
+use atlantis_common::api::registry_token::{Access, Claims};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use ring::signature::{Ed25519KeyPair, KeyPair as _};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// `[auth.registry]`.
 #[derive(Debug, Clone, Deserialize)]
@@ -107,30 +109,6 @@ pub fn public_key(path: &Path) -> Result<String, String> {
     Ok(hex::encode(key.public_key().as_ref()))
 }
 
-/// One grant of a token (Docker's `access` claim).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Grant {
-    /// `repository`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// Repository name.
-    pub name: String,
-    /// Granted actions.
-    pub actions: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct JwtClaims<'a> {
-    iss: &'a str,
-    sub: &'a str,
-    aud: &'a str,
-    exp: u64,
-    nbf: u64,
-    iat: u64,
-    jti: String,
-    access: &'a [Grant],
-}
-
 impl Signer {
     /// Loads (or creates) the key.
     pub fn new(cfg: RegistryTokenConfig) -> Result<Signer, String> {
@@ -145,23 +123,23 @@ impl Signer {
     }
 
     /// A signed token for `sub` with `access`; returns it and its lifetime in seconds.
-    pub fn sign(&self, sub: &str, access: &[Grant]) -> (String, u64) {
+    pub fn sign(&self, sub: &str, access: &[Access]) -> (String, u64) {
         (self.sign_for(sub, access, self.cfg.ttl_s), self.cfg.ttl_s)
     }
 
     /// A signed token for `sub` with `access`, valid `ttl_s` seconds.
-    pub fn sign_for(&self, sub: &str, access: &[Grant], ttl_s: u64) -> String {
+    pub fn sign_for(&self, sub: &str, access: &[Access], ttl_s: u64) -> String {
         let now = crate::tasks::now_ms() / 1000;
         let header = B64.encode(br#"{"alg":"EdDSA","typ":"JWT"}"#);
-        let claims = JwtClaims {
-            iss: &self.cfg.issuer,
-            sub,
-            aud: &self.cfg.service,
+        let claims = Claims {
+            iss: self.cfg.issuer.clone(),
+            sub: sub.to_owned(),
+            aud: self.cfg.service.clone(),
             exp: now + ttl_s,
             nbf: now.saturating_sub(5),
             iat: now,
             jti: uuid::Uuid::new_v4().to_string(),
-            access,
+            access: access.to_vec(),
         };
         let body = B64.encode(serde_json::to_vec(&claims).unwrap_or_default());
         let signing = format!("{header}.{body}");

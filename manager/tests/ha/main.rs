@@ -519,7 +519,7 @@ async fn contract_on_a_real_supervisor(c: &HaCluster) {
         Some((c.ca.client.0.as_path(), c.ca.client.1.as_path())),
     )
     .unwrap();
-    let client = atlantis_supervisor::client::SupervisorClient::with_tls(
+    let client = atlantis_common::supervisor_client::SupervisorClient::with_tls(
         &rec.address,
         support::TOKEN,
         Some(tls),

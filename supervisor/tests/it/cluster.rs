@@ -4,9 +4,9 @@
 use std::time::Duration;
 
 use atlantis_common::api::supervisor::{ContainerState, SupervisorRecord};
+use atlantis_common::supervisor_client::SupervisorClient;
 use atlantis_common::zk::Coord;
 use atlantis_supervisor::App;
-use atlantis_supervisor::client::SupervisorClient;
 use atlantis_testkit::{ZooKeeper, eventually};
 
 use crate::{Client, Host, init_tracing, spec, unique, zk_config};

@@ -6,8 +6,8 @@
 
 use std::time::{Duration, Instant};
 
+use atlantis_common::supervisor_client::SupervisorClient;
 use atlantis_supervisor::App;
-use atlantis_supervisor::client::SupervisorClient;
 use reqwest::Method;
 
 use crate::escape::{echo_server, probe, start_stream, stream_state};

@@ -159,7 +159,8 @@ async fn deploy_isolate_restart_orphans_teardown() {
     );
     assert!(logs.contains("{\"feature\":true}"), "{logs}");
     let typed =
-        atlantis_supervisor::client::SupervisorClient::new(&client.base, &client.token).unwrap();
+        atlantis_common::supervisor_client::SupervisorClient::new(&client.base, &client.token)
+            .unwrap();
     let mut stream = typed
         .logs(&web.container_id, true, 1)
         .await

@@ -1,9 +1,9 @@
 //! Mutual TLS on the supervisor API: only a client certificate of the cluster CA gets in. No client
 //! certificate, a certificate of another CA, or the right token over plain HTTP: refused, nothing done.
 
+use atlantis_common::supervisor_client::SupervisorClient;
 use atlantis_common::tls::{client_config, dev_ca};
 use atlantis_supervisor::App;
-use atlantis_supervisor::client::SupervisorClient;
 use atlantis_supervisor::config::TlsConfig;
 
 use crate::{Host, TOKEN, init_tracing, spec};

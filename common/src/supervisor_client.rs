@@ -1,4 +1,5 @@
-//! A typed client of the supervisor API, for managers (and tests).
+//! A typed client of the supervisor API (feature `client`), for the manager and tests. It lives here,
+//! not in the supervisor crate, so its callers do not compile the supervisor's Docker backend.
 //!
 //! Every call carries the cluster token; non-2xx answers come back as [`ClientError::Api`] with the
 //! supervisor's stable error code, so callers can tell `no_capacity` from `image_not_found` without parsing
@@ -6,8 +7,8 @@
 
 use std::time::Duration;
 
-use atlantis_common::ContainerId;
-use atlantis_common::api::supervisor::{
+use crate::ContainerId;
+use crate::api::supervisor::{
     ContainerInfo, ContainerSpec, DependenciesRequest, Dependency, ErrorBody, SupervisorHealth,
     TeardownRequest, TeardownResponse,
 };
@@ -211,11 +212,11 @@ impl SupervisorClient {
     }
 
     /// Runs a command in a container: the raw ndjson stream of
-    /// [`atlantis_common::api::exec::ExecEvent`]s (no overall timeout; the supervisor bounds the run time).
+    /// [`crate::api::exec::ExecEvent`]s (no overall timeout; the supervisor bounds the run time).
     pub async fn exec(
         &self,
         id: &ContainerId,
-        req: &atlantis_common::api::exec::ExecRequest,
+        req: &crate::api::exec::ExecRequest,
     ) -> Result<BoxStream<'static, Result<Bytes, ClientError>>, ClientError> {
         let resp = self
             .http
