@@ -751,6 +751,7 @@ async fn the_admin_token_never_reaches_stderr() {
     std::fs::write(d.join("secret.key"), "42".repeat(32)).unwrap();
     std::fs::set_permissions(d.join("secret.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::write(d.join("token"), "a-cluster-token-0123456789").unwrap();
+    std::fs::set_permissions(d.join("token"), std::fs::Permissions::from_mode(0o600)).unwrap();
     let cfg = d.join("manager.toml");
     std::fs::write(
         &cfg,

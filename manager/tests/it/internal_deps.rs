@@ -65,7 +65,9 @@ pub async fn internal_dependencies(c: &Cluster) {
             .call(
                 Method::POST,
                 "/v1/apps",
-                Some(json!({"name": name, "internal": internal, "dependencies": deps})),
+                // One team owns all three: dep-caller may use dep-one without a grant
+                // (`crate::grants`); dep-two it does not declare, so its port stays closed.
+                Some(json!({"name": name, "internal": internal, "dependencies": deps, "team": "dep-team"})),
             )
             .await;
         assert_eq!(s, 201, "{v}");
