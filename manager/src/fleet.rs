@@ -17,6 +17,7 @@ use futures::future::BoxFuture;
 use parking_lot::Mutex;
 
 pub mod contract;
+pub mod hosts;
 
 /// Why a host call failed: the supervisor's stable code when it answered (`duplicate`, `no_capacity`,
 /// `invalid_spec`, ...), `None` when it did not.

@@ -8,19 +8,16 @@
 //! write is a transaction that also bumps the app's record (compare-and-set on its version), so a grant
 //! never outlives the app it was given to (see [`purge_app`]).
 //!
-//! [`granted`] is the one check: the API calls it when an app is registered or updated, and the engine
-//! when it resolves an app's dependencies (deploy, rollback, scale refuse; a re-placement or the
-//! replacement after a revoke, [`replace`], drops the dependency).
-
-pub mod cut;
-pub mod replace;
+//! [`is_granted`] is the one check: the API calls it (through [`granted`]) when an app is registered or
+//! updated, and the release engine when it resolves an app's dependencies (deploy, rollback, scale
+//! refuse; a re-placement or the replacement after a revoke, `crate::release::replace`, drops the
+//! dependency). This module only reads and writes grants; acting on containers is the engine's.
 
 use atlantis_common::api::grants::{DependencyGrant, DependencyRequest};
 use atlantis_common::api::manager::AppRecord;
-use atlantis_common::zk::{CoordError, Layout, Versioned};
+use atlantis_common::zk::{Coord, CoordError, Layout, Versioned};
 use atlantis_common::{AppName, TeamName};
 
-use crate::engine::Ctx;
 use crate::error::ApiError;
 use crate::tasks::now_ms;
 
@@ -33,60 +30,82 @@ pub struct Owner {
     pub internal_app: bool,
 }
 
-/// The owner of `dep`: a registered dependency's team, else an internal app's team; 404 when it is
+/// The owner of `dep`: a registered dependency's team, else an internal app's team; `None` when it is
 /// neither.
-pub async fn owner(ctx: &Ctx, dep: &AppName) -> Result<Owner, ApiError> {
-    if let Some(rec) = crate::api::deps::load(ctx, dep).await? {
-        return Ok(Owner {
+pub async fn find_owner(coord: &Coord, dep: &AppName) -> Result<Option<Owner>, CoordError> {
+    if let Some(rec) = crate::deps::load(coord, dep).await? {
+        return Ok(Some(Owner {
             team: rec.team,
             internal_app: false,
-        });
+        }));
     }
-    match ctx
-        .coord
-        .get::<AppRecord>(&ctx.coord.layout().app(dep))
-        .await?
-    {
-        Some(a) if a.value.spec.internal => Ok(Owner {
-            team: a.value.spec.team,
-            internal_app: true,
-        }),
-        _ => Err(ApiError::NotFound(format!(
-            "dependency {dep} is neither registered nor an internal app"
-        ))),
-    }
+    Ok(
+        match coord.get::<AppRecord>(&coord.layout().app(dep)).await? {
+            Some(a) if a.value.spec.internal => Some(Owner {
+                team: a.value.spec.team,
+                internal_app: true,
+            }),
+            _ => None,
+        },
+    )
 }
 
-/// True when `app` may use `dep`: its team owns it, or a grant exists.
-pub async fn granted(ctx: &Ctx, app: &AppRecord, dep: &AppName) -> Result<bool, ApiError> {
-    let o = owner(ctx, dep).await?;
-    if o.team.is_some() && o.team == app.spec.team {
+/// What an unknown dependency is called in refusals.
+pub fn unknown_dependency(dep: &AppName) -> String {
+    format!("dependency {dep} is neither registered nor an internal app")
+}
+
+/// The owner of `dep`, or 404 when it is neither registered nor an internal app.
+pub async fn owner(coord: &Coord, dep: &AppName) -> Result<Owner, ApiError> {
+    find_owner(coord, dep)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(unknown_dependency(dep)))
+}
+
+/// True when `app` may use `dep` (owned by `owner`): its team owns it, or a grant exists.
+pub async fn is_granted(
+    coord: &Coord,
+    app: &AppRecord,
+    owner: &Owner,
+    dep: &AppName,
+) -> Result<bool, CoordError> {
+    if owner.team.is_some() && owner.team == app.spec.team {
         return Ok(true);
     }
-    Ok(ctx
-        .coord
-        .stat(&ctx.coord.layout().dependency_grant(dep, &app.spec.name))
+    Ok(coord
+        .stat(&coord.layout().dependency_grant(dep, &app.spec.name))
         .await?
         .is_some())
 }
 
-/// The refusal for an ungranted dependency: names it, its owner and how to ask for it.
-pub fn not_granted(app: &AppName, dep: &AppName, owner: &Option<TeamName>) -> ApiError {
+/// True when `app` may use `dep` (404 for an unknown dependency).
+pub async fn granted(coord: &Coord, app: &AppRecord, dep: &AppName) -> Result<bool, ApiError> {
+    let o = owner(coord, dep).await?;
+    Ok(is_granted(coord, app, &o, dep).await?)
+}
+
+/// Why an ungranted dependency is refused: names it, its owner and how to ask for it.
+pub fn not_granted_message(app: &AppName, dep: &AppName, owner: &Option<TeamName>) -> String {
     let who = match owner {
         Some(t) => format!("its owning team {t}"),
         None => "a superuser (it has no team)".to_owned(),
     };
-    ApiError::DependencyNotGranted(format!(
+    format!(
         "app {app} may not use dependency {dep} until {who} grants it: ask with \
          `atlantis request-dependency {dep} --app {app}` (PUT /v1/dependencies/{dep}/requests/{app})"
-    ))
+    )
+}
+
+/// The refusal for an ungranted dependency (403 `dependency_not_granted`).
+pub fn not_granted(app: &AppName, dep: &AppName, owner: &Option<TeamName>) -> ApiError {
+    ApiError::DependencyNotGranted(not_granted_message(app, dep, owner))
 }
 
 /// Refuses (403 `dependency_not_granted`) when `app` declares a dependency it is not granted.
-pub async fn check_declared(ctx: &Ctx, app: &AppRecord) -> Result<(), ApiError> {
+pub async fn check_declared(coord: &Coord, app: &AppRecord) -> Result<(), ApiError> {
     for dep in &app.spec.dependencies {
-        if !granted(ctx, app, dep).await? {
-            let o = owner(ctx, dep).await?;
+        if !granted(coord, app, dep).await? {
+            let o = owner(coord, dep).await?;
             return Err(not_granted(&app.spec.name, dep, &o.team));
         }
     }
@@ -107,18 +126,21 @@ fn conflict(what: &str) -> impl Fn(CoordError) -> ApiError + '_ {
     }
 }
 
-async fn app_record(ctx: &Ctx, app: &AppName) -> Result<Versioned<AppRecord>, ApiError> {
-    ctx.app(app).await
+async fn app_record(coord: &Coord, app: &AppName) -> Result<Versioned<AppRecord>, ApiError> {
+    coord
+        .get::<AppRecord>(&coord.layout().app(app))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no app {app} (register it first)")))
 }
 
 /// Makes sure `parent` exists (transactions do not create parents).
-async fn ensure(ctx: &Ctx, parent: &str) -> Result<(), ApiError> {
-    Ok(ctx.coord.ensure_path(parent).await?)
+async fn ensure(coord: &Coord, parent: &str) -> Result<(), ApiError> {
+    Ok(coord.ensure_path(parent).await?)
 }
 
 /// Records `app`'s request for `dep` (idempotent: an existing request is kept and returned).
 pub async fn request(
-    ctx: &Ctx,
+    coord: &Coord,
     dep: &AppName,
     app: &AppName,
     by: &str,
@@ -132,16 +154,16 @@ pub async fn request(
             },
         ));
     }
-    let o = owner(ctx, dep).await?;
-    let rec = app_record(ctx, app).await?;
-    if granted(ctx, &rec.value, dep).await? {
+    let o = owner(coord, dep).await?;
+    let rec = app_record(coord, app).await?;
+    if granted(coord, &rec.value, dep).await? {
         return Err(ApiError::Exists(format!(
             "app {app} is granted dependency {dep} already"
         )));
     }
-    let l = ctx.coord.layout();
+    let l = coord.layout();
     let path = l.dependency_request(dep, app);
-    if let Some(v) = ctx.coord.get::<DependencyRequest>(&path).await? {
+    if let Some(v) = coord.get::<DependencyRequest>(&path).await? {
         return Ok((false, v.value));
     }
     let req = DependencyRequest {
@@ -154,8 +176,8 @@ pub async fn request(
         requested_ms: now_ms(),
         reason,
     };
-    ensure(ctx, &l.dependency_requests_of(dep)).await?;
-    ctx.coord
+    ensure(coord, &l.dependency_requests_of(dep)).await?;
+    coord
         .txn()
         .set(&l.app(app), &rec.value, Some(rec.version))
         .create(&path, &req)
@@ -167,16 +189,16 @@ pub async fn request(
 
 /// Grants `dep` to `app` (idempotent) and clears the app's pending request.
 pub async fn grant(
-    ctx: &Ctx,
+    coord: &Coord,
     dep: &AppName,
     app: &AppName,
     by: &str,
 ) -> Result<DependencyGrant, ApiError> {
-    owner(ctx, dep).await?;
-    let rec = app_record(ctx, app).await?;
-    let l = ctx.coord.layout();
+    owner(coord, dep).await?;
+    let rec = app_record(coord, app).await?;
+    let l = coord.layout();
     let path = l.dependency_grant(dep, app);
-    if let Some(g) = ctx.coord.get::<DependencyGrant>(&path).await? {
+    if let Some(g) = coord.get::<DependencyGrant>(&path).await? {
         return Ok(g.value);
     }
     let g = DependencyGrant {
@@ -186,14 +208,13 @@ pub async fn grant(
         granted_by: by.to_owned(),
         granted_ms: now_ms(),
     };
-    ensure(ctx, &l.dependency_grants_of(dep)).await?;
-    let mut txn = ctx
-        .coord
+    ensure(coord, &l.dependency_grants_of(dep)).await?;
+    let mut txn = coord
         .txn()
         .set(&l.app(app), &rec.value, Some(rec.version))
         .create(&path, &g);
     let req_path = l.dependency_request(dep, app);
-    if let Some(stat) = ctx.coord.stat(&req_path).await? {
+    if let Some(stat) = coord.stat(&req_path).await? {
         txn = txn.delete(&req_path, Some(stat.version));
     }
     txn.commit()
@@ -203,12 +224,12 @@ pub async fn grant(
 }
 
 /// Takes a grant back; false when there was none.
-pub async fn revoke(ctx: &Ctx, dep: &AppName, app: &AppName) -> Result<bool, ApiError> {
-    let path = ctx.coord.layout().dependency_grant(dep, app);
-    let Some(stat) = ctx.coord.stat(&path).await? else {
+pub async fn revoke(coord: &Coord, dep: &AppName, app: &AppName) -> Result<bool, ApiError> {
+    let path = coord.layout().dependency_grant(dep, app);
+    let Some(stat) = coord.stat(&path).await? else {
         return Ok(false);
     };
-    match ctx.coord.delete(&path, Some(stat.version)).await {
+    match coord.delete(&path, Some(stat.version)).await {
         Ok(gone) => Ok(gone),
         Err(CoordError::Conflict { .. }) => Err(ApiError::Exists(format!(
             "the grant of {dep} to {app} changed concurrently; try again"
@@ -218,23 +239,21 @@ pub async fn revoke(ctx: &Ctx, dep: &AppName, app: &AppName) -> Result<bool, Api
 }
 
 /// Drops a pending request; false when there was none.
-pub async fn drop_request(ctx: &Ctx, dep: &AppName, app: &AppName) -> Result<bool, ApiError> {
-    Ok(ctx
-        .coord
-        .delete(&ctx.coord.layout().dependency_request(dep, app), None)
+pub async fn drop_request(coord: &Coord, dep: &AppName, app: &AppName) -> Result<bool, ApiError> {
+    Ok(coord
+        .delete(&coord.layout().dependency_request(dep, app), None)
         .await?)
 }
 
 /// Every grant of `dep`, by app name.
-pub async fn grants_of(ctx: &Ctx, dep: &AppName) -> Result<Vec<DependencyGrant>, ApiError> {
-    let l = ctx.coord.layout();
+pub async fn grants_of(coord: &Coord, dep: &AppName) -> Result<Vec<DependencyGrant>, ApiError> {
+    let l = coord.layout();
     let mut out = Vec::new();
-    for a in ctx.coord.children(&l.dependency_grants_of(dep)).await? {
+    for a in coord.children(&l.dependency_grants_of(dep)).await? {
         let Ok(app) = a.parse::<AppName>() else {
             continue;
         };
-        if let Some(g) = ctx
-            .coord
+        if let Some(g) = coord
             .get::<DependencyGrant>(&l.dependency_grant(dep, &app))
             .await?
         {
@@ -245,19 +264,18 @@ pub async fn grants_of(ctx: &Ctx, dep: &AppName) -> Result<Vec<DependencyGrant>,
 }
 
 /// Every pending request.
-pub async fn all_requests(ctx: &Ctx) -> Result<Vec<DependencyRequest>, ApiError> {
-    let l = ctx.coord.layout();
+pub async fn all_requests(coord: &Coord) -> Result<Vec<DependencyRequest>, ApiError> {
+    let l = coord.layout();
     let mut out = Vec::new();
-    for d in ctx.coord.children(&l.dependency_requests()).await? {
+    for d in coord.children(&l.dependency_requests()).await? {
         let Ok(dep) = d.parse::<AppName>() else {
             continue;
         };
-        for a in ctx.coord.children(&l.dependency_requests_of(&dep)).await? {
+        for a in coord.children(&l.dependency_requests_of(&dep)).await? {
             let Ok(app) = a.parse::<AppName>() else {
                 continue;
             };
-            if let Some(r) = ctx
-                .coord
+            if let Some(r) = coord
                 .get::<DependencyRequest>(&l.dependency_request(&dep, &app))
                 .await?
             {
@@ -271,11 +289,11 @@ pub async fn all_requests(ctx: &Ctx) -> Result<Vec<DependencyRequest>, ApiError>
 /// Every grant and request that names `app` as depender or, with `as_dependency`, as dependency: their
 /// paths, for deletion with the app.
 pub async fn paths_of_app(
-    ctx: &Ctx,
+    coord: &Coord,
     app: &AppName,
     as_dependency: bool,
 ) -> Result<Vec<String>, ApiError> {
-    let l = ctx.coord.layout();
+    let l = coord.layout();
     let mut out = Vec::new();
     for (root, one, of) in [
         (
@@ -289,11 +307,11 @@ pub async fn paths_of_app(
             Layout::dependency_requests_of as OfFn,
         ),
     ] {
-        for d in ctx.coord.children(&root).await? {
+        for d in coord.children(&root).await? {
             let Ok(dep) = d.parse::<AppName>() else {
                 continue;
             };
-            for a in ctx.coord.children(&of(l, &dep)).await? {
+            for a in coord.children(&of(l, &dep)).await? {
                 let Ok(depender) = a.parse::<AppName>() else {
                     continue;
                 };
@@ -311,12 +329,12 @@ type OfFn = fn(&Layout, &AppName) -> String;
 
 /// Unregisters `app` (at `version`) together with every grant and request naming it, in one
 /// transaction: a grant written concurrently bumps the app's version and makes this fail (409).
-pub async fn purge_app(ctx: &Ctx, app: &AppName, version: i32) -> Result<usize, ApiError> {
+pub async fn purge_app(coord: &Coord, app: &AppName, version: i32) -> Result<usize, ApiError> {
     // A registered dependency of the same name owns `dependency_grants/<app>`: those stay.
-    let as_dependency = crate::api::deps::load(ctx, app).await?.is_none();
-    let paths = paths_of_app(ctx, app, as_dependency).await?;
-    let l = ctx.coord.layout();
-    let mut txn = ctx.coord.txn();
+    let as_dependency = crate::deps::load(coord, app).await?.is_none();
+    let paths = paths_of_app(coord, app, as_dependency).await?;
+    let l = coord.layout();
+    let mut txn = coord.txn();
     for p in &paths {
         txn = txn.delete(p, None);
     }
@@ -327,22 +345,21 @@ pub async fn purge_app(ctx: &Ctx, app: &AppName, version: i32) -> Result<usize, 
     // Empty parents of the app as a dependency go too (best effort).
     if as_dependency {
         for p in [l.dependency_grants_of(app), l.dependency_requests_of(app)] {
-            let _ = ctx.coord.delete(&p, None).await;
+            let _ = coord.delete(&p, None).await;
         }
     }
     Ok(paths.len())
 }
 
 /// The team that decides about `dep`, for the policy: `Ok(None)` when only superusers do.
-pub async fn deciding_team(ctx: &Ctx, dep: &AppName) -> Result<Option<String>, ApiError> {
-    Ok(owner(ctx, dep).await?.team.map(|t| t.to_string()))
+pub async fn deciding_team(coord: &Coord, dep: &AppName) -> Result<Option<String>, ApiError> {
+    Ok(owner(coord, dep).await?.team.map(|t| t.to_string()))
 }
 
 /// True when `app` is granted `dep` explicitly (a grant node), for views.
-pub async fn has_grant(ctx: &Ctx, dep: &AppName, app: &AppName) -> Result<bool, ApiError> {
-    Ok(ctx
-        .coord
-        .stat(&ctx.coord.layout().dependency_grant(dep, app))
+pub async fn has_grant(coord: &Coord, dep: &AppName, app: &AppName) -> Result<bool, ApiError> {
+    Ok(coord
+        .stat(&coord.layout().dependency_grant(dep, app))
         .await?
         .is_some())
 }

@@ -24,8 +24,8 @@ use atlantis_common::api::manager::{InstanceRecord, InstanceState, TaskKind};
 use atlantis_common::api::supervisor::SupervisorRecord;
 use atlantis_common::{AppName, ContainerId, EnvName, HostName, ZoneName};
 
-use crate::engine::{Ctx, Spec};
 use crate::placement::{Planner, Size, Slot};
+use crate::release::{Engine, Spec};
 use crate::state;
 use crate::tasks::Tasks;
 
@@ -50,7 +50,7 @@ pub struct PassReport {
 }
 
 /// Runs passes until dropped (the caller stops it when leadership ends).
-pub async fn run(ctx: Ctx) {
+pub async fn run(ctx: Engine) {
     let mut r = Reconciler::default();
     let every = Duration::from_millis(ctx.cfg.ha.interval_ms.max(100));
     loop {
@@ -67,7 +67,7 @@ pub async fn run(ctx: Ctx) {
 
 impl Reconciler {
     /// One pass.
-    pub async fn pass(&mut self, ctx: &Ctx) -> Result<PassReport, String> {
+    pub async fn pass(&mut self, ctx: &Engine) -> Result<PassReport, String> {
         let mut rep = PassReport {
             tasks_taken_over: crate::recovery::recover_orphans(ctx)
                 .await
@@ -143,12 +143,12 @@ impl Reconciler {
 /// The containers each live supervisor runs (hosts that do not answer are left out: nothing is concluded
 /// about them this pass).
 async fn running_containers(
-    ctx: &Ctx,
+    ctx: &Engine,
     live: &BTreeMap<HostName, SupervisorRecord>,
 ) -> BTreeMap<HostName, BTreeSet<ContainerId>> {
     let calls = live.values().map(|s| async move {
-        let client = ctx.client(s).ok()?;
-        let list = client.list().await.ok()?;
+        let host = ctx.hosts.host(s).ok()?;
+        let list = host.list().await.ok()?;
         Some((
             s.host.clone(),
             list.into_iter().map(|c| c.container_id).collect(),
@@ -161,7 +161,7 @@ async fn running_containers(
         .collect()
 }
 
-async fn all_instances(ctx: &Ctx) -> Result<Vec<(AppName, EnvName, InstanceRecord)>, String> {
+async fn all_instances(ctx: &Engine) -> Result<Vec<(AppName, EnvName, InstanceRecord)>, String> {
     let l = ctx.coord.layout();
     let mut out = Vec::new();
     let apps = ctx
@@ -190,7 +190,7 @@ async fn all_instances(ctx: &Ctx) -> Result<Vec<(AppName, EnvName, InstanceRecor
 /// Re-places `dead` containers of app.env as a durable task (kind `scale`, same release). Returns how
 /// many were started.
 async fn replace(
-    ctx: &Ctx,
+    ctx: &Engine,
     app: &AppName,
     env: &EnvName,
     dead: &[InstanceRecord],
@@ -213,7 +213,7 @@ async fn replace(
                 env,
                 &current.value,
                 current.value.manifest.instances,
-                crate::engine::Ungranted::Drop,
+                crate::release::Ungranted::Drop,
             )
             .await
             .map_err(|e| e.to_string())?;
@@ -272,17 +272,12 @@ async fn replace(
         hosts.into_iter().collect::<Vec<_>>().join(", ")
     ));
     let n = slots.len();
-    let r = ctx
-        .scale_steps(&task, &spec, current, &slots, dead.to_vec())
-        .await;
+    let change = ctx.same_release(&spec, current, &slots, dead.to_vec());
+    let r = ctx.run_phases(&task, &change).await;
     let out = match &r {
-        Ok(()) => Ok(n),
-        Err(e) => Err(e.clone()),
+        Ok(_) => Ok(n),
+        Err(e) => Err(e.to_string()),
     };
-    match r {
-        Ok(()) => task.done().await,
-        Err(e) => task.fail(e).await,
-    }
-    let _ = guard.release().await;
+    crate::release::conclude(task, guard, r.map(|_| None)).await;
     out
 }

@@ -7,11 +7,13 @@
 //! between has changed or removed its node, so the claim below fails), takes the lock itself, claims the
 //! task node by compare-and-set on the version it read, and then:
 //!
-//! - a deploy, rollback, scale or re-placement that had switched traffic (its new instance nodes are
-//!   `serving`, or for a pure scale-down the release node moved on) is finished: the old containers are
-//!   drained and removed and the release recorded;
-//! - one that had not is rolled back: its containers are torn down on their supervisors and its instance
-//!   nodes deleted; pools and the release node were never touched;
+//! - a deploy, rollback, scale or re-placement whose journal says it is past the switch, or whose switch
+//!   committed (its journal says `switching` or earlier, but its new instance nodes are `serving`, or for
+//!   a pure scale-down the release node moved on), is finished from the phase its journal names
+//!   (`crate::release::phases`): routers acknowledged, the old containers drained and removed, the
+//!   release recorded;
+//! - one that had not switched is rolled back: its containers are torn down on their hosts and its
+//!   instance nodes deleted; pools and the release node were never touched;
 //! - a teardown is run again (every step of it is idempotent);
 //! - a task that had recorded nothing yet is closed as abandoned.
 //!
@@ -23,13 +25,13 @@ use atlantis_common::api::manager::{InstanceRecord, InstanceState, TaskKind, Tas
 use atlantis_common::zk::{CoordError, LockHolder};
 use atlantis_common::{AppName, ContainerId, EnvName};
 
-use crate::engine::Ctx;
+use crate::release::Engine;
 use crate::routing;
 use crate::state;
-use crate::tasks::{Plan, Task, TaskNode};
+use crate::tasks::{Phase, Plan, Task, TaskNode};
 
 /// The purposes (task IDs) of every lock held now.
-async fn lock_purposes(ctx: &Ctx) -> Result<BTreeSet<String>, CoordError> {
+async fn lock_purposes(ctx: &Engine) -> Result<BTreeSet<String>, CoordError> {
     let l = ctx.coord.layout();
     let mut out = BTreeSet::new();
     for name in ctx.coord.children(&l.locks()).await? {
@@ -41,7 +43,7 @@ async fn lock_purposes(ctx: &Ctx) -> Result<BTreeSet<String>, CoordError> {
 }
 
 /// Finds orphaned tasks and takes them over, one after the other. Returns how many were taken over.
-pub async fn recover_orphans(ctx: &Ctx) -> Result<usize, CoordError> {
+pub async fn recover_orphans(ctx: &Engine) -> Result<usize, CoordError> {
     let nodes = ctx.tasks.in_flight().await?;
     if nodes.is_empty() {
         return Ok(0);
@@ -101,7 +103,7 @@ pub async fn recover_orphans(ctx: &Ctx) -> Result<usize, CoordError> {
 }
 
 /// Brings a taken-over task to its end: forward if it had switched, back otherwise.
-async fn resume(ctx: &Ctx, task: Task, node: &TaskNode) {
+async fn resume(ctx: &Engine, task: Task, node: &TaskNode) {
     let Some(plan) = task.journal().plan else {
         task.fail("abandoned by its manager before it changed anything".into())
             .await;
@@ -111,30 +113,38 @@ async fn resume(ctx: &Ctx, task: Task, node: &TaskNode) {
         let r = teardown_again(ctx, &task, node, &plan).await;
         match r {
             Ok(()) => task.done().await,
-            Err(e) => task.fail(e).await,
+            Err(e) => task.fail(e.to_string()).await,
         }
         return;
     }
-    match switched(ctx, &plan).await {
+    let past = if plan.phase.past_switch() {
+        Ok(true)
+    } else {
+        switched(ctx, &plan).await
+    };
+    match past {
         Ok(true) => {
             task.step("finish after takeover").await;
-            match ctx.finish_release(&task, plan.route_kind, &plan).await {
+            task.detail(format!("the journal says {:?}", plan.phase));
+            let from = plan.phase.max(Phase::Acknowledging);
+            match ctx.after_switch(&task, &plan, from, None).await {
                 Ok(n) => {
-                    if n > 0 {
+                    if let Some(n) = n {
                         task.set_release(n);
                     }
                     task.detail("the previous owner had switched traffic; finished here");
                     task.done().await;
                 }
-                Err(e) => task.fail(e).await,
+                Err(e) => task.fail(e.to_string()).await,
             }
         }
         Ok(false) => {
             task.step("roll back after takeover").await;
             roll_back(ctx, &task, &plan).await;
             task.fail(format!(
-                "manager {} died before switching traffic; rolled back ({} new containers removed, the previous release keeps serving)",
+                "manager {} died before switching traffic (journal: {:?}); rolled back ({} new containers removed, the previous release keeps serving)",
                 node.journal.owner,
+                plan.phase,
                 plan.created.len()
             ))
             .await;
@@ -148,7 +158,7 @@ async fn resume(ctx: &Ctx, task: Task, node: &TaskNode) {
 
 /// Did the task's switch transaction commit? Its new instance nodes turned `serving` in it; a task that
 /// creates nothing moved the release node on.
-async fn switched(ctx: &Ctx, plan: &Plan) -> Result<bool, CoordError> {
+async fn switched(ctx: &Engine, plan: &Plan) -> Result<bool, CoordError> {
     let l = ctx.coord.layout();
     if plan.created.is_empty() {
         let Some(first) = plan.remove.first() else {
@@ -175,7 +185,7 @@ async fn switched(ctx: &Ctx, plan: &Plan) -> Result<bool, CoordError> {
 
 /// Removes what the task created: pool backends that name its containers (none, unless the switch
 /// committed), the containers on their supervisors, the instance nodes.
-async fn roll_back(ctx: &Ctx, task: &Task, plan: &Plan) {
+async fn roll_back(ctx: &Engine, task: &Task, plan: &Plan) {
     let Some(first) = plan.created.first() else {
         return;
     };
@@ -195,7 +205,7 @@ async fn roll_back(ctx: &Ctx, task: &Task, plan: &Plan) {
 
 /// The backends in the app.env pool whose node names one of `recs`.
 async fn backends_naming(
-    ctx: &Ctx,
+    ctx: &Engine,
     plan: &Plan,
     app: &AppName,
     env: &EnvName,
@@ -219,13 +229,19 @@ async fn backends_naming(
 }
 
 async fn teardown_again(
-    ctx: &Ctx,
+    ctx: &Engine,
     task: &Task,
     node: &TaskNode,
     plan: &Plan,
-) -> Result<(), String> {
-    let app: AppName = node.status.app.parse().map_err(|e| format!("{e}"))?;
-    let rec = ctx.app(&app).await.map_err(|e| e.to_string())?.value;
+) -> Result<(), crate::release::EngineError> {
+    let app: AppName = node
+        .status
+        .app
+        .parse()
+        .map_err(|e: atlantis_common::NameError| {
+            crate::release::EngineError::Internal(e.to_string())
+        })?;
+    let rec = ctx.app(&app).await?.value;
     let scope = plan.teardown.clone().unwrap_or(crate::tasks::TeardownPlan {
         envs: node.status.env.iter().cloned().collect(),
         container: None,

@@ -16,9 +16,11 @@ use serde::Serialize;
 
 use crate::Config;
 use crate::auth::Auth;
-use crate::engine::Ctx;
+use crate::ctx::Ctx;
+use crate::fleet::hosts::Supervisors;
 use crate::history::{History, HistoryError};
 use crate::images::Images;
+use crate::release::Engine;
 use crate::secrets::{Sealer, SecretError};
 use crate::tasks::Tasks;
 
@@ -160,16 +162,26 @@ impl App {
             host: cfg.host.to_string(),
         };
         let http = router_status_client(&cfg)?;
-        let ctx = Ctx {
-            coord: coord.clone(),
-            tasks: Tasks::new(coord.clone(), history.clone(), cfg.host.as_str()),
-            history,
+        let token = Arc::new(token);
+        let supervisors = Arc::new(Supervisors::new(
+            token.clone(),
+            supervisor_tls,
+            std::time::Duration::from_millis(cfg.deploy.start_timeout_ms),
+        ));
+        let engine = Engine::new(
+            coord.clone(),
+            history.clone(),
+            Tasks::new(coord.clone(), history, cfg.host.as_str()),
             sealer,
             images,
-            token: Arc::new(token),
-            supervisor_tls,
-            cfg: Arc::new(cfg.clone()),
+            supervisors.clone(),
+            Arc::new(cfg.clone()),
             http,
+        );
+        let ctx = Ctx {
+            engine: engine.clone(),
+            supervisors,
+            token,
         };
         let (auth, admin_token_file) = Auth::setup(ctx.clone()).map_err(StartError::Setup)?;
         // Every route but /healthz, /openapi.json and the login goes through the auth layer.
@@ -200,7 +212,7 @@ impl App {
                 tracing::error!(error = %e, "Manager API server failed.");
             }
         });
-        let campaign = tokio::spawn(lead(shared, ctx, stop.clone()));
+        let campaign = tokio::spawn(lead(shared, engine, stop.clone()));
         tracing::info!(%addr, host = %cfg.host, "Manager serving.");
         Ok(App {
             addr,
@@ -221,7 +233,7 @@ impl App {
 }
 
 /// Campaigns for leadership again and again; reconciliation runs while leading.
-async fn lead(shared: Shared, ctx: Ctx, stop: CancellationToken) {
+async fn lead(shared: Shared, engine: Engine, stop: CancellationToken) {
     let path = shared.coord.layout().manager_leader();
     loop {
         let won = tokio::select! {
@@ -233,7 +245,7 @@ async fn lead(shared: Shared, ctx: Ctx, stop: CancellationToken) {
                 shared.leader.store(true, Ordering::SeqCst);
                 tokio::select! {
                     _ = leadership.lost() => tracing::warn!("Leadership lost."),
-                    _ = crate::reconcile::run(ctx.clone()) => {}
+                    _ = crate::reconcile::run(engine.clone()) => {}
                     _ = stop.cancelled() => {
                         let _ = leadership.resign().await;
                         shared.leader.store(false, Ordering::SeqCst);

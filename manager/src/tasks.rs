@@ -33,18 +33,49 @@ pub fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// Where a release-like task (deploy, rollback, scale, re-placement) stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Where a release-like task (deploy, rollback, scale, re-placement, replacement after a revoke) stands:
+/// the phases of `crate::release::phases`, in order. Each is written to the journal before the engine acts
+/// in it, so a manager taking the task over knows how far it got. Journals written before `planned`,
+/// `healthy`, `switching`, `acknowledging` and `recording` existed (`started` for `healthy`) read as
+/// before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Phase {
-    /// Instance nodes and containers of `created` are being made (none may exist yet).
+    /// What the task will create and remove is recorded; nothing started yet.
+    Planned,
+    /// Instance nodes and containers of `created` are being made (some may exist).
     Starting,
     /// Every container of `created` runs and is healthy; traffic not switched.
-    Started,
+    #[serde(alias = "started")]
+    Healthy,
+    /// The switch transaction is being committed (it may or may not have: recovery reads ZooKeeper).
+    Switching,
     /// The switch transaction committed: the new backends serve.
     Switched,
+    /// Waiting for the routers to serve the new pool (bounded; the ones that lag are named).
+    Acknowledging,
     /// `remove` is being drained and removed.
     Draining,
+    /// The release is being written to the history.
+    Recording,
+}
+
+impl Phase {
+    /// True once traffic may have moved to the new backends (from here on, the task goes forward).
+    pub fn past_switch(self) -> bool {
+        self >= Phase::Switched
+    }
+}
+
+/// Why a task must stop acting.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// Another manager claimed the task.
+    #[error("this task was taken over by another manager; stopping here")]
+    TakenOver,
+    /// The journal could not be written (acting unrecorded would be unsafe).
+    #[error("cannot record the task's progress in ZooKeeper; stopping")]
+    Unrecorded,
 }
 
 /// What a teardown works on.
@@ -305,9 +336,9 @@ impl Task {
     }
 
     /// Fails when the task was claimed by another manager.
-    pub fn check_owned(&self) -> Result<(), String> {
+    pub fn check_owned(&self) -> Result<(), TaskError> {
         if self.is_lost() {
-            Err("this task was taken over by another manager; stopping here".into())
+            Err(TaskError::TakenOver)
         } else {
             Ok(())
         }
@@ -348,13 +379,13 @@ impl Task {
 
     /// Records `f`'s change to the journal in ZooKeeper before going on. Fails when the task was claimed
     /// by another manager or the journal could not be written (acting unrecorded would be unsafe).
-    pub async fn record(&self, f: impl FnOnce(&mut Journal)) -> Result<(), String> {
+    pub async fn record(&self, f: impl FnOnce(&mut Journal)) -> Result<(), TaskError> {
         f(&mut self.journal.lock());
         if self.persist().await {
             Ok(())
         } else {
             self.check_owned()?;
-            Err("cannot record the task's progress in ZooKeeper; stopping".into())
+            Err(TaskError::Unrecorded)
         }
     }
 

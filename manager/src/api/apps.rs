@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 
 use super::{JsonBody, accepted, name};
-use crate::engine::Ctx;
+use crate::ctx::Ctx;
 use crate::error::ApiError;
 use crate::state;
 use crate::tasks::now_ms;
@@ -38,9 +38,9 @@ pub async fn list(State(ctx): State<Ctx>) -> Result<Json<Vec<AppRecord>>, ApiErr
 /// (403 `dependency_not_granted` otherwise, see `crate::grants`).
 async fn check_deps(ctx: &Ctx, rec: &AppRecord) -> Result<(), ApiError> {
     for d in &rec.spec.dependencies {
-        crate::grants::owner(ctx, d).await?;
+        crate::grants::owner(&ctx.coord, d).await?;
     }
-    crate::grants::check_declared(ctx, rec).await
+    crate::grants::check_declared(&ctx.coord, rec).await
 }
 
 /// `POST /v1/apps`: registers an app (409 if it exists).
@@ -135,7 +135,7 @@ pub async fn delete(
     }
     let teams = crate::auth::store::Store::new(ctx.history.pool().clone());
     teams.forget_app(app.as_str()).await?;
-    crate::grants::purge_app(&ctx, &app, cur.version).await?;
+    crate::grants::purge_app(&ctx.coord, &app, cur.version).await?;
     crate::routing::release_stable_ports(&ctx.coord, &app).await?;
     // Again after the app is gone: a team grant written meanwhile does not survive it.
     teams.forget_app(app.as_str()).await?;

@@ -16,7 +16,7 @@ use futures::StreamExt as _;
 use serde::{Deserialize, Serialize};
 
 use super::{JsonBody, accepted, name};
-use crate::engine::Ctx;
+use crate::ctx::Ctx;
 use crate::error::ApiError;
 use crate::state;
 
@@ -83,12 +83,9 @@ pub async fn logs(
         .ok_or_else(|| {
             ApiError::Unavailable(format!("supervisor {} is not registered", rec.host))
         })?;
-    let client = atlantis_common::supervisor_client::SupervisorClient::with_tls(
-        &sup.address,
-        &ctx.token,
-        ctx.supervisor_tls.as_deref().cloned(),
-    )
-    .map_err(|e| ApiError::Internal(e.to_string()))?;
+    let client = ctx
+        .client(&sup)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let stream = client
         .logs(
             &rec.container_id,

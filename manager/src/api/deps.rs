@@ -3,56 +3,22 @@
 //! those and the endpoints only to its owning team, the teams of apps granted it, and superusers).
 
 use atlantis_common::AppName;
-use atlantis_common::TeamName;
 use atlantis_common::api::manager::ErrorBody;
-use atlantis_common::api::manager::{DependencySpec, DependencyView, Endpoint};
+use atlantis_common::api::manager::{DependencySpec, DependencyView};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
-use serde::{Deserialize, Serialize};
 
 use super::{JsonBody, name};
 use crate::auth::{Auth, Principal};
-use crate::engine::Ctx;
+use crate::ctx::Ctx;
 use crate::error::ApiError;
 
-/// The ZooKeeper record `dependencies/<name>`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DependencyRecord {
-    /// Schema version.
-    pub version: u32,
-    /// Owning team.
-    pub team: Option<TeamName>,
-    /// Variable names (not secret).
-    pub data_keys: Vec<String>,
-    /// The data (a JSON object), sealed.
-    pub sealed_data: String,
-    /// Reachable endpoints.
-    pub endpoints: Vec<Endpoint>,
-}
+pub use crate::deps::DependencyRecord;
 
 /// Reads a dependency's record.
-pub async fn load(ctx: &Ctx, n: &AppName) -> Result<Option<DependencyRecord>, ApiError> {
-    Ok(ctx
-        .coord
-        .get::<DependencyRecord>(&ctx.coord.layout().dependency(n))
-        .await?
-        .map(|v| v.value))
-}
-
-/// Opens a dependency's record into its spec.
-pub fn open(ctx: &Ctx, n: &AppName, rec: &DependencyRecord) -> Result<DependencySpec, ApiError> {
-    let plain = ctx
-        .sealer
-        .open(n.as_str(), &rec.sealed_data)
-        .map_err(|e| ApiError::Internal(format!("dependency {n}: {e}")))?;
-    let data = serde_json::from_slice(&plain)
-        .map_err(|e| ApiError::Internal(format!("dependency {n}: {e}")))?;
-    Ok(DependencySpec {
-        team: rec.team.clone(),
-        data,
-        endpoints: rec.endpoints.clone(),
-    })
+async fn load(ctx: &Ctx, n: &AppName) -> Result<Option<DependencyRecord>, ApiError> {
+    Ok(crate::deps::load(&ctx.coord, n).await?)
 }
 
 fn view(n: AppName, rec: DependencyRecord) -> DependencyView {

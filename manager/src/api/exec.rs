@@ -13,7 +13,7 @@ use axum::response::{IntoResponse, Response};
 use futures::StreamExt as _;
 
 use super::{JsonBody, name};
-use crate::engine::Ctx;
+use crate::ctx::Ctx;
 use crate::error::ApiError;
 use crate::state;
 use crate::tasks::Tasks;
@@ -38,7 +38,9 @@ pub async fn exec(
         .ok_or_else(|| {
             ApiError::Unavailable(format!("supervisor {} is not registered", rec.host))
         })?;
-    let client = ctx.client(&sup).map_err(ApiError::Internal)?;
+    let client = ctx
+        .client(&sup)
+        .map_err(|e| ApiError::Internal(e.to_string()))?;
     let upstream = client.exec(&id, &req).await.map_err(|e| match e.code() {
         Some("not_found") => ApiError::NotFound(format!("container {id} is not running")),
         Some("invalid_request") => ApiError::InvalidRequest(e.to_string()),

@@ -15,7 +15,8 @@ use axum::{Extension, Json, Router};
 use super::name;
 use crate::auth::{Auth, Principal};
 use crate::error::ApiError;
-use crate::grants::{self, cut, replace};
+use crate::grants;
+use crate::release::{cut, replace};
 
 /// The routes of grants and requests.
 pub fn router(auth: Auth) -> Router {
@@ -39,7 +40,7 @@ pub async fn may_see(auth: &Auth, p: &Principal, dep: &AppName) -> Result<bool, 
     if p.superuser && !p.is_ci() {
         return Ok(true);
     }
-    let owner = grants::owner(&auth.ctx, dep).await?;
+    let owner = grants::owner(&auth.ctx.coord, dep).await?;
     if owner
         .team
         .as_ref()
@@ -47,7 +48,7 @@ pub async fn may_see(auth: &Auth, p: &Principal, dep: &AppName) -> Result<bool, 
     {
         return Ok(true);
     }
-    for g in grants::grants_of(&auth.ctx, dep).await? {
+    for g in grants::grants_of(&auth.ctx.coord, dep).await? {
         if auth.may_access(p, g.app.as_str()).await? {
             return Ok(true);
         }
@@ -74,7 +75,7 @@ pub async fn request(
         serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))?
     };
-    let (new, r) = grants::request(&auth.ctx, &dep, &app, &p.user, b.reason).await?;
+    let (new, r) = grants::request(&auth.ctx.coord, &dep, &app, &p.user, b.reason).await?;
     let status = if new {
         StatusCode::CREATED
     } else {
@@ -91,7 +92,7 @@ pub async fn drop_request(
 ) -> Result<StatusCode, ApiError> {
     let dep: AppName = name(&dep)?;
     let app: AppName = name(&app)?;
-    if grants::drop_request(&auth.ctx, &dep, &app).await? {
+    if grants::drop_request(&auth.ctx.coord, &dep, &app).await? {
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::NotFound(format!(
@@ -108,7 +109,7 @@ pub async fn list_requests(
     Extension(p): Extension<Principal>,
 ) -> Result<Json<Vec<DependencyRequest>>, ApiError> {
     let mut out = Vec::new();
-    for r in grants::all_requests(&auth.ctx).await? {
+    for r in grants::all_requests(&auth.ctx.coord).await? {
         let asked_of_me = r
             .owner
             .as_ref()
@@ -129,8 +130,8 @@ pub async fn list_grants(
     Path(dep): Path<String>,
 ) -> Result<Json<Vec<DependencyGrant>>, ApiError> {
     let dep: AppName = name(&dep)?;
-    grants::owner(&auth.ctx, &dep).await?;
-    Ok(Json(grants::grants_of(&auth.ctx, &dep).await?))
+    grants::owner(&auth.ctx.coord, &dep).await?;
+    Ok(Json(grants::grants_of(&auth.ctx.coord, &dep).await?))
 }
 
 /// `PUT /v1/dependencies/{name}/grants/{app}`: the owning team (or a superuser) grants it.
@@ -142,7 +143,9 @@ pub async fn grant(
 ) -> Result<Json<DependencyGrant>, ApiError> {
     let dep: AppName = name(&dep)?;
     let app: AppName = name(&app)?;
-    Ok(Json(grants::grant(&auth.ctx, &dep, &app, &p.user).await?))
+    Ok(Json(
+        grants::grant(&auth.ctx.coord, &dep, &app, &p.user).await?,
+    ))
 }
 
 /// `DELETE /v1/dependencies/{name}/grants/{app}`: the owning team (or a superuser) takes it back; the
@@ -154,7 +157,7 @@ pub async fn revoke(
 ) -> Result<Json<Revoked>, ApiError> {
     let dep: AppName = name(&dep)?;
     let app: AppName = name(&app)?;
-    if !grants::revoke(&auth.ctx, &dep, &app).await? {
+    if !grants::revoke(&auth.ctx.coord, &dep, &app).await? {
         return Err(ApiError::NotFound(format!(
             "app {app} has no grant of {dep} (apps of the owning team need none)"
         )));

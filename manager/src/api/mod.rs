@@ -19,8 +19,34 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 
-use crate::engine::Ctx;
+use crate::ctx::Ctx;
 use crate::error::ApiError;
+use crate::release::EngineError;
+
+/// The one mapping of engine errors to API errors (status and stable code).
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::NotFound(m) => ApiError::NotFound(m),
+            EngineError::InvalidField(f) => ApiError::InvalidField(f),
+            EngineError::InvalidRequest(m) => ApiError::InvalidRequest(m),
+            EngineError::ImageNotFound(m) => ApiError::ImageNotFound(m),
+            EngineError::Registry(m) => ApiError::Unavailable(m),
+            EngineError::NoCapacity(m) => ApiError::NoCapacity(m),
+            EngineError::InUse(m) => ApiError::InUse(m),
+            EngineError::DependencyNotGranted(m) => ApiError::DependencyNotGranted(m),
+            EngineError::Lock(l) => l.into(),
+            EngineError::Coord(c) => c.into(),
+            EngineError::History(h) => h.into(),
+            e @ (EngineError::Dependency(_)
+            | EngineError::Internal(_)
+            | EngineError::Crashed(_)) => ApiError::Internal(e.to_string()),
+            e @ (EngineError::NotStarted(_) | EngineError::Switch(_) | EngineError::Task(_)) => {
+                ApiError::Unavailable(e.to_string())
+            }
+        }
+    }
+}
 
 /// The `/v1` routes.
 pub fn router(ctx: Ctx) -> Router {

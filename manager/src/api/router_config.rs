@@ -12,7 +12,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 
 use super::JsonBody;
-use crate::engine::Ctx;
+use crate::ctx::Ctx;
 use crate::error::ApiError;
 
 fn kind(raw: &str) -> Result<RouterKind, ApiError> {

@@ -11,7 +11,7 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use crate::engine::Ctx;
+use crate::ctx::Ctx;
 use crate::error::ApiError;
 
 fn check_id(id: &str) -> Result<(), ApiError> {

@@ -345,7 +345,7 @@ async fn owner_decides(auth: &Auth, p: &Principal, dep: &str) -> Result<Option<S
     let Ok(name) = dep.parse::<atlantis_common::AppName>() else {
         return Ok(None); // the handler answers 400
     };
-    match crate::grants::deciding_team(&auth.ctx, &name).await? {
+    match crate::grants::deciding_team(&auth.ctx.coord, &name).await? {
         Some(t) if p.teams.contains(&t) => Ok(None),
         Some(t) => Err(ApiError::Forbidden(format!(
             "only members of team {t}, which owns dependency {dep}, or a superuser may do that"

@@ -28,7 +28,7 @@ use serde::Serialize;
 pub use config::{AuthConfig, LdapConfig};
 pub use token::{Claims, Keys, Scope};
 
-use crate::engine::Ctx;
+use crate::ctx::Ctx;
 use crate::error::ApiError;
 use crate::tasks::now_ms;
 

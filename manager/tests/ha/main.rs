@@ -604,7 +604,7 @@ async fn a_claimed_task_stops_its_old_owner() {
     );
 
     let e = task.record(|j| j.takeovers = 99).await.unwrap_err();
-    assert!(e.contains("taken over"), "{e}");
+    assert_eq!(e, atlantis_manager::tasks::TaskError::TakenOver, "{e}");
     assert!(task.is_lost());
     let write = coord
         .txn()

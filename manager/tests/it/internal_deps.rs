@@ -71,7 +71,8 @@ pub async fn internal_dependencies(c: &Cluster) {
         assert_eq!(s, 201, "{v}");
         c.publish(name, SHA).await;
     }
-    // The caller declares the first internal app once it is granted (it has no team: a superuser grants).
+    // The caller declares the first internal app once it is granted (dep-one has no team: a superuser
+    // grants); dep-two it does not declare, so its port stays closed.
     let (s, v) = c
         .call(
             Method::PUT,

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use atlantis_common::api::supervisor::Dependency;
 use atlantis_common::{AppName, HostName};
 
-use crate::engine::Ctx;
+use super::Engine;
 use crate::fleet::{HostApi, HostError};
 use crate::state;
 
@@ -23,7 +23,7 @@ pub struct Cut {
 }
 
 /// Takes `dep` away from every running container of `app`, on every host that runs one.
-pub async fn cut(ctx: &Ctx, app: &AppName, dep: &AppName) -> Cut {
+pub async fn cut(ctx: &Engine, app: &AppName, dep: &AppName) -> Cut {
     let mut out = Cut::default();
     let mut hosts: BTreeSet<HostName> = BTreeSet::new();
     let envs = match state::app_envs(&ctx.coord, app).await {
@@ -47,8 +47,8 @@ pub async fn cut(ctx: &Ctx, app: &AppName, dep: &AppName) -> Cut {
             Ok(None) => return Err(format!("supervisor {host} is not registered")),
             Err(e) => return Err(format!("supervisor {host}: {e}")),
         };
-        let client = ctx.client(&sup)?;
-        cut_on(&client, app, dep.as_str())
+        let api = ctx.hosts.host(&sup).map_err(|e| format!("{host}: {e}"))?;
+        cut_on(api.as_ref(), app, dep.as_str())
             .await
             .map_err(|e| format!("{host}: {e}"))
     });

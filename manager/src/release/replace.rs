@@ -1,6 +1,7 @@
 //! After a revoke: the app's containers are replaced, in every env where it runs, by copies of the same
 //! release (same sha, image and manifest) resolved without the dependencies it is no longer granted.
-//! Each env goes the usual way (start, healthy, one switch transaction, drain: `Ctx::scale_steps`), so
+//! Each env goes through the engine's phase machine (`super::phases`: start, healthy, one switch
+//! transaction, routers, drain), so
 //! no request fails, and the release keeps its number. One task (kind `replace`) holds the app's lock
 //! (which conflicts with every app.env lock); when another task holds it, the replacement waits for it.
 
@@ -10,8 +11,9 @@ use atlantis_common::AppName;
 use atlantis_common::api::manager::TaskKind;
 use tokio::sync::oneshot;
 
-use crate::engine::{Ctx, Ungranted};
-use crate::error::ApiError;
+use atlantis_common::zk::LockError;
+
+use super::{Engine, EngineError, Ungranted, conclude};
 use crate::state;
 use crate::tasks::{Task, Tasks};
 
@@ -33,7 +35,7 @@ pub enum Started {
 }
 
 /// Starts the replacement of `app`'s containers (see the module docs).
-pub async fn start(ctx: &Ctx, app: &AppName) -> Result<Started, ApiError> {
+pub async fn start(ctx: &Engine, app: &AppName) -> Result<Started, EngineError> {
     if state::app_envs(&ctx.coord, app).await?.is_empty() {
         return Ok(Started::NotRunning);
     }
@@ -43,7 +45,7 @@ pub async fn start(ctx: &Ctx, app: &AppName) -> Result<Started, ApiError> {
     match tokio::time::timeout(ANSWER_WAIT, rx).await {
         Ok(Ok(Ok(id))) => Ok(Started::Task(id)),
         Ok(Ok(Err(e))) => Err(e),
-        Ok(Err(_)) => Err(ApiError::Internal("the replacement stopped".into())),
+        Ok(Err(_)) => Err(EngineError::Internal("the replacement stopped".into())),
         Err(_) => Ok(Started::Waiting(format!(
             "another task holds app {app}'s lock; its containers are replaced without the \
              dependency when it ends"
@@ -52,14 +54,14 @@ pub async fn start(ctx: &Ctx, app: &AppName) -> Result<Started, ApiError> {
 }
 
 /// Takes the app's lock (waiting for it), then runs the task; says its ID (or why not) on `tx`.
-async fn run(ctx: Ctx, app: AppName, tx: oneshot::Sender<Result<String, ApiError>>) {
+async fn run(ctx: Engine, app: AppName, tx: oneshot::Sender<Result<String, EngineError>>) {
     let task_id = Tasks::new_id();
     let deadline = Instant::now() + LOCK_WAIT;
     let guard = loop {
         match ctx.lock(&[app.as_str()], &task_id).await {
             Ok(g) => break g,
-            Err(ApiError::Locked { message }) if Instant::now() < deadline => {
-                tracing::debug!(%app, %message, "Replacement waits for the app's lock.");
+            Err(EngineError::Lock(e @ LockError::Conflict { .. })) if Instant::now() < deadline => {
+                tracing::debug!(%app, error = %e, "Replacement waits for the app's lock.");
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
             Err(e) => {
@@ -81,19 +83,13 @@ async fn run(ctx: Ctx, app: AppName, tx: oneshot::Sender<Result<String, ApiError
         .await;
     let _ = tx.send(Ok(task_id));
     let r = steps(&ctx, &task, &app).await;
-    match r {
-        Ok(()) => task.done().await,
-        Err(e) => task.fail(e).await,
-    }
-    let _ = guard.release().await;
+    conclude(task, guard, r.map(|()| None)).await;
 }
 
 /// Every env of the app in turn: a full set of new containers, switched in, the old ones drained.
-async fn steps(ctx: &Ctx, task: &Task, app: &AppName) -> Result<(), String> {
-    let rec = ctx.app(app).await.map_err(|e| e.to_string())?;
-    let envs = state::app_envs(&ctx.coord, app)
-        .await
-        .map_err(|e| e.to_string())?;
+async fn steps(ctx: &Engine, task: &Task, app: &AppName) -> Result<(), EngineError> {
+    let rec = ctx.app(app).await?;
+    let envs = state::app_envs(&ctx.coord, app).await?;
     task.warn(format!(
         "replacing the containers of {app} in {} without the dependencies it is no longer granted",
         envs.iter()
@@ -102,31 +98,22 @@ async fn steps(ctx: &Ctx, task: &Task, app: &AppName) -> Result<(), String> {
             .join(", ")
     ));
     for env in envs {
-        let Some(current) = state::release(&ctx.coord, app, &env)
-            .await
-            .map_err(|e| e.to_string())?
-        else {
+        let Some(current) = state::release(&ctx.coord, app, &env).await? else {
             continue;
         };
         task.step(&format!("replace {app}.{env}")).await;
         let per_zone = current.value.manifest.instances;
         let spec = ctx
             .release_spec(&rec.value, &env, &current.value, per_zone, Ungranted::Drop)
-            .await
-            .map_err(|e| format!("{app}.{env}: {e}"))?;
+            .await?;
         let old: Vec<_> = state::instances(&ctx.coord, app, &env)
-            .await
-            .map_err(|e| e.to_string())?
+            .await?
             .into_iter()
             .map(|v| v.value)
             .collect();
-        let slots = ctx
-            .place(&spec, per_zone, None)
-            .await
-            .map_err(|e| format!("{app}.{env}: {e}"))?;
-        ctx.scale_steps(task, &spec, current, &slots, old)
-            .await
-            .map_err(|e| format!("{app}.{env}: {e}"))?;
+        let slots = ctx.place(&spec, per_zone, None).await?;
+        let change = ctx.same_release(&spec, current, &slots, old);
+        ctx.run_phases(task, &change).await?;
         task.detail(format!("{app}.{env} replaced"));
     }
     Ok(())
