@@ -45,7 +45,7 @@ pub struct Config {
     pub ha: HaConfig,
     /// Who may call the API (tokens, LDAP, admin token).
     #[serde(default)]
-    pub auth: crate::auth::AuthConfig,
+    pub auth: crate::auth::config::AuthConfig,
     /// HTTPS on the API (rustls); certificate files are reloaded when they change. Without it the API
     /// is plain HTTP: put it behind a TLS terminator, or keep it on loopback.
     #[serde(default)]
