@@ -169,10 +169,14 @@ impl Body for ProxyBody {
                     Poll::Pending => {
                         // Past the drain deadline of a backend that left its pool, the body ends
                         // here: a chunked answer gets its last chunk (the connection is not reused).
-                        let close = s
-                            .close
-                            .get_or_insert_with(|| Box::pin(s.lease.backend.closing_signal()));
-                        if close.as_mut().poll(cx).is_ready() {
+                        // Watched once the backend left (a body waiting since before is woken by
+                        // its backend or its idle bound).
+                        if s.close.is_none() && s.lease.backend.draining() {
+                            s.close = Some(Box::pin(s.lease.backend.closing_signal()));
+                        }
+                        if let Some(close) = &mut s.close
+                            && close.as_mut().poll(cx).is_ready()
+                        {
                             tracing::debug!(backend = %s.lease.backend.name, "Drain deadline: ending the streamed body.");
                             return Poll::Ready(None);
                         }

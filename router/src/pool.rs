@@ -177,6 +177,8 @@ pub struct BackendState {
     pub failures: AtomicU64,
     /// Open tunnels (upgraded connections; each is counted in `in_flight` too).
     pub tunnels: AtomicU32,
+    /// Set when the backend leaves its pool (read on the request path, where `removed` would lock).
+    left: AtomicBool,
     /// Idle connections, one list per worker (a connection is driven by the worker that opened it).
     idle: Box<[IdleList]>,
     raw_idle: Box<[RawIdleList]>,
@@ -204,6 +206,7 @@ impl BackendState {
             served: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             tunnels: AtomicU32::new(0),
+            left: AtomicBool::new(false),
             idle: (0..crate::workers::slots())
                 .map(|_| parking_lot::Mutex::new(Vec::new()))
                 .collect(),
@@ -297,6 +300,16 @@ impl BackendState {
     /// Resolves when the backend leaves its pool.
     pub fn removed_signal(&self) -> tokio_util::sync::WaitForCancellationFuture<'_> {
         self.cancel.cancelled()
+    }
+
+    /// Whether the backend left its pool (a relaxed load, for the request path).
+    pub fn draining(&self) -> bool {
+        self.left.load(Relaxed)
+    }
+
+    fn leave(&self) {
+        self.left.store(true, Relaxed);
+        self.cancel.cancel();
     }
 
     /// Asks what is still open to this backend (it left its pool) to end now: tunnels send a close and
@@ -464,7 +477,7 @@ impl PoolState {
         }
         for b in old.iter() {
             if !want.contains(&b.addr) {
-                b.cancel.cancel();
+                b.leave();
                 b.clear_idle();
                 metrics.forget_backend(&self.name, &b.name);
             }
@@ -475,7 +488,7 @@ impl PoolState {
     /// Stops every backend (the pool was deleted).
     pub fn close(&self, metrics: &RouterMetrics) {
         for b in self.backends.load().iter() {
-            b.cancel.cancel();
+            b.leave();
             b.clear_idle();
             metrics.forget_backend(&self.name, &b.name);
         }
