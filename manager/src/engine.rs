@@ -816,6 +816,19 @@ impl Ctx {
         new: &[NewBackend],
     ) {
         task.step("wait for routers").await;
+        // The switch bumped the generation; any later one includes it.
+        let generation = routing::acks::current_generation(&self.coord, route.kind)
+            .await
+            .unwrap_or(0);
+        let limit = Duration::from_millis(self.cfg.deploy.switch_wait_ms);
+        let acks = routing::acks::wait_generation(&self.coord, route.kind, generation, limit).await;
+        task.detail(format!(
+            "routers {}/{} on generation {generation}",
+            acks.on, acks.of
+        ));
+        if !acks.all() {
+            task.warn(format!("routers lagging: {}", acks.lagging.join(", ")));
+        }
         let backends: Vec<String> = new.iter().map(|b| b.backend.clone()).collect();
         let pending = routing::wait_usable(
             &self.coord,
@@ -848,9 +861,14 @@ impl Ctx {
             return;
         }
         let backends: Vec<String> = old.iter().filter_map(|r| r.backend.clone()).collect();
-        if let Err(e) = routing::remove_backends(&self.coord, kind, app, env, &backends).await {
-            task.warn(format!("cannot remove old backends from the pool: {e}"));
-        }
+        let generation = match routing::remove_backends(&self.coord, kind, app, env, &backends).await
+        {
+            Ok(g) => Some(g),
+            Err(e) => {
+                task.warn(format!("cannot remove old backends from the pool: {e}"));
+                None
+            }
+        };
         let l = self.coord.layout();
         for r in &old {
             let mut s = r.clone();
@@ -861,7 +879,12 @@ impl Ctx {
                 .await;
         }
         if !backends.is_empty() {
-            tokio::time::sleep(Duration::from_millis(self.cfg.deploy.drain_ms)).await;
+            // Until every router reports nothing open to them (routers close what is left at their
+            // own drain deadline; 3 s more for them to say so).
+            let limit = Duration::from_millis(self.cfg.deploy.drain_deadline_ms + 3_000);
+            let g = generation.unwrap_or(0);
+            let d = routing::acks::wait_drained(&self.coord, kind, g, &backends, limit).await;
+            task.detail(d.summary());
         }
         let n = self.remove_containers(task, &old).await;
         task.detail(format!("removed {n} old containers"));
