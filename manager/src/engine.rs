@@ -861,14 +861,14 @@ impl Ctx {
             return;
         }
         let backends: Vec<String> = old.iter().filter_map(|r| r.backend.clone()).collect();
-        let generation = match routing::remove_backends(&self.coord, kind, app, env, &backends).await
-        {
-            Ok(g) => Some(g),
-            Err(e) => {
-                task.warn(format!("cannot remove old backends from the pool: {e}"));
-                None
-            }
-        };
+        let generation =
+            match routing::remove_backends(&self.coord, kind, app, env, &backends).await {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    task.warn(format!("cannot remove old backends from the pool: {e}"));
+                    None
+                }
+            };
         let l = self.coord.layout();
         for r in &old {
             let mut s = r.clone();

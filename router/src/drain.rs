@@ -42,7 +42,12 @@ pub fn backends_of(table: &Table) -> Vec<(String, Arc<BackendState>)> {
     table
         .pools
         .iter()
-        .flat_map(|(name, p)| p.backends().iter().map(|b| (name.clone(), b.clone())).collect::<Vec<_>>())
+        .flat_map(|(name, p)| {
+            p.backends()
+                .iter()
+                .map(|b| (name.clone(), b.clone()))
+                .collect::<Vec<_>>()
+        })
         .collect()
 }
 

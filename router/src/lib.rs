@@ -243,9 +243,8 @@ impl App {
         let snapshot = cfg.snapshot_file().map(|path| (path, source.origin()));
         let mut compiler = Compiler::new(shared.metrics.clone());
         let mut logged: HashSet<table::Invalid> = HashSet::new();
-        let mut drains = drain::Drains::new(Duration::from_millis(
-            cfg.limits.backend_drain_deadline_ms,
-        ));
+        let mut drains =
+            drain::Drains::new(Duration::from_millis(cfg.limits.backend_drain_deadline_ms));
         let mut install = |compiler: &mut Compiler,
                            listeners: &mut Listeners,
                            drains: &mut drain::Drains| {

@@ -623,7 +623,13 @@ async fn forward(
                 };
                 match both {
                     Ok((c, b)) => {
-                        let tunnel = crate::tunnel::run(TokioIo::new(c), TokioIo::new(b), idle, close, websocket);
+                        let tunnel = crate::tunnel::run(
+                            TokioIo::new(c),
+                            TokioIo::new(b),
+                            idle,
+                            close,
+                            websocket,
+                        );
                         tokio::select! {
                             r = tunnel => if let Err(e) = r {
                                 tracing::debug!(error = %e, "Tunnel ended.");

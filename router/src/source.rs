@@ -15,9 +15,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use atlantis_common::routing::RouterAck;
 use atlantis_common::zk::{Coord, Node, Registration, RouterKind, TreeCache, TreeEvent, ZkConfig};
 use atlantis_common::{HostName, ZoneName};
-use atlantis_common::routing::RouterAck;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 

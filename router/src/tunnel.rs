@@ -211,34 +211,6 @@ impl Frames {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::Frames;
-
-    #[test]
-    fn frame_boundaries_are_followed_across_splits() {
-        // A 5-byte text frame, a 300-byte binary frame (16-bit length), a masked 2-byte frame.
-        let mut s = vec![0x81, 5];
-        s.extend_from_slice(b"hello");
-        s.extend_from_slice(&[0x82, 126, 0x01, 0x2c]);
-        s.extend(std::iter::repeat_n(7u8, 300));
-        s.extend_from_slice(&[0x81, 0x82, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2]);
-        let ends = [7, 7 + 4 + 300, s.len()];
-        for split in 1..s.len() {
-            let mut f = Frames::default();
-            f.feed(&s[..split]);
-            assert_eq!(f.at_boundary(), ends.contains(&split), "split at {split}");
-            f.feed(&s[split..]);
-            assert!(f.at_boundary(), "split at {split}");
-        }
-        let mut f = Frames::default();
-        f.feed(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
-        assert_eq!(f.need(), 65536);
-        f.feed(&[0x81]);
-        assert_eq!(f.need(), 65535);
-    }
-}
-
 /// An I/O object that records when it last moved bytes.
 struct Activity<T> {
     inner: T,
@@ -287,5 +259,33 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Frames;
+
+    #[test]
+    fn frame_boundaries_are_followed_across_splits() {
+        // A 5-byte text frame, a 300-byte binary frame (16-bit length), a masked 2-byte frame.
+        let mut s = vec![0x81, 5];
+        s.extend_from_slice(b"hello");
+        s.extend_from_slice(&[0x82, 126, 0x01, 0x2c]);
+        s.extend(std::iter::repeat_n(7u8, 300));
+        s.extend_from_slice(&[0x81, 0x82, 1, 2, 3, 4, b'a' ^ 1, b'b' ^ 2]);
+        let ends = [7, 7 + 4 + 300, s.len()];
+        for split in 1..s.len() {
+            let mut f = Frames::default();
+            f.feed(&s[..split]);
+            assert_eq!(f.at_boundary(), ends.contains(&split), "split at {split}");
+            f.feed(&s[split..]);
+            assert!(f.at_boundary(), "split at {split}");
+        }
+        let mut f = Frames::default();
+        f.feed(&[0x82, 127, 0, 0, 0, 0, 0, 1, 0, 0]);
+        assert_eq!(f.need(), 65536);
+        f.feed(&[0x81]);
+        assert_eq!(f.need(), 65535);
     }
 }

@@ -37,8 +37,7 @@ struct Pausable {
 
 impl Pausable {
     fn start(zk: ZkConfig, host: &'static str) -> Pausable {
-        let (tx, mut rx) =
-            tokio::sync::mpsc::unbounded_channel::<std::sync::mpsc::Receiver<()>>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::sync::mpsc::Receiver<()>>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -163,7 +162,10 @@ async fn wait_generation_names_a_paused_router_and_wait_drained_sees_the_drain()
         Duration::from_secs(15),
     )
     .await;
-    assert!(!d.timed_out && d.remaining.is_empty() && d.lagging.is_empty(), "{d:?}");
+    assert!(
+        !d.timed_out && d.remaining.is_empty() && d.lagging.is_empty(),
+        "{d:?}"
+    );
     assert!(d.took < Duration::from_secs(2), "{d:?}");
     assert!(d.summary().starts_with("drained in "), "{}", d.summary());
     drop(a);

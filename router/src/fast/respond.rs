@@ -203,7 +203,10 @@ impl Conn<'_> {
                 if matches!(framing, Framing::Chunked) && chunks.between_chunks() {
                     out.clear();
                     out.extend_from_slice(b"0\r\n\r\n");
-                    if io::write_all(client, out, &mut self.timer, &mut bound).await.is_err() {
+                    if io::write_all(client, out, &mut self.timer, &mut bound)
+                        .await
+                        .is_err()
+                    {
                         return false;
                     }
                     tracing::debug!(pool = %pool.name, backend = %backend.name, "Drain deadline: ended the streamed body.");

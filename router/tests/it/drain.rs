@@ -14,7 +14,11 @@ use crate::support::{Backend, Conf, Router, client, get, wait_ok};
 /// The router's acknowledgement node, as the manager reads it.
 async fn ack(conf: &Conf) -> Option<RouterAck> {
     let l = conf.coord.layout();
-    let path = l.router_ack(conf.kind, &"z1".parse().unwrap(), &"test-router".parse().unwrap());
+    let path = l.router_ack(
+        conf.kind,
+        &"z1".parse().unwrap(),
+        &"test-router".parse().unwrap(),
+    );
     conf.coord
         .get::<RouterAck>(&path)
         .await
@@ -53,7 +57,8 @@ async fn setup(test: &str, deadline_ms: u64) -> (Conf, Backend, u16, Router) {
     conf.trie("root", &["all"]).await;
     let port = free_port();
     conf.port("web", port, "root").await;
-    let router = Router::start_with(&conf, |c| c.limits.backend_drain_deadline_ms = deadline_ms).await;
+    let router =
+        Router::start_with(&conf, |c| c.limits.backend_drain_deadline_ms = deadline_ms).await;
     wait_ok(port, "/x", "old").await;
     (conf, old, port, router)
 }
@@ -73,34 +78,45 @@ async fn the_generation_advances_and_a_long_request_drains_with_200() {
         let url = format!("http://127.0.0.1:{port}/slow?ms=10000");
         get(&client(), &url, "x.test", &[]).await
     });
-    eventually(Duration::from_secs(15), "a request in flight to old", || async {
-        router
-            .backend_status("p", &old.node())
-            .await
-            .filter(|b| b["in_flight"] == 1)
-    })
+    eventually(
+        Duration::from_secs(15),
+        "a request in flight to old",
+        || async {
+            router
+                .backend_status("p", &old.node())
+                .await
+                .filter(|b| b["in_flight"] == 1)
+        },
+    )
     .await;
     let new = Backend::start("new").await;
     conf.backend("p", &new.node()).await;
     let g = remove(&conf, &old.node()).await;
     let t0 = Instant::now();
-    let a = eventually(Duration::from_secs(5), "generation acknowledged", || async {
-        ack(&conf).await.filter(|a| a.generation == Some(g))
-    })
+    let a = eventually(
+        Duration::from_secs(5),
+        "generation acknowledged",
+        || async { ack(&conf).await.filter(|a| a.generation == Some(g)) },
+    )
     .await;
     let took = t0.elapsed();
     assert!(took < Duration::from_secs(2), "acknowledged after {took:?}");
     let d = a.draining.iter().find(|d| d.backend == old.node());
     let d = match d {
         Some(d) => d.clone(),
-        None => eventually(Duration::from_secs(2), "old reported draining", || async {
-            ack(&conf)
-                .await
-                .and_then(|a| a.draining.into_iter().find(|d| d.backend == old.node()))
-        })
-        .await,
+        None => {
+            eventually(Duration::from_secs(2), "old reported draining", || async {
+                ack(&conf)
+                    .await
+                    .and_then(|a| a.draining.into_iter().find(|d| d.backend == old.node()))
+            })
+            .await
+        }
     };
-    assert_eq!((d.pool.as_str(), d.in_flight, d.tunnels, d.closing), ("p", 1, 0, false));
+    assert_eq!(
+        (d.pool.as_str(), d.in_flight, d.tunnels, d.closing),
+        ("p", 1, 0, false)
+    );
     let (status, backend, body) = slow.await.unwrap();
     assert_eq!((status, backend.as_str()), (200, "old"), "{body}");
     eventually(Duration::from_secs(3), "nothing left draining", || async {
@@ -123,7 +139,9 @@ async fn the_generation_advances_and_a_long_request_drains_with_200() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_websocket_gets_a_close_frame_at_the_drain_deadline() {
     let (conf, old, port, router) = setup("acks-ws", 1500).await;
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
     s.write_all(
         b"GET /ws HTTP/1.1\r\nHost: x.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\
           Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
@@ -137,7 +155,11 @@ async fn a_websocket_gets_a_close_frame_at_the_drain_deadline() {
         assert!(n > 0, "closed before the 101");
         got.extend_from_slice(&buf[..n]);
     }
-    assert!(got.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&got));
+    assert!(
+        got.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
     // A masked text frame "hi" goes through and the echo comes back (the backend echoes raw bytes).
     let frame = [0x81, 0x82, 1, 2, 3, 4, b'h' ^ 1, b'i' ^ 2];
     s.write_all(&frame).await.unwrap();
@@ -148,7 +170,10 @@ async fn a_websocket_gets_a_close_frame_at_the_drain_deadline() {
     let removed = Instant::now();
     let a = eventually(Duration::from_secs(5), "the tunnel reported", || async {
         ack(&conf).await.filter(|a| {
-            a.generation == Some(g) && a.draining.iter().any(|d| d.backend == old.node() && d.tunnels == 1)
+            a.generation == Some(g)
+                && a.draining
+                    .iter()
+                    .any(|d| d.backend == old.node() && d.tunnels == 1)
         })
     })
     .await;
@@ -157,7 +182,10 @@ async fn a_websocket_gets_a_close_frame_at_the_drain_deadline() {
     let mut rest = Vec::new();
     let end = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut rest)).await;
     let waited = removed.elapsed();
-    assert!(matches!(end, Ok(Ok(_))), "the stream did not end cleanly: {end:?}");
+    assert!(
+        matches!(end, Ok(Ok(_))),
+        "the stream did not end cleanly: {end:?}"
+    );
     assert_eq!(rest, [0x88, 0x02, 0x03, 0xE9], "close frame, status 1001");
     assert!(
         waited >= Duration::from_millis(1400) && waited < Duration::from_secs(4),
@@ -192,7 +220,10 @@ async fn a_streamed_answer_ends_cleanly_at_the_drain_deadline() {
     let removed = Instant::now();
     eventually(Duration::from_secs(5), "both streams reported", || async {
         ack(&conf).await.filter(|a| {
-            a.generation == Some(g) && a.draining.iter().any(|d| d.backend == old.node() && d.in_flight == 2)
+            a.generation == Some(g)
+                && a.draining
+                    .iter()
+                    .any(|d| d.backend == old.node() && d.in_flight == 2)
         })
     })
     .await;

@@ -144,7 +144,10 @@ async fn answer(
             let events = futures::stream::unfold(0u64, |n| async move {
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 let chunk = Bytes::from(format!("data: {n}\n\n"));
-                Some((Ok::<_, hyper::Error>(hyper::body::Frame::data(chunk)), n + 1))
+                Some((
+                    Ok::<_, hyper::Error>(hyper::body::Frame::data(chunk)),
+                    n + 1,
+                ))
             });
             let mut r = Response::new(http_body_util::StreamBody::new(events).boxed());
             r.headers_mut()
