@@ -100,6 +100,7 @@ async fn the_generation_advances_and_a_long_request_drains_with_200() {
     )
     .await;
     let took = t0.elapsed();
+    eprintln!("generation {g} acknowledged {took:?} after the removal was committed");
     assert!(took < Duration::from_secs(2), "acknowledged after {took:?}");
     let d = a.draining.iter().find(|d| d.backend == old.node());
     let d = match d {
