@@ -181,8 +181,14 @@ impl Default for RoutingConfig {
 pub struct DeployConfig {
     /// After the switch, how long to wait at most for every router to see the new backends healthy.
     pub switch_wait_ms: u64,
-    /// After removing old backends, how long in-flight requests get before their containers stop.
+    /// After a teardown removes an app.env's routing, how long in-flight requests get before its
+    /// containers stop.
     pub drain_ms: u64,
+    /// After old backends leave the pool, the longest wait for every router to report nothing open to
+    /// them (requests, tunnels) before their containers stop. Routers close what is left at their own
+    /// `limits.backend_drain_deadline_ms` (keep it at most this); the manager waits 3 s more for them
+    /// to report it.
+    pub drain_deadline_ms: u64,
     /// Timeout of one supervisor deploy call (pull + start + health).
     pub start_timeout_ms: u64,
 }
@@ -192,6 +198,7 @@ impl Default for DeployConfig {
         DeployConfig {
             switch_wait_ms: 15_000,
             drain_ms: 5_000,
+            drain_deadline_ms: 30_000,
             start_timeout_ms: 600_000,
         }
     }

@@ -23,6 +23,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::RoutingConfig;
 
+pub mod acks;
+
 /// How an app.env is published.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Publish {
@@ -156,10 +158,33 @@ pub enum ReleaseWrite<'a> {
     Keep,
 }
 
+/// Adds the generation bump to `txn` (its last operation): the data version of `router/<kind>/generation`,
+/// which routers report once they serve it (see [`acks`]).
+async fn bump_generation(
+    coord: &Coord,
+    kind: RouterKind,
+    txn: atlantis_common::zk::Txn,
+) -> Result<atlantis_common::zk::Txn, CoordError> {
+    let path = coord.layout().router_generation(kind);
+    if coord.stat(&path).await?.is_none() {
+        coord.ensure_path(&path).await?;
+    }
+    Ok(txn.set(&path, &serde_json::json!({"version": 1}), None))
+}
+
+/// The generation a committed transaction built with [`bump_generation`] produced.
+fn generation_of(results: &[atlantis_common::zk::TxnResult]) -> u64 {
+    match results.last() {
+        Some(atlantis_common::zk::TxnResult::Set { version }) => (*version).max(0) as u64,
+        _ => 0,
+    }
+}
+
 /// Puts `new` in the app.env pool in one transaction, creating pool, rule and trie entry when missing,
 /// marking the instances serving and writing the release target. With `owner` (a task node's path and
 /// the version its owner wrote last), the transaction also checks that version: a task taken over by
-/// another manager cannot switch any more.
+/// another manager cannot switch any more. The transaction bumps the fleet's configuration generation;
+/// the new generation is returned (wait for routers with [`acks::wait_generation`]).
 pub async fn switch_in(
     coord: &Coord,
     route: &Route,
@@ -168,7 +193,7 @@ pub async fn switch_in(
     new: &[NewBackend],
     release: ReleaseWrite<'_>,
     owner: Option<(&str, i32)>,
-) -> Result<(), CoordError> {
+) -> Result<u64, CoordError> {
     let l = coord.layout();
     let kind = route.kind;
     for s in Section::ALL {
@@ -264,8 +289,9 @@ pub async fn switch_in(
             }
             ReleaseWrite::Keep => {}
         }
+        txn = bump_generation(coord, kind, txn).await?;
         match txn.commit().await {
-            Ok(_) => return Ok(()),
+            Ok(results) => return Ok(generation_of(&results)),
             Err(e @ CoordError::Txn { .. }) => {
                 // A concurrent edit of the trie (another app's first deploy): read again and retry. A
                 // lost compare-and-set on the release node is final (it is under our lock, so it means
@@ -285,14 +311,15 @@ pub async fn switch_in(
     Err(last.unwrap_or(CoordError::Conflict { path: trie_path }))
 }
 
-/// Removes backends from the app.env pool in one transaction (missing ones are skipped).
+/// Removes backends from the app.env pool in one transaction (missing ones are skipped) that bumps the
+/// fleet's configuration generation; returns it (wait for the drain with [`acks::wait_drained`]).
 pub async fn remove_backends(
     coord: &Coord,
     kind: RouterKind,
     app: &AppName,
     env: &EnvName,
     backends: &[String],
-) -> Result<(), CoordError> {
+) -> Result<u64, CoordError> {
     let l = coord.layout();
     let name = pool_name(app, env);
     let mut txn = coord.txn();
@@ -302,10 +329,8 @@ pub async fn remove_backends(
             txn = txn.delete(&p, None);
         }
     }
-    if txn.is_empty() {
-        return Ok(());
-    }
-    txn.commit().await.map(|_| ())
+    let txn = bump_generation(coord, kind, txn).await?;
+    txn.commit().await.map(|r| generation_of(&r))
 }
 
 /// Adds one backend back (maintenance off).

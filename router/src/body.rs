@@ -5,8 +5,10 @@
 //! back to the backend's idle list; when the body is dropped (finished or not), the backend's in-flight
 //! count drops. A backend body that makes no progress for the body idle timeout ends with an error (hyper
 //! then closes the client connection, since the answer cannot be completed) and its connection is
-//! dropped, not reused.
+//! dropped, not reused. Past the drain deadline of a backend that left its pool (`crate::drain`), a
+//! waiting body ends cleanly instead.
 
+use std::future::Future as _;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -42,6 +44,8 @@ struct Streamed {
     bound: IdleBound,
     /// Allocated the first time the backend keeps the body waiting.
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The backend's drain deadline (`crate::drain`), watched once the body waits.
+    close: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
 }
 
 /// A backend's in-flight slot and, once the exchange completes, its reusable connection.
@@ -129,6 +133,7 @@ impl ProxyBody {
                 lease,
                 bound: IdleBound::new(idle),
                 timer: None,
+                close: None,
             })),
             _open: None,
         }
@@ -162,6 +167,19 @@ impl Body for ProxyBody {
                     Poll::Ready(Some(Ok(_))) if s.body.is_end_stream() => s.lease.complete = true,
                     Poll::Ready(Some(Ok(_))) => s.bound.progress(),
                     Poll::Pending => {
+                        // Past the drain deadline of a backend that left its pool, the body ends
+                        // here: a chunked answer gets its last chunk (the connection is not reused).
+                        // Watched once the backend left (a body waiting since before is woken by
+                        // its backend or its idle bound).
+                        if s.close.is_none() && s.lease.backend.draining() {
+                            s.close = Some(Box::pin(s.lease.backend.closing_signal()));
+                        }
+                        if let Some(close) = &mut s.close
+                            && close.as_mut().poll(cx).is_ready()
+                        {
+                            tracing::debug!(backend = %s.lease.backend.name, "Drain deadline: ending the streamed body.");
+                            return Poll::Ready(None);
+                        }
                         if s.bound.poll_stalled(&mut s.timer, cx).is_ready() {
                             tracing::warn!(backend = %s.lease.backend.name, "Backend stopped sending the response body.");
                             return Poll::Ready(Some(Err(stalled("backend body stalled").into())));

@@ -89,6 +89,10 @@ pub struct Limits {
     pub body_idle_timeout_ms: u64,
     /// Time an upgraded connection (WebSocket) may go without a byte either way before it is closed.
     pub tunnel_idle_timeout_ms: u64,
+    /// Time a backend that left every pool keeps what is open to it (requests in flight, WebSocket and
+    /// other tunnels, streamed answers); then tunnels get a close (1001 going away) and streamed bodies
+    /// end cleanly. Keep it at most the managers' `deploy.drain_deadline_ms`, which stop the container.
+    pub backend_drain_deadline_ms: u64,
 }
 
 impl Default for Limits {
@@ -104,6 +108,7 @@ impl Default for Limits {
             max_connections: 50_000,
             body_idle_timeout_ms: 60_000,
             tunnel_idle_timeout_ms: 3_600_000,
+            backend_drain_deadline_ms: 30_000,
         }
     }
 }
@@ -229,6 +234,11 @@ impl Config {
         {
             return Err(ConfigError::Invalid(
                 "limits: timeouts and max_connections must be positive".into(),
+            ));
+        }
+        if l.backend_drain_deadline_ms > 86_400_000 {
+            return Err(ConfigError::Invalid(
+                "limits.backend_drain_deadline_ms must be at most 86400000 (a day)".into(),
             ));
         }
         for c in &self.tls.certs {

@@ -13,6 +13,7 @@
 
 pub mod body;
 pub mod config;
+pub mod drain;
 mod fast;
 pub mod h2c;
 pub mod health;
@@ -40,6 +41,8 @@ use std::time::Duration;
 use http::StatusCode;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
+
+use atlantis_common::routing::RouterAck;
 
 use crate::config::Config;
 use crate::listener::Listeners;
@@ -77,6 +80,7 @@ pub struct App {
     tls: Option<Arc<tls::Tls>>,
     status_token: Option<[u8; 32]>,
     generation: watch::Sender<u64>,
+    acks: watch::Sender<RouterAck>,
 }
 
 /// A handle to a running router (for tests and embedding).
@@ -84,6 +88,7 @@ pub struct App {
 pub struct Handle {
     shared: Arc<Shared>,
     generation: watch::Receiver<u64>,
+    acks: watch::Receiver<RouterAck>,
     ports: Arc<parking_lot::Mutex<Vec<u16>>>,
 }
 
@@ -97,6 +102,12 @@ impl Handle {
     pub async fn wait_generation(&mut self, after: u64) -> u64 {
         let _ = self.generation.wait_for(|g| *g > after).await;
         *self.generation.borrow()
+    }
+
+    /// What the router reports to the manager: the configuration generation it serves and its draining
+    /// backends (the document of its `router_acks` node).
+    pub fn ack(&self) -> RouterAck {
+        self.acks.borrow().clone()
     }
 
     /// The ports with an open listener.
@@ -147,6 +158,10 @@ impl App {
             Duration::from_millis(cfg.limits.tunnel_idle_timeout_ms),
         ));
         let (generation, _) = watch::channel(0);
+        let (acks, _) = watch::channel(RouterAck {
+            version: 1,
+            ..RouterAck::default()
+        });
         Ok(App {
             cfg,
             status_addr,
@@ -156,6 +171,7 @@ impl App {
             tls,
             status_token,
             generation,
+            acks,
         })
     }
 
@@ -170,6 +186,7 @@ impl App {
         let handle = Handle {
             shared: self.shared.clone(),
             generation: self.generation.subscribe(),
+            acks: self.acks.subscribe(),
             ports: ports.clone(),
         };
         let task = tokio::spawn(self.run(shutdown, ports));
@@ -185,6 +202,7 @@ impl App {
             tls,
             status_token,
             generation,
+            acks,
             ..
         } = self;
         if let Some(t) = &tls {
@@ -215,6 +233,7 @@ impl App {
             shared: shared.clone(),
             failed: listeners.failed.clone(),
             token: status_token,
+            acks: acks.subscribe(),
         });
         tokio::spawn(status::serve(
             status_listener,
@@ -224,7 +243,12 @@ impl App {
         let snapshot = cfg.snapshot_file().map(|path| (path, source.origin()));
         let mut compiler = Compiler::new(shared.metrics.clone());
         let mut logged: HashSet<table::Invalid> = HashSet::new();
-        let mut install = |compiler: &mut Compiler, listeners: &mut Listeners| {
+        let mut drains =
+            drain::Drains::new(Duration::from_millis(cfg.limits.backend_drain_deadline_ms));
+        let mut install = |compiler: &mut Compiler,
+                           listeners: &mut Listeners,
+                           drains: &mut drain::Drains| {
+            let before = drain::backends_of(&shared.table.load());
             let started = std::time::Instant::now();
             let mut table = compiler.compile();
             let g = table.generation;
@@ -232,6 +256,7 @@ impl App {
             table.compile_ms = took.as_secs_f64() * 1000.0;
             let table = Arc::new(table);
             shared.table.store(table.clone());
+            drains.swapped(before, &table);
             listeners.reconcile(&table);
             tracing::debug!(
                 generation = g,
@@ -257,7 +282,7 @@ impl App {
                     tracing::info!(path = %path.display(), nodes = loaded.nodes.len(), saved_unix_ms = loaded.saved_unix_ms,
                         "Serving the configuration snapshot until ZooKeeper answers.");
                     compiler.apply(SourceEvent::Reset(loaded.nodes));
-                    install(&mut compiler, &mut listeners);
+                    install(&mut compiler, &mut listeners, &mut drains);
                     shared.set_origin(proxy::ORIGIN_SNAPSHOT);
                 }
                 Err(snapshot::SnapshotError::Missing(_)) => {
@@ -266,7 +291,13 @@ impl App {
                 Err(e) => tracing::warn!(error = %e, "Configuration snapshot not used."),
             }
         }
+        source.report(acks.subscribe());
         let mut events = source.start(shutdown.clone());
+        // While backends drain, their counts are read (and the deadline checked) every 200 ms.
+        let mut drain_tick = tokio::time::interval(Duration::from_millis(200));
+        drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // The generation of the source's configuration (the data version of its `generation` node).
+        let mut config_generation: Option<u64> = None;
         // Wakes the loop once a second: a snapshot write that had to wait, ports to open again.
         let mut tick = tokio::time::interval(Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -280,6 +311,7 @@ impl App {
             let first = tokio::select! {
                 ev = events.recv() => match ev { Some(ev) => Some(ev), None => { shutdown.cancelled().await; break } },
                 _ = tick.tick() => None,
+                _ = drain_tick.tick(), if !drains.is_empty() => None,
                 _ = shutdown.cancelled() => break,
             };
             let mut changed = false;
@@ -292,6 +324,7 @@ impl App {
                 match ev {
                     SourceEvent::Connected(c) => shared.connected.store(c, Relaxed),
                     ev => {
+                        config_generation = generation_after(&ev, config_generation);
                         reset |= matches!(ev, SourceEvent::Reset(_));
                         changed |= compiler.apply(ev);
                     }
@@ -304,7 +337,7 @@ impl App {
                 unsaved = true;
             }
             if changed || (seen_reset && *generation.borrow() == 0) {
-                install(&mut compiler, &mut listeners);
+                install(&mut compiler, &mut listeners, &mut drains);
                 shared.set_origin(proxy::ORIGIN_SOURCE);
                 unsaved |= seen_reset;
             } else if !listeners.failed.lock().is_empty()
@@ -315,6 +348,23 @@ impl App {
                 listeners.reconcile(&shared.table.load());
                 *ports.lock() = listeners.ports();
             }
+            // What the manager reads: the generation now in use (only once the source's configuration
+            // is), and what is still open to backends that left the pools.
+            let served = if seen_reset { config_generation } else { None };
+            let draining = drains.tick();
+            acks.send_if_modified(|a| {
+                let same = a.generation == served
+                    && a.draining.len() == draining.len()
+                    && a.draining.iter().zip(&draining).all(|(x, y)| {
+                        (&x.pool, &x.backend, x.in_flight, x.tunnels, x.closing)
+                            == (&y.pool, &y.backend, y.in_flight, y.tunnels, y.closing)
+                    });
+                if !same {
+                    a.generation = served;
+                    a.draining = draining;
+                }
+                !same
+            });
             // At most one snapshot write at a time, and one a second while changes keep coming.
             if unsaved
                 && saving.as_ref().is_none_or(|t| t.is_finished())
@@ -339,6 +389,20 @@ impl App {
         listeners.shutdown().await;
         workers.stop().await;
         tracing::info!("Router stopped.");
+    }
+}
+
+/// The configuration generation after `ev`: the data version of the `generation` node (a path relative
+/// to the router's subtree; see `atlantis_common::zk::layout::GENERATION_NODE`).
+fn generation_after(ev: &SourceEvent, current: Option<u64>) -> Option<u64> {
+    use atlantis_common::zk::layout::GENERATION_NODE;
+    match ev {
+        SourceEvent::Reset(map) => map.get(GENERATION_NODE).map(|n| n.version.max(0) as u64),
+        SourceEvent::Upsert { path, node } if path == GENERATION_NODE => {
+            Some(node.version.max(0) as u64)
+        }
+        SourceEvent::Remove { path } if path == GENERATION_NODE => None,
+        _ => current,
     }
 }
 

@@ -175,6 +175,10 @@ pub struct BackendState {
     pub served: AtomicU64,
     /// Connection failures.
     pub failures: AtomicU64,
+    /// Open tunnels (upgraded connections; each is counted in `in_flight` too).
+    pub tunnels: AtomicU32,
+    /// Set when the backend leaves its pool (read on the request path, where `removed` would lock).
+    left: AtomicBool,
     /// Idle connections, one list per worker (a connection is driven by the worker that opened it).
     idle: Box<[IdleList]>,
     raw_idle: Box<[RawIdleList]>,
@@ -182,6 +186,9 @@ pub struct BackendState {
     h2: crate::h2c::Slots,
     resolved: Option<SocketAddr>,
     cancel: CancellationToken,
+    /// Cancelled at the drain deadline of a backend that left its pool (`crate::drain`): tunnels and
+    /// streamed bodies still open to it end cleanly.
+    closing: CancellationToken,
     gauge: Gauge,
 }
 
@@ -198,6 +205,8 @@ impl BackendState {
             in_flight: AtomicU32::new(0),
             served: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            tunnels: AtomicU32::new(0),
+            left: AtomicBool::new(false),
             idle: (0..crate::workers::slots())
                 .map(|_| parking_lot::Mutex::new(Vec::new()))
                 .collect(),
@@ -207,6 +216,7 @@ impl BackendState {
             h2: crate::h2c::slots(),
             resolved,
             cancel: CancellationToken::new(),
+            closing: CancellationToken::new(),
             gauge,
         };
         b.gauge.set(initial as i64);
@@ -292,6 +302,38 @@ impl BackendState {
         self.cancel.cancelled()
     }
 
+    /// Whether the backend left its pool (a relaxed load, for the request path).
+    pub fn draining(&self) -> bool {
+        self.left.load(Relaxed)
+    }
+
+    fn leave(&self) {
+        self.left.store(true, Relaxed);
+        self.cancel.cancel();
+    }
+
+    /// Asks what is still open to this backend (it left its pool) to end now: tunnels send a close and
+    /// streamed bodies end.
+    pub fn close_now(&self) {
+        self.closing.cancel();
+    }
+
+    /// Whether [`BackendState::close_now`] was called.
+    pub fn closing(&self) -> bool {
+        self.closing.is_cancelled()
+    }
+
+    /// Resolves at [`BackendState::close_now`].
+    pub fn closing_signal(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.closing.clone().cancelled_owned()
+    }
+
+    /// Counts a tunnel open while the guard lives.
+    pub fn tunnel(self: &Arc<Self>) -> TunnelCount {
+        self.tunnels.fetch_add(1, Relaxed);
+        TunnelCount(self.clone())
+    }
+
     /// Takes the most recently used idle raw connection of this worker within `reuse` (the fast path
     /// retries a request whose reused connection turns out closed, when it may be sent twice).
     pub fn checkout_raw(&self, reuse: Reuse) -> Option<tokio::net::TcpStream> {
@@ -342,6 +384,15 @@ impl BackendState {
     pub fn idle_count(&self) -> usize {
         self.idle.iter().map(|l| l.lock().len()).sum::<usize>()
             + self.raw_idle.iter().map(|l| l.lock().len()).sum::<usize>()
+    }
+}
+
+/// An open tunnel to a backend, counted in [`BackendState::tunnels`] while it lives.
+pub struct TunnelCount(Arc<BackendState>);
+
+impl Drop for TunnelCount {
+    fn drop(&mut self) {
+        self.0.tunnels.fetch_sub(1, Relaxed);
     }
 }
 
@@ -426,7 +477,7 @@ impl PoolState {
         }
         for b in old.iter() {
             if !want.contains(&b.addr) {
-                b.cancel.cancel();
+                b.leave();
                 b.clear_idle();
                 metrics.forget_backend(&self.name, &b.name);
             }
@@ -437,7 +488,7 @@ impl PoolState {
     /// Stops every backend (the pool was deleted).
     pub fn close(&self, metrics: &RouterMetrics) {
         for b in self.backends.load().iter() {
-            b.cancel.cancel();
+            b.leave();
             b.clear_idle();
             metrics.forget_backend(&self.name, &b.name);
         }

@@ -600,7 +600,15 @@ async fn forward(
             backend.served.fetch_add(1, Relaxed);
             let backend_upgrade = hyper::upgrade::on(&mut resp);
             let idle = shared.tunnel_idle;
+            let websocket = resp
+                .headers()
+                .get(header::UPGRADE)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"websocket"));
             tokio::spawn(async move {
+                // Counted as a tunnel (and in flight) until it ends; closed at the backend's drain
+                // deadline once it left its pool (`crate::drain`).
+                let _tunnel = lease.backend().tunnel();
+                let close = lease.backend().closing_signal();
                 let _lease = lease;
                 // The tunnel keeps the client connection's slot, and ends when its port closes.
                 let port = hold.port.clone();
@@ -615,7 +623,13 @@ async fn forward(
                 };
                 match both {
                     Ok((c, b)) => {
-                        let tunnel = crate::tunnel::run(TokioIo::new(c), TokioIo::new(b), idle);
+                        let tunnel = crate::tunnel::run(
+                            TokioIo::new(c),
+                            TokioIo::new(b),
+                            idle,
+                            close,
+                            websocket,
+                        );
                         tokio::select! {
                             r = tunnel => if let Err(e) = r {
                                 tracing::debug!(error = %e, "Tunnel ended.");

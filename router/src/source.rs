@@ -15,9 +15,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use atlantis_common::routing::RouterAck;
 use atlantis_common::zk::{Coord, Node, Registration, RouterKind, TreeCache, TreeEvent, ZkConfig};
 use atlantis_common::{HostName, ZoneName};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 /// A change to the configuration subtree, or to the source's connection.
@@ -52,6 +53,11 @@ pub trait RouteSource: Send + Sync + 'static {
     fn origin(&self) -> String {
         "static".into()
     }
+
+    /// Hands the source what the router reports about itself (generation served, draining backends),
+    /// to publish where the manager reads it. Called before [`RouteSource::start`]; the default keeps
+    /// it to itself.
+    fn report(&self, _acks: watch::Receiver<RouterAck>) {}
 }
 
 impl From<TreeEvent> for SourceEvent {
@@ -116,6 +122,7 @@ pub struct ZkSource {
     zone: ZoneName,
     host: HostName,
     registration: serde_json::Value,
+    acks: parking_lot::Mutex<Option<watch::Receiver<RouterAck>>>,
 }
 
 impl ZkSource {
@@ -133,6 +140,7 @@ impl ZkSource {
             zone,
             host,
             registration,
+            acks: parking_lot::Mutex::new(None),
         }
     }
 }
@@ -142,8 +150,18 @@ impl RouteSource for ZkSource {
         format!("zookeeper:{}", self.cfg.layout().router_config(self.kind))
     }
 
+    fn report(&self, acks: watch::Receiver<RouterAck>) {
+        *self.acks.lock() = Some(acks);
+    }
+
     fn start(&self, shutdown: CancellationToken) -> mpsc::UnboundedReceiver<SourceEvent> {
         let (tx, rx) = mpsc::unbounded_channel();
+        // Without a reporter (a source started on its own), nothing is published.
+        let acks = self
+            .acks
+            .lock()
+            .take()
+            .unwrap_or_else(|| watch::channel(RouterAck::default()).1);
         let cfg = self.cfg.clone();
         let (kind, zone, host, reg) = (
             self.kind,
@@ -153,7 +171,7 @@ impl RouteSource for ZkSource {
         );
         tokio::spawn(async move {
             tokio::select! {
-                _ = run_zk(cfg, kind, zone, host, reg, tx) => {}
+                _ = run_zk(cfg, Me { kind, zone, host, reg }, acks, tx) => {}
                 _ = shutdown.cancelled() => {}
             }
         });
@@ -233,19 +251,30 @@ async fn connect_when_up(cfg: &ZkConfig) -> Coord {
     }
 }
 
-async fn run_zk(
-    cfg: ZkConfig,
+/// Who this router is: its fleet, zone, host and registration document.
+struct Me {
     kind: RouterKind,
     zone: ZoneName,
     host: HostName,
     reg: serde_json::Value,
+}
+
+/// The shortest time between two writes of the router's acknowledgement node.
+const ACK_EVERY: Duration = Duration::from_millis(100);
+
+async fn run_zk(
+    cfg: ZkConfig,
+    me: Me,
+    mut acks: watch::Receiver<RouterAck>,
     tx: mpsc::UnboundedSender<SourceEvent>,
 ) {
     let _ = tx.send(SourceEvent::Connected(false));
     loop {
         // Connect, retrying: the router serves its snapshot (or nothing) while ZooKeeper is away.
         let coord = connect_when_up(&cfg).await;
-        let outcome = follow(&coord, &cfg.servers, kind, &zone, &host, &reg, &tx).await;
+        // A new session publishes the current report again.
+        acks.mark_changed();
+        let outcome = follow(&coord, &cfg.servers, &me, &mut acks, &tx).await;
         // Closing stops this session's tree cache and keeps it from re-registering later.
         coord.close();
         if outcome.is_none() {
@@ -262,14 +291,28 @@ async fn run_zk(
 async fn follow(
     coord: &Coord,
     servers: &str,
-    kind: RouterKind,
-    zone: &ZoneName,
-    host: &HostName,
-    reg: &serde_json::Value,
+    me: &Me,
+    acks: &mut watch::Receiver<RouterAck>,
     tx: &mpsc::UnboundedSender<SourceEvent>,
 ) -> Option<()> {
+    let Me {
+        kind,
+        zone,
+        host,
+        reg,
+    } = me;
+    let kind = *kind;
     let root = coord.layout().router_config(kind);
     let reg_path = coord.layout().router(kind, zone, host);
+    let ack_path = coord.layout().router_ack(kind, zone, host);
+    // The acknowledgement node: created on the first report, then updated (re-created with the
+    // latest report on every new session by the registration itself).
+    let mut ack: Option<Registration> = None;
+    // A report waits to be written (at most one write per ACK_EVERY).
+    let mut ack_pending = false;
+    let mut acks_open = true;
+    let ack_next = tokio::time::sleep(Duration::ZERO);
+    tokio::pin!(ack_next);
     let mut status = coord.status();
     let mut events = TreeCache::start(coord.clone(), &root);
     let mut connected = status.borrow().connected;
@@ -324,6 +367,30 @@ async fn follow(
                         reg_retry.as_mut().reset(tokio::time::Instant::now() + wait);
                     }
                 }
+            }
+            r = acks.changed(), if !ack_pending && acks_open => {
+                // An error: the router is gone, nothing more to report.
+                acks_open = r.is_ok();
+                ack_pending = acks_open;
+            }
+            _ = &mut ack_next, if ack_pending && connected => {
+                let doc = acks.borrow_and_update().clone();
+                let wrote = match &ack {
+                    Some(r) => tokio::time::timeout(CONNECT_TIMEOUT, r.update(&doc)).await.map(|r| r.map(|_| None)),
+                    None => tokio::time::timeout(CONNECT_TIMEOUT, coord.register_ephemeral(&ack_path, &doc)).await.map(|r| r.map(Some)),
+                };
+                match wrote {
+                    Ok(Ok(created)) => {
+                        if let Some(r) = created {
+                            ack = Some(r);
+                        }
+                        ack_pending = false;
+                        tracing::debug!(generation = ?doc.generation, draining = doc.draining.len(), "Router acknowledgement written.");
+                    }
+                    Ok(Err(e)) => tracing::debug!(path = ack_path, error = %e, "Cannot write the router acknowledgement yet, retrying."),
+                    Err(_) => tracing::debug!(path = ack_path, "Writing the router acknowledgement timed out, retrying."),
+                }
+                ack_next.as_mut().reset(tokio::time::Instant::now() + ACK_EVERY);
             }
             _ = &mut probe, if !connected => {
                 if zookeeper_answers(servers).await && !status.borrow().connected {

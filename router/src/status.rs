@@ -4,7 +4,8 @@
 //!   (the router keeps serving its last table, or its local snapshot, meanwhile); 503 `CRITICAL` while
 //!   it has no configuration at all (nothing read from the source, no usable snapshot).
 //! - `/statusz.json`: the table generation, listeners, invalid nodes, and per backend its health, in-flight
-//!   and served counts, and the time left in its slow start. `/statusz` is the same as text.
+//!   and served counts, and the time left in its slow start; `ack` is what the router reports to the
+//!   manager (the configuration generation it serves, backends still draining). `/statusz` is the same as text.
 //! - `/metrics`: Prometheus text.
 //! - `/trace?port=P&host=H&path=/p&query=q&header=Name:value`: how that request walks the rules.
 //!
@@ -38,6 +39,8 @@ pub struct StatusState {
     pub failed: Arc<parking_lot::Mutex<std::collections::BTreeMap<u16, String>>>,
     /// SHA-256 of the status token, when one is required.
     pub token: Option<[u8; 32]>,
+    /// What the router reports to the manager (generation served, draining backends).
+    pub acks: tokio::sync::watch::Receiver<atlantis_common::routing::RouterAck>,
 }
 
 /// The digest [`StatusState::token`] holds.
@@ -197,6 +200,7 @@ fn status_json(state: &StatusState) -> serde_json::Value {
         "listen_errors": failed,
         "invalid": table.errors,
         "pools": pools,
+        "ack": *state.acks.borrow(),
     })
 }
 

@@ -12,6 +12,7 @@
 //! Every document is checked by [`parse_port`], [`parse_trie`], [`parse_rule`] and [`parse_pool`], so the
 //! manager refuses what a router could not use, with the same message the router would log.
 
+pub mod ack;
 pub mod rule;
 
 use std::fmt;
@@ -19,6 +20,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+pub use ack::{DrainingBackend, RouterAck};
 pub use rule::{Matcher, RequestView, RuleError, RuleType};
 
 /// The schema version this code writes and the newest it understands.

@@ -14,10 +14,12 @@
 //! ├── instances/<app>/<env>/<container-id>         one node per container: sha, host, zone, host port, state
 //! ├── supervisors/<host>                           EPHEMERAL: address, zone, capacity, free now, version
 //! ├── routers/<internal|external>/<zone>/<host>    EPHEMERAL: router registration
+//! ├── router_acks/<internal|external>/<zone>/<host> EPHEMERAL: generation served, draining backends
 //! ├── managers/
 //! │   ├── hosts/<host>                             EPHEMERAL: manager registration
 //! │   └── leader                                   EPHEMERAL: the elected leader (background work)
 //! ├── router/<internal|external>/
+//! │   ├── generation                               its data version counts switches (bumped in them)
 //! │   ├── ports/<name>                             listener: port, trie, tls
 //! │   ├── tries/<name>                             ordered rule names
 //! │   ├── rules/<name>                             matcher plus next trie or pool
@@ -246,6 +248,21 @@ impl Layout {
     pub fn router(&self, kind: RouterKind, zone: &ZoneName, host: &HostName) -> String {
         self.join(&["routers", kind.as_str(), zone.as_str(), host.as_str()])
     }
+    /// `router_acks/<kind>`: what each router of the fleet serves.
+    pub fn router_acks(&self, kind: RouterKind) -> String {
+        self.join(&["router_acks", kind.as_str()])
+    }
+    /// `router_acks/<kind>/<zone>/<host>`: EPHEMERAL, the configuration generation a router serves and the
+    /// requests and tunnels it still has open to backends that left its pools.
+    pub fn router_ack(&self, kind: RouterKind, zone: &ZoneName, host: &HostName) -> String {
+        self.join(&["router_acks", kind.as_str(), zone.as_str(), host.as_str()])
+    }
+    /// `router/<kind>/generation`: the node whose data version is the fleet's configuration generation.
+    /// The manager sets it in every transaction that changes a pool's backends, so a router that has
+    /// compiled the node's version `g` has applied every change of those transactions up to `g`.
+    pub fn router_generation(&self, kind: RouterKind) -> String {
+        self.join(&["router", kind.as_str(), GENERATION_NODE])
+    }
     /// `managers/hosts`
     pub fn managers(&self) -> String {
         self.join(&["managers", "hosts"])
@@ -310,6 +327,9 @@ impl Layout {
     }
 }
 
+/// The name of the generation node under `router/<kind>` (a path relative to that root, as routers see it).
+pub const GENERATION_NODE: &str = "generation";
+
 /// True when `s` can be one ZooKeeper path segment of ours: non-empty, at most 255 bytes, printable ASCII
 /// without `/`, and not `.` or `..`.
 pub fn is_segment(s: &str) -> bool {
@@ -367,6 +387,18 @@ mod tests {
             "/atlantis/us-east/router/internal/pools/web/10.0.0.1:8080"
         );
         assert_eq!(l.manager_leader(), "/atlantis/us-east/managers/leader");
+        assert_eq!(
+            l.router_generation(RouterKind::External),
+            "/atlantis/us-east/router/external/generation"
+        );
+        assert_eq!(
+            l.router_ack(
+                RouterKind::Internal,
+                &"z1".parse().unwrap(),
+                &"r1".parse().unwrap()
+            ),
+            "/atlantis/us-east/router_acks/internal/z1/r1"
+        );
         assert_eq!(
             l.dependency_grant(&"b-db".parse().unwrap(), &app),
             "/atlantis/us-east/dependency_grants/b-db/hello"

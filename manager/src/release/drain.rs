@@ -1,4 +1,5 @@
-//! The drain: old backends leave the pool, get a bounded time for the requests in flight, and their
+//! The drain: old backends leave the pool; the routers report what they still have open to them
+//! (requests in flight, tunnels) until it is nothing or their drain deadline closes it; then the
 //! containers are removed.
 
 use std::time::Duration;
@@ -12,8 +13,8 @@ use crate::routing;
 use crate::tasks::Task;
 
 impl Engine {
-    /// Takes `old` out of the pool, waits the drain time (`deploy.drain_ms`), then removes the containers
-    /// and their nodes. Safe to run again.
+    /// Takes `old` out of the pool, waits until no router has anything open to them (bounded by
+    /// `deploy.drain_deadline_ms`), then removes the containers and their nodes. Safe to run again.
     pub(crate) async fn drain(
         &self,
         task: &Task,
@@ -27,9 +28,14 @@ impl Engine {
             return;
         }
         let backends: Vec<String> = old.iter().filter_map(|r| r.backend.clone()).collect();
-        if let Err(e) = routing::remove_backends(&self.coord, kind, app, env, &backends).await {
-            task.warn(format!("cannot remove old backends from the pool: {e}"));
-        }
+        let generation =
+            match routing::remove_backends(&self.coord, kind, app, env, &backends).await {
+                Ok(g) => Some(g),
+                Err(e) => {
+                    task.warn(format!("cannot remove old backends from the pool: {e}"));
+                    None
+                }
+            };
         let l = self.coord.layout();
         for r in &old {
             let mut s = r.clone();
@@ -40,13 +46,13 @@ impl Engine {
                 .await;
         }
         if !backends.is_empty() {
-            let started = std::time::Instant::now();
-            tokio::time::sleep(Duration::from_millis(self.cfg.deploy.drain_ms)).await;
-            task.detail(format!(
-                "drained {} backends for {} ms",
-                backends.len(),
-                started.elapsed().as_millis()
-            ));
+            // Until every router of the fleet serves the removal and reports nothing open to these
+            // backends (routers close what is left at their own drain deadline; 3 s more for them to
+            // say so).
+            let limit = Duration::from_millis(self.cfg.deploy.drain_deadline_ms + 3_000);
+            let g = generation.unwrap_or(0);
+            let d = routing::acks::wait_drained(&self.coord, kind, g, &backends, limit).await;
+            task.detail(d.summary());
         }
         let n = self.remove_containers(task, &old).await;
         task.detail(format!("removed {n} old containers"));

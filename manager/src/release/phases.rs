@@ -314,6 +314,20 @@ impl Engine {
         backends: &[String],
     ) {
         task.step("wait for routers").await;
+        // The switch bumped the generation; any later one includes it.
+        let generation = routing::acks::current_generation(&self.coord, plan.route_kind)
+            .await
+            .unwrap_or(0);
+        let limit = Duration::from_millis(self.cfg.deploy.switch_wait_ms);
+        let acks =
+            routing::acks::wait_generation(&self.coord, plan.route_kind, generation, limit).await;
+        task.detail(format!(
+            "routers {}/{} on generation {generation}",
+            acks.on, acks.of
+        ));
+        if !acks.all() {
+            task.warn(format!("routers lagging: {}", acks.lagging.join(", ")));
+        }
         let pending = routing::wait_usable(
             &self.coord,
             &self.http,

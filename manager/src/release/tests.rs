@@ -117,6 +117,7 @@ async fn engine(zk: &ZkConfig, dir: &std::path::Path, me: &str, fleet: &FakeFlee
         deploy: DeployConfig {
             switch_wait_ms: 2000,
             drain_ms: 10,
+            drain_deadline_ms: 1000,
             start_timeout_ms: 10_000,
         },
         max_body_bytes: 64 * 1024,

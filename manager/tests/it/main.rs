@@ -2,6 +2,7 @@
 //! SQLite and PostgreSQL; and the release engine end to end on a cluster of two supervisors in two zones
 //! (dockerd in network namespaces), a router and a registry (`deploy`).
 
+mod acks;
 mod api;
 mod auth;
 mod dep_grants;

@@ -374,6 +374,7 @@ pub fn manager_config(
         deploy: DeployConfig {
             switch_wait_ms: 15_000,
             drain_ms: 1500,
+            drain_deadline_ms: 5_000,
             start_timeout_ms: 60_000,
         },
         max_body_bytes: 64 * 1024,

@@ -193,12 +193,50 @@ impl Conn<'_> {
             return false;
         }
         let mut finished = done;
+        // The backend left its pool: its drain deadline (`crate::drain`) is watched.
+        let mut close = None;
+        let mut closing = false;
         while !finished && body_ok {
+            if closing {
+                // Past the drain deadline: a chunked body ends between two chunks with a last chunk;
+                // any other is cut (the connections close).
+                if matches!(framing, Framing::Chunked) && chunks.between_chunks() {
+                    out.clear();
+                    out.extend_from_slice(b"0\r\n\r\n");
+                    if io::write_all(client, out, &mut self.timer, &mut bound)
+                        .await
+                        .is_err()
+                    {
+                        return false;
+                    }
+                    tracing::debug!(pool = %pool.name, backend = %backend.name, "Drain deadline: ended the streamed body.");
+                    return client_keep;
+                }
+                if !matches!(framing, Framing::Chunked) {
+                    return false;
+                }
+            }
             // `try_read`/`try_write` spend no scheduler budget: a body that never blocks yields here.
             tokio::task::coop::consume_budget().await;
             self.rbuf.clear();
             self.rbuf.reserve(CHUNK);
-            match io::read_buf(&up, &mut self.rbuf, &mut self.timer, &mut bound).await {
+            if close.is_none() && !closing && backend.draining() {
+                close = Some(Box::pin(backend.closing_signal()));
+            }
+            let read = io::read_buf(&up, &mut self.rbuf, &mut self.timer, &mut bound);
+            let read = match close.as_mut() {
+                None => read.await,
+                Some(c) => tokio::select! {
+                    biased;
+                    _ = c.as_mut() => {
+                        close = None;
+                        closing = true;
+                        continue;
+                    }
+                    r = read => r,
+                },
+            };
+            match read {
                 Ok(0) if matches!(framing, Framing::Close) => break,
                 Ok(0) => {
                     body_ok = false;

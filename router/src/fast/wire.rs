@@ -50,6 +50,11 @@ enum ChunkState {
 }
 
 impl Chunked {
+    /// Whether the bytes fed so far end between two chunks (where a last chunk may be written).
+    pub(crate) fn between_chunks(&self) -> bool {
+        self.state == ChunkState::Size && self.digits == 0
+    }
+
     /// Consumes bytes of `b`; returns how many belong to the body and whether it ended.
     pub(crate) fn feed(&mut self, b: &[u8]) -> Result<(usize, bool), BadChunk> {
         use ChunkState::*;

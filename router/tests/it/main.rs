@@ -6,6 +6,7 @@ mod bad_input;
 mod balancing;
 mod body_idle;
 mod connections;
+mod drain;
 mod fast_path;
 mod h2_backends;
 mod keepalive;

@@ -139,6 +139,22 @@ async fn answer(
             r.headers_mut().insert("x-backend", name.parse().unwrap());
             return Ok(r);
         }
+        "/sse" => {
+            // An endless event stream: one chunk every 200 ms.
+            let events = futures::stream::unfold(0u64, |n| async move {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let chunk = Bytes::from(format!("data: {n}\n\n"));
+                Some((
+                    Ok::<_, hyper::Error>(hyper::body::Frame::data(chunk)),
+                    n + 1,
+                ))
+            });
+            let mut r = Response::new(http_body_util::StreamBody::new(events).boxed());
+            r.headers_mut()
+                .insert("content-type", "text/event-stream".parse().unwrap());
+            r.headers_mut().insert("x-backend", name.parse().unwrap());
+            return Ok(r);
+        }
         "/ws" => {
             let up = hyper::upgrade::on(&mut req);
             tokio::spawn(async move {
