@@ -392,6 +392,7 @@ async fn releases_end_to_end() {
 
     internal_apps(&c).await;
     crate::internal_deps::internal_dependencies(&c).await;
+    crate::drain::slow_request_survives_a_deploy(&c).await;
 }
 
 /// An internal app gets a stable port on the internal routers of every zone; an app that depends on it

@@ -7,6 +7,7 @@ mod api;
 mod auth;
 mod dep_grants;
 mod deploy;
+mod drain;
 mod history;
 mod internal_deps;
 mod routing;

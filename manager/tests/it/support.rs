@@ -20,6 +20,9 @@ use sha2::Digest as _;
 pub const TOKEN: &str = "manager-it-token-0123456789";
 /// The local busybox image every app tag points at on the hosts.
 pub const BASE_IMAGE: &str = "atlantis-test/busybox:1";
+/// The managers' `deploy.drain_deadline_ms`, and the routers' `limits.backend_drain_deadline_ms`: long
+/// enough for the 10-second request of `drain::slow_request_survives_a_deploy`.
+pub const DRAIN_DEADLINE_MS: u64 = 20_000;
 
 /// A unique suffix.
 pub fn unique() -> String {
@@ -292,6 +295,7 @@ impl Router {
         cfg.kind = kind.as_str().into();
         cfg.zone = zone.into();
         cfg.host = Some(host.into());
+        cfg.limits.backend_drain_deadline_ms = DRAIN_DEADLINE_MS;
         let source = std::sync::Arc::new(atlantis_router::source::ZkSource::new(
             zk,
             kind,
@@ -374,7 +378,7 @@ pub fn manager_config(
         deploy: DeployConfig {
             switch_wait_ms: 15_000,
             drain_ms: 1500,
-            drain_deadline_ms: 5_000,
+            drain_deadline_ms: DRAIN_DEADLINE_MS,
             start_timeout_ms: 60_000,
         },
         max_body_bytes: 64 * 1024,
