@@ -81,8 +81,7 @@ impl Default for Settings {
     }
 }
 
-/// A line of build progress.
-pub type Log = Arc<dyn Fn(String) + Send + Sync>;
+pub use crate::log::Log;
 
 /// Builds images; cheap to clone.
 #[derive(Debug, Clone)]

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use atlantis_common::api::app_config::BuildSteps;
 use sha2::{Digest as _, Sha256};
 
-use crate::build::Log;
 use crate::error::{BuildError, io};
 use crate::layer::{Content, Entry};
+use crate::log::Log;
 use crate::sandbox::{self, SandboxSettings};
 
 /// Where debootstrap gets Debian from, and which release.

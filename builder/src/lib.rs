@@ -20,6 +20,7 @@ pub mod error;
 pub mod git;
 pub mod image;
 pub mod layer;
+pub mod log;
 pub mod push;
 pub mod sandbox;
 pub mod source;
