@@ -248,13 +248,8 @@ async fn replace(
         Ok::<_, String>((spec, current, slots))
     }
     .await;
-    let (spec, current, slots): (Spec, _, Vec<Slot>) = match prepared {
-        Ok(v) => v,
-        Err(e) => {
-            let _ = guard.release().await;
-            return Err(e);
-        }
-    };
+    let ((spec, current, slots), guard): ((Spec, _, Vec<Slot>), _) =
+        crate::release::prepared_or_unlock(prepared, guard).await?;
     let task = ctx
         .tasks
         .start(

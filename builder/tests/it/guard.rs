@@ -245,8 +245,24 @@ impl Recorder {
         self.addr.to_string()
     }
 
-    pub fn saw_nothing(&self) -> bool {
-        *self.connections.lock().unwrap() == 0
+    /// Whether no one but the test connected. The listener accepts in order, so once a connection of the
+    /// test's own (made now) is counted, every earlier connection is counted too: no waiting on luck.
+    pub async fn saw_nothing(&self) -> bool {
+        let before = *self.connections.lock().unwrap();
+        let _probe = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let now = *self.connections.lock().unwrap();
+            if now > before {
+                // The probe is the last one counted; anything else came from the code under test.
+                return now == 1;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the recorder never accepted the probe"
+            );
+            tokio::task::yield_now().await;
+        }
     }
 
     pub fn authorizations(&self) -> usize {

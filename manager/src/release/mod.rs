@@ -275,13 +275,7 @@ impl Engine {
         prepared: Result<(Spec, Vec<Slot>), EngineError>,
         warning: Option<String>,
     ) -> Result<String, EngineError> {
-        let (spec, slots) = match prepared {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = guard.release().await;
-                return Err(e);
-            }
-        };
+        let ((spec, slots), guard) = prepared_or_unlock(prepared, guard).await?;
         let task = self
             .tasks
             .start(
@@ -325,4 +319,19 @@ pub(crate) async fn conclude(task: Task, guard: LockGuard, r: Result<Option<i64>
         Err(e) => task.fail(e.to_string()).await,
     }
     let _ = guard.release().await;
+}
+
+/// What a task's preparation gave (with the lock taken for the task), or its error once that lock is
+/// freed: a refused request leaves no lock behind.
+pub(crate) async fn prepared_or_unlock<T, E>(
+    prepared: Result<T, E>,
+    guard: LockGuard,
+) -> Result<(T, LockGuard), E> {
+    match prepared {
+        Ok(v) => Ok((v, guard)),
+        Err(e) => {
+            let _ = guard.release().await;
+            Err(e)
+        }
+    }
 }

@@ -95,13 +95,7 @@ impl Engine {
             Ok::<_, EngineError>(self.same_release(&spec, current, &slots, remove))
         }
         .await;
-        let change = match prepared {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = guard.release().await;
-                return Err(e);
-            }
-        };
+        let (change, guard) = super::prepared_or_unlock(prepared, guard).await?;
         let task = self
             .tasks
             .start(

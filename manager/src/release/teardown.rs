@@ -45,13 +45,7 @@ impl Engine {
             Ok::<_, EngineError>(envs)
         }
         .await;
-        let envs = match prepared {
-            Ok(v) => v,
-            Err(e) => {
-                let _ = guard.release().await;
-                return Err(e);
-            }
-        };
+        let (envs, guard) = super::prepared_or_unlock(prepared, guard).await?;
         let task = self
             .tasks
             .start(

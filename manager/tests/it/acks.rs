@@ -31,13 +31,19 @@ fn instance(cid: &str) -> InstanceRecord {
 /// A router on a thread and runtime of its own, which the test can freeze as SIGSTOP would: its
 /// ZooKeeper client, tree cache and control loop stop (its session lives on, within the timeout).
 struct Pausable {
-    pause: tokio::sync::mpsc::UnboundedSender<std::sync::mpsc::Receiver<()>>,
+    pause: tokio::sync::mpsc::UnboundedSender<(
+        std::sync::mpsc::Receiver<()>,
+        std::sync::mpsc::Sender<()>,
+    )>,
     _thread: std::thread::JoinHandle<()>,
 }
 
 impl Pausable {
     fn start(zk: ZkConfig, host: &'static str) -> Pausable {
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<std::sync::mpsc::Receiver<()>>();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(
+            std::sync::mpsc::Receiver<()>,
+            std::sync::mpsc::Sender<()>,
+        )>();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -52,8 +58,9 @@ impl Pausable {
                     std::net::Ipv4Addr::LOCALHOST,
                 )
                 .await;
-                while let Some(resume) = rx.recv().await {
+                while let Some((resume, frozen)) = rx.recv().await {
                     // Blocks the whole runtime until resumed.
+                    let _ = frozen.send(());
                     let _ = resume.recv();
                 }
             });
@@ -67,7 +74,11 @@ impl Pausable {
     /// Freezes the router until the returned sender is used (or dropped).
     fn pause(&self) -> std::sync::mpsc::Sender<()> {
         let (tx, rx) = std::sync::mpsc::channel();
-        self.pause.send(rx).unwrap();
+        let (frozen_tx, frozen) = std::sync::mpsc::channel();
+        self.pause.send((rx, frozen_tx)).unwrap();
+        frozen
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the router's runtime froze");
         tx
     }
 }
@@ -123,7 +134,6 @@ async fn wait_generation_names_a_paused_router_and_wait_drained_sees_the_drain()
     );
     // Router b freezes; the next switch is served by a alone, and b is named.
     let resume = b.pause();
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let g2 = routing::switch_in(
         &coord,
         &route,
