@@ -10,6 +10,7 @@ mod deploy;
 mod drain;
 mod history;
 mod internal_deps;
+mod registry_tokens;
 mod routing;
 mod support;
 
